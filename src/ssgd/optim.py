@@ -7,23 +7,27 @@ r"""``ssgd.SSGD``: stochastic gradient descent along the gradient's unit vector.
    &\text{if maximize: } u_t \leftarrow -u_t\\
    &\text{if } \lambda \ne 0 \text{ and coupled: } u_t \leftarrow u_t + \lambda\,\theta_{t-1}\\
    &\text{if } \mu \ne 0:\ b_t = \mu b_{t-1} + (1-\tau) u_t \ (b_1 = u_1);\quad
-      d_t = u_t + \mu b_t \text{ (nesterov) else } b_t\\
+      d_t = u_t + \mu b_t \text{ (nesterov) else } b_t;\quad\text{else } d_t = u_t\\
    &\text{if } \lambda \ne 0 \text{ and decoupled: } \theta_{t-1} \leftarrow (1-\gamma\lambda)\,\theta_{t-1}\\
    &\theta_t = \theta_{t-1} - \gamma\, d_t
    \end{aligned}
 
 Normalisation comes first, so momentum accumulates unit vectors and the step
-length without momentum or weight decay is exactly ``lr``. Weight decay is
+length without momentum or weight decay is exactly ``lr`` (:math:`\gamma`); this is
+``torch.optim.SGD`` applied to :math:`u_t` instead of :math:`g_t`. Weight decay is
 *coupled* by default (added to the unit vector, like ``torch.optim.SGD`` adds it
 to the gradient: the decay is then relative to a step of length 1); pass
 ``decoupled_weight_decay=True`` for AdamW-style decay ``θ ← (1 - lr·λ) θ``.
 
-The raw gradients in ``.grad`` are left untouched; the normalisation is folded
-into the update's multiplier.
+The raw gradients in ``.grad`` are left untouched: the normalisation ``1/‖g‖`` is
+folded into the multiplier of the update (``p -= (lr/‖g‖)·g`` is one fused pass),
+so the only extra cost over SGD is one read of the gradients for the norm and one
+host synchronisation per step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -31,15 +35,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .transform import DEFAULT_EPS, NonFiniteGradientError, check_scope, grad_norms
+from .transform import DEFAULT_EPS, NonFiniteGradientError, _norm_list, _safe, _scaled, _scales, check_scope
 
 __all__ = ["SSGD", "NONFINITE_POLICIES", "check_nonfinite"]
 
 NONFINITE_POLICIES = ("raise", "skip")
-_SAFE = (1e-30, 1e30)
 
 
 def check_nonfinite(nonfinite: str) -> str:
+    """Return ``nonfinite`` if it is a known policy, else raise a ValueError naming it."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"Invalid nonfinite policy: {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
     return nonfinite
@@ -48,20 +52,20 @@ def check_nonfinite(nonfinite: str) -> str:
 def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfinite) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError(f"Tensor lr must be 1-element, got {lr.numel()} elements")
-    if not 0.0 <= float(lr):
-        raise ValueError(f"Invalid learning rate: {lr}; must be >= 0")
-    if not 0.0 <= momentum:
-        raise ValueError(f"Invalid momentum value: {momentum}; must be >= 0")
+    if not 0.0 <= float(lr) < math.inf:
+        raise ValueError(f"Invalid learning rate: {lr}; must be a finite number >= 0")
+    if not 0.0 <= momentum < math.inf:
+        raise ValueError(f"Invalid momentum value: {momentum}; must be >= 0 (0.9 is typical)")
     if not 0.0 <= dampening <= 1.0:
         raise ValueError(f"Invalid dampening value: {dampening}; must be in [0, 1]")
-    if not 0.0 <= weight_decay:
+    if not 0.0 <= weight_decay < math.inf:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}; must be >= 0")
-    if not eps > 0.0:
-        raise ValueError(f"Invalid eps value: {eps}; must be > 0")
+    if not (isinstance(eps, (int, float)) and 0.0 < eps < math.inf):
+        raise ValueError(f"Invalid eps value: {eps}; must be a finite number > 0 (default {DEFAULT_EPS})")
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError(
             f"Nesterov momentum requires a momentum > 0 and zero dampening (got momentum={momentum}, "
-            f"dampening={dampening})"
+            f"dampening={dampening}); set momentum, or nesterov=False"
         )
     check_scope(scope)
     check_nonfinite(nonfinite)
@@ -87,11 +91,16 @@ class SSGD(Optimizer):
             constructor's ``eps``.
         maximize: ascend instead of descend.
         foreach: use the multi-tensor ``torch._foreach_*`` kernels (``None``: yes, unless
-            parameters live on several devices).
+            a group's parameters live on several devices, or on CPU with layer scope
+            where a per-tensor loop saves a temporary).
         nonfinite: ``"raise"`` (default) raises :class:`~ssgd.NonFiniteGradientError`
-            naming the parameter; ``"skip"`` leaves every parameter unchanged for that
-            step and counts it in ``optimizer.state["skipped_steps"]``.
+            naming the parameter; ``"skip"`` leaves every parameter and buffer unchanged
+            for that step and counts it in ``optimizer.state["skipped_steps"]``. If
+            several groups hold non-finite gradients, any ``"raise"`` among them raises.
         decoupled_weight_decay: AdamW-style ``θ ← (1 - lr·λ)·θ`` instead of coupled decay.
+
+    Every option except ``scope="global"``'s joint norm can be overridden per param
+    group. Parameters whose ``.grad`` is ``None`` are skipped; sparse gradients raise.
 
     Example::
 
@@ -130,9 +139,17 @@ class SSGD(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults)
-        for g in self.param_groups:
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (validated like the constructor's arguments)."""
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        try:
             _validate(g["lr"], g["momentum"], g["dampening"], g["nesterov"], g["weight_decay"], g["eps"],
                       g["scope"], g["nonfinite"])
+        except ValueError as e:
+            self.param_groups.pop()
+            raise ValueError(f"param group {len(self.param_groups)}: {e}") from None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -145,19 +162,19 @@ class SSGD(Optimizer):
         """Steps skipped because of a non-finite gradient (``nonfinite="skip"``)."""
         return int(self.state.get("skipped_steps", 0))
 
-    def _collect(self):
-        entries = []  # (group_idx, param, grad, name)
+    def _collect(self) -> list[tuple[int, Tensor, Tensor, str]]:
+        entries = []  # (group index, param, grad, name)
         for gi, group in enumerate(self.param_groups):
             names = group.get("param_names")
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(
-                        f"SSGD does not support sparse gradients (param_groups[{gi}] param {pi}"
-                        f"{' ' + repr(names[pi]) if names else ''}); use a dense embedding (sparse=False)"
-                    )
                 name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+                if p.grad.layout != torch.strided:
+                    raise RuntimeError(
+                        f"SSGD does not support sparse gradients ({p.grad.layout}) in parameter {name!r}; "
+                        "use a dense embedding (nn.Embedding(..., sparse=False)) for SSGD-trained parameters"
+                    )
                 entries.append((gi, p, p.grad, name))
         return entries
 
@@ -171,26 +188,26 @@ class SSGD(Optimizer):
         entries = self._collect()
         if not entries:
             return loss
-        grads = [e[2] for e in entries]
-        try:
-            norms = grad_norms(grads, [e[3] for e in entries])
-        except NonFiniteGradientError as err:
-            policy = self.param_groups[entries[err.index][0]]["nonfinite"]
-            if policy == "raise":
-                raise
+        norms = _norm_list([e[2] for e in entries])
+        bad = [i for i, n in enumerate(norms) if math.isnan(n)]
+        if bad:
+            raising = [i for i in bad if self.param_groups[entries[i][0]]["nonfinite"] == "raise"]
+            if raising:
+                i = raising[0]
+                raise NonFiniteGradientError(i, entries[i][3], tuple(entries[i][2].shape))
             self.state["skipped_steps"] = self.skipped_steps + 1
             return loss
 
         glob = [i for i, e in enumerate(entries) if self.param_groups[e[0]]["scope"] == "global"]
-        total = float(torch.linalg.vector_norm(norms[glob])) if glob else 0.0
-        nlist = norms.tolist()
         scales = [0.0] * len(entries)
+        if glob:
+            s_glob = _scales([norms[i] for i in glob], "global", self.defaults["eps"])[0]
+            for i in glob:
+                scales[i] = s_glob
         for i, e in enumerate(entries):
             g = self.param_groups[e[0]]
-            if g["scope"] == "global":
-                scales[i] = 1.0 / max(total, self.defaults["eps"])
-            else:
-                scales[i] = 1.0 / max(nlist[i], g["eps"])
+            if g["scope"] == "layer":
+                scales[i] = 1.0 / max(norms[i], g["eps"])
 
         by_group: dict[int, list[int]] = {}
         for i, e in enumerate(entries):
@@ -198,16 +215,18 @@ class SSGD(Optimizer):
         for gi, idx in by_group.items():
             group = self.param_groups[gi]
             params = [entries[i][1] for i in idx]
-            grads_g = [entries[i][2] for i in idx]
-            sc = [scales[i] for i in idx]
-            bufs = [self.state[p].get("momentum_buffer") for p in params] if group["momentum"] != 0 else None
+            grads = [entries[i][2] for i in idx]
+            sign = -1.0 if group["maximize"] else 1.0
+            sc = [scales[i] * sign for i in idx]
+            momentum = group["momentum"]
+            bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else None
             foreach = group["foreach"]
             if foreach is None:
-                foreach = len({p.device for p in params}) == 1 and not torch.jit.is_scripting()
+                foreach = len({p.device for p in params}) == 1 and not (
+                    params[0].device.type == "cpu" and len(set(sc)) > 1)
             fn = _multi_tensor_ssgd if foreach else _single_tensor_ssgd
-            lr = float(group["lr"])
-            fn(params, grads_g, sc, bufs, lr=lr, momentum=group["momentum"], dampening=group["dampening"],
-               nesterov=group["nesterov"], weight_decay=group["weight_decay"], maximize=group["maximize"],
+            fn(params, grads, sc, bufs, lr=float(group["lr"]), momentum=momentum, dampening=group["dampening"],
+               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                decoupled=group["decoupled_weight_decay"])
             if bufs is not None:
                 for p, b in zip(params, bufs):
@@ -215,74 +234,74 @@ class SSGD(Optimizer):
         return loss
 
 
-def _unit_tensor(g: Tensor, s: float) -> Tensor:
-    """g * s, computed without fp16/bf16 underflow and without float32 subnormal scales."""
-    if _SAFE[0] < s < _SAFE[1]:
-        if g.dtype in (torch.float16, torch.bfloat16):
-            return (g.float() * s).to(g.dtype)
-        return g * s
-    return (g.double() * s).to(g.dtype)
+def _direct(p: Tensor, g: Tensor, c: float, lr: float) -> bool:
+    """Whether ``c*g`` may be folded into a kernel's scalar: same float32/64 dtype, safe scale."""
+    return g.dtype == p.dtype and p.dtype in (torch.float32, torch.float64) and _safe(c) and _safe(lr * c)
 
 
 def _single_tensor_ssgd(params, grads, scales, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
-                        maximize, decoupled):
-    for i, (p, g, s) in enumerate(zip(params, grads, scales)):
-        sign = -1.0 if maximize else 1.0
-        if weight_decay == 0 and momentum == 0 and _SAFE[0] < s < _SAFE[1] and g.dtype == p.dtype:
-            p.add_(g, alpha=-lr * s * sign)
-            continue
-        u = _unit_tensor(g, s * sign).to(p.dtype)
+                        decoupled):
+    for i, (p, g, c) in enumerate(zip(params, grads, scales)):
+        # the direction is c*g; materialise it only when it cannot be folded into a scalar
+        if not _direct(p, g, c, lr):
+            g, c = _scaled(g, c, p.dtype), 1.0
         if weight_decay != 0:
             if decoupled:
                 p.mul_(1 - lr * weight_decay)
             else:
-                u = u.add(p, alpha=weight_decay)
-        if momentum != 0:
-            buf = bufs[i]
-            if buf is None:
-                buf = u.clone()
-                bufs[i] = buf
-            else:
-                buf.mul_(momentum).add_(u, alpha=1 - dampening)
-            u = u.add(buf, alpha=momentum) if nesterov else buf
-        p.add_(u, alpha=-lr)
+                g = torch.mul(g, c).add_(p, alpha=weight_decay) if c != 1.0 else g.add(p, alpha=weight_decay)
+                c = 1.0
+        if momentum == 0:
+            p.add_(g, alpha=-lr * c)
+            continue
+        buf = bufs[i]
+        if buf is None:
+            buf = torch.mul(g, c) if c != 1.0 else g.clone()
+            bufs[i] = buf
+        else:
+            buf.mul_(momentum).add_(g, alpha=(1 - dampening) * c)
+        if nesterov:
+            p.add_(g, alpha=-lr * c).add_(buf, alpha=-lr * momentum)
+        else:
+            p.add_(buf, alpha=-lr)
 
 
 def _multi_tensor_ssgd(params, grads, scales, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
-                       maximize, decoupled):
-    sign = -1.0 if maximize else 1.0
-    uniform = len(set(scales)) == 1
-    simple = (
-        weight_decay == 0 and momentum == 0 and all(_SAFE[0] < s < _SAFE[1] for s in scales)
-        and all(g.dtype == p.dtype and p.dtype in (torch.float32, torch.float64) for p, g in zip(params, grads))
-    )
-    if simple:
-        # fused fast path: p -= lr * s * g, one pass over g and p
-        if uniform:
-            torch._foreach_add_(params, grads, alpha=-lr * scales[0] * sign)
-        else:
-            torch._foreach_add_(params, torch._foreach_mul(grads, [-lr * s * sign for s in scales]))
-        return
-    if all(_SAFE[0] < s < _SAFE[1] for s in scales) and all(g.dtype in (torch.float32, torch.float64) and g.dtype == p.dtype for p, g in zip(params, grads)):
-        us = torch._foreach_mul(grads, scales[0] * sign) if uniform else torch._foreach_mul(grads, [s * sign for s in scales])
+                       decoupled):
+    direct = all(_direct(p, g, c, lr) for p, g, c in zip(params, grads, scales))
+    if direct and len(set(scales)) == 1:
+        c = scales[0]  # one scalar for all tensors: fold it into every kernel
     else:
-        us = [_unit_tensor(g, s * sign).to(p.dtype) for p, g, s in zip(params, grads, scales)]
+        if direct:
+            grads = torch._foreach_mul(grads, scales)
+        else:
+            grads = [_scaled(g, c, p.dtype) for p, g, c in zip(params, grads, scales)]
+        c = 1.0
     if weight_decay != 0:
         if decoupled:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
         else:
-            torch._foreach_add_(us, params, alpha=weight_decay)
-    if momentum != 0:
-        new = [i for i, b in enumerate(bufs) if b is None]
-        old = [i for i, b in enumerate(bufs) if b is not None]
-        for i in new:
-            bufs[i] = us[i].clone()
-        if old:
-            ob = [bufs[i] for i in old]
-            torch._foreach_mul_(ob, momentum)
-            torch._foreach_add_(ob, [us[i] for i in old], alpha=1 - dampening)
-        if nesterov:
-            torch._foreach_add_(us, bufs, alpha=momentum)
-        else:
-            us = bufs
-    torch._foreach_add_(params, us, alpha=-lr)
+            if c != 1.0:
+                grads = torch._foreach_mul(grads, c)
+                torch._foreach_add_(grads, params, alpha=weight_decay)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            c = 1.0
+    if momentum == 0:
+        torch._foreach_add_(params, grads, alpha=-lr * c)
+        return
+    new = [i for i, b in enumerate(bufs) if b is None]
+    old = [i for i, b in enumerate(bufs) if b is not None]
+    if new:
+        fresh = torch._foreach_mul([grads[i] for i in new], c)
+        for i, b in zip(new, fresh):
+            bufs[i] = b
+    if old:
+        ob = [bufs[i] for i in old]
+        torch._foreach_mul_(ob, momentum)
+        torch._foreach_add_(ob, [grads[i] for i in old], alpha=(1 - dampening) * c)
+    if nesterov:
+        torch._foreach_add_(params, grads, alpha=-lr * c)
+        torch._foreach_add_(params, bufs, alpha=-lr * momentum)
+    else:
+        torch._foreach_add_(params, bufs, alpha=-lr)

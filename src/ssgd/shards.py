@@ -32,7 +32,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .transform import DEFAULT_EPS, check_scope, unit_
+import math
+
+from .transform import _TINY_NORM, DEFAULT_EPS, _safe, _scales, check_eps, check_scope, unit_
 
 __all__ = ["shard_unit_grad_", "split_shards"]
 
@@ -58,17 +60,45 @@ def _has_bn(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def _reduce_into_grad(params: list[nn.Parameter], shard_grads: list[list[Tensor]], scope: str, eps: float,
-                      reduce: str) -> Tensor:
+                      reduce: str, names: list[str] | None = None) -> Tensor:
     norms = []
     total = [torch.zeros_like(p) for p in params]
-    for gs in shard_grads:
-        norms.append(unit_(gs, scope, eps))
+    for j, gs in enumerate(shard_grads):
+        shard_names = [f"{n} (shard {j})" for n in names] if names else None
+        norms.append(unit_(gs, scope, eps, names=shard_names))
         torch._foreach_add_(total, gs)
     if reduce == "mean":
         torch._foreach_div_(total, float(len(shard_grads)))
     for p, t in zip(params, total):
         p.grad = t
     return torch.stack(norms)
+
+
+@torch.no_grad()
+def _reduce_stacked_into_grad(params: list[nn.Parameter], stacked: list[Tensor], scope: str, eps: float,
+                              reduce: str, names: list[str] | None = None) -> Tensor:
+    """Same as :func:`_reduce_into_grad` for gradients stacked as ``(m, *p.shape)``: one norm
+    kernel and one ``(1, m) @ (m, n)`` product per tensor. Falls back to the per-shard path
+    for the corners (non-finite, overflow, tiny norms, half precision, extreme scales)."""
+    m = stacked[0].shape[0]
+    if not all(G.dtype in (torch.float32, torch.float64) and G.dtype == p.dtype for G, p in zip(stacked, params)):
+        return _reduce_into_grad(params, [[G[j] for G in stacked] for j in range(m)], scope, eps, reduce, names)
+    flat = [G.reshape(m, -1) for G in stacked]
+    norms = torch.stack([torch.linalg.vector_norm(f, dim=1, dtype=torch.float64 if f.dtype == torch.float64
+                                                  else torch.float32).double() for f in flat], dim=1)
+    vals = norms.tolist()  # (m, K): the one host sync
+    # a norm below _TINY_NORM may have underflowed; that only matters when eps is tinier still
+    ok = all(math.isfinite(v) and (v >= _TINY_NORM or eps >= _TINY_NORM) for row in vals for v in row)
+    scales = [_scales(row, scope, eps) for row in vals] if ok else []
+    if not ok or not all(_safe(c) for row in scales for c in row):
+        return _reduce_into_grad(params, [[G[j] for G in stacked] for j in range(m)], scope, eps, reduce, names)
+    div = float(m) if reduce == "mean" else 1.0
+    sc = torch.tensor(scales, dtype=torch.float64, device=norms.device) / div  # (m, K)
+    for k, (p, f) in enumerate(zip(params, flat)):
+        p.grad = (sc[:, k].to(f.dtype) @ f).reshape(p.shape)
+    if scope == "global":
+        return torch.tensor([math.hypot(*row) for row in vals], dtype=torch.float64, device=norms.device)
+    return norms
 
 
 def shard_unit_grad_(
@@ -91,6 +121,7 @@ def shard_unit_grad_(
     ``requires_grad=False`` are left alone. Existing ``.grad`` values are replaced.
     """
     check_scope(scope)
+    check_eps(eps)
     if reduce not in ("sum", "mean"):
         raise ValueError(f"Invalid reduce={reduce!r}; expected 'sum' (the paper) or 'mean'")
     if method not in ("auto", "vmap", "loop"):
@@ -100,6 +131,9 @@ def shard_unit_grad_(
     slices = split_shards(inputs.shape[0], m)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
+    pnames = [n for n, _ in named]
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad=True; nothing to compute")
     even = inputs.shape[0] % m == 0
     use_vmap = method == "vmap" or (method == "auto" and even and not _has_bn(model) and m > 1)
     if method == "vmap" and not even:
@@ -116,10 +150,10 @@ def shard_unit_grad_(
         xs = inputs.reshape(m, -1, *inputs.shape[1:])
         ys = targets.reshape(m, -1, *targets.shape[1:])
         g = vmap(grad(shard_loss), in_dims=(None, 0, 0), randomness="different")(pdict, xs, ys)
-        shard_grads = [[g[n][j] for n, _ in named] for j in range(m)]
+        return _reduce_stacked_into_grad(params, [g[n] for n in pnames], scope, eps, reduce, pnames)
     else:
         shard_grads = []
         for sl in slices:
             gs = torch.autograd.grad(loss_fn(model(inputs[sl]), targets[sl]), params, allow_unused=True)
             shard_grads.append([torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, gs)])
-    return _reduce_into_grad(params, shard_grads, scope, eps, reduce)
+    return _reduce_into_grad(params, shard_grads, scope, eps, reduce, pnames)

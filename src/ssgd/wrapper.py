@@ -20,7 +20,7 @@ import torch
 from torch.optim import Optimizer
 
 from .optim import check_nonfinite
-from .transform import DEFAULT_EPS, NonFiniteGradientError, check_scope, unit_
+from .transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_scope, unit_
 
 __all__ = ["SSGDWrapper"]
 
@@ -47,8 +47,7 @@ class SSGDWrapper(Optimizer):
             raise TypeError("optimizer is already an SSGDWrapper; wrapping twice would normalise twice")
         check_scope(scope)
         check_nonfinite(nonfinite)
-        if not eps > 0:
-            raise ValueError(f"Invalid eps value: {eps}; must be > 0")
+        check_eps(eps)
         # Deliberately no super().__init__: every piece of state is the inner optimizer's.
         self.optimizer = optimizer
         self.scope = scope
@@ -77,7 +76,8 @@ class SSGDWrapper(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         sd = self.optimizer.state_dict()
-        sd["ssgd_wrapper"] = {"scope": self.scope, "eps": self.eps, "skipped_steps": self.skipped_steps}
+        sd["ssgd_wrapper"] = {"scope": self.scope, "eps": self.eps, "nonfinite": self.nonfinite,
+                              "skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -96,6 +96,14 @@ class SSGDWrapper(Optimizer):
     def __repr__(self) -> str:
         return f"SSGDWrapper(scope={self.scope!r}, optimizer={self.optimizer!r})"
 
+    def __getattr__(self, name: str):
+        # only reached for attributes the wrapper lacks (hook dicts, optimizer-specific
+        # helpers): forward them to the inner optimizer
+        inner = self.__dict__.get("optimizer")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
     def __getstate__(self):
         return self.__dict__
 
@@ -104,7 +112,10 @@ class SSGDWrapper(Optimizer):
 
     # --- the step -----------------------------------------------------------------
     def normalize_grads_(self) -> bool:
-        """Turn every ``.grad`` into its unit vector. Returns False if skipped (non-finite)."""
+        """Turn every ``.grad`` into its unit vector. Returns False if skipped (non-finite).
+
+        Raises :class:`~ssgd.NonFiniteGradientError` naming the parameter (``nonfinite="raise"``)
+        before any gradient is modified."""
         grads, names = [], []
         for gi, group in enumerate(self.param_groups):
             pn = group.get("param_names")

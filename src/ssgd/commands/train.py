@@ -9,7 +9,7 @@ import typer
 
 
 def train_cmd(
-    optimizer: str = typer.Option("ssgd", help="sgd | sgdm | adam | ssgd"),
+    optimizer: str = typer.Option("ssgd", help="sgd | sgdm | adam | ssgd | nsgd (normalized SGD) | lars"),
     scope: str = typer.Option("global", help="SSGD normalisation scope: global | layer"),
     shards: int = typer.Option(1, "--shards", "-m", help="SSGD(m): sum the unit vectors of m sub-batches"),
     batch_size: int = typer.Option(64, help="batch size"),
@@ -17,13 +17,31 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="learning rate (default depends on the optimizer)"),
     momentum: Optional[float] = typer.Option(None, help="momentum (default: 0.9 for sgdm, else 0)"),
     weight_decay: float = typer.Option(0.0, help="L2 weight decay"),
-    dataset: str = typer.Option("mnist", help="dataset name (mnist is embedded)"),
+    dataset: str = typer.Option("mnist", help="mnist (embedded) | fashion-mnist | digits | cifar10 (--data-dir)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset's files"),
     model: str = typer.Option("convnet", help="lenet | mlp | convnet | resnet18"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/train-<time>)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    schedule: Optional[str] = typer.Option(None, help="lr schedule: constant | step | cosine "
+                                                      "(default: cosine for nsgd, else constant)"),
+    warmup: float = typer.Option(0.0, help="linear lr warm-up, in epochs"),
+    val_fraction: float = typer.Option(0.0, help="hold out this fraction of the training set for validation"),
+    noise_eps: Optional[float] = typer.Option(None, help="Laplace noise on training pixels at privacy level eps "
+                                                         "(sensitivity 1; the paper uses 5, 2, 1)"),
+    resume: bool = typer.Option(False, help="continue from the checkpoint in --out (same settings)"),
+    nodes: int = typer.Option(1, "--nodes", help="train on N local processes through torchrun (DDP; gloo on cpu, "
+                                                 "NCCL on cuda); with --optimizer ssgd each node shares only its "
+                                                 "unit vector: SSGD(m) with m = N, the same update as --shards N"),
+    dp: str = typer.Option("off", "--dp", help="differential privacy: off | example (per-example unit vectors + "
+                                               "noise, Poisson batches) | node (--shards m nodes, noise once on the "
+                                               "sum: secure aggregation) | node-local (each node noises its vector)"),
+    noise_multiplier: Optional[float] = typer.Option(None, help="DP noise std in units of the sensitivity (sigma)"),
+    target_epsilon: Optional[float] = typer.Option(None, help="DP: solve sigma for this epsilon at --delta "
+                                                              "after --epochs (Opacus accountant)"),
+    delta: float = typer.Option(1e-5, help="DP delta (should be < 1/number of records)"),
+    accountant: str = typer.Option("rdp", help="DP accountant (Opacus): rdp | prv"),
 ) -> None:
     """Train a model with SGD, SGD+momentum, Adam or SSGD and report test accuracy."""
     from ..experiments.train import TrainConfig, train
@@ -31,11 +49,44 @@ def train_cmd(
 
     cfg = TrainConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
                       optimizer=optimizer, scope=scope, shards=shards, lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=seed, device=device)
+                      weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=seed, device=device,
+                      schedule=schedule, warmup=warmup, val_fraction=val_fraction, noise_eps=noise_eps,
+                      dp=dp, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
+                      dp_accountant=accountant)
     try:
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out <run folder> holding checkpoint.pt")
+    if nodes < 1:
+        raise typer.BadParameter(f"--nodes {nodes}: must be >= 1")
+    if nodes > 1:  # the same TrainConfig, run on N processes (ssgd.distributed.ddp_train)
+        from ..distributed.launch import NodeFailureError, launch_training
+        from ..distributed.ddp_train import check_config
+
+        try:
+            check_config(cfg, nodes)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from e
+        run_dir = make_run_dir(out, "train")
+        try:
+            m = launch_training(cfg, run_dir, nodes, resume=resume, progress=progress)
+        except NodeFailureError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from e
+        except ValueError as e:  # e.g. --device cuda with fewer GPUs than nodes
+            raise typer.BadParameter(str(e)) from e
+        typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")
+        return
     run_dir = make_run_dir(out, "train")
-    res = train(cfg, run_dir, progress=progress)
+    try:
+        res = train(cfg, run_dir, progress=progress, resume=resume)
+    except ValueError as e:  # e.g. a checkpoint from different settings, an unknown dataset/model
+        raise typer.BadParameter(str(e)) from e
     typer.echo(f"test accuracy: {res.test_acc:.4f}  ({res.seconds:.1f} s)  run folder: {run_dir}")
+    if res.privacy is not None:
+        p = res.privacy
+        typer.echo(f"privacy: epsilon = {p['epsilon']:.4g} at delta = {p['delta']:g} per {p['level']} "
+                   f"(sigma = {p['noise_multiplier']:.4g}, q = {p['sample_rate']:.4g}, {p['steps']} steps, "
+                   f"{p['accountant'].upper()} accountant)")

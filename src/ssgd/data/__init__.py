@@ -1,5 +1,11 @@
 """Datasets (offline), partitioning across nodes, and noisy-data transforms."""
 
-from .datasets import DATASETS, DatasetError, ImageDataset, load_dataset, register_dataset
+from .datasets import (DATASETS, DatasetError, ImageDataset, load_dataset, register_dataset, subsample,
+                       train_val_split)
+from .idx import read_idx
+from .noise import PIXEL_SENSITIVITY, add_laplace_noise, laplace_scale, with_laplace_noise
+from .partition import dirichlet_partition, iid_partition, partition
 
-__all__ = ["DATASETS", "DatasetError", "ImageDataset", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "DatasetError", "ImageDataset", "load_dataset", "register_dataset", "subsample",
+           "train_val_split", "read_idx", "PIXEL_SENSITIVITY", "add_laplace_noise", "laplace_scale",
+           "with_laplace_noise", "dirichlet_partition", "iid_partition", "partition"]

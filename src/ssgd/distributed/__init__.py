@@ -1,6 +1,10 @@
 """Multi-node SSGD on ``torch.distributed``: a DDP communication hook, an all-reduce helper
 for loops without DDP, and a ``torchrun`` launcher.
 
+Modules: :mod:`~ssgd.distributed.ddp` (``register``, the hook), :mod:`~ssgd.distributed.allreduce`
+(``allreduce_unit_``), :mod:`~ssgd.distributed.launch` (``launch``, ``launch_training``),
+:mod:`~ssgd.distributed.ddp_train` (the per-rank entry point of ``ssgd train --nodes N``).
+
 Submodules are imported lazily so ``import ssgd.distributed`` stays cheap and never imports
 ``flwr`` (the Flower integration lives in the separate subpackage ``ssgd.distributed.flower``).
 """
@@ -15,8 +19,11 @@ __all__ = [
     "register",
     "ssgd_hook",
     "SSGDHookState",
-    "launch",
+    "launch_training",
+    "torchrun_command",
     "NodeFailureError",
+    "LocalNonFiniteError",
+    "PeerNonFiniteError",
 ]
 
 _EXPORTS = {
@@ -24,8 +31,11 @@ _EXPORTS = {
     "register": "ssgd.distributed.ddp",
     "ssgd_hook": "ssgd.distributed.ddp",
     "SSGDHookState": "ssgd.distributed.ddp",
-    "launch": "ssgd.distributed.launch",
+    "launch_training": "ssgd.distributed.launch",
+    "torchrun_command": "ssgd.distributed.launch",
     "NodeFailureError": "ssgd.distributed.launch",
+    "LocalNonFiniteError": "ssgd.distributed._common",
+    "PeerNonFiniteError": "ssgd.distributed._common",
 }
 
 

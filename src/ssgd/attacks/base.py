@@ -1,0 +1,147 @@
+"""The attack interface and its registry.
+
+``attack.reconstruct(model, shared, meta) -> Reconstruction``: ``shared`` is the list of
+shared tensors in ``model.parameters()`` order (whatever the defence let through), ``meta``
+(:class:`AttackMeta`) says the data shape, batch size, number of classes and, when the
+attacker knows them, the labels. :meth:`Attack.reconstruct_batch` runs many independent
+targets at once (stacked, see :mod:`ssgd.attacks.engine`); ``reconstruct`` is the batch of one.
+
+Attacks are selected by spec strings (:func:`get_attack`): ``'dlg'``,
+``'inverting:iters=2000,restarts=4'``, ``'dlg-unit:scope=layer'``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..defenses.spec import coerce_params, parse_spec
+
+__all__ = ["ATTACKS", "Attack", "AttackMeta", "Reconstruction", "get_attack", "list_attacks", "register_attack"]
+
+ATTACKS: dict[str, type["Attack"]] = {}
+
+
+def register_attack(cls):
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def list_attacks() -> list[str]:
+    return sorted(ATTACKS)
+
+
+@dataclass
+class AttackMeta:
+    """What the attacker knows besides the shared tensors."""
+
+    shape: tuple[int, int, int]
+    batch_size: int
+    num_classes: int
+    labels: Tensor | None = None  # the true labels when the threat model grants them, else None
+    seed: int = 0
+
+    def validate(self) -> "AttackMeta":
+        if len(tuple(self.shape)) != 3:
+            raise ValueError(f"meta.shape must be (C, H, W), got {self.shape}")
+        if self.batch_size < 1:
+            raise ValueError(f"meta.batch_size={self.batch_size} must be >= 1")
+        if self.num_classes < 2:
+            raise ValueError(f"meta.num_classes={self.num_classes} must be >= 2")
+        if self.labels is not None and self.labels.numel() != self.batch_size:
+            raise ValueError(f"meta.labels has {self.labels.numel()} entries, batch_size is {self.batch_size}")
+        return self
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output for one target: ``images`` ``(B, C, H, W)`` (unordered w.r.t. the
+    originals: score with :func:`ssgd.metrics.score_batch`), ``labels`` ``(B,)`` or None."""
+
+    images: Tensor
+    labels: Tensor | None
+    loss: float
+    seconds: float
+    iterations: int = 0
+    attack: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Attack:
+    """Base class: subclasses set ``name`` and implement :meth:`_run` on stacked targets."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    progress: ClassVar[bool] = False
+
+    def reconstruct(self, model: nn.Module, shared: list[Tensor], meta: AttackMeta) -> Reconstruction:
+        return self.reconstruct_batch(model, [shared], [meta])[0]
+
+    def reconstruct_batch(self, model: nn.Module, shared: list[list[Tensor]], metas: list[AttackMeta],
+                          progress: bool = False) -> list[Reconstruction]:
+        """Attack ``len(shared)`` independent targets at once (one stacked optimisation)."""
+        if len(shared) != len(metas) or not shared:
+            raise ValueError(f"need one meta per shared update: got {len(shared)} updates and {len(metas)} metas")
+        m0 = metas[0].validate()
+        for m in metas[1:]:
+            m.validate()
+            if (tuple(m.shape), m.batch_size, m.num_classes, m.labels is None) != (
+                    tuple(m0.shape), m0.batch_size, m0.num_classes, m0.labels is None):
+                raise ValueError("stacked targets must share shape, batch size, classes and label knowledge; "
+                                 "group them first")
+        params = list(model.parameters())
+        for k, s in enumerate(shared):
+            if len(s) != len(params):
+                raise ValueError(f"shared update #{k} has {len(s)} tensors but the model has {len(params)} "
+                                 "parameters; pass one tensor per parameter, in model.parameters() order")
+            for i, (t, p) in enumerate(zip(s, params)):
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ValueError(f"shared update #{k}, tensor {i}: shape {tuple(t.shape)} != parameter shape "
+                                     f"{tuple(p.shape)}")
+        was = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(m0.seed)
+                out = self._run(model, shared, metas, progress)
+        finally:
+            model.train(was)
+        dt = (time.perf_counter() - t0) / len(shared)
+        for r in out:
+            r.seconds = dt
+            r.attack = self.spec
+        return out
+
+    def _run(self, model, shared, metas, progress) -> list[Reconstruction]:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        vals = [f"{f.name}={getattr(self, f.name):g}" if isinstance(getattr(self, f.name), float)
+                else f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.init]
+        return self.name + (":" + ",".join(vals) if vals else "")
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def get_attack(spec: "str | Attack", **overrides) -> Attack:
+    """Build an attack from ``'name'`` or ``'name:key=val,...'``; ``overrides`` win over the spec."""
+    if isinstance(spec, Attack):
+        return spec
+    name, params = parse_spec(spec)
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(list_attacks())}")
+    cls = ATTACKS[name]
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    obj = cls(**coerce_params(cls, params, f"attack {name!r}"))
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj

@@ -1,0 +1,54 @@
+r"""Label recovery from the last layer's gradient (iDLG, Zhao et al. 2020; batches after Geng et al. 2021).
+
+For a cross-entropy loss the gradient of the last linear layer's bias is
+:math:`\partial L/\partial b_c = \frac1B\sum_n (p_{nc} - y_{nc})` and the weight row's
+gradient is :math:`\frac1B\sum_n (p_{nc} - y_{nc})\, h_n` with features :math:`h_n`
+(non-negative after a sigmoid/ReLU). For one image the true class is the only negative
+entry. For a batch, classes with a negative entry are present; the remaining slots are
+filled by estimating each class's count from the entry's depth below the "absent class"
+level, which is scale-free (it works on a unit vector, SSGD's shared update, too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["last_layer_signal", "recover_labels"]
+
+
+def last_layer_signal(shared: list[Tensor], num_classes: int) -> Tensor:
+    """The per-class signal: the last layer's bias gradient if present, else its weight rows' sums."""
+    for i in range(len(shared) - 1, -1, -1):
+        t = shared[i]
+        if t.ndim == 1 and t.shape[0] == num_classes and i > 0 and shared[i - 1].ndim == 2 \
+                and shared[i - 1].shape[0] == num_classes:
+            return t.detach().double()
+        if t.ndim == 2 and t.shape[0] == num_classes:
+            return t.detach().double().sum(1)
+    raise ValueError(f"no last linear layer with {num_classes} outputs found among the shared tensors "
+                     f"(shapes {[tuple(t.shape) for t in shared]}); label recovery needs a linear classifier head")
+
+
+def recover_labels(shared: list[Tensor], num_classes: int, batch_size: int) -> Tensor:
+    """Recover ``batch_size`` labels (a multiset, sorted) from one shared update."""
+    s = last_layer_signal(shared, num_classes)
+    if batch_size == 1:
+        return s.argmin().reshape(1)
+    order = torch.argsort(s)
+    present = [int(c) for c in order if s[c] < 0][:batch_size]
+    if not present:
+        present = [int(order[0])]
+    absent = s[s >= 0]
+    base = float(absent.mean()) if absent.numel() else float(s.max().clamp_min(0))
+    # untrained-model approximation: p ~ uniform, so s_c ~ lam * (1/C - n_c/B) and base ~ lam / C
+    lam = base * num_classes if base > 0 else float(-s[s < 0].sum()) or 1.0
+    per_example = lam / batch_size
+    counts = {c: 1 for c in present}
+    while sum(counts.values()) < batch_size:
+        # give the next example to the class whose signal is least explained by its current count
+        resid = {c: (base - float(s[c])) - counts[c] * per_example for c in counts}
+        c = max(resid, key=resid.get)
+        counts[c] += 1
+    labels = [c for c, n in sorted(counts.items()) for _ in range(n)]
+    return torch.tensor(labels, dtype=torch.long)

@@ -1,0 +1,213 @@
+"""Optimisation attacks: DLG, iDLG, Inverting Gradients and their SSGD-aware variants.
+
+==================  ==========================================================================
+``dlg``             Zhu et al. 2019: dummy image (and, when labels are unknown, a dummy soft
+                    label) fitted by L-BFGS (lr 1, history 100, no line search) to minimise the
+                    squared Euclidean distance between dummy and shared gradient.
+``idlg``            Zhao et al. 2020: labels recovered from the last layer
+                    (:func:`~ssgd.attacks.labels.recover_labels`), then DLG with them fixed.
+``dlg-unit``        the SSGD-aware DLG: the dummy gradient goes through the defence's own
+                    transform (``ssgd.unit`` with ``scope``; with ``shards=m`` the dummy batch is
+                    split into m shards whose unit vectors are summed) before the Euclidean
+                    distance; labels recovered as in iDLG (``labels=optimize`` for DLG's joint
+                    soft labels).
+``inverting``       Geiping et al. 2020: ``1 - cos`` between whole gradients + ``tv`` x total
+                    variation, Adam (lr 0.1) on signed gradients, step decay at 3/8, 5/8, 7/8,
+                    box ``[0, 1]``, best of ``restarts`` random starts by final loss.
+``inverting-layer`` the same with the cosine taken per parameter tensor and averaged, so a
+                    per-layer rescaling (SSGD's layer scope) is invisible to it.
+==================  ==========================================================================
+
+All run many targets at once (:mod:`ssgd.attacks.engine`); ``iters`` counts optimiser
+iterations (each is one evaluation of the dummy gradient for every target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .base import Attack, Reconstruction, register_attack
+from .engine import (DummyGradients, batched_unit, cosine_global, cosine_layer, euclidean, lbfgs, signed_adam,
+                     stack_targets, total_variation)
+from .labels import recover_labels
+
+__all__ = ["DLG", "IDLG", "DLGUnit", "Inverting", "InvertingLayer"]
+
+
+def _bar(progress: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+
+def _labels_for(mode: str, shared, metas) -> Tensor | None:
+    """(K, B) fixed labels, or None when the attack optimises soft labels."""
+    if metas[0].labels is not None:
+        return torch.stack([m.labels.long().reshape(-1) for m in metas])
+    if mode == "recover":
+        return torch.stack([recover_labels(s, m.num_classes, m.batch_size) for s, m in zip(shared, metas)])
+    return None
+
+
+@register_attack
+@dataclass
+class DLG(Attack):
+    name = "dlg"
+    help = "Deep Leakage from Gradients: Euclidean gradient matching, L-BFGS, soft labels"
+    iters: int = 300
+    lr: float = 1.0
+    history: int = 100
+    labels: str = "optimize"
+    normalize: bool = True
+
+    def validate(self):
+        if self.iters < 1:
+            raise ValueError(f"{self.name}: iters={self.iters} must be >= 1")
+        if self.labels not in ("optimize", "recover"):
+            raise ValueError(f"{self.name}: labels={self.labels!r}; expected 'optimize' or 'recover'")
+
+    # the SSGD-aware subclass overrides these two
+    def _shards(self, batch_size: int) -> int:
+        return 1
+
+    def _transform(self, dummy: list[Tensor], target: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        return dummy, target
+
+    def _run(self, model, shared, metas, progress):
+        m0 = metas[0]
+        K, B, C = len(shared), m0.batch_size, m0.num_classes
+        shape = tuple(m0.shape)
+        target = stack_targets(shared)
+        fixed = _labels_for(self.labels, shared, metas)
+        shards = self._shards(B)
+        dg = DummyGradients(model, shards)
+        _, target = self._transform(None, target)
+        # dividing target k's objective by |t_k|^2 leaves its minimisers unchanged but makes L-BFGS's
+        # scale-dependent parts (first step, curvature threshold ys > 1e-10) work for small gradients
+        scale = (1.0 / sum((t ** 2).flatten(1).sum(1) for t in target).clamp_min(1e-30)
+                 if self.normalize else torch.ones(K))
+        nx = B * shape[0] * shape[1] * shape[2]
+        z0 = torch.randn(K, nx + (0 if fixed is not None else B * C))
+        y_fixed = F.one_hot(fixed, C).float() if fixed is not None else None
+
+        def split(z):
+            x = z[:, :nx].reshape(K, B, *shape)
+            y = y_fixed if y_fixed is not None else torch.softmax(z[:, nx:].reshape(K, B, C), -1)
+            return x, y
+
+        def closure(z):
+            x, y = split(z)
+            dummy, _ = self._transform(dg.grads(x, y), None)
+            return euclidean(dummy, target) * scale
+
+        bar = _bar(progress, self.iters, self.name)
+        z, loss, its = lbfgs(closure, z0, self.iters, lr=self.lr, history_size=self.history,
+                             on_iter=lambda i, l: bar.update(1))
+        bar.close()
+        x, _ = split(z)
+        if fixed is not None:
+            labs = fixed
+        else:
+            labs = z[:, nx:].reshape(K, B, C).argmax(-1)
+        return [Reconstruction(images=x[k].detach().clone(), labels=labs[k].clone(), loss=float(loss[k]),
+                               seconds=0.0, iterations=its) for k in range(K)]
+
+
+@register_attack
+@dataclass
+class IDLG(DLG):
+    name = "idlg"
+    help = "improved DLG: labels recovered from the last layer, then DLG"
+    labels: str = "recover"
+
+
+@register_attack
+@dataclass
+class DLGUnit(DLG):
+    name = "dlg-unit"
+    help = "SSGD-aware DLG: the dummy gradient goes through ssgd.unit (scope, shards) before matching"
+    labels: str = "recover"
+    scope: str = "global"
+    shards: int = 1
+
+    def validate(self):
+        super().validate()
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"dlg-unit: scope={self.scope!r}; expected 'global' or 'layer'")
+        if self.shards < 1:
+            raise ValueError(f"dlg-unit: shards={self.shards} must be >= 1")
+
+    def _shards(self, batch_size):
+        if batch_size % self.shards:
+            raise ValueError(f"dlg-unit: shards={self.shards} must divide the batch size {batch_size}")
+        return self.shards
+
+    def _transform(self, dummy, target):
+        if target is not None and self.shards == 1:
+            # a unit vector is its own unit vector; for any other shared update this only
+            # rescales the target, which leaves the minimiser over the dummy unchanged
+            target = batched_unit(target, self.scope, lead=1)
+        if dummy is not None:
+            if self.shards == 1:
+                dummy = batched_unit(dummy, self.scope, lead=1)
+            else:
+                dummy = [u.sum(1) for u in batched_unit(dummy, self.scope, lead=2)]
+        return dummy, target
+
+
+@register_attack
+@dataclass
+class Inverting(Attack):
+    name = "inverting"
+    help = "Inverting Gradients: cosine + TV, signed Adam, box [0,1], restarts"
+    iters: int = 1000
+    lr: float = 0.1
+    tv: float = 1e-4
+    restarts: int = 1
+
+    per_layer = False
+
+    def validate(self):
+        if self.iters < 1 or self.restarts < 1:
+            raise ValueError(f"{self.name}: iters={self.iters} and restarts={self.restarts} must be >= 1")
+        if self.tv < 0:
+            raise ValueError(f"{self.name}: tv={self.tv} must be >= 0")
+
+    def _run(self, model, shared, metas, progress):
+        m0 = metas[0]
+        K, B, C, R = len(shared), m0.batch_size, m0.num_classes, self.restarts
+        shape = tuple(m0.shape)
+        labels = _labels_for("recover", shared, metas)  # (K, B)
+        target = stack_targets(shared)
+        # restarts are stacked too: row r*K + k is restart r of target k
+        target_r = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target]
+        y = F.one_hot(labels, C).float().repeat(R, 1, 1)
+        dg = DummyGradients(model, 1)
+        objective = cosine_layer if self.per_layer else cosine_global
+
+        def closure(x):
+            return objective(dg.grads(x, y), target_r) + self.tv * total_variation(x)
+
+        bar = _bar(progress, self.iters, self.name)
+        x0 = torch.randn(R * K, B, *shape)
+        x, final = signed_adam(closure, x0, self.iters, lr=self.lr, box=(0.0, 1.0),
+                               on_iter=lambda i, l: bar.update(1))
+        bar.close()
+        final = final.reshape(R, K)
+        best = torch.nan_to_num(final, nan=float("inf")).argmin(0)
+        x = x.reshape(R, K, B, *shape)
+        return [Reconstruction(images=x[best[k], k].clone(), labels=labels[k].clone(), loss=float(final[best[k], k]),
+                               seconds=0.0, iterations=self.iters, extra={"restart": int(best[k])})
+                for k in range(K)]
+
+
+@register_attack
+@dataclass
+class InvertingLayer(Inverting):
+    name = "inverting-layer"
+    help = "SSGD-aware Inverting Gradients: per-layer cosine (blind to per-layer rescaling)"
+    per_layer = True

@@ -1,0 +1,45 @@
+"""SSGD on Flower (flwr 1.42, Message API): every node sends only the unit vector of its update.
+
+* :class:`SSGDMod` -- client mod: the outgoing gradient (FedSGD) or model delta becomes a unit vector.
+* :class:`SSGDStrategy` -- server strategy: validates every update, rejects bad ones (logged
+  with the node id), applies the rest with a server-side learning rate.
+* ``ssgd.distributed.flower.client_app:app`` / ``server_app:app`` -- the ready apps;
+  :func:`run_server` runs the server logic on any ``Grid``.
+* :class:`InProcessGrid` -- N nodes running the same ``ClientApp`` in this process.
+* :class:`Deployment` -- a real SuperLink and N SuperNodes on 127.0.0.1 (``ssgd flower up``).
+
+Needs ``flwr`` (``pip install 'ssgd[flower]'``); ``import ssgd.distributed`` does not import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "SSGDMod", "ssgd_mod", "SSGDStrategy", "NotEnoughNodesError", "UpdateSpec", "Verdict", "validate_update",
+    "FlowerRunConfig", "FaultMod", "FAULTS", "InProcessGrid", "run_server", "save_checkpoint", "load_checkpoint",
+    "CheckpointMismatchError", "Deployment", "DeploymentError", "run_in_process",
+]
+
+_EXPORTS = {
+    "SSGDMod": "mod", "ssgd_mod": "mod", "SSGDStrategy": "strategy", "NotEnoughNodesError": "strategy",
+    "UpdateSpec": "validation", "Verdict": "validation", "validate_update": "validation",
+    "FlowerRunConfig": "config", "FaultMod": "faults", "FAULTS": "faults", "InProcessGrid": "local",
+    "run_server": "server_app", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "CheckpointMismatchError": "checkpoint", "Deployment": "deploy", "DeploymentError": "deploy",
+    "run_in_process": "deploy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ssgd.distributed.flower' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

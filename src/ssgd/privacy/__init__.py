@@ -1,0 +1,48 @@
+"""Formal privacy on top of SSGD: unit vectors + calibrated Gaussian noise + Opacus's accountant.
+
+A unit vector has norm 1, so the sensitivity of a sum of unit vectors is known by
+construction and Gaussian noise calibrated to it gives (ε, δ)-differential privacy
+with no clipping threshold. Two levels:
+
+* example level (:func:`private_unit_grad_`, :class:`PoissonSampler`): per-example unit
+  vectors summed plus noise -- DP-SGD with normalisation in place of clipping;
+* node level (:class:`NodeNoise`, :func:`node_unit_sum_`): each node's unit vector plus
+  noise, with the noise once on the sum (secure aggregation) or on every vector (local).
+
+ε comes from Opacus (:class:`PrivacyAccountant`, :func:`compute_epsilon`,
+:func:`solve_noise_multiplier`); ssgd has no accountant of its own. See docs/privacy.md.
+"""
+
+from .accountant import (
+    ACCOUNTANTS,
+    PrivacyAccountant,
+    PrivacyBudgetError,
+    compute_epsilon,
+    solve_noise_multiplier,
+)
+from .example import PoissonSampler, check_per_example_model, per_example_unit_grads, private_unit_grad_
+from .node import NODE_MODES, NodeNoise, node_unit_sum_
+from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
+from .training import DP_LEVELS, DPConfig, DPTraining
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DPConfig",
+    "DPTraining",
+    "DP_LEVELS",
+    "GaussianNoise",
+    "LEVELS",
+    "NODE_MODES",
+    "NodeNoise",
+    "PoissonSampler",
+    "PrivacyAccountant",
+    "PrivacyBudgetError",
+    "check_per_example_model",
+    "compute_epsilon",
+    "derive_seed",
+    "node_unit_sum_",
+    "per_example_unit_grads",
+    "private_unit_grad_",
+    "sensitivity",
+    "solve_noise_multiplier",
+]

@@ -1,0 +1,225 @@
+r"""Privacy accounting for SSGD + Gaussian noise, delegated to Opacus's accountants.
+
+ssgd never computes :math:`\varepsilon` itself: :class:`PrivacyAccountant` records
+the (noise multiplier :math:`\sigma`, sampling rate :math:`q`) of every noisy step in
+an ``opacus.accountants`` accountant (RDP or PRV) and asks it for
+:math:`\varepsilon(\delta)`; :func:`solve_noise_multiplier` calls
+``opacus.accountants.utils.get_noise_multiplier``.
+
+The mechanism being accounted is the (Poisson-)subsampled Gaussian mechanism with
+noise standard deviation :math:`\sigma\Delta` on a sum whose :math:`L_2`
+sensitivity is :math:`\Delta` -- exactly Opacus's DP-SGD with
+``max_grad_norm = Δ``. For SSGD, :math:`\Delta` follows from the unit vectors
+(see :func:`ssgd.privacy.sensitivity`), so ``noise_multiplier`` means the same
+here as in Opacus: the noise's standard deviation in units of the sensitivity.
+
+:math:`\sigma = 0` means no noise and :math:`\varepsilon = \infty`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ACCOUNTANTS",
+    "PrivacyBudgetError",
+    "PrivacyAccountant",
+    "check_accountant",
+    "check_delta",
+    "check_noise_multiplier",
+    "check_sample_rate",
+    "check_target_epsilon",
+    "compute_epsilon",
+    "solve_noise_multiplier",
+]
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+class PrivacyBudgetError(ValueError):
+    """The requested (ε, δ) cannot be reached with the given sampling rate and steps."""
+
+
+def check_noise_multiplier(noise_multiplier: float) -> float:
+    if noise_multiplier is None or not isinstance(noise_multiplier, (int, float)) or math.isnan(noise_multiplier) \
+            or noise_multiplier < 0 or math.isinf(noise_multiplier):
+        raise ValueError(f"Invalid noise_multiplier={noise_multiplier!r}; must be a finite number >= 0 "
+                         "(the noise standard deviation in units of the sensitivity; 0 = no noise, no privacy)")
+    return float(noise_multiplier)
+
+
+def check_delta(delta: float) -> float:
+    if delta is None or not isinstance(delta, (int, float)) or not (0.0 < delta < 1.0):
+        raise ValueError(f"Invalid delta={delta!r}; must satisfy 0 < delta < 1 "
+                         "(and should be well below 1/number-of-records, e.g. 1e-5)")
+    return float(delta)
+
+
+def check_target_epsilon(target_epsilon: float) -> float:
+    if target_epsilon is None or not isinstance(target_epsilon, (int, float)) or math.isnan(target_epsilon) \
+            or target_epsilon <= 0:
+        raise ValueError(f"Invalid target_epsilon={target_epsilon!r}; must be > 0 (use inf for no privacy)")
+    return float(target_epsilon)
+
+
+def check_sample_rate(sample_rate: float) -> float:
+    if sample_rate is None or not isinstance(sample_rate, (int, float)) or not (0.0 < sample_rate <= 1.0):
+        raise ValueError(f"Invalid sample_rate={sample_rate!r}; must satisfy 0 < q <= 1 "
+                         "(batch size / dataset size for Poisson sampling, 1 when every record is used every step)")
+    return float(sample_rate)
+
+
+def check_accountant(accountant: str) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"Invalid accountant={accountant!r}; expected one of {ACCOUNTANTS} "
+                         "(Opacus's RDP or PRV accountant)")
+    return accountant
+
+
+def _check_steps(steps: int) -> int:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"Invalid steps={steps!r}; must be an integer >= 0")
+    return steps
+
+
+def _opacus_accountant(name: str):
+    try:
+        from opacus.accountants import create_accountant
+    except ImportError as e:  # pragma: no cover - declared extra
+        raise ImportError("privacy accounting needs Opacus: pip install 'ssgd[privacy]' (opacus>=1.5)") from e
+    return create_accountant(mechanism=check_accountant(name))
+
+
+def _epsilon(acc, delta: float) -> float:
+    with warnings.catch_warnings():
+        # RDP: "Optimal order is the largest alpha" -- the bound is still valid, just loose
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def compute_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                    accountant: str = "rdp") -> float:
+    """ε after ``steps`` steps of the subsampled Gaussian mechanism (Opacus's accountant)."""
+    sigma = check_noise_multiplier(noise_multiplier)
+    q = check_sample_rate(sample_rate)
+    steps = _check_steps(steps)
+    delta = check_delta(delta)
+    if steps == 0:
+        return 0.0
+    if sigma == 0.0:
+        return math.inf
+    acc = _opacus_accountant(accountant)
+    acc.history = [(sigma, q, steps)]
+    return _epsilon(acc, delta)
+
+
+def solve_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                           accountant: str = "rdp", epsilon_tolerance: float = 0.01) -> float:
+    """The noise multiplier σ that reaches ``(target_epsilon, delta)`` after ``steps`` steps.
+
+    Calls ``opacus.accountants.utils.get_noise_multiplier`` (binary search on the
+    accountant). ``target_epsilon=inf`` returns 0 (no noise). Raises
+    :class:`PrivacyBudgetError` when the target is out of reach (σ would exceed 10^6).
+    """
+    eps = check_target_epsilon(target_epsilon)
+    delta = check_delta(delta)
+    q = check_sample_rate(sample_rate)
+    steps = _check_steps(steps)
+    check_accountant(accountant)
+    if math.isinf(eps) or steps == 0:
+        return 0.0
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(get_noise_multiplier(target_epsilon=eps, target_delta=delta, sample_rate=q, steps=steps,
+                                              accountant=accountant, epsilon_tolerance=epsilon_tolerance))
+    except ValueError as e:
+        if "too low" not in str(e):
+            raise
+        raise PrivacyBudgetError(
+            f"target_epsilon={eps:g} is unreachable with delta={delta:g}, sample_rate={q:g} and {steps} steps: "
+            f"the noise multiplier would exceed {MAX_SIGMA:g}. Raise the target epsilon or delta, or train for "
+            "fewer steps / with a smaller sampling rate (smaller batches)."
+        ) from e
+
+
+@dataclass
+class PrivacyAccountant:
+    """Tracks ε over training with Opacus's accountant and reports it per epoch and at the end.
+
+    Call :meth:`step` once per noisy release (one optimizer step, or one federated
+    round), :meth:`end_epoch` at the end of each epoch (it returns and stores a row
+    ``{"epoch", "steps", "epsilon", "delta"}``) and :meth:`summary` at the end.
+
+    ``level`` names what one unit of privacy is (``"example"`` or ``"node"``), so the
+    report says "(ε, δ)-DP per example" or "per node".
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    level: str = "example"
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.noise_multiplier = check_noise_multiplier(self.noise_multiplier)
+        self.sample_rate = check_sample_rate(self.sample_rate)
+        self.delta = check_delta(self.delta)
+        check_accountant(self.accountant)
+        self._acc = _opacus_accountant(self.accountant)
+        self._steps = 0
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """Opacus's history: ``[(noise_multiplier, sample_rate, steps), ...]``."""
+        return list(self._acc.history)
+
+    def step(self, n: int = 1, *, noise_multiplier: float | None = None, sample_rate: float | None = None) -> None:
+        """Record ``n`` releases (defaults: the accountant's σ and q)."""
+        sigma = self.noise_multiplier if noise_multiplier is None else check_noise_multiplier(noise_multiplier)
+        q = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        for _ in range(_check_steps(n)):
+            self._acc.step(noise_multiplier=sigma, sample_rate=q)
+        self._steps += n
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """ε spent so far at ``delta`` (default: the accountant's δ)."""
+        delta = self.delta if delta is None else check_delta(delta)
+        if self._steps == 0:
+            return 0.0
+        if any(s == 0.0 for s, _, _ in self._acc.history):
+            return math.inf
+        return _epsilon(self._acc, delta)
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        row = {"epoch": epoch, "steps": self._steps, "epsilon": self.epsilon(), "delta": self.delta}
+        self.epochs.append(row)
+        return row
+
+    def summary(self) -> dict[str, Any]:
+        return {"level": self.level, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate, "delta": self.delta, "steps": self._steps,
+                "epsilon": self.epsilon(), "per_epoch": list(self.epochs)}
+
+    def describe(self) -> str:
+        eps = self.epsilon()
+        return (f"(epsilon={eps:.3g}, delta={self.delta:g})-DP per {self.level} after {self._steps} steps "
+                f"[sigma={self.noise_multiplier:.4g}, q={self.sample_rate:.4g}, {self.accountant.upper()} accountant]")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accountant": self._acc.state_dict(), "steps": self._steps, "epochs": list(self.epochs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._acc.load_state_dict(state["accountant"])
+        self._steps = int(state["steps"])
+        self.epochs = list(state.get("epochs", []))

@@ -1,0 +1,154 @@
+r"""Node-level privacy: every node shares the unit vector of its gradient, plus noise.
+
+Two threat models, two places for the noise (``noise_multiplier`` :math:`\sigma`):
+
+``mode="aggregate"`` -- *noise once on the sum* (secure aggregation or a trusted aggregator).
+    Nobody sees a single node's vector, only :math:`\sum_j u_j + \mathcal N(0, \sigma^2\Delta^2 I)`
+    with :math:`\Delta = 1` (add/remove one node; :math:`\sqrt L` for layer scope).
+    The guarantee is (ε, δ)-DP *per node* against everyone who sees the sum -- the
+    server, the other nodes, whoever receives the model. The noise is either added by
+    the trusted aggregator (``split="central"``: one party, e.g. rank 0 or the Flower
+    server, adds all of it) or split across the ``n`` nodes under secure aggregation
+    (``split="distributed"``: every node adds :math:`\mathcal N(0, \sigma^2\Delta^2/n)`,
+    so the sum carries exactly :math:`\sigma\Delta`). The split assumes every node is
+    honest and present: nodes that drop out or collude (and subtract their own share)
+    reduce the noise, and the guarantee degrades accordingly.
+
+``mode="local"`` -- *each node noises its own vector* (untrusted aggregator).
+    The server sees every :math:`u_j + \mathcal N(0, \sigma^2\Delta^2 I)` with
+    :math:`\Delta = 2` (any two datasets of a node are neighbours; two unit vectors
+    differ by at most 2). The guarantee is per node against the server itself, with
+    no trust in anyone; it costs :math:`\sqrt n` times more noise on the sum than
+    ``aggregate`` for the same ε.
+
+Accounting (both modes): one release per round, sampling rate 1 when every node
+takes part in every round. No amplification by sub-sampling is claimed for node
+selection unless the nodes are Poisson-sampled (Flower and DDP select nodes
+deterministically or as a fixed-size subset, which the accountants do not cover).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..transform import DEFAULT_EPS, check_scope, unit_
+from .noise import GaussianNoise, derive_seed, sensitivity
+
+__all__ = ["NODE_MODES", "NodeNoise", "node_unit_sum_"]
+
+NODE_MODES = ("aggregate", "local")
+
+
+class NodeNoise:
+    r"""The noise one node adds to its unit vector before sharing it (see the module doc).
+
+    Args:
+        noise_multiplier: :math:`\sigma \ge 0`.
+        mode: ``"aggregate"`` (secure aggregation / trusted aggregator) or ``"local"``.
+        num_nodes: number of nodes whose vectors are summed (for ``split="distributed"``).
+        rank: this node's index (seeds its generator: every node draws different noise).
+        split: for ``mode="aggregate"``: ``"distributed"`` (each node adds σΔ/√n) or
+            ``"central"`` (only ``rank == 0`` -- or the server -- adds σΔ).
+        scope, n_tensors: the SSGD scope and tensor count (layer scope: Δ grows by √L).
+        seed: base seed (``None``: OS entropy).
+
+    ``add_(tensors)`` adds this node's share, fresh on each call. ``level`` is the
+    :func:`sensitivity` level (``"node"`` or ``"node-local"``) and ``std`` the
+    standard deviation this node adds; ``total_std`` is that of the noise in the sum.
+    """
+
+    def __init__(self, noise_multiplier: float, *, mode: str = "aggregate", num_nodes: int = 1, rank: int = 0,
+                 split: str = "distributed", scope: str = "global", n_tensors: int = 1, seed: int | None = None):
+        if mode not in NODE_MODES:
+            raise ValueError(f"Invalid mode={mode!r}; expected one of {NODE_MODES} "
+                             "('aggregate': noise once on the sum under secure aggregation; "
+                             "'local': each node noises its own vector)")
+        if split not in ("distributed", "central"):
+            raise ValueError(f"Invalid split={split!r}; expected 'distributed' or 'central'")
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"Invalid num_nodes={num_nodes!r}; must be an integer >= 1")
+        if not isinstance(rank, int) or not (0 <= rank < num_nodes):
+            raise ValueError(f"Invalid rank={rank!r}; must satisfy 0 <= rank < num_nodes={num_nodes}")
+        check_scope(scope)
+        self.mode, self.split, self.num_nodes, self.rank = mode, split, num_nodes, rank
+        self.level = "node-local" if mode == "local" else "node"
+        delta = sensitivity(self.level, scope, n_tensors)
+        if mode == "local" or split == "central":
+            share = 1.0 if (mode == "local" or rank == 0) else 0.0
+        else:
+            share = 1.0 / math.sqrt(num_nodes)
+        # every node needs its own stream: identical noise on n nodes would add up coherently
+        self._noise = GaussianNoise(noise_multiplier, delta, seed=None if seed is None else derive_seed(seed, "rank", rank))
+        self.share = share
+        self.noise_multiplier = self._noise.noise_multiplier
+        self.sensitivity = delta
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the noise this node adds per entry."""
+        return self._noise.std * self.share
+
+    @property
+    def total_std(self) -> float:
+        """Standard deviation per entry of the noise in the aggregated sum (all nodes honest)."""
+        if self.mode == "local":
+            return self._noise.std * math.sqrt(self.num_nodes)
+        return self._noise.std
+
+    @torch.no_grad()
+    def add_(self, tensors: Tensor | Iterable[Tensor]) -> list[Tensor]:
+        ts = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+        if self.std == 0.0:
+            return ts
+        for t in ts:
+            t.add_(self._noise.sample(t.shape, dtype=t.dtype, device=t.device) * self.share)
+        return ts
+
+    def __call__(self, tensors):
+        return self.add_(tensors)
+
+    def __repr__(self) -> str:
+        return (f"NodeNoise(noise_multiplier={self.noise_multiplier:g}, mode={self.mode!r}, split={self.split!r}, "
+                f"num_nodes={self.num_nodes}, rank={self.rank}, std={self.std:g})")
+
+
+def node_unit_sum_(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor,
+                   owners: Tensor, noises: list[NodeNoise], *, scope: str = "global",
+                   eps: float = DEFAULT_EPS) -> tuple[Tensor, Tensor]:
+    r"""Simulate ``n = len(noises)`` nodes in one process and write :math:`\sum_j (u_j + \xi_j)` into ``.grad``.
+
+    ``owners[i]`` is the node that owns example ``i``; node ``j``'s gradient is taken
+    on its own examples only, normalised (``scope``), and ``noises[j]`` adds its share.
+    A node with no example in this batch contributes only its noise. Returns
+    ``(loss, norms)``: the batch's mean loss and each node's gradient norm (NaN if empty).
+    """
+    if inputs.shape[0] != targets.shape[0] or owners.shape[0] != inputs.shape[0]:
+        raise ValueError(f"inputs, targets and owners disagree on batch size: "
+                         f"{inputs.shape[0]}, {targets.shape[0]}, {owners.shape[0]}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    norms = torch.full((len(noises),), float("nan"), dtype=torch.float64)
+    loss_sum, count = 0.0, 0
+    for j, noise in enumerate(noises):
+        sel = torch.nonzero(owners == j).flatten()
+        if sel.numel() > 0:
+            loss = loss_fn(model(inputs[sel]), targets[sel])
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+            gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+            n = unit_(gs, scope, eps)
+            norms[j] = float(n) if n.ndim == 0 else float(n.norm())
+            loss_sum += float(loss.detach()) * sel.numel()
+            count += sel.numel()
+        else:
+            gs = [torch.zeros_like(p) for p in params]
+        noise.add_(gs)
+        with torch.no_grad():
+            torch._foreach_add_(total, gs)
+    for p, t in zip(params, total):
+        p.grad = t
+    return torch.tensor(loss_sum / max(count, 1)), norms

@@ -1,0 +1,223 @@
+"""DP settings and the per-step glue that single-process training (``ssgd train --dp``) uses.
+
+:class:`DPConfig` holds what the user chooses (level, σ or target ε, δ, accountant);
+:class:`DPTraining` turns it into the sampler, the noise and the accountant for one
+training run and exposes three calls for the training loop: :meth:`DPTraining.batch_indices`
+(Poisson sampling at example level), :meth:`DPTraining.backward` (writes the noisy
+sum of unit vectors into ``.grad`` and counts the step) and :meth:`DPTraining.end_epoch`
+(ε so far).
+
+Levels: ``"example"`` (per-example unit vectors + noise on the sum, Poisson-sampled
+batches: DP-SGD with normalisation in place of clipping), ``"node"`` (``m`` simulated
+nodes -- ``--shards m`` -- each owning the examples ``i`` with ``i % m == j``; noise
+once on the sum, the secure-aggregation threat model) and ``"node-local"`` (each
+node noises its own unit vector; untrusted aggregator).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .accountant import (
+    PrivacyAccountant,
+    check_accountant,
+    check_delta,
+    check_noise_multiplier,
+    check_target_epsilon,
+    solve_noise_multiplier,
+)
+from .example import PoissonSampler, check_per_example_model, private_unit_grad_
+from .node import NodeNoise, node_unit_sum_
+from .noise import GaussianNoise, derive_seed, sensitivity
+
+__all__ = ["DP_LEVELS", "DPConfig", "DPTraining", "check_train_config"]
+
+DP_LEVELS = ("off", "example", "node", "node-local")
+
+
+@dataclass
+class DPConfig:
+    """Differential-privacy settings. Give exactly one of ``noise_multiplier`` and ``target_epsilon``
+    (``target_epsilon=inf``: no noise) unless ``level="off"``."""
+
+    level: str = "off"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    @property
+    def enabled(self) -> bool:
+        return self.level != "off"
+
+    def validate(self) -> "DPConfig":
+        if self.level not in DP_LEVELS:
+            raise ValueError(f"Invalid dp={self.level!r}; expected one of {DP_LEVELS}")
+        if not self.enabled:
+            if self.noise_multiplier is not None or self.target_epsilon is not None:
+                raise ValueError("noise_multiplier/target_epsilon were given but dp='off'; "
+                                 "choose a privacy level with --dp example|node|node-local")
+            return self
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"dp={self.level!r} needs exactly one of noise_multiplier (sigma) or target_epsilon "
+                             f"(got noise_multiplier={self.noise_multiplier!r}, target_epsilon={self.target_epsilon!r})")
+        if self.noise_multiplier is not None:
+            check_noise_multiplier(self.noise_multiplier)
+        else:
+            check_target_epsilon(self.target_epsilon)
+        check_delta(self.delta)
+        check_accountant(self.accountant)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dp_config(cfg: Any) -> DPConfig:
+    return DPConfig(level=cfg.dp, noise_multiplier=cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
+                    delta=cfg.delta, accountant=cfg.dp_accountant)
+
+
+def check_train_config(cfg: Any) -> None:
+    """Validate the DP fields of an ``ssgd.experiments.train.TrainConfig`` (ValueError naming the fix)."""
+    dpc = _dp_config(cfg).validate()
+    if dpc.level == "example" and cfg.shards != 1:
+        raise ValueError(f"--shards {cfg.shards} does not apply to --dp example (every example is its own unit "
+                         "vector); drop --shards, or use --dp node to simulate nodes")
+
+
+class DPTraining:
+    """Sampler + noise + accountant for one run (see the module doc).
+
+    Args:
+        config: the :class:`DPConfig`.
+        model: the model being trained (its trainable tensors fix the layer-scope sensitivity).
+        n_train: number of training examples.
+        batch_size: expected batch size (example level: sampling rate ``q = 1/ceil(n/B)``,
+            Opacus's convention for a loader of ``ceil(n/B)`` batches).
+        epochs: planned epochs (to solve σ for a target ε).
+        num_nodes: simulated nodes for node level (``--shards``).
+        scope: SSGD scope of the unit vectors.
+        seed: seeds the sampler and the noise (separate streams, model RNG untouched).
+    """
+
+    def __init__(self, config: DPConfig, model: nn.Module, n_train: int, batch_size: int, epochs: int, *,
+                 num_nodes: int = 1, scope: str = "global", seed: int | None = 0,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
+        self.config = config.validate()
+        if not config.enabled:
+            raise ValueError("DPTraining needs a privacy level other than 'off'")
+        if batch_size < 1 or n_train < 1:
+            raise ValueError(f"Invalid batch_size={batch_size} / n_train={n_train}; both must be >= 1")
+        self.level = config.level
+        self.scope = scope
+        self.loss_fn = loss_fn
+        self.steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        self.planned_steps = self.steps_per_epoch * max(0, epochs)
+        n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
+        if self.level == "example":
+            if num_nodes != 1:
+                raise ValueError(f"--shards {num_nodes} does not apply to --dp example (every example is its own "
+                                 "unit vector); drop --shards, or use --dp node to simulate nodes")
+            check_per_example_model(model)
+            self.sample_rate = 1.0 / self.steps_per_epoch
+            self.sampler = PoissonSampler(n_train, self.sample_rate, seed=derive_seed(seed, "dp-sampler"))
+            self.expected_batch_size = n_train * self.sample_rate
+        else:
+            self.sample_rate = 1.0  # every node takes part in every step
+            self.sampler = None
+            self.expected_batch_size = float(batch_size)
+        if config.noise_multiplier is not None:
+            sigma = float(config.noise_multiplier)
+        else:
+            sigma = solve_noise_multiplier(config.target_epsilon, config.delta, self.sample_rate,
+                                           self.planned_steps, config.accountant)
+        self.noise_multiplier = sigma
+        self.num_nodes = num_nodes
+        if self.level == "example":
+            self.noise = GaussianNoise(sigma, sensitivity("example", scope, n_tensors),
+                                       seed=derive_seed(seed, "dp-noise"))
+            self.node_noises: list[NodeNoise] = []
+        else:
+            mode = "local" if self.level == "node-local" else "aggregate"
+            self.noise = None
+            self.node_noises = [NodeNoise(sigma, mode=mode, num_nodes=num_nodes, rank=j, split="distributed",
+                                          scope=scope, n_tensors=n_tensors, seed=derive_seed(seed, "dp-noise"))
+                                for j in range(num_nodes)]
+        self.accountant = PrivacyAccountant(sigma, self.sample_rate, config.delta, config.accountant,
+                                            level="example" if self.level == "example" else "node")
+
+    @classmethod
+    def from_train_config(cls, cfg: Any, model: nn.Module, n_train: int) -> "DPTraining | None":
+        """Build from an ``ssgd.experiments.train.TrainConfig`` (None when ``cfg.dp == 'off'``)."""
+        check_train_config(cfg)
+        dpc = _dp_config(cfg)
+        if not dpc.enabled:
+            return None
+        return cls(dpc, model, n_train, cfg.batch_size, cfg.epochs, num_nodes=cfg.shards, scope=cfg.scope,
+                   seed=cfg.seed)
+
+    def batch_indices(self, default: Tensor) -> Tensor:
+        """The indices of the next batch: a Poisson sample (example level) or ``default``.
+
+        Remembered for :meth:`grad_fn` (node level: which node owns which example)."""
+        idx = self.sampler.sample().to(default.device) if self.sampler is not None else default
+        self._last_indices = idx
+        return idx
+
+    def grad_fn(self, model: nn.Module, inputs: Tensor, targets: Tensor, cfg: Any = None) -> Tensor:
+        """``ssgd.experiments.train``'s ``grad_fn`` signature; uses the indices of the last :meth:`batch_indices`."""
+        idx = getattr(self, "_last_indices", None)
+        if idx is None or idx.shape[0] != inputs.shape[0]:
+            raise RuntimeError("DPTraining.grad_fn needs the batch's indices: call batch_indices(idx) first")
+        return self.backward(model, inputs, targets, idx)
+
+    def backward(self, model: nn.Module, inputs: Tensor, targets: Tensor, indices: Tensor) -> Tensor:
+        """Write the noisy gradient into ``.grad``, count one release; return the mean loss (detached)."""
+        if self.level == "example":
+            losses, _ = private_unit_grad_(model, self.loss_fn, inputs, targets, self.noise,
+                                           expected_batch_size=self.expected_batch_size, scope=self.scope)
+            loss = losses.mean() if losses.numel() else torch.zeros(())
+        else:
+            owners = (indices % self.num_nodes).to(inputs.device)
+            loss, _ = node_unit_sum_(model, self.loss_fn, inputs, targets, owners, self.node_noises, scope=self.scope)
+        self.accountant.step()
+        return loss
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        """``{"epsilon": ..., "delta": ...}`` after this epoch (also stored in the accountant)."""
+        row = self.accountant.end_epoch(epoch)
+        return {"epsilon": row["epsilon"], "delta": row["delta"]}
+
+    def summary(self) -> dict[str, Any]:
+        out = self.accountant.summary()
+        out.update({"dp": self.level, "scope": self.scope, "target_epsilon": self.config.target_epsilon,
+                    "expected_batch_size": self.expected_batch_size, "num_nodes": self.num_nodes,
+                    "noise_std": (self.noise.std if self.noise is not None
+                                  else self.node_noises[0].total_std if self.node_noises else 0.0)})
+        return out
+
+    def describe(self) -> str:
+        return self.accountant.describe()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Accountant history and every random stream (for bit-identical resume)."""
+        return {"accountant": self.accountant.state_dict(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                "noise": self.noise.state_dict() if self.noise is not None else None,
+                "node_noises": [nn_._noise.state_dict() for nn_ in self.node_noises]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accountant.load_state_dict(state["accountant"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])
+        for nn_, st in zip(self.node_noises, state.get("node_noises", [])):
+            nn_._noise.load_state_dict(st)

@@ -1,0 +1,208 @@
+"""Worker side of tests/distributed/test_ddp.py: one ``torch.multiprocessing.spawn`` of 3 gloo
+processes runs every multi-process check and saves what it observed; the test functions
+assert on those files. (One spawn instead of many keeps the suite within its time budget:
+starting a process that imports torch costs seconds on a busy machine.)
+
+World sizes 3 (the world) and 2 (a subgroup of ranks 0 and 1) are both exercised.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+__all__ = ["WORLD", "make_model", "make_data", "local_batch", "train_configs", "run_all"]
+
+WORLD = 3
+SMALL_CAP_MB = 0.001  # ~1 KB buckets: after its first step DDP spreads the model below over 4 buckets
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 48), nn.Tanh(), nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 24),
+                         nn.Tanh(), nn.Linear(24, 5))
+
+
+def local_batch(rank: int, it: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 * it + rank)
+    return torch.randn(n, 12, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def make_data():
+    """A small learnable synthetic image task (fast; no files)."""
+    from ssgd.data import ImageDataset
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 4, generator=g)
+    x = torch.rand(300, 1, 8, 8, generator=g)
+    y = (x.reshape(300, -1) @ w).argmax(1)
+    return ImageDataset("synthetic", x[:240], y[:240], x[240:], y[240:], 4)
+
+
+def train_configs():
+    from ssgd.experiments.train import TrainConfig
+
+    ssgd_cfg = TrainConfig(dataset="synthetic", model="mlp", optimizer="ssgd", scope="global", lr=0.2, momentum=0.9,
+                           weight_decay=1e-4, schedule="cosine", batch_size=48, epochs=2, seed=3)
+    sgd_cfg = TrainConfig(dataset="synthetic", model="mlp", optimizer="sgd", lr=0.1, batch_size=48, epochs=2, seed=3)
+    layer_cfg = TrainConfig(dataset="synthetic", model="mlp", optimizer="ssgd", scope="layer", lr=0.1,
+                            batch_size=48, epochs=1, seed=4)
+    return {"ssgd": ssgd_cfg, "sgd": sgd_cfg, "ssgd_layer": layer_cfg}
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _hook_case(rank, group, scope, reduce, cap, as_view, iters=3):
+    """DDP with the SSGD hook vs a plain replica on the same local batch: what each rank sees."""
+    from ssgd.distributed import register
+
+    net = make_model()
+    ref = make_model()
+    ddp = DDP(net, process_group=group, bucket_cap_mb=cap, gradient_as_bucket_view=as_view)
+    state = register(ddp, scope=scope, reduce=reduce)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    out = {"local": [], "reduced": [], "buckets": [], "norms": []}
+    for it in range(iters):
+        ref.load_state_dict(net.state_dict())
+        x, y = local_batch(rank, it)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(ddp(x), y).backward()
+        ref.zero_grad(set_to_none=True)
+        F.cross_entropy(ref(x), y).backward()
+        out["local"].append(_grads(ref))
+        out["reduced"].append(_grads(net))
+        out["buckets"].append(state.num_buckets)
+        out["norms"].append(list(state.last_norms))
+        opt.step()
+    out["steps"] = state.steps
+    return out
+
+
+def _allreduce_case(rank, group, scope, reduce):
+    from ssgd.distributed import allreduce_unit_
+
+    ref = make_model()
+    x, y = local_batch(rank, 7)
+    F.cross_entropy(ref(x), y).backward()
+    local = _grads(ref)
+    norms = allreduce_unit_(ref.named_parameters(), scope, group, reduce=reduce)
+    return {"local": local, "reduced": _grads(ref), "norms": norms}
+
+
+def _nan_case(rank, bad_rank, scope, nonfinite, param_index, use_ddp=True):
+    """Rank ``bad_rank`` gets NaN in one parameter's local gradient."""
+    from ssgd.distributed import allreduce_unit_, register
+
+    net = make_model()
+    ref = make_model()
+    x, y = local_batch(rank, 11)
+    if rank == bad_rank:
+        p = list(net.parameters())[param_index]
+        p.register_hook(lambda g: torch.full_like(g, math.nan))
+    F.cross_entropy(ref(x), y).backward()
+    res = {"local": _grads(ref)}
+    try:
+        if use_ddp:
+            ddp = DDP(net, bucket_cap_mb=SMALL_CAP_MB)
+            state = register(ddp, scope=scope, nonfinite=nonfinite)
+            for _ in range(2):  # the second step runs on the rebuilt (several) buckets
+                net.zero_grad(set_to_none=True)
+                F.cross_entropy(ddp(x), y).backward()
+            res["skipped"] = state.skipped
+        else:
+            F.cross_entropy(net(x), y).backward()
+            allreduce_unit_(net.parameters(), scope, nonfinite=nonfinite)
+        res["reduced"] = _grads(net)
+        res["error"] = None
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        res["error"] = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _train_cases(rank, tmp: Path):
+    from ssgd.distributed.ddp_train import train_ddp
+
+    data = make_data()
+    cfgs = train_configs()
+    out = {}
+    for name, cfg in cfgs.items():
+        res = train_ddp(cfg, tmp / f"run-{name}", data=data, progress=False)
+        out[name] = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
+        out[name + "_history"] = res.history
+    # interrupted after one epoch, then resumed to the end, in a fresh DDP model
+    cfg = cfgs["ssgd"]
+    train_ddp(cfg, tmp / "run-resume", data=data, progress=False, stop_after=1)
+    res = train_ddp(cfg, tmp / "run-resume", data=data, progress=False, resume=True)
+    out["resumed"] = {k: v.detach().clone() for k, v in res.model.state_dict().items()}
+    out["resumed_history"] = res.history
+    return out
+
+
+def _train_pair_cases(rank, pair, tmp: Path):
+    """The same on 2 ranks (a subgroup): straight vs interrupted + resumed."""
+    from ssgd.distributed.ddp_train import train_ddp
+
+    data = make_data()
+    cfg = train_configs()["ssgd"]
+    full = train_ddp(cfg, tmp / "pair-full", data=data, progress=False, group=pair)
+    train_ddp(cfg, tmp / "pair-resume", data=data, progress=False, stop_after=1, group=pair)
+    res = train_ddp(cfg, tmp / "pair-resume", data=data, progress=False, resume=True, group=pair)
+    return {"full": {k: v.detach().clone() for k, v in full.model.state_dict().items()},
+            "resumed": {k: v.detach().clone() for k, v in res.model.state_dict().items()}}
+
+
+def run_all(rank: int, world: int, store: str, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    res: dict = {}
+    try:
+        # a fresh interpreter: importing ssgd.distributed must stay lazy and never pull in flwr
+        import sys
+
+        import ssgd.distributed as sd
+
+        imp = {"lazy": "ssgd.distributed.ddp" not in sys.modules, "flwr_after_import": "flwr" in sys.modules,
+               "all": list(sd.__all__)}
+        sd.register, sd.allreduce_unit_, sd.launch_training  # noqa: B018 - resolve the lazy exports
+        imp["flwr_after_use"] = "flwr" in sys.modules
+        res["import"] = imp
+        pair = dist.new_group([0, 1])
+        groups = {3: None, 2: pair}
+        for size, group in groups.items():
+            if rank >= size:
+                continue
+            for scope in ("global", "layer"):
+                for cap_name, cap in (("one", 25.0), ("many", SMALL_CAP_MB)):
+                    res[("hook", size, scope, "mean", cap_name, False)] = _hook_case(rank, group, scope, "mean",
+                                                                                     cap, False)
+                res[("hook", size, scope, "sum", "many", True)] = _hook_case(rank, group, scope, "sum",
+                                                                             SMALL_CAP_MB, True)
+                res[("allreduce", size, scope, "mean")] = _allreduce_case(rank, group, scope, "mean")
+        res["train"] = _train_cases(rank, out_dir)
+        if rank < 2:
+            res["train_pair"] = _train_pair_cases(rank, pair, out_dir)
+        # non-finite: skip, then raise (last, since a raise leaves that DDP model unusable)
+        for scope in ("global", "layer"):
+            res[("nan", scope, "skip")] = _nan_case(rank, 2, scope, "skip", param_index=2)
+        for scope in ("global", "layer"):
+            res[("nan", scope, "raise")] = _nan_case(rank, 1, scope, "raise", param_index=2)
+        res[("nan", "allreduce", "raise")] = _nan_case(rank, 1, "global", "raise", 2, use_ddp=False)
+    except Exception:  # noqa: BLE001 - saved for the test to print, then re-raised
+        res["crash"] = traceback.format_exc()
+        torch.save(res, out_dir / f"rank{rank}.pt")
+        raise
+    torch.save(res, out_dir / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()

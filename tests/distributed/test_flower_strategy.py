@@ -1,0 +1,152 @@
+"""Server side: update validation and the SSGD strategy's aggregation (no processes)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flower_helpers import model_arrays, norm, record, reply_message, request  # noqa: E402
+
+from ssgd.distributed.flower import SSGDStrategy, UpdateSpec, validate_update  # noqa: E402
+from ssgd.distributed.flower.faults import FAULTS, corrupt_arrays  # noqa: E402
+from ssgd.distributed.flower.validation import arrays_from_record  # noqa: E402
+
+
+def _unit(seed: int) -> dict[str, np.ndarray]:
+    a = model_arrays(seed)
+    n = norm(a)
+    return {k: (v / n).astype(np.float32) for k, v in a.items()}
+
+
+SPEC = UpdateSpec.from_arrays(model_arrays(0))
+
+
+def test_a_unit_update_is_accepted_with_its_norm():
+    verdict, arrays = validate_update(_unit(1), SPEC)
+    assert verdict.ok and verdict.norm == pytest.approx(1.0, abs=1e-6)
+    assert set(arrays) == set(SPEC.names)
+
+
+@pytest.mark.parametrize("fault, needle", [("nan", "non-finite"), ("shape", "shape"), ("norm1000", "norm 1000"),
+                                           ("dtype", "dtype"), ("names", "names")])
+def test_corrupted_updates_are_rejected_with_a_reason(fault, needle):
+    verdict, arrays = validate_update(corrupt_arrays(_unit(1), fault), SPEC)
+    assert not verdict.ok and arrays is None
+    assert needle in verdict.reason
+
+
+def test_every_fault_is_covered_by_validation():
+    for fault in FAULTS:
+        verdict, _ = validate_update(corrupt_arrays(_unit(1), fault), SPEC)
+        assert verdict.ok == (fault == "none"), fault
+
+
+def test_strict_needs_norm_one_non_strict_only_bounds_it():
+    half = {k: v * 0.5 for k, v in _unit(1).items()}
+    assert not validate_update(half, SPEC)[0].ok
+    loose = UpdateSpec(SPEC.names, SPEC.shapes, strict=False)
+    assert validate_update(half, loose)[0].ok
+    assert not validate_update({k: v * 1.5 for k, v in _unit(1).items()}, loose)[0].ok
+    zero = {k: np.zeros_like(v) for k, v in _unit(1).items()}
+    assert validate_update(zero, SPEC)[0].ok  # SSGD keeps a zero gradient zero
+
+
+def test_layer_scope_checks_each_tensor():
+    layer_unit = {k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in model_arrays(1).items()}
+    spec = UpdateSpec(SPEC.names, SPEC.shapes, scope="layer")
+    assert validate_update(layer_unit, spec)[0].ok
+    assert not validate_update(_unit(1), spec)[0].ok  # a global unit vector is not layer-wise unit
+
+
+def test_a_reply_with_two_array_records_is_rejected():
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    msg = request(model_arrays(0))
+    two = Message(RecordDict({"a": record(_unit(1)), "b": record(_unit(2)), "m": MetricRecord({"x": 1})}), reply_to=msg)
+    verdict, _ = validate_update(two.content, SPEC)
+    assert not verdict.ok and "exactly one ArrayRecord" in verdict.reason
+
+
+class _Grid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def _replies(strategy, w, updates):
+    msgs = list(strategy.configure_train(1, record(w), __import__("flwr.app", fromlist=["ConfigRecord"]).ConfigRecord(),
+                                         _Grid(range(11, 11 + len(updates)))))
+    out = []
+    for m, u in zip(msgs, updates):
+        m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+        out.append(reply_message(m, u) if not isinstance(u, str) else reply_message(m, None, error=u))
+    return msgs, out
+
+
+@pytest.mark.parametrize("mode, sign", [("fedsgd", -1.0), ("delta", 1.0)])
+def test_strategy_applies_the_mean_unit_update_with_server_lr(mode, sign):
+    w = model_arrays(0)
+    strategy = SSGDStrategy(mode=mode, server_lr=0.3)
+    msgs, replies = _replies(strategy, w, [_unit(1), _unit(2), _unit(3)])
+    cfg = msgs[0].content["config"]
+    assert cfg["ssgd-mode"] == mode and cfg["ssgd-scope"] == "global" and cfg["server-round"] == 1
+    new, metrics = strategy.aggregate_train(1, replies)
+    got = arrays_from_record(new)
+    for k in w:
+        want = w[k] + sign * 0.3 * np.mean([_unit(s)[k] for s in (1, 2, 3)], axis=0)
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
+    assert metrics["accepted"] == 3 and metrics["rejected"] == 0
+    # the round moved the model by at most server_lr
+    assert norm({k: got[k] - w[k] for k in w}) <= 0.3 + 1e-6
+
+
+def test_bad_updates_are_rejected_logged_with_node_id_and_the_round_goes_on(caplog):
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3)
+    good = _unit(1)
+    _, replies = _replies(strategy, w, [good, corrupt_arrays(good, "nan"), corrupt_arrays(good, "norm1000"),
+                                        corrupt_arrays(good, "shape"), "ClientApp crashed"])
+    with caplog.at_level(logging.WARNING, logger="ssgd.distributed.flower.strategy"):
+        new, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["accepted"] == 1 and metrics["rejected"] == 3 and metrics["failed"] == 1
+    got = arrays_from_record(new)
+    for k in w:  # exactly the honest node's step
+        np.testing.assert_allclose(got[k], w[k] - 0.3 * good[k], rtol=1e-5, atol=1e-6)
+    book = strategy.rounds[1]
+    assert [n for n, _ in book["rejected"]] == [12, 13, 14]
+    assert book["failed"][0][0] == 15
+    text = caplog.text
+    for node in (12, 13, 14):
+        assert f"node {node}" in text
+
+
+def test_no_valid_update_leaves_the_model_unchanged():
+    w = model_arrays(0)
+    strategy = SSGDStrategy()
+    _, replies = _replies(strategy, w, [corrupt_arrays(_unit(1), "nan")])
+    new, metrics = strategy.aggregate_train(1, replies)
+    assert new is None and metrics["accepted"] == 0
+
+
+def test_sampling_gives_up_with_a_clear_error():
+    from ssgd.distributed.flower import NotEnoughNodesError
+
+    strategy = SSGDStrategy(min_train_nodes=3, node_wait_timeout=0.6)
+    from flwr.app import ConfigRecord
+
+    with pytest.raises(NotEnoughNodesError, match="min_train_nodes=3"):
+        strategy.configure_train(1, record(model_arrays(0)), ConfigRecord(), _Grid([1, 2]))
+
+
+@pytest.mark.parametrize("kw, needle", [({"mode": "avg"}, "mode"), ({"server_lr": 0.0}, "server_lr"),
+                                        ({"scope": "x"}, "scope"), ({"min_train_nodes": 0}, "min_train_nodes"),
+                                        ({"straggler_timeout": -1}, "straggler_timeout")])
+def test_strategy_arguments_are_validated(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        SSGDStrategy(**kw)

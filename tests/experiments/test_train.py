@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ssgd.data import load_dataset, subsample
+from ssgd.experiments.optimizers import LARS, build_optimizer, build_scheduler, schedule_factor
+from ssgd.experiments.train import CHECKPOINT, TrainConfig, prepare_data, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return subsample(load_dataset("digits"), 400, 200, seed=0)
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+@pytest.mark.parametrize("opt,extra", [
+    ("sgdm", {}),
+    ("adam", {"schedule": "step"}),
+    ("ssgd", {"shards": 4}),
+    ("nsgd", {"warmup": 0.5}),
+    ("lars", {"schedule": "cosine", "val_fraction": 0.2}),
+])
+def test_resume_reaches_the_same_final_weights(tmp_path, digits, opt, extra):
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer=opt, batch_size=32, epochs=3, seed=5, **extra)
+    full = train(cfg, tmp_path / "full", data=digits, progress=False)
+    part = train(cfg, tmp_path / "cut", data=digits, progress=False, stop_after=1)
+    assert len(part.history) == 1 and (tmp_path / "cut" / CHECKPOINT).is_file()
+    resumed = train(cfg, tmp_path / "cut", data=digits, progress=False, resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(_weights(full.model), _weights(resumed.model)):
+        assert torch.equal(a, b)
+    assert resumed.history[-1]["test_acc"] == full.history[-1]["test_acc"]
+    # and training actually moved the weights (the equality above is not vacuous)
+    fresh = train(TrainConfig(**{**cfg.to_dict(), "epochs": 0}), None, data=digits, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(fresh.model), _weights(full.model)))
+
+
+def test_resume_refuses_a_different_config(tmp_path, digits):
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer="sgd", batch_size=64, epochs=2)
+    train(cfg, tmp_path, data=digits, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        train(TrainConfig(**{**cfg.to_dict(), "lr": 0.5}), tmp_path, data=digits, progress=False, resume=True)
+
+
+def test_training_learns_and_records_val(digits):
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer="adam", lr=3e-3, batch_size=32, epochs=4,
+                      val_fraction=0.25)
+    res = train(cfg, None, data=digits, progress=False)
+    assert res.test_acc > 0.8 and res.val_acc > 0.8
+    assert all("val_acc" in r and "lr" in r for r in res.history)
+
+
+def test_noise_eps_touches_training_data_only(digits):
+    cfg = TrainConfig(dataset="digits", noise_eps=2.0, val_fraction=0.2, seed=1)
+    tr, val = prepare_data(cfg, digits)
+    assert torch.equal(tr.x_test, digits.x_test)
+    assert tr.x_train.shape[0] + val.x_test.shape[0] == digits.x_train.shape[0]
+    assert float((tr.x_train - tr.x_train.clamp(0, 1)).abs().max()) > 0  # noise leaves [0, 1]
+    with pytest.raises(ValueError, match="noise_eps=-1"):
+        TrainConfig(noise_eps=-1).validate()
+
+
+def test_nsgd_step_is_lr_long_and_decays():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(10))
+    opt = build_optimizer("nsgd", [w], lr=0.3)
+    sched = build_scheduler(opt, "cosine", total_steps=4)
+    lengths = []
+    for _ in range(4):
+        before = w.detach().clone()
+        w.grad = torch.randn(10) * 100
+        opt.step()
+        sched.step()
+        lengths.append(float((w.detach() - before).norm()))
+    assert math.isclose(lengths[0], 0.3, rel_tol=1e-5)
+    assert lengths[0] > lengths[1] > lengths[2] > lengths[3] > 0
+
+
+def test_lars_update_follows_the_trust_ratio():
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # |w| = 5
+    g = torch.tensor([0.0, 2.0])  # |g| = 2
+    opt = LARS([w], lr=2.0, momentum=0.0, trust_coefficient=0.01, eps=0.0)
+    w.grad = g.clone()
+    opt.step()
+    expected = torch.tensor([3.0, 4.0]) - 2.0 * 0.01 * 5 / 2 * g
+    assert torch.allclose(w.detach(), expected)
+    # zero weights fall back to ratio 1 (plain SGD step); bad values are rejected by name
+    z = torch.nn.Parameter(torch.zeros(2))
+    z.grad = torch.ones(2)
+    LARS([z], lr=0.5, momentum=0.0).step()
+    assert torch.allclose(z.detach(), torch.full((2,), -0.5))
+    with pytest.raises(ValueError, match="trust_coefficient: 0"):
+        LARS([z], trust_coefficient=0)
+
+
+def test_schedule_factors():
+    assert [schedule_factor("constant", s, 10, warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert schedule_factor("cosine", 0, 10) == 1.0 and schedule_factor("cosine", 10, 10) == 0.0
+    assert math.isclose(schedule_factor("cosine", 5, 10), 0.5)
+    assert [schedule_factor("step", s, 8) for s in (3, 4, 6)] == [1.0, 0.1, 0.01]
+    with pytest.raises(ValueError, match="'linear'"):
+        schedule_factor("linear", 0, 10)
+    with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
+        build_optimizer("rmsprop", [torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_cli_train_with_new_options_and_resume(tmp_path):
+    from ssgd.cli import app
+
+    runner = CliRunner()
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--optimizer", "nsgd", "--epochs", "2",
+            "--batch-size", "128", "--val-fraction", "0.2", "--schedule", "cosine", "--warmup", "0.5",
+            "--out", str(tmp_path), "--no-progress"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "test accuracy" in r.output and (tmp_path / CHECKPOINT).is_file()
+    r2 = runner.invoke(app, args + ["--resume"])  # already finished: resumes to the same result
+    assert r2.exit_code == 0 and r.output.split("(")[0] == r2.output.split("(")[0]
+    bad = runner.invoke(app, ["train", "--dataset", "digits", "--schedule", "linear", "--no-progress"])
+    assert bad.exit_code != 0 and "linear" in bad.output

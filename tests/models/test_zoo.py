@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from ssgd.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name,shape", [("lenet", (1, 28, 28)), ("mlp", (1, 28, 28)), ("convnet", (1, 28, 28)),
+                                        ("resnet18", (3, 32, 32)), ("lenet", (3, 32, 32)), ("mlp", (1, 8, 8))])
+def test_models_give_logits_and_seeded_init(name, shape):
+    m1 = build_model(name, shape, 10, seed=3)
+    m2 = build_model(name, shape, 10, seed=3)
+    m3 = build_model(name, shape, 10, seed=4)
+    m1.eval()
+    assert m1(torch.rand(2, *shape)).shape == (2, 10)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(m1.parameters(), m3.parameters()))
+
+
+def test_lenet_is_dlgs_model():
+    m = build_model("lenet", (1, 28, 28), 10)
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    assert len(convs) == 3 and all(c.out_channels == 12 and c.kernel_size == (5, 5) for c in convs)
+    assert any(isinstance(x, torch.nn.Sigmoid) for x in m.modules())
+
+
+def test_unknown_model_and_bad_width():
+    assert {"lenet", "mlp", "convnet", "resnet18"} <= set(MODELS)
+    with pytest.raises(ValueError, match="Unknown model 'vgg'"):
+        build_model("vgg", (1, 28, 28), 10)
+    with pytest.raises(ValueError, match="width=0"):
+        build_model("convnet", (1, 28, 28), 10, width=0)

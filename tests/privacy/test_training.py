@@ -1,0 +1,107 @@
+"""DP in single-process training: epsilon per epoch (= Opacus's accountant), reproducible, resumable."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ssgd.data import load_dataset, subsample
+from ssgd.experiments.train import TrainConfig, train
+from ssgd.privacy import compute_epsilon
+
+
+@pytest.fixture(scope="module")
+def small():
+    return subsample(load_dataset("mnist"), 256, 100, seed=0)
+
+
+def _cfg(**kw):
+    base = dict(model="mlp", optimizer="sgd", lr=0.5, batch_size=64, epochs=2, seed=3, dp="example",
+                noise_multiplier=1.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_example_level_epsilon_per_epoch_equals_opacus(small, tmp_path):
+    res = train(_cfg(), tmp_path, data=small, progress=False)
+    q, spe = 1 / 4, 4  # ceil(256 / 64) = 4 Poisson batches per epoch
+    eps = [h["epsilon"] for h in res.history]
+    assert eps == [pytest.approx(compute_epsilon(1.1, q, spe * e, 1e-5)) for e in (1, 2)]
+    assert eps[0] < eps[1]
+    priv = json.loads((tmp_path / "privacy.json").read_text())
+    assert priv["steps"] == 8 and priv["sample_rate"] == q and priv["epsilon"] == pytest.approx(eps[1])
+    assert priv["level"] == "example" and priv["noise_multiplier"] == 1.1
+    assert "epsilon" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_target_epsilon_is_met_and_seeded_runs_reproduce(small):
+    a = train(_cfg(noise_multiplier=None, target_epsilon=3.0), data=small, progress=False, checkpoint=False)
+    b = train(_cfg(noise_multiplier=None, target_epsilon=3.0), data=small, progress=False, checkpoint=False)
+    c = train(_cfg(noise_multiplier=None, target_epsilon=3.0, seed=4), data=small, progress=False, checkpoint=False)
+    assert 3.0 - 0.01 <= a.privacy["epsilon"] <= 3.0
+    assert torch.equal(_weights(a.model), _weights(b.model))  # same seed: same batches, same noise
+    assert not torch.equal(_weights(a.model), _weights(c.model))
+
+
+def test_resume_continues_noise_sampler_and_accountant(small, tmp_path):
+    full = train(_cfg(epochs=2), tmp_path / "full", data=small, progress=False)
+    train(_cfg(epochs=2), tmp_path / "cut", data=small, progress=False, stop_after=1)
+    resumed = train(_cfg(epochs=2), tmp_path / "cut", data=small, progress=False, resume=True)
+    assert torch.equal(_weights(full.model), _weights(resumed.model))
+    assert resumed.privacy["steps"] == 8 and resumed.privacy["epsilon"] == full.privacy["epsilon"]
+
+
+@pytest.mark.parametrize("level", ["node", "node-local"])
+def test_node_level_accounts_every_step_without_sampling(small, level):
+    res = train(_cfg(dp=level, shards=4, optimizer="ssgd", lr=0.1, epochs=1, batch_size=128, noise_multiplier=3.0),
+                data=small, progress=False, checkpoint=False)
+    assert res.privacy["sample_rate"] == 1.0 and res.privacy["steps"] == 2
+    assert res.privacy["epsilon"] == pytest.approx(compute_epsilon(3.0, 1.0, 2, 1e-5))
+    assert res.privacy["level"] == "node" and math.isfinite(res.test_acc)
+
+
+def test_invalid_dp_settings_are_clear():
+    with pytest.raises(ValueError, match="noise_multiplier=-1"):
+        _cfg(noise_multiplier=-1.0).validate()
+    with pytest.raises(ValueError, match="delta=1"):
+        _cfg(delta=1.0).validate()
+    with pytest.raises(ValueError, match="exactly one of"):
+        _cfg(noise_multiplier=None).validate()
+    with pytest.raises(ValueError, match="--shards 2 does not apply to --dp example"):
+        _cfg(shards=2).validate()
+    with pytest.raises(ValueError, match="dp='off'"):
+        TrainConfig(noise_multiplier=1.0).validate()
+
+
+def test_unreachable_target_and_batchnorm_fail_before_training(small):
+    from ssgd.privacy import PrivacyBudgetError
+
+    with pytest.raises(PrivacyBudgetError, match="unreachable"):
+        train(_cfg(noise_multiplier=None, target_epsilon=1e-9), data=small, progress=False, checkpoint=False)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train(_cfg(model="resnet18", epochs=1), data=small, progress=False, checkpoint=False)
+    with pytest.raises(ValueError, match="custom grad_fn"):
+        train(_cfg(), data=small, progress=False, checkpoint=False, grad_fn=lambda m, x, y, c: None)
+
+
+def test_cli_train_prints_final_epsilon_and_rejects_bad_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["train", "--dp", "example", "--noise-multiplier", "-1", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "noise_multiplier=-1" in bad.output
+    bad = runner.invoke(app, ["train", "--dp", "example", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "exactly one of" in bad.output
+    ok = runner.invoke(app, ["train", "--dp", "node", "--shards", "2", "--noise-multiplier", "2", "--epochs", "1",
+                             "--model", "mlp", "--batch-size", "1000", "--optimizer", "ssgd", "--lr", "0.1",
+                             "--no-progress", "--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    expect = compute_epsilon(2.0, 1.0, 4, 1e-5)
+    assert f"epsilon = {expect:.4g}" in ok.output and "per node" in ok.output
