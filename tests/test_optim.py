@@ -249,6 +249,18 @@ def test_huge_fp32_gradients_step_exactly(foreach, scope, momentum):
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("foreach", [True, False])
+def test_step_length_is_exact_for_large_float32_tensors(foreach):
+    p = torch.zeros(2**22 + 5, requires_grad=True)
+    q = torch.zeros(7, requires_grad=True)
+    g = torch.Generator().manual_seed(8)
+    p.grad = torch.randn(p.shape, generator=g) + 0.5  # CPU float32 one-shot reductions are off by ~1e-4 here
+    q.grad = torch.randn(q.shape, generator=g)
+    ssgd.SSGD([p, q], lr=1.0, foreach=foreach).step()
+    length = math.sqrt(float((p.detach().double() ** 2).sum() + (q.detach().double() ** 2).sum()))
+    assert length == pytest.approx(1.0, rel=1e-6)
+
+
 def test_params_without_grad_are_skipped():
     ps = _params()
     _set_grads(ps, 1)

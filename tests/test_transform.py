@@ -224,3 +224,18 @@ def test_property_unit_vector_and_scale_invariance(shapes, log_scale, seed, scop
     c = 10.0 ** (seed % 7 - 3)
     for a, b in zip(u, ssgd.unit([t * c for t in ts], scope, eps)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_tensor_norm_is_accurate(dtype):
+    # a plain float32 CPU reduction over 4M entries is off by ~1e-4; the blocked one is not
+    g = torch.Generator().manual_seed(7)
+    big = (torch.randn(2**22 + 123, generator=g) + 0.5).to(dtype)
+    ref = float(torch.linalg.vector_norm(big.double()))
+    others = [torch.randn(64, 65, generator=g).t(), torch.randn(5, generator=g)]  # non-contiguous, small
+    norms = ssgd.grad_norms([big, *others])
+    assert float(norms[0]) == pytest.approx(ref, rel=1e-6)
+    for n, t in zip(norms[1:], others):
+        assert float(n) == pytest.approx(float(t.double().norm()), rel=1e-6)
+    u = ssgd.unit([big])[0]
+    assert float(torch.linalg.vector_norm(u.double())) == pytest.approx(1.0, rel=1e-5 if dtype == torch.float32 else 1e-2)

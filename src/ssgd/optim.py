@@ -162,21 +162,11 @@ class SSGD(Optimizer):
         """Steps skipped because of a non-finite gradient (``nonfinite="skip"``)."""
         return int(self.state.get("skipped_steps", 0))
 
-    def _collect(self) -> list[tuple[int, Tensor, Tensor, str]]:
-        entries = []  # (group index, param, grad, name)
-        for gi, group in enumerate(self.param_groups):
-            names = group.get("param_names")
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
-                if p.grad.layout != torch.strided:
-                    raise RuntimeError(
-                        f"SSGD does not support sparse gradients ({p.grad.layout}) in parameter {name!r}; "
-                        "use a dense embedding (nn.Embedding(..., sparse=False)) for SSGD-trained parameters"
-                    )
-                entries.append((gi, p, p.grad, name))
-        return entries
+    def _name(self, gi: int, p: Tensor) -> str:
+        group = self.param_groups[gi]
+        pi = next(i for i, q in enumerate(group["params"]) if q is p)
+        names = group.get("param_names")
+        return names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -185,45 +175,63 @@ class SSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        entries = self._collect()
-        if not entries:
+        # one entry per group with gradients: (group index, params, grads, offset into the flat lists)
+        work: list[tuple[int, list[Tensor], list[Tensor], int]] = []
+        flat_grads: list[Tensor] = []
+        owner: list[int] = []
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p, g in zip(params, grads):
+                if g.layout != torch.strided:
+                    raise RuntimeError(
+                        f"SSGD does not support sparse gradients ({g.layout}) in parameter {self._name(gi, p)!r}; "
+                        "use a dense embedding (nn.Embedding(..., sparse=False)) for SSGD-trained parameters"
+                    )
+            work.append((gi, params, grads, len(flat_grads)))
+            flat_grads.extend(grads)
+            owner.extend([gi] * len(grads))
+        if not flat_grads:
             return loss
-        norms = _norm_list([e[2] for e in entries])
-        bad = [i for i, n in enumerate(norms) if math.isnan(n)]
-        if bad:
-            raising = [i for i in bad if self.param_groups[entries[i][0]]["nonfinite"] == "raise"]
+
+        norms = _norm_list(flat_grads)  # the one host synchronisation
+        total = sum(norms)
+        if total != total:  # NaN marks a non-finite gradient
+            bad = [i for i, n in enumerate(norms) if n != n]
+            raising = [i for i in bad if self.param_groups[owner[i]]["nonfinite"] == "raise"]
             if raising:
                 i = raising[0]
-                raise NonFiniteGradientError(i, entries[i][3], tuple(entries[i][2].shape))
+                g = flat_grads[i]
+                p = next(p for p in self.param_groups[owner[i]]["params"] if p.grad is g)
+                raise NonFiniteGradientError(i, self._name(owner[i], p), tuple(g.shape))
             self.state["skipped_steps"] = self.skipped_steps + 1
             return loss
 
-        glob = [i for i, e in enumerate(entries) if self.param_groups[e[0]]["scope"] == "global"]
-        scales = [0.0] * len(entries)
-        if glob:
-            s_glob = _scales([norms[i] for i in glob], "global", self.defaults["eps"])[0]
-            for i in glob:
-                scales[i] = s_glob
-        for i, e in enumerate(entries):
-            g = self.param_groups[e[0]]
-            if g["scope"] == "layer":
-                scales[i] = 1.0 / max(norms[i], g["eps"])
-
-        by_group: dict[int, list[int]] = {}
-        for i, e in enumerate(entries):
-            by_group.setdefault(e[0], []).append(i)
-        for gi, idx in by_group.items():
+        glob = [n for (gi, _, grads, off) in work if self.param_groups[gi]["scope"] == "global"
+                for n in norms[off:off + len(grads)]]
+        s_glob = _scales(glob, "global", self.defaults["eps"])[0] if glob else 0.0
+        for gi, params, grads, off in work:
             group = self.param_groups[gi]
-            params = [entries[i][1] for i in idx]
-            grads = [entries[i][2] for i in idx]
             sign = -1.0 if group["maximize"] else 1.0
-            sc = [scales[i] * sign for i in idx]
+            if group["scope"] == "global":
+                sc: float | list[float] = sign * s_glob
+            else:
+                eps = group["eps"]
+                sc = [sign / max(n, eps) for n in norms[off:off + len(grads)]]
+            # update in reverse order: the norm pass has just read the last gradients, which are
+            # then still in cache (on CPU this saves a good part of the second read of g)
+            params, grads = params[::-1], grads[::-1]
+            if isinstance(sc, list):
+                sc = sc[::-1]
             momentum = group["momentum"]
             bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else None
             foreach = group["foreach"]
             if foreach is None:
-                foreach = len({p.device for p in params}) == 1 and not (
-                    params[0].device.type == "cpu" and len(set(sc)) > 1)
+                foreach = not isinstance(sc, list) or params[0].device.type != "cpu"
+                if foreach and len(params) > 1 and len({p.device for p in params}) > 1:
+                    foreach = False
             fn = _multi_tensor_ssgd if foreach else _single_tensor_ssgd
             fn(params, grads, sc, bufs, lr=float(group["lr"]), momentum=momentum, dampening=group["dampening"],
                nesterov=group["nesterov"], weight_decay=group["weight_decay"],
@@ -234,16 +242,22 @@ class SSGD(Optimizer):
         return loss
 
 
-def _direct(p: Tensor, g: Tensor, c: float, lr: float) -> bool:
-    """Whether ``c*g`` may be folded into a kernel's scalar: same float32/64 dtype, safe scale."""
-    return g.dtype == p.dtype and p.dtype in (torch.float32, torch.float64) and _safe(c) and _safe(lr * c)
+def _direct_dtypes(params: list[Tensor], grads: list[Tensor]) -> bool:
+    """Whether every grad has its param's dtype, float32 or float64 (scales can then be folded)."""
+    return all(p.dtype == g.dtype and p.dtype in _WIDE for p, g in zip(params, grads))
+
+
+_WIDE = (torch.float32, torch.float64)
 
 
 def _single_tensor_ssgd(params, grads, scales, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
                         decoupled):
+    """One tensor at a time; the direction of tensor i is ``scales[i] * grads[i]`` (``scales`` may be a float)."""
+    if not isinstance(scales, list):
+        scales = [scales] * len(params)
     for i, (p, g, c) in enumerate(zip(params, grads, scales)):
-        # the direction is c*g; materialise it only when it cannot be folded into a scalar
-        if not _direct(p, g, c, lr):
+        # fold c into the kernels' scalars; materialise c*g only for half precision or extreme scales
+        if not (p.dtype == g.dtype and p.dtype in _WIDE and _safe(c) and _safe(lr * c)):
             g, c = _scaled(g, c, p.dtype), 1.0
         if weight_decay != 0:
             if decoupled:
@@ -268,14 +282,20 @@ def _single_tensor_ssgd(params, grads, scales, bufs, *, lr, momentum, dampening,
 
 def _multi_tensor_ssgd(params, grads, scales, bufs, *, lr, momentum, dampening, nesterov, weight_decay,
                        decoupled):
-    direct = all(_direct(p, g, c, lr) for p, g, c in zip(params, grads, scales))
-    if direct and len(set(scales)) == 1:
-        c = scales[0]  # one scalar for all tensors: fold it into every kernel
+    """``torch._foreach_*`` kernels; a float ``scales`` (global scope) is folded into their scalars."""
+    uniform = not isinstance(scales, list)
+    if uniform:
+        direct = _safe(scales) and _safe(lr * scales) and _direct_dtypes(params, grads)
     else:
+        direct = all(_safe(c) and _safe(lr * c) for c in scales) and _direct_dtypes(params, grads)
+    if direct and uniform:
+        c = scales  # one scalar for all tensors: fold it into every kernel
+    else:
+        sc = scales if not uniform else [scales] * len(params)
         if direct:
-            grads = torch._foreach_mul(grads, scales)
+            grads = torch._foreach_mul(grads, sc)
         else:
-            grads = [_scaled(g, c, p.dtype) for p, g, c in zip(params, grads, scales)]
+            grads = [_scaled(g, x, p.dtype) for p, g, x in zip(params, grads, sc)]
         c = 1.0
     if weight_decay != 0:
         if decoupled:

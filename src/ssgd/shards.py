@@ -22,17 +22,18 @@ renormalise (``torch.optim.SGD``, optionally with momentum)::
 Two engines: ``method="vmap"`` computes all m shard gradients at once with
 ``torch.func`` (fast for small models; needs a model without in-place buffer updates,
 so no BatchNorm in training mode); ``method="loop"`` runs m micro-batch
-backward passes (any model). ``method="auto"`` picks vmap when it is safe.
+backward passes (any model). ``method="auto"`` picks vmap when it is safe (batch
+divisible by m, no BatchNorm in training mode). The vmap engine normalises and sums the
+m stacked gradients with one norm kernel and one ``(1, m) @ (m, n)`` product per tensor.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
-
-import math
 
 from .transform import _TINY_NORM, DEFAULT_EPS, _safe, _scales, check_eps, check_scope, unit_
 

@@ -54,29 +54,28 @@ def test_dlg_recovers_raw_fails_on_ssgd_global_and_dlg_unit_recovers(lenet8, dig
 
 
 def test_stacked_attack_equals_one_at_a_time(lenet8, digits, six):
-    x, y = six
-    shared = [batch_gradient(lenet8, x[k:k + 1], y[k:k + 1]) for k in range(2)]
-    a = get_attack("idlg:iters=8")
-    both = a.reconstruct_batch(lenet8, shared, [_meta(digits, seed=3), _meta(digits, seed=3)])
-    torch.manual_seed(3)
-    z = torch.randn(2, 64)  # the stacked run draws its init for both rows at once
-    alone = []
-    for k in range(2):
-        # same initial point for row k as in the stacked run
-        class Fixed(type(a)):
-            name = "idlg"
+    """Targets stacked into one optimisation get the iterates they would get alone."""
+    from ssgd.attacks import IDLG
 
-            def _run(self, model, sh, metas, progress, _k=k):
-                import ssgd.attacks.optimization as opt
-                orig = torch.randn
-                try:
-                    opt.torch.randn = lambda *s, **kw: z[_k:_k + 1].clone()
-                    return super()._run(model, sh, metas, progress)
-                finally:
-                    opt.torch.randn = orig
-        alone.append(Fixed(iters=8).reconstruct(lenet8, shared[k], _meta(digits, seed=3)))
-    for k in range(2):
-        assert torch.allclose(both[k].images, alone[k].images, atol=1e-4)
+    x, y = six
+    x = x.double()  # in float64 the stacked and the lone runs agree to ~1e-11 (float32 rounding is amplified)
+    model = build_model("lenet", digits.shape, 10, seed=0).double()
+    shared = [batch_gradient(model, x[k:k + 1], y[k:k + 1]) for k in range(3)]
+    z = torch.randn(3, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    class FixedStart(IDLG):
+        rows = slice(0, 3)
+
+        def _init(self, n, dim):
+            return z[self.rows].clone()
+
+    both = FixedStart(iters=6).reconstruct_batch(model, shared, [_meta(digits) for _ in range(3)])
+    for k in range(3):
+        one = FixedStart(iters=6)
+        one.rows = slice(k, k + 1)
+        alone = one.reconstruct(model, shared[k], _meta(digits))
+        assert torch.allclose(both[k].images, alone.images, atol=1e-8)
+        assert both[k].loss == pytest.approx(alone.loss, rel=1e-6)
 
 
 @pytest.mark.parametrize("attack,defense", [("inverting", "ssgd-global"), ("inverting-layer", "ssgd-layer")])
@@ -97,7 +96,7 @@ def test_inverting_reconstructs_better_than_its_start(lenet8, digits, six):
     torch.manual_seed(0)
     start = torch.randn(3, 1, 1, 8, 8).clamp(0, 1)
     assert sum(psnr(r.images, x[k:k + 1]) for k, r in enumerate(recs)) > \
-        sum(psnr(start[k, 0], x[k:k + 1]) for k in range(3)) + 9  # >= +3 dB per image on average
+        sum(psnr(start[k], x[k:k + 1]) for k in range(3)) + 9  # >= +3 dB per image on average
 
 
 SIGN_KEEPING = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=1", "prune:p=90", "sign", "fp16"]
@@ -144,10 +143,10 @@ def test_analytic_exact_on_linear_first_layer(digits, six):
         rec = get_attack(spec).reconstruct(model, sh, _meta(digits))
         assert psnr(rec.images, x[:1]) > floor, defense
         assert rec.labels.tolist() == y[:1].tolist()
-    sh = batch_gradient(model, x[:2], y[:2])
-    rec = get_attack("analytic").reconstruct(model, sh, _meta(digits, 2))
-    assert rec.images.shape == (2, 1, 8, 8)
-    assert score_batch(rec.images, x[:2])["psnr"] > 12
+    sh = batch_gradient(model, x[:4], y[:4])
+    rec = get_attack("analytic").reconstruct(model, sh, _meta(digits, 4))
+    assert rec.images.shape == (4, 1, 8, 8)
+    assert score_batch(rec.images, x[:4])["psnr"] > 60  # units active for one example only give it exactly
 
 
 def test_analytic_rejects_conv_first_layer(lenet8, digits, six):

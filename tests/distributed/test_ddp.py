@@ -114,6 +114,17 @@ def test_check_config_rejects_what_multi_node_cannot_do():
     check_config(TrainConfig(shards=2), 1)  # one node: --shards is the single-process SSGD(m)
 
 
+def test_local_norms_fast_path_keeps_the_core_corners():
+    from ssgd.distributed._common import local_norms
+
+    g = [torch.randn(5000), torch.zeros(3), torch.full((4,), 1e30), torch.full((2,), 1e-30)]
+    assert local_norms(g) == pytest.approx(ssgd.grad_norms(g).tolist(), rel=1e-6)
+    assert local_norms(g)[2] == pytest.approx(2e30, rel=1e-6)  # no float32 overflow
+    assert local_norms(g)[3] == pytest.approx(math.sqrt(2) * 1e-30, rel=1e-6)  # no underflow
+    with pytest.raises(ssgd.NonFiniteGradientError):
+        local_norms([torch.ones(3), torch.tensor([1.0, math.inf])])
+
+
 def test_torchrun_command():
     from ssgd.distributed.launch import torchrun_command
 

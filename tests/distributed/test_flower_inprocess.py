@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
 def test_clean_run_learns_and_every_update_is_a_unit_vector(runs):
     summary, history, _ = runs["clean"]
     assert summary["status"] == "finished" and summary["rejected_updates"] == 0
-    assert summary["final_test_acc"] > summary["initial_test_acc"] + 0.2
+    assert summary["final_test_acc"] > summary["initial_test_acc"] + 0.1
     norms = [v for r in history[1:] for _, v in r["norms"]]
     assert len(norms) == 3 * ROUNDS
     assert max(abs(v - 1.0) for v in norms) < 1e-4
@@ -63,7 +63,7 @@ def test_a_node_that_vanishes_mid_run_leaves_the_others_to_finish(tmp_path):
     assert summary["status"] == "finished" and [r["round"] for r in history] == list(range(ROUNDS + 1))
     assert [r["accepted"] for r in history[1:]] == [3, 3, 2, 2, 2]
     assert all(1002 not in [n for n, _ in r["norms"]] for r in history[3:])
-    assert summary["final_test_acc"] > summary["initial_test_acc"] + 0.2
+    assert summary["final_test_acc"] > summary["initial_test_acc"] + 0.1
 
 
 def test_resume_from_the_last_checkpoint_equals_an_uninterrupted_run(runs, tmp_path):

@@ -150,3 +150,20 @@ def test_sampling_gives_up_with_a_clear_error():
 def test_strategy_arguments_are_validated(kw, needle):
     with pytest.raises(ValueError, match=needle):
         SSGDStrategy(**kw)
+
+
+def test_the_strategy_step_is_the_poisoning_experiments_ssgd_aggregator():
+    """`ssgd reproduce poisoning` simulates the SSGD server with `unit_mean`; it must be this strategy's step."""
+    import torch
+
+    from ssgd.experiments.poisoning import unit_mean
+
+    w = model_arrays(0)
+    raw = [{k: v * (10.0 ** s) for k, v in model_arrays(s + 1).items()} for s in range(4)]
+    units = [{k: (v / norm(r)).astype(np.float32) for k, v in r.items()} for r in raw]
+    strategy = SSGDStrategy(server_lr=0.7)
+    _, replies = _replies(strategy, w, units)
+    got = arrays_from_record(strategy.aggregate_train(1, replies)[0])
+    flat = torch.stack([torch.cat([torch.from_numpy(r[k]).double().ravel() for k in w]) for r in raw])
+    want = torch.cat([torch.from_numpy(w[k]).double().ravel() for k in w]) - 0.7 * unit_mean(flat)
+    np.testing.assert_allclose(np.concatenate([got[k].ravel() for k in w]), want.numpy(), rtol=1e-5, atol=1e-6)

@@ -51,3 +51,23 @@ def test_absent_node_sends_only_noise_and_noise_matches_the_stream():
         nd.add_(ts)
         z.append(torch.cat([t.flatten() for t in ts]))
     torch.testing.assert_close(got, u + z[0] + z[1], rtol=1e-5, atol=1e-6)
+
+
+def test_node_privacy_solves_sigma_for_rounds_and_accounts_them():
+    from ssgd.privacy import NodePrivacy, compute_epsilon
+
+    p = NodePrivacy(target_epsilon=8.0, rounds=20, delta=1e-5, num_nodes=4, rank=2, seed=0)
+    for _ in range(20):
+        p.step()
+    assert 8.0 - 0.01 <= p.epsilon() <= 8.0
+    assert p.epsilon() == pytest.approx(compute_epsilon(p.noise_multiplier, 1.0, 20, 1e-5))
+    s = p.summary()
+    assert s["noise_std_this_node"] == pytest.approx(p.noise_multiplier / 2)  # sqrt(4) nodes share the noise
+    assert s["noise_std_sum"] == pytest.approx(p.noise_multiplier) and s["sample_rate"] == 1.0
+    z = torch.zeros(10)
+    p.add_([z], scale=0.0)
+    assert torch.equal(z, torch.zeros(10))
+    with pytest.raises(ValueError, match="rounds=None"):
+        NodePrivacy(target_epsilon=1.0)
+    with pytest.raises(ValueError, match="exactly one of"):
+        NodePrivacy()

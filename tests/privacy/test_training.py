@@ -6,18 +6,21 @@ import math
 import pytest
 import torch
 
-from ssgd.data import load_dataset, subsample
+from ssgd.data import ImageDataset
 from ssgd.experiments.train import TrainConfig, train
 from ssgd.privacy import compute_epsilon
 
 
 @pytest.fixture(scope="module")
 def small():
-    return subsample(load_dataset("mnist"), 256, 100, seed=0)
+    """Synthetic 8x8 images: exactly 256 training examples, so q = 1/4 exactly (no loading cost)."""
+    g = torch.Generator().manual_seed(0)
+    return ImageDataset("synthetic", torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
+                        torch.rand(50, 1, 8, 8, generator=g), torch.randint(0, 10, (50,), generator=g), 10)
 
 
 def _cfg(**kw):
-    base = dict(model="mlp", optimizer="sgd", lr=0.5, batch_size=64, epochs=2, seed=3, dp="example",
+    base = dict(model="lenet", optimizer="sgd", lr=0.5, batch_size=64, epochs=2, seed=3, dp="example",
                 noise_multiplier=1.1)
     base.update(kw)
     return TrainConfig(**base)
@@ -40,9 +43,10 @@ def test_example_level_epsilon_per_epoch_equals_opacus(small, tmp_path):
 
 
 def test_target_epsilon_is_met_and_seeded_runs_reproduce(small):
-    a = train(_cfg(noise_multiplier=None, target_epsilon=3.0), data=small, progress=False, checkpoint=False)
-    b = train(_cfg(noise_multiplier=None, target_epsilon=3.0), data=small, progress=False, checkpoint=False)
-    c = train(_cfg(noise_multiplier=None, target_epsilon=3.0, seed=4), data=small, progress=False, checkpoint=False)
+    kw = dict(noise_multiplier=None, target_epsilon=3.0, epochs=1)
+    a = train(_cfg(**kw), data=small, progress=False, checkpoint=False)
+    b = train(_cfg(**kw), data=small, progress=False, checkpoint=False)
+    c = train(_cfg(**kw, seed=4), data=small, progress=False, checkpoint=False)
     assert 3.0 - 0.01 <= a.privacy["epsilon"] <= 3.0
     assert torch.equal(_weights(a.model), _weights(b.model))  # same seed: same batches, same noise
     assert not torch.equal(_weights(a.model), _weights(c.model))
@@ -93,15 +97,17 @@ def test_cli_train_prints_final_epsilon_and_rejects_bad_values(tmp_path):
     from typer.testing import CliRunner
 
     from ssgd.cli import app
+    from ssgd.data import load_dataset
 
     runner = CliRunner()
     bad = runner.invoke(app, ["train", "--dp", "example", "--noise-multiplier", "-1", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "noise_multiplier=-1" in bad.output
     bad = runner.invoke(app, ["train", "--dp", "example", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "exactly one of" in bad.output
-    ok = runner.invoke(app, ["train", "--dp", "node", "--shards", "2", "--noise-multiplier", "2", "--epochs", "1",
-                             "--model", "mlp", "--batch-size", "1000", "--optimizer", "ssgd", "--lr", "0.1",
-                             "--no-progress", "--out", str(tmp_path / "ok")])
+    ok = runner.invoke(app, ["train", "--dataset", "digits", "--dp", "node", "--shards", "2", "--noise-multiplier",
+                             "2", "--epochs", "1", "--model", "mlp", "--batch-size", "500", "--optimizer", "ssgd",
+                             "--lr", "0.1", "--no-progress", "--out", str(tmp_path / "ok")])
     assert ok.exit_code == 0, ok.output
-    expect = compute_epsilon(2.0, 1.0, 4, 1e-5)
+    n = load_dataset("digits").x_train.shape[0]
+    expect = compute_epsilon(2.0, 1.0, math.ceil(n / 500), 1e-5)
     assert f"epsilon = {expect:.4g}" in ok.output and "per node" in ok.output

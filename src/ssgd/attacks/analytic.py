@@ -7,8 +7,8 @@ et al. 2020, Sec. 3). The ratio is unchanged by any common rescaling of the grad
 SSGD's global scope does not affect it; with layer scope it is off by one unknown factor,
 which ``rescale=True`` removes using the box ``[0, 1]`` (the brightest pixel is set to 1).
 For a batch each unit mixes the examples it is active for; candidates from all units are
-computed and ``B`` of them chosen by farthest-point selection (pure single-example
-candidates are the extreme points of the mixtures).
+computed and the ``B`` with the most near-duplicates are chosen (every unit active for one
+example only reproduces that example exactly; mixtures are unique).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Analytic(Attack):
     help = "closed-form input from the first linear layer (weight-row gradient / bias gradient)"
     rescale: bool = False
     rel_tol: float = 1e-6
+    dup_tol: float = 1e-3
 
     def _candidates(self, gw: Tensor, gb: Tensor) -> tuple[Tensor, Tensor]:
         mag = gb.abs()
@@ -38,6 +39,25 @@ class Analytic(Attack):
         idx = torch.nonzero(ok).flatten()
         cands = gw[idx] / gb[idx].unsqueeze(1)
         return cands, mag[idx]
+
+    def _select(self, cands: Tensor, w: Tensor, B: int) -> list[int]:
+        """Pick B candidates: a unit active for one example only gives that example exactly, and many
+        units do, so true images are the candidates with the most (near-)duplicates; mixtures are
+        unique. Greedy: most duplicates first (ties: larger |dL/db|), skipping near-copies of chosen ones."""
+        scale = cands.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        dist = torch.cdist(cands, cands) / scale
+        near = dist < self.dup_tol
+        support = near.sum(1).double() + w / (w.max() + 1e-30)
+        chosen: list[int] = []
+        blocked = torch.zeros(cands.shape[0], dtype=torch.bool)
+        for i in torch.argsort(support, descending=True).tolist():
+            if len(chosen) == B:
+                break
+            if blocked[i]:
+                continue
+            chosen.append(i)
+            blocked |= near[i]
+        return chosen
 
     def _run(self, model, shared, metas, progress):
         out = []
@@ -56,12 +76,7 @@ class Analytic(Attack):
                 # every active unit gives x exactly; average weighted by |dL/db_i| for robustness
                 imgs = ((cands * w.unsqueeze(1)).sum(0) / w.sum()).unsqueeze(0)
             else:
-                chosen = [int(w.argmax())]
-                dist = (cands - cands[chosen[0]]).norm(dim=1)
-                while len(chosen) < min(B, cands.shape[0]):
-                    nxt = int(dist.argmax())
-                    chosen.append(nxt)
-                    dist = torch.minimum(dist, (cands - cands[nxt]).norm(dim=1))
+                chosen = self._select(cands, w, B)
                 imgs = cands[chosen]
                 if imgs.shape[0] < B:
                     imgs = torch.cat([imgs, imgs[:1].repeat(B - imgs.shape[0], 1)])

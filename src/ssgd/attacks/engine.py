@@ -26,13 +26,13 @@ __all__ = ["DummyGradients", "batched_unit", "euclidean", "cosine_global", "cosi
            "lbfgs", "signed_adam", "stack_targets"]
 
 
-def stack_targets(shared: list[list[Tensor]]) -> list[Tensor]:
-    """``K`` lists of tensors (one per parameter) -> one list of ``(K, *shape)`` tensors."""
+def stack_targets(shared: list[list[Tensor]], dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    """``K`` lists of tensors (one per parameter) -> one list of ``(K, *shape)`` tensors of ``dtype``."""
     n = len(shared[0])
     for k, s in enumerate(shared):
         if len(s) != n:
             raise ValueError(f"shared update #{k} has {len(s)} tensors, expected {n} (one per model parameter)")
-    return [torch.stack([s[i].detach().float() for s in shared]) for i in range(n)]
+    return [torch.stack([s[i].detach().to(dtype) for s in shared]) for i in range(n)]
 
 
 class DummyGradients:

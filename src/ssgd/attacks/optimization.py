@@ -70,6 +70,10 @@ class DLG(Attack):
         if self.labels not in ("optimize", "recover"):
             raise ValueError(f"{self.name}: labels={self.labels!r}; expected 'optimize' or 'recover'")
 
+    def _init(self, rows: int, dim: int) -> torch.Tensor:
+        """DLG's initialisation: standard normal dummy images and label logits, one row per target."""
+        return torch.randn(rows, dim)
+
     # the SSGD-aware subclass overrides these two
     def _shards(self, batch_size: int) -> int:
         return 1
@@ -81,7 +85,8 @@ class DLG(Attack):
         m0 = metas[0]
         K, B, C = len(shared), m0.batch_size, m0.num_classes
         shape = tuple(m0.shape)
-        target = stack_targets(shared)
+        dtype = next(model.parameters()).dtype
+        target = stack_targets(shared, dtype)
         fixed = _labels_for(self.labels, shared, metas)
         shards = self._shards(B)
         dg = DummyGradients(model, shards)
@@ -89,10 +94,10 @@ class DLG(Attack):
         # dividing target k's objective by |t_k|^2 leaves its minimisers unchanged but makes L-BFGS's
         # scale-dependent parts (first step, curvature threshold ys > 1e-10) work for small gradients
         scale = (1.0 / sum((t ** 2).flatten(1).sum(1) for t in target).clamp_min(1e-30)
-                 if self.normalize else torch.ones(K))
+                 if self.normalize else torch.ones(K, dtype=dtype))
         nx = B * shape[0] * shape[1] * shape[2]
-        z0 = torch.randn(K, nx + (0 if fixed is not None else B * C))
-        y_fixed = F.one_hot(fixed, C).float() if fixed is not None else None
+        z0 = self._init(K, nx + (0 if fixed is not None else B * C)).to(dtype)
+        y_fixed = F.one_hot(fixed, C).to(dtype) if fixed is not None else None
 
         def split(z):
             x = z[:, :nx].reshape(K, B, *shape)
@@ -182,10 +187,11 @@ class Inverting(Attack):
         K, B, C, R = len(shared), m0.batch_size, m0.num_classes, self.restarts
         shape = tuple(m0.shape)
         labels = _labels_for("recover", shared, metas)  # (K, B)
-        target = stack_targets(shared)
+        dtype = next(model.parameters()).dtype
+        target = stack_targets(shared, dtype)
         # restarts are stacked too: row r*K + k is restart r of target k
         target_r = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target]
-        y = F.one_hot(labels, C).float().repeat(R, 1, 1)
+        y = F.one_hot(labels, C).to(dtype).repeat(R, 1, 1)
         dg = DummyGradients(model, 1)
         objective = cosine_layer if self.per_layer else cosine_global
 
@@ -193,7 +199,7 @@ class Inverting(Attack):
             return objective(dg.grads(x, y), target_r) + self.tv * total_variation(x)
 
         bar = _bar(progress, self.iters, self.name)
-        x0 = torch.randn(R * K, B, *shape)
+        x0 = torch.randn(R * K, B, *shape).to(dtype)
         x, final = signed_adam(closure, x0, self.iters, lr=self.lr, box=(0.0, 1.0),
                                on_iter=lambda i, l: bar.update(1))
         bar.close()

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+__all__ = ["command"]
+
 
 def _csv(value: str, allowed: tuple[str, ...] | None, what: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())

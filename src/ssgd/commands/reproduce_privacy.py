@@ -11,7 +11,8 @@ import typer
 __all__ = ["command", "parse_epsilons", "QUICK"]
 
 # --quick: a CI-sized run (one dataset slice, two epsilons, 2 epochs, one tiny attack)
-QUICK = dict(datasets=("mnist",), epsilons=(4.0, math.inf), n_train=512, n_test=200, batch_size=128, epochs=2,
+QUICK = dict(datasets=("mnist",), epsilons=(4.0, math.inf), n_train=256, n_test=100, batch_size=64, epochs=2,
+             lr_grid=(), lr=1.0,
              attacks=("dlg-unit",), attack_images=1, attack_iters=20)
 
 
@@ -44,7 +45,8 @@ def command(
     methods: Optional[str] = typer.Option(None, help="comma-separated: ssgd+noise,opacus (default both)"),
     epochs: Optional[int] = typer.Option(None, help="epochs per run"),
     batch_size: Optional[int] = typer.Option(None, help="expected (Poisson) batch size"),
-    lr: Optional[float] = typer.Option(None, help="learning rate, the same for both methods"),
+    lr: Optional[float] = typer.Option(None, help="learning rate for both methods (default: each method's best of "
+                                                  "0.5, 2 on a validation split at epsilon 4)"),
     train_size: Optional[int] = typer.Option(None, help="training examples per dataset (stratified subset)"),
     attacks: Optional[str] = typer.Option(None, help="comma-separated attack specs for the PSNR grid "
                                                      "(default dlg-unit,inverting-layer; 'none' skips it)"),
@@ -67,7 +69,9 @@ def command(
         kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
     if attacks is not None:
         kw["attacks"] = () if attacks.strip() == "none" else tuple(a.strip() for a in attacks.split(",") if a.strip())
-    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("n_train", train_size),
+    if lr is not None:
+        kw["lr"], kw["lr_grid"] = lr, ()  # a given lr is used as is (no validation grid)
+    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("n_train", train_size),
                      ("attack_images", attack_images)):
         if val is not None:
             kw[key] = val

@@ -35,7 +35,7 @@ def parse_methods(text: str | None, known: tuple[str, ...]) -> tuple[str, ...] |
 def command(
     quick: bool = typer.Option(False, "--quick", help="reduced grid (batch 16,128,1024; 4,000 train examples; "
                                                       "1 epoch): about a minute on 2 cores"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per cell (default 3; --quick: 1)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per cell (default 2; --quick: 1)"),
     batch_sizes: Optional[str] = typer.Option(None, help="comma-separated batch sizes (default 16,32,...,8192)"),
     methods: Optional[str] = typer.Option(None, help="comma-separated: sgd,sgdm,adam,ssgd,nsgd,lars (default all)"),
     lr_points: Optional[int] = typer.Option(None, help="learning rates per method in the validation grid (default 3)"),

@@ -18,7 +18,7 @@ def command(
     ns: Optional[str] = typer.Option(None, "--ns", help="comma-separated per-shard batch sizes n (default 4,16,64)"),
     methods: Optional[str] = typer.Option(None, help="comma-separated: sgdm,adam,ssgd (default all)"),
     eps: float = typer.Option(2.0, "--eps", help="Laplace noise privacy level on training pixels (sensitivity 1)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per cell (default 3; --quick: 1)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per cell (default 2; --quick: 1)"),
     lr_points: Optional[int] = typer.Option(None, help="learning rates per method in the validation grid (default 3)"),
     train_size: Optional[int] = typer.Option(None, help="use a stratified subset of this many training examples"),
     test_size: Optional[int] = typer.Option(None, help="use a stratified subset of this many test examples"),

@@ -77,13 +77,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_scope, grad_norms
+from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_scope
 from ._common import (
     LocalNonFiniteError,
     PeerNonFiniteError,
     check_finite_result,
     check_nonfinite,
     check_reduce,
+    local_norms,
     log,
     nonfinite_message,
     normalise_local_,
@@ -194,7 +195,7 @@ def _global_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures
     # this bucket's per-parameter norms now, while the backward pass goes on; kept by parameter
     # index so the global norm does not depend on DDP's bucket layout (which DDP rebuilds)
     try:
-        norms = grad_norms(grads).tolist()
+        norms = local_norms(grads)
     except NonFiniteGradientError as e:
         norms = [math.nan] * len(grads)
         if state._bad_bucket is None:

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 __all__ = ["PoisoningConfig", "AGGREGATORS", "ATTACKS", "aggregate", "run_one", "run_poisoning",
-           "krum", "coordinate_median", "unit_mean", "clipped_mean"]
+           "krum", "coordinate_median", "unit_mean", "clipped_mean", "table"]
 
 AGGREGATORS = ("mean", "ssgd", "clip", "median", "krum")
 ATTACKS = ("boost", "signflip", "labelflip")

@@ -24,6 +24,7 @@ reconstructions, with the SSGD-aware attacks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,8 +60,11 @@ class PrivacyReproConfig:
     n_test: int | None = 1000
     batch_size: int = 256
     epochs: int = 8
-    optimizer: str = "sgdm"  # "sgd" | "sgdm" (momentum 0.9), the same for both methods
-    lr: float = 0.5
+    optimizer: str = "sgd"  # "sgd" | "sgdm" (momentum 0.9), the same for both methods
+    lr: float = 1.0  # used as is when lr_grid is empty
+    lr_grid: tuple[float, ...] = (1.0, 4.0)  # per method, picked on a validation split at tune_epsilon
+    tune_epsilon: float = 4.0
+    val_fraction: float = 0.1
     schedule: str = "cosine"  # "cosine" (to 0 over the run) | "constant"; post-processing, no privacy cost
     clip: float = 1.0  # Opacus max_grad_norm (the unit vectors' norm is 1: same sensitivity)
     seed: int = 0
@@ -160,9 +164,9 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
         opt = _optimizer(model.parameters(), cfg)
         loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.batch_size,
                             generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader")))
-        engine = PrivacyEngine(accountant=cfg.accountant)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+            engine = PrivacyEngine(accountant=cfg.accountant)
             pmodel, popt, ploader = engine.make_private(
                 module=model, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=cfg.clip,
                 poisson_sampling=True,
@@ -174,7 +178,9 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
             for xb, yb in ploader:
                 popt.zero_grad(set_to_none=True)
                 if xb.shape[0] > 0:
-                    F.cross_entropy(pmodel(xb), yb).backward()
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        F.cross_entropy(pmodel(xb), yb).backward()
                 popt.step()
                 sched.step()
                 steps += 1
@@ -196,8 +202,39 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
             "seconds": time.perf_counter() - t0, "history": history}
 
 
+def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
+            log: Callable[[str], None] = print) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Pick each method's learning rate from ``cfg.lr_grid`` by *validation* accuracy.
+
+    On ``cfg.datasets[0]``: a stratified ``val_fraction`` of the training set is held out,
+    both methods train at ``tune_epsilon`` on the rest (σ solved for that reduced set)
+    and are scored on the held-out part -- the test set is never looked at. (As in most
+    DP papers, the privacy cost of this tuning is not accounted.)"""
+    from ..data import train_val_split
+
+    if len(cfg.lr_grid) <= 1:
+        lr = cfg.lr_grid[0] if cfg.lr_grid else cfg.lr
+        return {m: lr for m in cfg.methods}, []
+    part, val = train_val_split(_load(cfg.datasets[0], cfg), cfg.val_fraction, seed=cfg.seed)
+    tune_data = ImageDataset(part.name, part.x_train, part.y_train, val.x_test, val.y_test, part.num_classes)
+    n = tune_data.x_train.shape[0]
+    spe = math.ceil(n / cfg.batch_size)
+    sigma = solve_noise_multiplier(cfg.tune_epsilon, cfg.delta, 1.0 / spe, spe * cfg.epochs, cfg.accountant)
+    rows, best = [], {}
+    for method in cfg.methods:
+        for lr in cfg.lr_grid:
+            res = train_private(method, tune_data, sigma, dataclasses.replace(cfg, lr=lr), progress=progress)
+            rows.append({"method": method, "lr": lr, "val_acc": res["test_acc"], "sigma": sigma,
+                         "epsilon": res["epsilon"]})
+            log(f"tune {method:>10} lr={lr:g}: val acc {res['test_acc']:.4f} (eps {format_eps(cfg.tune_epsilon)})")
+        best[method] = max((r for r in rows if r["method"] == method), key=lambda r: r["val_acc"])["lr"]
+    write_csv(run_dir / "lr_tuning.csv", rows)
+    return best, rows
+
+
 def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
-                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                      log: Callable[[str], None] = print,
+                      lrs: dict[str, float] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for ds in cfg.datasets:
         data = _load(ds, cfg)
@@ -207,9 +244,10 @@ def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool 
         for eps in cfg.epsilons:
             sigma = solve_noise_multiplier(eps, cfg.delta, q, steps, cfg.accountant)
             for method in cfg.methods:
-                res = train_private(method, data, sigma, cfg, progress=progress)
+                lr = (lrs or {}).get(method, cfg.lr)
+                res = train_private(method, data, sigma, dataclasses.replace(cfg, lr=lr), progress=progress)
                 row = {"dataset": ds, "target_epsilon": eps, **{k: v for k, v in res.items() if k != "history"},
-                       "n_train": n}
+                       "lr": lr, "n_train": n}
                 rows.append(row)
                 write_csv(run_dir / "accuracy" / f"{ds}-{method}-eps{format_eps(eps)}.csv", res["history"])
                 write_csv(run_dir / "accuracy.csv", rows)  # after every run: partial results survive
@@ -257,21 +295,21 @@ def run_attack_grid(run_dir: Path, cfg: PrivacyReproConfig, sigmas: dict[float, 
             recs = attack.reconstruct_batch(model, shared, metas, progress=progress)
             scores = [score_batch(r.images, xs[k:k + 1], r.labels, ys[k:k + 1]) for k, r in enumerate(recs)]
             single = (math.inf if not sigma > 0 else compute_epsilon(sigma / 2.0, 1.0, 1, cfg.delta, cfg.accountant))
-            row = {"attack": attack.spec, "defence": dspec, "target_epsilon": eps if dspec != "none" else math.nan,
+            row = {"attack": spec, "attack_spec": attack.spec, "defence": dspec, "target_epsilon": eps if dspec != "none" else math.nan,
                    "sigma": sigma, "epsilon_one_release_local": single if dspec != "none" else math.nan,
                    "psnr": sum(s["psnr"] for s in scores) / k_img, "ssim": sum(s["ssim"] for s in scores) / k_img,
                    "label_acc": sum(s["label_acc"] for s in scores) / k_img,
                    "psnr_per_image": [round(s["psnr"], 3) for s in scores], "seconds": time.perf_counter() - t0}
             rows.append(row)
-            images.setdefault(attack.spec, []).append(
+            images.setdefault(spec, []).append(
                 ("no defence" if dspec == "none" else f"eps={format_eps(eps)}",
                  torch.cat([r.images.detach().float().cpu().clamp(0, 1) for r in recs])))
             write_csv(run_dir / "attack.csv", rows)
-            log(f"attack {attack.spec:>24} vs {dspec:<28} eps={format_eps(eps):>4}: PSNR {row['psnr']:.2f} dB "
+            log(f"attack {spec:>16} vs {dspec:<28} eps={format_eps(eps):>4}: PSNR {row['psnr']:.2f} dB "
                 f"SSIM {row['ssim']:.3f} labels {row['label_acc']:.2f} ({row['seconds']:.0f} s)")
     figs = []
     for spec, ims in images.items():
-        name = "attack_" + spec.split(":")[0] + ".png"
+        name = "attack_" + spec.replace(":", "_").replace(",", "_").replace("=", "") + ".png"
         _image_grid(xs, ims, run_dir / name, spec)
         figs.append(name)
     _plot_psnr(rows, cfg, run_dir / "psnr_vs_epsilon.png")
@@ -399,14 +437,16 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
     run_dir = Path(run_dir)
     write_json(run_dir / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
-    rows = run_accuracy_grid(run_dir, cfg, progress=progress, log=log)
+    lrs, tune_rows = tune_lr(run_dir, cfg, progress=progress, log=log)
+    rows = run_accuracy_grid(run_dir, cfg, progress=progress, log=log, lrs=lrs)
     write_json(run_dir / "accuracy.json", {"rows": rows})
     _plot_accuracy(rows, cfg, run_dir / "accuracy_vs_epsilon.png")
     lines = [
         "# SSGD + calibrated noise vs Opacus DP-SGD",
         "",
         f"Model `{cfg.model}` {cfg.model_kwargs}, {cfg.epochs} epochs, expected batch {cfg.batch_size} "
-        f"(Poisson sampling), {cfg.optimizer} lr {cfg.lr}, δ = {cfg.delta:g}, {cfg.accountant.upper()} accountant, "
+        f"(Poisson sampling), {cfg.optimizer} with {cfg.schedule} schedule, learning rates {lrs}, "
+        f"δ = {cfg.delta:g}, {cfg.accountant.upper()} accountant, "
         f"seed {cfg.seed}. Training sets: {cfg.n_train} examples, test sets {cfg.n_test}. "
         "Both methods use the same σ (solved for the target ε), q, steps, model init and optimizer; "
         f"Opacus clips to C = {cfg.clip:g}, ssgd+noise normalises every example's gradient to norm 1.",
@@ -418,6 +458,12 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
         "Per-epoch curves: [accuracy/](accuracy/); all rows: [accuracy.csv](accuracy.csv).",
         "",
     ]
+    if tune_rows:
+        lines += [f"Learning rates were picked per method from {list(cfg.lr_grid)} by validation accuracy "
+                  f"({cfg.val_fraction:g} of the {cfg.datasets[0]} training set held out, ε = "
+                  f"{format_eps(cfg.tune_epsilon)}; the test set was not used): "
+                  + ", ".join(f"{r['method']} lr {r['lr']:g} → {r['val_acc']:.4f}" for r in tune_rows)
+                  + " ([lr_tuning.csv](lr_tuning.csv)).", ""]
     if attack and cfg.attacks:
         sigmas = {r["target_epsilon"]: r["sigma"] for r in rows if r["dataset"] == cfg.datasets[0]}
         try:

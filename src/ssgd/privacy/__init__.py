@@ -21,7 +21,7 @@ from .accountant import (
     solve_noise_multiplier,
 )
 from .example import PoissonSampler, check_per_example_model, per_example_unit_grads, private_unit_grad_
-from .node import NODE_MODES, NodeNoise, node_unit_sum_
+from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
 from .training import DP_LEVELS, DPConfig, DPTraining
 
@@ -34,6 +34,7 @@ __all__ = [
     "LEVELS",
     "NODE_MODES",
     "NodeNoise",
+    "NodePrivacy",
     "PoissonSampler",
     "PrivacyAccountant",
     "PrivacyBudgetError",

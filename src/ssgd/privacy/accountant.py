@@ -18,6 +18,7 @@ here as in Opacus: the noise's standard deviation in units of the sensitivity.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -131,6 +132,12 @@ def solve_noise_multiplier(target_epsilon: float, delta: float, sample_rate: flo
     check_accountant(accountant)
     if math.isinf(eps) or steps == 0:
         return 0.0
+    return _solve_cached(eps, delta, q, steps, accountant, float(epsilon_tolerance))
+
+
+@functools.lru_cache(maxsize=256)
+def _solve_cached(eps: float, delta: float, q: float, steps: int, accountant: str, epsilon_tolerance: float) -> float:
+    # a pure function of its arguments (Opacus's binary search, ~20 accountant calls): cached
     from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
 
     try:

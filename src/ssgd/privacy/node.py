@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..transform import DEFAULT_EPS, check_scope, unit_
 from .noise import GaussianNoise, derive_seed, sensitivity
 
-__all__ = ["NODE_MODES", "NodeNoise", "node_unit_sum_"]
+__all__ = ["NODE_MODES", "NodeNoise", "NodePrivacy", "node_unit_sum_"]
 
 NODE_MODES = ("aggregate", "local")
 
@@ -101,16 +101,18 @@ class NodeNoise:
         return self._noise.std
 
     @torch.no_grad()
-    def add_(self, tensors: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    def add_(self, tensors: Tensor | Iterable[Tensor], scale: float = 1.0) -> list[Tensor]:
+        """Add this node's noise share, fresh, in place. ``scale`` multiplies the noise: pass the
+        factor the unit vector was already multiplied by (e.g. ``1/m`` when the all-reduce averages)."""
         ts = [tensors] if isinstance(tensors, Tensor) else list(tensors)
         if self.std == 0.0:
             return ts
         for t in ts:
-            t.add_(self._noise.sample(t.shape, dtype=t.dtype, device=t.device) * self.share)
+            t.add_(self._noise.sample(t.shape, dtype=t.dtype, device=t.device) * (self.share * scale))
         return ts
 
-    def __call__(self, tensors):
-        return self.add_(tensors)
+    def __call__(self, tensors, scale: float = 1.0):
+        return self.add_(tensors, scale)
 
     def __repr__(self) -> str:
         return (f"NodeNoise(noise_multiplier={self.noise_multiplier:g}, mode={self.mode!r}, split={self.split!r}, "
@@ -152,3 +154,59 @@ def node_unit_sum_(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]
     for p, t in zip(params, total):
         p.grad = t
     return torch.tensor(loss_sum / max(count, 1)), norms
+
+
+class NodePrivacy:
+    r"""Node-level privacy for one party of a real multi-node run: its :class:`NodeNoise` and an accountant.
+
+    The extension point the engines use: the DDP hook calls :meth:`add_` on each rank's
+    unit-vector buffers before the all-reduce (``split="distributed"``: every rank adds
+    its :math:`\sigma/\sqrt n` share); the Flower strategy calls :meth:`add_` once on the
+    sum of the accepted unit vectors (``split="central"``, ``num_nodes=1``: the server is
+    the trusted aggregator). Call :meth:`step` once per round / optimizer step and
+    :meth:`end_epoch` (or :meth:`epsilon`) to report ε per node.
+
+    Give ``noise_multiplier``, or ``target_epsilon`` with ``rounds`` (the planned number
+    of releases) to solve σ with Opacus. Sampling rate 1: every node takes part in every
+    round (no amplification is claimed for node selection).
+    """
+
+    def __init__(self, noise_multiplier: float | None = None, *, target_epsilon: float | None = None,
+                 rounds: int | None = None, delta: float = 1e-5, accountant: str = "rdp", mode: str = "aggregate",
+                 split: str = "distributed", num_nodes: int = 1, rank: int = 0, scope: str = "global",
+                 n_tensors: int = 1, seed: int | None = None):
+        from .accountant import PrivacyAccountant, solve_noise_multiplier
+
+        if (noise_multiplier is None) == (target_epsilon is None):
+            raise ValueError("NodePrivacy needs exactly one of noise_multiplier (sigma) or target_epsilon "
+                             f"(got noise_multiplier={noise_multiplier!r}, target_epsilon={target_epsilon!r})")
+        if noise_multiplier is None:
+            if not isinstance(rounds, int) or rounds < 1:
+                raise ValueError(f"target_epsilon needs the planned number of rounds/steps: rounds={rounds!r} "
+                                 "must be an integer >= 1")
+            noise_multiplier = solve_noise_multiplier(target_epsilon, delta, 1.0, rounds, accountant)
+        self.noise = NodeNoise(noise_multiplier, mode=mode, num_nodes=num_nodes, rank=rank, split=split, scope=scope,
+                               n_tensors=n_tensors, seed=seed)
+        self.noise_multiplier = self.noise.noise_multiplier
+        self.accountant = PrivacyAccountant(self.noise_multiplier, 1.0, delta, accountant, level="node")
+        self.target_epsilon = target_epsilon
+
+    def add_(self, tensors, scale: float = 1.0):
+        return self.noise.add_(tensors, scale)
+
+    def step(self, n: int = 1) -> None:
+        self.accountant.step(n)
+
+    def epsilon(self) -> float:
+        return self.accountant.epsilon()
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        row = self.accountant.end_epoch(epoch)
+        return {"epsilon": row["epsilon"], "delta": row["delta"]}
+
+    def summary(self) -> dict:
+        out = self.accountant.summary()
+        out.update({"mode": self.noise.mode, "split": self.noise.split, "num_nodes": self.noise.num_nodes,
+                    "noise_std_this_node": self.noise.std, "noise_std_sum": self.noise.total_std,
+                    "target_epsilon": self.target_epsilon})
+        return out

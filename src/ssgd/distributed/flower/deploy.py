@@ -224,6 +224,7 @@ class Deployment:
         self.env = flower_env(self.home)
         from .task import CACHE_ENV
 
+        self._own_cache = CACHE_ENV not in self.env
         self.env.setdefault(CACHE_ENV, str(self.workdir / "data-cache"))
         self.superlink: _Proc | None = None
         self.supernodes: list[_Proc] = []
@@ -324,6 +325,10 @@ class Deployment:
             p.stop()
         if self.superlink is not None:
             self.superlink.stop()
+        if self._own_cache:  # the decoded-data cache is a speed-up, not a result
+            from .task import CACHE_ENV
+
+            shutil.rmtree(self.env[CACHE_ENV], ignore_errors=True)
 
     def kill_node(self, i: int) -> None:
         """SIGKILL SuperNode ``i`` and its children: a node that vanishes without saying goodbye."""

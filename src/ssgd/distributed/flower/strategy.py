@@ -177,6 +177,14 @@ class SSGDStrategy(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
         return [Message(content=record, message_type=MessageType.EVALUATE, dst_node_id=n) for n in nodes]
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """FedAvg's metric averaging, but a malformed evaluate reply never crashes the server."""
+        try:
+            return super().aggregate_evaluate(server_round, replies)
+        except Exception as e:  # e.g. InconsistentMessageReplies from one misbehaving node
+            log.warning("round %d: evaluation metrics not aggregated (%s: %s)", server_round, type(e).__name__, e)
+            return None
+
     # ------------------------------------------------------------------ aggregation
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._current is None or self._spec is None:
