@@ -220,8 +220,9 @@ class SSGD(Optimizer):
             else:
                 eps = group["eps"]
                 sc = [sign / max(n, eps) for n in norms[off:off + len(grads)]]
-            # update in reverse order: the norm pass has just read the last gradients, which are
-            # then still in cache (on CPU this saves a good part of the second read of g)
+            # update in reverse order: the norm pass read the last gradients last, so on CPU they
+            # may still be in cache for the update's second read of g (free; order is irrelevant
+            # to the result)
             params, grads = params[::-1], grads[::-1]
             if isinstance(sc, list):
                 sc = sc[::-1]

@@ -38,7 +38,6 @@ def test_deployment_three_supernodes_unit_updates_and_a_killed_node(tmp_path):
     out = tmp_path / "run"
     with Deployment(3, tmp_path / "dep") as dep:
         assert all(dep.node_ids) and len(set(dep.node_ids)) == 3
-        dep.prepare_data("mnist")
         run_id = dep.submit({"num-rounds": ROUNDS, "out-dir": str(out), "min-nodes": 2, "round-timeout": 120.0,
                              "straggler-timeout": 10.0, "test-size": 300, "mode": "delta", "server-lr": 1.0,
                              "client-lr": 0.1, "local-steps": 5, "batch-size": 32})

@@ -53,14 +53,14 @@ def test_absent_node_sends_only_noise_and_noise_matches_the_stream():
     torch.testing.assert_close(got, u + z[0] + z[1], rtol=1e-5, atol=1e-6)
 
 
-def test_node_privacy_solves_sigma_for_rounds_and_accounts_them():
+def test_node_privacy_accounts_rounds_and_splits_the_noise():
     from ssgd.privacy import NodePrivacy, compute_epsilon
 
-    p = NodePrivacy(target_epsilon=8.0, rounds=20, delta=1e-5, num_nodes=4, rank=2, seed=0)
+    p = NodePrivacy(3.0, delta=1e-5, num_nodes=4, rank=2, seed=0)
     for _ in range(20):
         p.step()
-    assert 8.0 - 0.01 <= p.epsilon() <= 8.0
-    assert p.epsilon() == pytest.approx(compute_epsilon(p.noise_multiplier, 1.0, 20, 1e-5))
+    assert p.epsilon() == pytest.approx(compute_epsilon(3.0, 1.0, 20, 1e-5))
+    assert p.end_epoch(1)["epsilon"] == p.epsilon()
     s = p.summary()
     assert s["noise_std_this_node"] == pytest.approx(p.noise_multiplier / 2)  # sqrt(4) nodes share the noise
     assert s["noise_std_sum"] == pytest.approx(p.noise_multiplier) and s["sample_rate"] == 1.0

@@ -101,7 +101,8 @@ def up(
     cfg["out-dir"] = str(run_dir.absolute())
     typer.echo(f"starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1; logs in {run_dir / 'deployment' / 'logs'}")
     try:
-        with Deployment(nodes, run_dir / "deployment", node_configs=_faults(fault, nodes)) as dep:
+        with Deployment(nodes, run_dir / "deployment", node_configs=_faults(fault, nodes), dataset=cfg["dataset"],
+                        data_dir=str(cfg.get("data-dir", ""))) as dep:
             typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
             summary = dep.run(cfg, timeout=timeout)
     except DeploymentError as e:

@@ -31,6 +31,7 @@ def command(
     dlg_iters: Optional[int] = typer.Option(None, help="L-BFGS iterations of dlg/idlg/dlg-unit"),
     inverting_iters: Optional[int] = typer.Option(None, help="Adam iterations of inverting/inverting-layer"),
     restarts: Optional[int] = typer.Option(None, help="restarts of inverting/inverting-layer"),
+    accuracy_epochs: Optional[int] = typer.Option(None, help="epochs of the per-defence accuracy runs (0: skip)"),
     budget_minutes: float = typer.Option(0.0, help="stop starting new attacks after this many minutes (0: no limit)"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/leakage-<time>)"),
@@ -43,7 +44,8 @@ def command(
     kw = {}
     for key, val in (("datasets", _csv(datasets)), ("attacks", _csv(attacks)), ("defenses", _csv(defenses)),
                      ("batch_sizes", _csv(batch_sizes, int)), ("states", _csv(states)), ("images", images),
-                     ("dlg_iters", dlg_iters), ("inverting_iters", inverting_iters), ("restarts", restarts)):
+                     ("dlg_iters", dlg_iters), ("inverting_iters", inverting_iters), ("restarts", restarts),
+                     ("accuracy_epochs", accuracy_epochs)):
         if val is not None:
             kw[key] = val
     kw.update(seed=seed, budget_minutes=budget_minutes)

@@ -282,6 +282,7 @@ def _grid_figure(path: Path, originals: torch.Tensor, recs: dict[tuple[str, str]
             if j == 0:
                 ax.set_ylabel(d.split(":")[0], fontsize=7)
     fig.suptitle(title, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.98), h_pad=0.2, w_pad=0.2)
     save_figure(fig, path)
 
 
@@ -365,7 +366,7 @@ def run_leakage(cfg: LeakageConfig, run_dir: str | Path, *, progress: bool = Tru
     # privacy vs accuracy: accuracy of training with each defence (MNIST if present)
     acc_ds = "mnist" if "mnist" in datasets else next(iter(datasets), None)
     accuracy: dict[str, float] = {}
-    if acc_ds is not None:
+    if acc_ds is not None and cfg.accuracy_epochs > 0:
         for d in tqdm(cfg.defenses, desc="accuracy per defence", disable=not progress):
             accuracy[d] = train_with_defense(d, datasets[acc_ds], model=cfg.accuracy_model, epochs=cfg.accuracy_epochs,
                                              seed=cfg.seed,

@@ -194,6 +194,21 @@ class NodePrivacy:
     def add_(self, tensors, scale: float = 1.0):
         return self.noise.add_(tensors, scale)
 
+    def reseed(self, *salt) -> None:
+        """Restart this node's noise stream at a point derived from its seed and ``salt`` (e.g. the
+        epoch), so a resumed run draws the same noise as an uninterrupted one."""
+        base = self.noise._noise
+        if not hasattr(self, "_base_seed"):
+            self._base_seed = base.seed
+        base.seed = derive_seed(self._base_seed, "reseed", *salt)
+        base._gens = {}
+
+    def state_dict(self) -> dict:
+        return {"accountant": self.accountant.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accountant.load_state_dict(state["accountant"])
+
     def step(self, n: int = 1) -> None:
         self.accountant.step(n)
 

@@ -33,10 +33,10 @@ from .accountant import (
     solve_noise_multiplier,
 )
 from .example import PoissonSampler, check_per_example_model, private_unit_grad_
-from .node import NodeNoise, node_unit_sum_
+from .node import NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import GaussianNoise, derive_seed, sensitivity
 
-__all__ = ["DP_LEVELS", "DPConfig", "DPTraining", "check_train_config"]
+__all__ = ["DP_LEVELS", "DPConfig", "DPTraining", "check_train_config", "check_ddp_config", "ddp_privacy"]
 
 DP_LEVELS = ("off", "example", "node", "node-local")
 
@@ -221,3 +221,29 @@ class DPTraining:
             self.noise.load_state_dict(state["noise"])
         for nn_, st in zip(self.node_noises, state.get("node_noises", [])):
             nn_._noise.load_state_dict(st)
+
+
+def check_ddp_config(cfg: Any, nodes: int) -> None:
+    """DP fields for ``ssgd train --nodes N`` (DDP): node level only, through the SSGD hook."""
+    check_train_config(cfg)
+    if cfg.dp == "off":
+        return
+    if cfg.dp == "example":
+        raise ValueError("--dp example is single-process only (per-example unit vectors); with --nodes N use "
+                         "--dp node (noise once on the sum, split across the nodes) or --dp node-local")
+    if cfg.optimizer != "ssgd":
+        raise ValueError(f"--dp {cfg.dp} with --nodes needs --optimizer ssgd: the noise is calibrated to the unit "
+                         f"vectors the SSGD hook all-reduces (got --optimizer {cfg.optimizer})")
+
+
+def ddp_privacy(cfg: Any, world: int, rank: int, model: nn.Module, steps_per_epoch: int) -> NodePrivacy:
+    """This rank's :class:`NodePrivacy` for DDP: ``--dp node`` splits σ over the ranks (σ/√n each,
+    secure-aggregation model), ``--dp node-local`` adds the full local noise on every rank."""
+    from .node import NodePrivacy
+
+    n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
+    return NodePrivacy(cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
+                       rounds=max(1, steps_per_epoch * cfg.epochs), delta=cfg.delta, accountant=cfg.dp_accountant,
+                       mode="local" if cfg.dp == "node-local" else "aggregate", split="distributed",
+                       num_nodes=world, rank=rank, scope=cfg.scope, n_tensors=n_tensors,
+                       seed=derive_seed(cfg.seed, "dp-noise"))
