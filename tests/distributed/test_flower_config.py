@@ -21,6 +21,8 @@ def test_run_config_accepts_flower_style_keys_and_validates():
         FlowerRunConfig.from_mapping({"mode": "fedprox"})
     with pytest.raises(ValueError, match="num-rounds"):
         FlowerRunConfig.from_mapping({"num-rounds": 0})
+    with pytest.raises(ValueError, match="model"):
+        FlowerRunConfig.from_mapping({"model": "nope"})
     with pytest.raises(ValueError, match="batch-size"):
         FlowerRunConfig.from_mapping({"batch-size": "many"})
 
@@ -36,4 +38,5 @@ def test_app_dirs_pass_flowers_own_validation(tmp_path, app_dir):
     assert app["components"]["clientapp"] == "ssgd.distributed.flower.client_app:app"
     # every key of the app's run config is one the apps understand, with a valid value
     FlowerRunConfig.from_mapping(app["config"])
-    assert set(k.replace("-", "_") for k in app["config"]) <= set(FlowerRunConfig().to_dict())
+    # ... and all of them are there: `flwr run --run-config` can only override keys the app lists
+    assert set(k.replace("-", "_") for k in app["config"]) == set(FlowerRunConfig().to_dict())

@@ -90,3 +90,18 @@ def test_resume_refuses_a_checkpoint_of_another_experiment(runs, tmp_path):
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_checkpoint(out / "checkpoint.pt")
+
+
+def test_cli_local_reports_the_rejected_node(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+
+    res = CliRunner().invoke(app, ["flower", "local", "--nodes", "3", "--rounds", "2", "--fault", "2:nan",
+                                   "--set", "test-size=100", "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "round 2, node 1003: non-finite values" in res.output
+    assert json.loads((tmp_path / "cli" / "result.json").read_text())["rejected_updates"] == 2
+    bad = CliRunner().invoke(app, ["flower", "local", "--nodes", "3", "--fault", "9:nan", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "node index 9" in bad.output
+    assert not (tmp_path / "bad").exists()

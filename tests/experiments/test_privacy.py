@@ -72,3 +72,12 @@ def test_reproduce_privacy_quick_writes_the_run_folder(tmp_path):
     # noise calibrated for epsilon = 4 leaves the attack less than the bare unit vector (sigma = 0) does
     assert attack["ssgd-noise"] < attack["ssgd-noise0"]
     assert "| mnist | 4 |" in (out / "report.md").read_text()
+    # --resume keeps the finished accuracy runs (and refuses a folder made with other settings)
+    again = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out),
+                                     "--resume", "--attacks", "none"])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already in accuracy.csv") == 4
+    assert list(csv.DictReader((out / "accuracy.csv").open())) == rows
+    bad = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out),
+                                   "--resume", "--epochs", "3"])
+    assert bad.exit_code == 2 and "config differs in ['epochs']" in bad.output

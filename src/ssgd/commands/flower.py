@@ -97,11 +97,12 @@ def up(
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 SuperNode")
     cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
                       alpha, seed, strict, min_nodes, round_timeout, straggler_timeout, set_)
+    node_configs = _faults(fault, nodes)
     run_dir = make_run_dir(out, "flower")
     cfg["out-dir"] = str(run_dir.absolute())
     typer.echo(f"starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1; logs in {run_dir / 'deployment' / 'logs'}")
     try:
-        with Deployment(nodes, run_dir / "deployment", node_configs=_faults(fault, nodes), dataset=cfg["dataset"],
+        with Deployment(nodes, run_dir / "deployment", node_configs=node_configs, dataset=cfg["dataset"],
                         data_dir=str(cfg.get("data-dir", ""))) as dep:
             typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
             summary = dep.run(cfg, timeout=timeout)
@@ -133,8 +134,9 @@ def local(
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 node")
     cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
                       alpha, seed, strict, None, 60.0, 0.0, set_)
+    node_configs = _faults(fault, nodes)
     run_dir = make_run_dir(out, "flower-local")
     cfg["out-dir"] = str(run_dir.absolute())
-    summary = run_in_process(nodes, cfg, node_configs=_faults(fault, nodes), progress=progress)
+    summary = run_in_process(nodes, cfg, node_configs=node_configs, progress=progress)
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")

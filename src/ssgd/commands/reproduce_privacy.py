@@ -53,6 +53,8 @@ def command(
     attack_images: Optional[int] = typer.Option(None, help="images attacked per epsilon"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/privacy-<time>)"),
+    resume: bool = typer.Option(False, help="keep the lr choice and accuracy runs already in --out (same "
+                                            "settings); rerun only the missing ones and the attack grid"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Accuracy vs epsilon for SSGD + calibrated noise and Opacus DP-SGD, and attack PSNR vs epsilon."""
@@ -84,7 +86,12 @@ def command(
         check_accountant(accountant)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out <run folder>")
     run_dir = make_run_dir(out, "privacy")
-    report = run_privacy_repro(run_dir, cfg, progress=progress, log=typer.echo)
+    try:
+        report = run_privacy_repro(run_dir, cfg, progress=progress, log=typer.echo, resume=resume)
+    except ValueError as e:  # e.g. resuming a folder made with other settings, an unknown dataset
+        raise typer.BadParameter(str(e)) from e
     typer.echo(report.read_text())
     typer.echo(f"run folder: {run_dir}")

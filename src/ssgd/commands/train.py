@@ -78,6 +78,10 @@ def train_cmd(
         except ValueError as e:  # e.g. --device cuda with fewer GPUs than nodes
             raise typer.BadParameter(str(e)) from e
         typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")
+        if (run_dir / "privacy.json").is_file():  # written by rank 0 when --dp is on
+            import json
+
+            _echo_privacy(json.loads((run_dir / "privacy.json").read_text()))
         return
     run_dir = make_run_dir(out, "train")
     try:
@@ -86,7 +90,11 @@ def train_cmd(
         raise typer.BadParameter(str(e)) from e
     typer.echo(f"test accuracy: {res.test_acc:.4f}  ({res.seconds:.1f} s)  run folder: {run_dir}")
     if res.privacy is not None:
-        p = res.privacy
-        typer.echo(f"privacy: epsilon = {p['epsilon']:.4g} at delta = {p['delta']:g} per {p['level']} "
-                   f"(sigma = {p['noise_multiplier']:.4g}, q = {p['sample_rate']:.4g}, {p['steps']} steps, "
-                   f"{p['accountant'].upper()} accountant)")
+        _echo_privacy(res.privacy)
+
+
+def _echo_privacy(p: dict) -> None:
+    """The final epsilon line of ``ssgd train --dp ...`` (ssgd.privacy summary)."""
+    typer.echo(f"privacy: epsilon = {float(p['epsilon']):.4g} at delta = {float(p['delta']):g} per {p['level']} "
+               f"(sigma = {float(p['noise_multiplier']):.4g}, q = {float(p['sample_rate']):.4g}, {p['steps']} steps, "
+               f"{str(p['accountant']).upper()} accountant)")

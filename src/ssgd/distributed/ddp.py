@@ -113,6 +113,7 @@ class SSGDHookState:
     group: Optional[Any] = None
     rank: int = 0
     world_size: int = 1
+    noise: Optional[Any] = None  # ssgd.privacy.NodePrivacy/NodeNoise: add_(tensors, scale) before the all-reduce
     names: dict = field(default_factory=dict, repr=False)
     index: dict = field(default_factory=dict, repr=False)
     steps: int = 0
@@ -184,6 +185,8 @@ def _layer_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures.
         elif not state._skipped_now and any(not math.isfinite(n) for n in norms):
             state._skipped_now = True
             state.skipped += 1
+    if state.noise is not None and state._error is None:  # DP: this rank's noise share (ssgd.privacy)
+        state.noise.add_([buffer], scale=state.factor)
     return _allreduce(state, buffer).then(partial(_finish, state, buffer, bucket.is_last()))
 
 
@@ -226,6 +229,8 @@ def _global_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures
         total = math.hypot(*state.last_norms)
         scale_(state._buffers, [state.factor / max(total, state.eps)] * len(state._buffers))
 
+    if state.noise is not None and state._error is None:  # DP: this rank's noise share (ssgd.privacy)
+        state.noise.add_(state._buffers, scale=state.factor)
     for buf, out in zip(state._buffers[:-1], state._futures):
         _allreduce(state, buf).add_done_callback(partial(_forward, out, buf))
     result = _allreduce(state, buffer).then(partial(_finish, state, buffer, True))
@@ -247,7 +252,8 @@ def ssgd_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures.Fu
 
 
 def register(ddp_model: DistributedDataParallel, scope: str = "global", *, reduce: str = "mean",
-             eps: float = DEFAULT_EPS, nonfinite: str = "raise", group: Optional[Any] = None) -> SSGDHookState:
+             eps: float = DEFAULT_EPS, nonfinite: str = "raise", group: Optional[Any] = None,
+             noise: Optional[Any] = None) -> SSGDHookState:
     """Make ``ddp_model`` all-reduce unit vectors (SSGD with m = world size); return the hook state.
 
     Args:
@@ -258,6 +264,8 @@ def register(ddp_model: DistributedDataParallel, scope: str = "global", *, reduc
         eps: norms below ``eps`` divide by ``eps`` (a zero gradient stays zero).
         nonfinite: ``"raise"`` or ``"skip"``, see the module docstring.
         group: the process group (default: the DDP model's).
+        noise: differential privacy (e.g. :class:`ssgd.privacy.NodePrivacy`): its ``add_(tensors, scale)``
+            adds this rank's noise share to its unit vector before the all-reduce.
     """
     check_scope(scope)
     check_reduce(reduce)
@@ -277,6 +285,6 @@ def register(ddp_model: DistributedDataParallel, scope: str = "global", *, reduc
     state = SSGDHookState(scope=scope, reduce=reduce, eps=float(eps), nonfinite=nonfinite, group=group,
                           rank=dist.get_rank(group), world_size=dist.get_world_size(group),
                           names={id(p): n for n, p in module.named_parameters()},
-                          index={id(p): i for i, p in enumerate(module.parameters())})
+                          index={id(p): i for i, p in enumerate(module.parameters())}, noise=noise)
     ddp_model.register_comm_hook(state, ssgd_hook)
     return state

@@ -58,6 +58,7 @@ __all__ = ["SUPPORTED_OPTIONS", "check_config", "train_ddp", "main"]
 SUPPORTED_OPTIONS = frozenset({
     "dataset", "data_dir", "model", "optimizer", "scope", "shards", "lr", "momentum", "weight_decay",
     "batch_size", "epochs", "seed", "device", "schedule", "warmup", "val_fraction", "noise_eps",
+    "dp", "noise_multiplier", "target_epsilon", "delta", "dp_accountant",  # node-level DP (ssgd.privacy)
 })
 
 
@@ -78,6 +79,10 @@ def check_config(cfg: TrainConfig, nodes: int) -> TrainConfig:
     if extra:
         raise ValueError(f"option(s) {extra} are not supported with --nodes > 1 yet; "
                          "run them single-process (--nodes 1) or leave them at their defaults")
+    if cfg.dp != "off":
+        from ..privacy.training import check_ddp_config
+
+        check_ddp_config(cfg, nodes)
     return cfg
 
 
@@ -174,8 +179,13 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
         kw["bucket_cap_mb"] = bucket_cap_mb
     ddp = DistributedDataParallel(model, **kw)
     use_hook = cfg.optimizer == "ssgd"
+    privacy = None
+    if cfg.dp != "off":  # ssgd.privacy: every rank adds its noise share to its unit vector before the all-reduce
+        from ..privacy.training import ddp_privacy
+
+        privacy = ddp_privacy(cfg, world, rank, model, steps_per_epoch)
     if use_hook:
-        register(ddp, scope=cfg.scope, reduce="sum")
+        register(ddp, scope=cfg.scope, reduce="sum", noise=privacy)
     # ssgd with shards=world is SGD along the summed unit vectors -- the same optimizer as single-process --shards N
     opt = build_optimizer(cfg.optimizer, ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, scope=cfg.scope, shards=world if use_hook else 1)
@@ -187,6 +197,8 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
         gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         history = list(ck["history"])
+        if privacy is not None:
+            privacy.load_state_dict(ck["dp"])
         start_epoch, elapsed = ck["epoch"] + 1, float(ck.get("seconds", 0.0))
     backend = dist.get_backend(group)
     if run_dir is not None and rank == 0:
@@ -204,6 +216,8 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
             break
         ddp.train()
         perm = torch.randperm(n, generator=gen).to(device)
+        if privacy is not None:
+            privacy.reseed(epoch)  # the noise stream of an epoch depends on (seed, rank, epoch): resumable
         tot = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss * examples, examples)
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -216,6 +230,8 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
             loss.backward()
             opt.step()
             sched.step()
+            if privacy is not None:
+                privacy.step()
             tot[0] += loss.detach().double() * mine.numel()
             tot[1] += mine.numel()
             bar.update(1)
@@ -227,6 +243,8 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
                    "train_loss": float(tot[0] / tot[1].clamp_min(1)), "test_loss": test_loss, "test_acc": acc}
             if val is not None:
                 row["val_acc"], row["val_loss"] = evaluate(model, val.x_test, val.y_test, device=device)
+            if privacy is not None:
+                row.update(privacy.end_epoch(epoch))  # epsilon per node so far (Opacus accountant)
             row["seconds"] = time.perf_counter() - t0
             bar.set_postfix(acc=f"{acc:.4f}")
         box = [row]
@@ -236,7 +254,8 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
         if rank == 0 and ck_path is not None:
             _save(ck_path, config=cfg.to_dict(), nodes=world, epoch=epoch, model=model.state_dict(),
                   optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
-                  torch_rng=torch.get_rng_state(), history=history, seconds=box[0]["seconds"])
+                  torch_rng=torch.get_rng_state(), history=history, seconds=box[0]["seconds"],
+                  dp=privacy.state_dict() if privacy is not None else None)
             write_csv(run_dir / "metrics.csv", history)
     bar.close()
     if not history:
@@ -251,8 +270,11 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
     identical = _replicas_identical(model, group, src)
     res = TrainResult(model=model, history=history, test_acc=history[-1]["test_acc"],
                       seconds=time.perf_counter() - t0, run_dir=run_dir,
-                      val_acc=history[-1].get("val_acc", float("nan")))
+                      val_acc=history[-1].get("val_acc", float("nan")),
+                      privacy=privacy.summary() if privacy is not None and rank == 0 else None)
     if run_dir is not None and rank == 0:
+        if res.privacy is not None:
+            write_json(run_dir / "privacy.json", res.privacy)
         write_csv(run_dir / "metrics.csv", history)
         write_json(run_dir / "metrics.json", {"test_acc": res.test_acc, "val_acc": res.val_acc,
                                               "seconds": res.seconds, "epochs_done": history[-1]["epoch"],

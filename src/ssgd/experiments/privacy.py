@@ -202,8 +202,25 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
             "seconds": time.perf_counter() - t0, "history": history}
 
 
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a result CSV with numbers parsed back (``inf`` included)."""
+    import csv
+
+    if not path.is_file():
+        return []
+
+    def conv(v: str) -> Any:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with path.open() as fh:
+        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
 def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
-            log: Callable[[str], None] = print) -> tuple[dict[str, float], list[dict[str, Any]]]:
+            log: Callable[[str], None] = print, resume: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Pick each method's learning rate from ``cfg.lr_grid`` by *validation* accuracy.
 
     On ``cfg.datasets[0]``: a stratified ``val_fraction`` of the training set is held out,
@@ -215,6 +232,11 @@ def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
     if len(cfg.lr_grid) <= 1:
         lr = cfg.lr_grid[0] if cfg.lr_grid else cfg.lr
         return {m: lr for m in cfg.methods}, []
+    done = _read_csv(run_dir / "lr_tuning.csv") if resume else []
+    if done and {(r["method"], r["lr"]) for r in done} >= {(m, lr) for m in cfg.methods for lr in cfg.lr_grid}:
+        best = {m: max((r for r in done if r["method"] == m), key=lambda r: r["val_acc"])["lr"] for m in cfg.methods}
+        log(f"resume: learning rates from lr_tuning.csv: {best}")
+        return best, done
     part, val = train_val_split(_load(cfg.datasets[0], cfg), cfg.val_fraction, seed=cfg.seed)
     tune_data = ImageDataset(part.name, part.x_train, part.y_train, val.x_test, val.y_test, part.num_classes)
     n = tune_data.x_train.shape[0]
@@ -234,8 +256,10 @@ def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
 
 def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
                       log: Callable[[str], None] = print,
-                      lrs: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+                      lrs: dict[str, float] | None = None, resume: bool = False) -> list[dict[str, Any]]:
+    """Every (dataset, ε, method) run; with ``resume`` the rows already in accuracy.csv are kept, not rerun."""
+    rows: list[dict[str, Any]] = _read_csv(run_dir / "accuracy.csv") if resume else []
+    done = {(r["dataset"], float(r["target_epsilon"]), r["method"]) for r in rows}
     for ds in cfg.datasets:
         data = _load(ds, cfg)
         n = data.x_train.shape[0]
@@ -244,6 +268,9 @@ def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool 
         for eps in cfg.epsilons:
             sigma = solve_noise_multiplier(eps, cfg.delta, q, steps, cfg.accountant)
             for method in cfg.methods:
+                if (ds, float(eps), method) in done:
+                    log(f"resume: {ds} eps={format_eps(eps)} {method} already in accuracy.csv")
+                    continue
                 lr = (lrs or {}).get(method, cfg.lr)
                 res = train_private(method, data, sigma, dataclasses.replace(cfg, lr=lr), progress=progress)
                 row = {"dataset": ds, "target_epsilon": eps, **{k: v for k, v in res.items() if k != "history"},
@@ -273,8 +300,11 @@ def run_attack_grid(run_dir: Path, cfg: PrivacyReproConfig, sigmas: dict[float, 
     from ..metrics import score_batch
 
     data = _load(cfg.datasets[0], cfg)
-    k_img = min(cfg.attack_images, data.x_test.shape[0])
-    xs, ys = data.x_test[:k_img], data.y_test[:k_img]
+    # one test image per class (the first of each class), so the targets are not all alike
+    firsts = [int(torch.nonzero(data.y_test == c)[0]) for c in range(data.num_classes) if bool((data.y_test == c).any())]
+    pick = torch.tensor(firsts[:cfg.attack_images])
+    k_img = pick.numel()
+    xs, ys = data.x_test[pick], data.y_test[pick]
     model = build_model(cfg.attack_model, data.shape, data.num_classes, seed=cfg.seed)
     cells: list[tuple[str, float, float]] = [("none", math.nan, math.inf)]
     for eps in sorted(sigmas, key=lambda e: -1 if math.isinf(e) else e):
@@ -307,6 +337,14 @@ def run_attack_grid(run_dir: Path, cfg: PrivacyReproConfig, sigmas: dict[float, 
             write_csv(run_dir / "attack.csv", rows)
             log(f"attack {spec:>16} vs {dspec:<28} eps={format_eps(eps):>4}: PSNR {row['psnr']:.2f} dB "
                 f"SSIM {row['ssim']:.3f} labels {row['label_acc']:.2f} ({row['seconds']:.0f} s)")
+    # reference: an attacker who ignores the gradient and outputs the mean training image
+    mean_img = data.x_train.mean(0, keepdim=True).expand(k_img, -1, -1, -1)
+    prior = score_batch(mean_img, xs)
+    rows.append({"attack": "prior-only (mean training image)", "attack_spec": "-", "defence": "-",
+                 "target_epsilon": math.nan, "sigma": math.nan, "epsilon_one_release_local": math.nan,
+                 "psnr": prior["psnr"], "ssim": prior["ssim"], "label_acc": math.nan, "psnr_per_image": [],
+                 "seconds": 0.0})
+    write_csv(run_dir / "attack.csv", rows)
     figs = []
     for spec, ims in images.items():
         name = "attack_" + spec.replace(":", "_").replace(",", "_").replace("=", "") + ".png"
@@ -326,6 +364,9 @@ def run_attack_grid(run_dir: Path, cfg: PrivacyReproConfig, sigmas: dict[float, 
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r["defence"] == "-":
+            lines.append(f"| {r['attack']} | - | - | - | - | {r['psnr']:.2f} | {r['ssim']:.3f} | - |")
+            continue
         lines.append(f"| {r['attack']} | {r['defence'].split(':')[0]} | "
                      f"{'-' if r['defence'] == 'none' else format_eps(r['target_epsilon'])} | "
                      f"{'-' if math.isnan(r['sigma']) else format(r['sigma'], '.4g')} | "
@@ -365,17 +406,23 @@ def _plot_psnr(rows: list[dict[str, Any]], cfg: PrivacyReproConfig, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = sorted({r["target_epsilon"] for r in rows if r["defence"] != "none" and not math.isinf(r["target_epsilon"])})
+    finite = sorted({r["target_epsilon"] for r in rows
+                     if r["defence"] not in ("none", "-") and not math.isinf(r["target_epsilon"])})
     inf_x = (max(finite) * 2) if finite else 1.0
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for spec in dict.fromkeys(r["attack"] for r in rows):
+        if spec.startswith("prior-only"):
+            ax.axhline(next(r["psnr"] for r in rows if r["attack"] == spec), color="grey", ls="--", lw=1,
+                       label="prior only (mean image)")
+            continue
         pts = [(r["target_epsilon"], r["psnr"]) for r in rows if r["attack"] == spec and r["defence"] != "none"]
         line, = ax.plot([inf_x if math.isinf(e) else e for e, _ in pts], [p for _, p in pts], marker="o", label=spec)
         ref = [r["psnr"] for r in rows if r["attack"] == spec and r["defence"] == "none"]
         if ref:
             ax.axhline(ref[0], color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log", base=2)
-    ticks = finite + ([inf_x] if any(math.isinf(r["target_epsilon"]) for r in rows if r["defence"] != "none") else [])
+    ticks = finite + ([inf_x] if any(math.isinf(r["target_epsilon"]) for r in rows
+                                      if r["defence"] not in ("none", "-")) else [])
     if ticks:
         ax.set_xticks(ticks)
         ax.set_xticklabels([format_eps(e) for e in finite] + (["inf"] if len(ticks) > len(finite) else []))
@@ -431,14 +478,29 @@ def _acc_table(rows: list[dict[str, Any]], cfg: PrivacyReproConfig) -> list[str]
 
 
 def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress: bool = True,
-                      attack: bool = True, log: Callable[[str], None] = print) -> Path:
-    """Run both grids and write config.json, accuracy.csv/json, attack.csv, PNGs and report.md."""
+                      attack: bool = True, log: Callable[[str], None] = print, resume: bool = False) -> Path:
+    """Run both grids and write config.json, accuracy.csv/json, attack.csv, PNGs and report.md.
+
+    ``resume=True`` keeps the learning-rate choice and the accuracy runs already recorded in
+    ``run_dir`` (same config) and runs only what is missing; the attack grid always reruns."""
     cfg.validate()
     run_dir = Path(run_dir)
+    if resume and (run_dir / "config.json").is_file():
+        import json
+
+        from ..report.io import _jsonable
+
+        saved = json.loads((run_dir / "config.json").read_text())
+        now = json.loads(json.dumps(_jsonable(cfg.to_dict())))
+        diff = sorted(k for k in set(saved) | set(now) if k not in ("attacks", "attack_images", "attack_iters",
+                                                                      "attack_model") and saved.get(k) != now.get(k))
+        if diff:
+            raise ValueError(f"cannot resume {run_dir}: its config differs in {diff}; use the same settings "
+                             "or a new --out folder")
     write_json(run_dir / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
-    lrs, tune_rows = tune_lr(run_dir, cfg, progress=progress, log=log)
-    rows = run_accuracy_grid(run_dir, cfg, progress=progress, log=log, lrs=lrs)
+    lrs, tune_rows = tune_lr(run_dir, cfg, progress=progress, log=log, resume=resume)
+    rows = run_accuracy_grid(run_dir, cfg, progress=progress, log=log, lrs=lrs, resume=resume)
     write_json(run_dir / "accuracy.json", {"rows": rows})
     _plot_accuracy(rows, cfg, run_dir / "accuracy_vs_epsilon.png")
     lines = [

@@ -90,6 +90,13 @@ class FlowerRunConfig:
             bad("local_steps", "must be >= 1")
         if self.batch_size < 1:
             bad("batch_size", "must be >= 1")
+        from ...data import DATASETS
+        from ...models import MODELS
+
+        if self.model not in MODELS:
+            bad("model", f"expected one of {sorted(MODELS)}")
+        if self.dataset not in DATASETS:
+            bad("dataset", f"expected one of {sorted(DATASETS)}")
         if self.partition not in ("iid", "dirichlet"):
             bad("partition", "expected 'iid' or 'dirichlet'")
         if not 0 < self.fraction_train <= 1:

@@ -134,6 +134,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot): tells a process from a later one reusing its pid."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -154,9 +162,17 @@ class _Proc:
         self.popen = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.tree: set[int] = set()
+        self._started: dict[int, int | None] = {self.popen.pid: _start_time(self.popen.pid)}
 
     def snapshot(self) -> None:
-        self.tree.update(_descendants(self.popen.pid))
+        for p in _descendants(self.popen.pid):
+            if p not in self.tree:
+                self.tree.add(p)
+                self._started[p] = _start_time(p)
+
+    def _ours(self, pid: int) -> bool:
+        """Still the process we started (not a newcomer that reused the pid)?"""
+        return _alive(pid) and _start_time(pid) == self._started.get(pid)
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -167,11 +183,13 @@ class _Proc:
         except OSError:
             return ""
 
-    def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to this process's group and to the groups of all its descendants."""
         self.snapshot()
-        pids = [self.popen.pid] + sorted(self.tree)
-        groups = {self.popen.pid}
+        groups = {self.popen.pid} if self._ours(self.popen.pid) else set()
         for p in self.tree:
+            if not self._ours(p):
+                continue
             try:
                 groups.add(os.getpgid(p))
             except ProcessLookupError:
@@ -181,13 +199,23 @@ class _Proc:
                 os.killpg(g, sig)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def alive(self) -> bool:
+        self.popen.poll()
+        return any(self._ours(p) for p in [self.popen.pid, *self.tree])
+
+    def stop(self, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+        """``sig`` to the whole tree, SIGKILL what is left after ``grace`` seconds, reap."""
+        self.send(sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            if self.popen.poll() is not None and not any(_alive(p) for p in self.tree):
-                break
+        while time.monotonic() < deadline and self.alive():
             time.sleep(0.1)
+        self.kill_rest()
+
+    def kill_rest(self) -> None:
+        pids = [self.popen.pid] + sorted(self.tree)
         for p in pids:
-            if _alive(p):
+            if self._ours(p):
                 try:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
@@ -323,12 +351,16 @@ class Deployment:
 
     def stop(self) -> None:
         """Terminate every process started here and their descendants (idempotent)."""
-        for p in self.supernodes + ([self.superlink] if self.superlink else []):
+        procs = self.supernodes + ([self.superlink] if self.superlink else [])
+        for p in procs:
             p.snapshot()
-        for p in self.supernodes:
-            p.stop()
-        if self.superlink is not None:
-            self.superlink.stop()
+        for p in procs:  # all at once, then one shared grace period
+            p.send(signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(p.alive() for p in procs):
+            time.sleep(0.1)
+        for p in procs:
+            p.kill_rest()
         if self._own_cache:  # the decoded-data cache is a speed-up, not a result
             from .task import CACHE_ENV
 
@@ -373,6 +405,16 @@ class Deployment:
             pass
         return ""
 
+    def save_run_log(self, run_id: int) -> Path | None:
+        """Fetch the run's log (the ServerApp's output) with ``flwr log`` into ``logs/run-<id>.log``."""
+        try:
+            res = self.flwr("log", str(run_id), CONNECTION, "--show", timeout=60)
+        except subprocess.TimeoutExpired:
+            return None
+        path = self.logs / f"run-{run_id}.log"
+        path.write_text(res.stdout + res.stderr, encoding="utf-8")
+        return path
+
     def wait(self, run_id: int, out_dir: str | Path, timeout: float, poll: float = 1.0,
              status_every: float = 15.0) -> dict[str, Any]:
         """Wait until the ServerApp wrote ``out_dir/result.json`` (or the run failed, or ``timeout``)."""
@@ -381,6 +423,7 @@ class Deployment:
         next_status = time.monotonic() + status_every
         while time.monotonic() < deadline:
             if result.is_file():
+                self.save_run_log(run_id)
                 return json.loads(result.read_text())
             if self.superlink is not None and not self.superlink.running():
                 raise DeploymentError(f"the SuperLink died (exit {self.superlink.popen.returncode}); "
@@ -391,8 +434,12 @@ class Deployment:
                 if status.startswith("finished") and not result.is_file():
                     time.sleep(1.0)
                     if not result.is_file():
+                        log_path = self.save_run_log(run_id)
+                        tail = ""
+                        if log_path is not None:
+                            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
                         raise DeploymentError(f"run {run_id} ended with status {status!r} before writing "
-                                              f"{result}; see {self.logs}/superlink.log")
+                                              f"{result}; run log {log_path}:\n{tail}")
             time.sleep(poll)
         raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s; logs in {self.logs}")
 
