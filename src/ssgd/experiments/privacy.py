@@ -70,7 +70,8 @@ class PrivacyReproConfig:
     seed: int = 0
     methods: tuple[str, ...] = METHODS
     # attack grid
-    attacks: tuple[str, ...] = ("dlg-unit", "inverting-layer")
+    # the SSGD-aware attacks, and Inverting Gradients' global cosine, which is blind to the global modulus
+    attacks: tuple[str, ...] = ("dlg-unit", "inverting", "inverting-layer")
     attack_model: str = "lenet"
     attack_images: int = 4
     attack_iters: int | None = None  # None: the attack's default

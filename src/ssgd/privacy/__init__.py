@@ -10,7 +10,10 @@ with no clipping threshold. Two levels:
   noise, with the noise once on the sum (secure aggregation) or on every vector (local).
 
 ε comes from Opacus (:class:`PrivacyAccountant`, :func:`compute_epsilon`,
-:func:`solve_noise_multiplier`); ssgd has no accountant of its own. See docs/privacy.md.
+:func:`solve_noise_multiplier`); ssgd has no accountant of its own. Engines: the DDP hook
+takes a :class:`NodePrivacy` (``ssgd.distributed.register(..., noise=)``, :func:`ddp_privacy`);
+Flower has :class:`ssgd.privacy.flower.PrivateSSGDStrategy` (imported from its module: it needs
+``flwr``). See docs/privacy.md.
 """
 
 from .accountant import (
@@ -23,7 +26,7 @@ from .accountant import (
 from .example import PoissonSampler, check_per_example_model, per_example_unit_grads, private_unit_grad_
 from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
-from .training import DP_LEVELS, DPConfig, DPTraining
+from .training import DP_LEVELS, DPConfig, DPTraining, check_ddp_config, ddp_privacy
 
 __all__ = [
     "ACCOUNTANTS",
@@ -38,8 +41,10 @@ __all__ = [
     "PoissonSampler",
     "PrivacyAccountant",
     "PrivacyBudgetError",
+    "check_ddp_config",
     "check_per_example_model",
     "compute_epsilon",
+    "ddp_privacy",
     "derive_seed",
     "node_unit_sum_",
     "per_example_unit_grads",
