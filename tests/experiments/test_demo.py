@@ -12,7 +12,8 @@ def test_demo_attacks_one_shared_update_of_each_run(tmp_path):
     assert "What the shared update leaks" in text and "![reconstructions](attacks.png)" in text
     assert (tmp_path / "attacks.png").stat().st_size > 0
     rows = json.loads((tmp_path / "summary.json").read_text())["attacks"]
-    assert {(r["run"], r["attack"]) for r in rows} == {(run, a) for run in ("SGD", "SSGD (global)")
-                                                       for a in ("dlg", "dlg-unit")}
+    assert {(r["run"], r["model"], r["attack"]) for r in rows} == {
+        (run, model, a) for run in ("SGD", "SSGD (global)") for model in ("LeNet, step 1", "convnet, trained")
+        for a in ("dlg", "dlg-unit")}
     assert {r["shared"] for r in rows} == {"none", "ssgd-global"}
     assert all(isinstance(r["psnr"], float) for r in rows)

@@ -55,7 +55,8 @@ def test_reproduce_privacy_quick_writes_the_run_folder(tmp_path):
     from ssgd.cli import app
 
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out)])
+    res = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out),
+                                   "--attack-sigmas", "0.5"])
     assert res.exit_code == 0, res.output
     for f in ("config.json", "report.md", "accuracy.csv", "accuracy.json", "attack.csv", "accuracy_vs_epsilon.png",
               "psnr_vs_epsilon.png"):
@@ -67,10 +68,16 @@ def test_reproduce_privacy_quick_writes_the_run_folder(tmp_path):
         if r["target_epsilon"] != "inf":
             eps, eps_op = float(r["epsilon"]), float(r["epsilon_opacus"])
             assert eps == pytest.approx(eps_op) and 4.0 - 0.01 <= eps <= 4.0
-    attack = {r["defence"].split(":")[0] + ("0" if r["sigma"] in ("0", "0.0") else ""): float(r["psnr"])
-              for r in csv.DictReader((out / "attack.csv").open())}
+    arows = [r for r in csv.DictReader((out / "attack.csv").open()) if r["defence"].startswith("ssgd-noise")]
+    psnr = {float(r["sigma"]): float(r["psnr"]) for r in arows}
+    sigma4 = next(float(r["sigma"]) for r in rows if r["target_epsilon"] == "4.0")
+    assert set(psnr) == {0.0, sigma4, 0.5}
     # noise calibrated for epsilon = 4 leaves the attack less than the bare unit vector (sigma = 0) does
-    assert attack["ssgd-noise"] < attack["ssgd-noise0"]
+    assert psnr[sigma4] < psnr[0.0]
+    # the extra sigma point is shown with the epsilon a training run with it would spend (the runs' q and steps)
+    extra = next(r for r in arows if float(r["sigma"]) == 0.5)
+    q, steps = float(rows[0]["sample_rate"]), int(rows[0]["steps"])
+    assert float(extra["target_epsilon"]) == pytest.approx(compute_epsilon(0.5, q, steps, 1e-5))
     assert "| mnist | 4 |" in (out / "report.md").read_text()
     # --resume keeps the finished accuracy runs (and refuses a folder made with other settings)
     again = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out),

@@ -35,6 +35,19 @@ def parse_epsilons(text: str | None) -> tuple[float, ...] | None:
     return tuple(out)
 
 
+def _floats(text: str, opt: str, allow_zero: bool = False) -> tuple[float, ...]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part.strip())
+        except ValueError:
+            raise typer.BadParameter(f"{opt}: {part.strip()!r} is not a number") from None
+        if not (v >= 0 if allow_zero else v > 0) or v != v or v == float("inf"):
+            raise typer.BadParameter(f"{opt}: {part.strip()!r} must be a finite number {'>= 0' if allow_zero else '> 0'}")
+        out.append(v)
+    return tuple(out)
+
+
 def command(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run: MNIST slice, eps 4 and inf, 2 epochs, one "
                                                       "short attack"),
@@ -46,11 +59,15 @@ def command(
     epochs: Optional[int] = typer.Option(None, help="epochs per run"),
     batch_size: Optional[int] = typer.Option(None, help="expected (Poisson) batch size"),
     lr: Optional[float] = typer.Option(None, help="learning rate for both methods (default: each method's best of "
-                                                  "0.5, 2 on a validation split at epsilon 4)"),
+                                                  "1, 4 on a validation split at epsilon 4)"),
     train_size: Optional[int] = typer.Option(None, help="training examples per dataset (stratified subset)"),
     attacks: Optional[str] = typer.Option(None, help="comma-separated attack specs for the PSNR grid "
                                                      "(default dlg-unit,inverting,inverting-layer; 'none' skips it)"),
     attack_images: Optional[int] = typer.Option(None, help="images attacked per epsilon"),
+    attack_sigmas: Optional[str] = typer.Option(None, help="extra comma-separated noise levels sigma for the "
+                                                           "attack grid (e.g. 0.1,0.01), shown with their epsilon"),
+    lr_grid: Optional[str] = typer.Option(None, help="comma-separated learning rates to pick from on the "
+                                                     "validation split (default 1,4)"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/privacy-<time>)"),
     resume: bool = typer.Option(False, help="keep the lr choice and accuracy runs already in --out (same "
@@ -71,6 +88,10 @@ def command(
         kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
     if attacks is not None:
         kw["attacks"] = () if attacks.strip() == "none" else tuple(a.strip() for a in attacks.split(",") if a.strip())
+    if attack_sigmas is not None:
+        kw["attack_sigmas"] = _floats(attack_sigmas, "--attack-sigmas", allow_zero=True)
+    if lr_grid is not None:
+        kw["lr_grid"] = _floats(lr_grid, "--lr-grid")
     if lr is not None:
         kw["lr"], kw["lr_grid"] = lr, ()  # a given lr is used as is (no validation grid)
     for key, val in (("epochs", epochs), ("batch_size", batch_size), ("n_train", train_size),

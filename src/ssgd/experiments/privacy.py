@@ -75,6 +75,7 @@ class PrivacyReproConfig:
     attack_model: str = "lenet"
     attack_images: int = 4
     attack_iters: int | None = None  # None: the attack's default
+    attack_sigmas: tuple[float, ...] = ()  # extra sigma points for the attack grid (their training epsilon is shown)
 
     def validate(self) -> "PrivacyReproConfig":
         for m in self.methods:
@@ -494,7 +495,8 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
         saved = json.loads((run_dir / "config.json").read_text())
         now = json.loads(json.dumps(_jsonable(cfg.to_dict())))
         diff = sorted(k for k in set(saved) | set(now) if k not in ("attacks", "attack_images", "attack_iters",
-                                                                      "attack_model") and saved.get(k) != now.get(k))
+                                                                      "attack_model", "attack_sigmas")
+                      and saved.get(k) != now.get(k))
         if diff:
             raise ValueError(f"cannot resume {run_dir}: its config differs in {diff}; use the same settings "
                              "or a new --out folder")
@@ -528,7 +530,12 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
                   + ", ".join(f"{r['method']} lr {r['lr']:g} → {r['val_acc']:.4f}" for r in tune_rows)
                   + " ([lr_tuning.csv](lr_tuning.csv)).", ""]
     if attack and cfg.attacks:
-        sigmas = {r["target_epsilon"]: r["sigma"] for r in rows if r["dataset"] == cfg.datasets[0]}
+        first = [r for r in rows if r["dataset"] == cfg.datasets[0]]
+        sigmas = {r["target_epsilon"]: r["sigma"] for r in first}
+        if first and cfg.attack_sigmas:  # extra points: the epsilon a training run with this sigma would have
+            q, steps = float(first[0]["sample_rate"]), int(first[0]["steps"])
+            for sg in cfg.attack_sigmas:
+                sigmas[compute_epsilon(sg, q, steps, cfg.delta, cfg.accountant)] = sg
         try:
             arows, alines = run_attack_grid(run_dir, cfg, sigmas, progress=progress, log=log)
             lines += alines
