@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import bench, demo, train
+from .commands import attack, bench, demo, flower, reproduce, train
 
 app = typer.Typer(
     name="ssgd",
@@ -17,31 +17,10 @@ app = typer.Typer(
 
 app.command("train")(train.train_cmd)
 app.command("demo")(demo.demo_cmd)
+app.command("attack")(attack.attack_cmd)
 app.add_typer(bench.app, name="bench")
-
-
-def _register_optional() -> None:
-    """Command groups contributed by the other layers (attack, reproduce, flower)."""
-    import importlib
-
-    for mod, name, kind in (
-        ("ssgd.commands.attack", "attack", "command"),
-        ("ssgd.commands.reproduce", "reproduce", "group"),
-        ("ssgd.commands.flower", "flower", "group"),
-    ):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        if kind == "command":
-            app.command(name)(getattr(m, f"{name}_cmd"))
-        else:
-            app.add_typer(m.app, name=name)
-
-
-_register_optional()
+app.add_typer(reproduce.app, name="reproduce")
+app.add_typer(flower.app, name="flower")
 
 
 def main() -> None:

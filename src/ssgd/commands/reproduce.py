@@ -16,11 +16,4 @@ app = typer.Typer(help="Reproduce the paper's experiments (each has --quick for 
 REPRODUCTIONS = ("table2", "table6", "leakage", "poisoning", "privacy")
 
 for _name in REPRODUCTIONS:
-    _modname = f"ssgd.commands.reproduce_{_name}"
-    try:
-        _mod = importlib.import_module(_modname)
-    except ModuleNotFoundError as _e:  # being built
-        if _e.name == _modname:
-            continue
-        raise
-    app.command(_name)(_mod.command)
+    app.command(_name)(importlib.import_module(f"ssgd.commands.reproduce_{_name}").command)
