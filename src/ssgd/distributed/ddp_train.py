@@ -46,7 +46,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageDataset
 from ..experiments.optimizers import build_optimizer, build_scheduler
-from ..experiments.train import CHECKPOINT, TrainConfig, TrainResult, evaluate, prepare_data, set_seed
+from ..experiments.train import (CHECKPOINT, TrainConfig, TrainResult, evaluate, prepare_data,
+                                 restore_training_state, set_seed)
 from ..models import build_model
 from ..report.io import atomic_write_bytes, atomic_write_text, write_csv, write_json
 from ..shards import split_shards
@@ -192,14 +193,7 @@ def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: Imag
     sched = build_scheduler(opt, cfg.resolved_schedule, steps_per_epoch * cfg.epochs,
                             int(round(cfg.warmup * steps_per_epoch)))
     if ck is not None:
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        history = list(ck["history"])
-        if privacy is not None:
-            privacy.load_state_dict(ck["dp"])
-        start_epoch, elapsed = ck["epoch"] + 1, float(ck.get("seconds", 0.0))
+        history, start_epoch, elapsed = restore_training_state(ck, opt, sched, gen, privacy)
     backend = dist.get_backend(group)
     if run_dir is not None and rank == 0:
         write_json(run_dir / "config.json", {**cfg.to_dict(), "nodes": world, "backend": backend,

@@ -36,7 +36,7 @@ from ..shards import shard_unit_grad_
 from .optimizers import SCHEDULES, build_optimizer, build_scheduler, default_schedule, uses_shards
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "set_seed", "compute_grads", "prepare_data",
-           "CHECKPOINT", "GradFn"]
+           "CHECKPOINT", "GradFn", "restore_training_state"]
 
 CHECKPOINT = "checkpoint.pt"
 GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "TrainConfig"], torch.Tensor]
@@ -183,6 +183,18 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     return ck
 
 
+def restore_training_state(ck: dict[str, Any], opt, sched, gen: torch.Generator, dp=None):
+    """Load optimizer, scheduler, batch-order generator, torch RNG and DP state from checkpoint ``ck``
+    (the model is the caller's: plain or DDP-wrapped). Returns ``(history, start_epoch, elapsed_seconds)``."""
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    gen.set_state(ck["generator"])
+    torch.set_rng_state(ck["torch_rng"])
+    if dp is not None:
+        dp.load_state_dict(ck["dp"])
+    return list(ck["history"]), ck["epoch"] + 1, float(ck.get("seconds", 0.0))
+
+
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: ImageDataset | None = None,
           progress: bool = True, on_epoch: Callable[[dict[str, float]], None] | None = None,
           resume: bool = False, checkpoint: bool = True, grad_fn: GradFn | None = None,
@@ -226,14 +238,7 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: ImageDat
     if resume and ck_path is not None and ck_path.is_file():
         ck = _load_checkpoint(ck_path, cfg)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        history = list(ck["history"])
-        if dp is not None:
-            dp.load_state_dict(ck["dp"])
-        start_epoch, elapsed = ck["epoch"] + 1, float(ck.get("seconds", 0.0))
+        history, start_epoch, elapsed = restore_training_state(ck, opt, sched, gen, dp)
     if run_dir is not None:
         write_json(run_dir / "config.json", cfg.to_dict())
 
