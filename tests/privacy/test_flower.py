@@ -59,3 +59,157 @@ def test_private_strategy_refuses_local_noise_objects():
         PrivateSSGDStrategy(privacy=NodePrivacy(1.0, split="distributed", num_nodes=3))
     with pytest.raises(TypeError, match="NodePrivacy"):
         PrivateSSGDStrategy(privacy=1.0)
+
+
+# ---------------------------------------------------------------- node-local noise (LocalNoiseMod)
+def _fixed_unit_app(mods, g):
+    """A ClientApp whose train reply is the fixed gradient ``g`` (a dict of arrays), behind ``mods``."""
+    from flwr.app import Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train(msg, context):
+        return Message(content=RecordDict({"arrays": record_from_arrays(g)}), reply_to=msg)
+
+    return app
+
+
+def _train_once(app, arrays, config, nodes=1, rnd=1):
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    from ssgd.distributed.flower import InProcessGrid
+    from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
+
+    grid = InProcessGrid(app, nodes, {})
+    msgs = [Message(RecordDict({"arrays": record_from_arrays(arrays),
+                                "config": ConfigRecord({"server-round": rnd, **config})}),
+                    dst_node_id=n, message_type=MessageType.TRAIN) for n in sorted(grid.get_node_ids())]
+    out = list(grid.send_and_receive(msgs))
+    return [(r.error if r.has_error() else arrays_from_record(r.content.array_records["arrays"])) for r in out]
+
+
+G = {"a": np.linspace(-1, 2, 30_000, dtype=np.float32).reshape(300, 100), "b": np.ones(10_000, np.float32)}
+
+
+def _unit(g):
+    n = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in g.values()))
+    return {k: v.astype(np.float64) / n for k, v in g.items()}
+
+
+def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded():
+    from ssgd.distributed.flower import SSGDMod
+    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+
+    sigma = 0.7
+    u = _unit(G)
+    [out] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    noise = np.concatenate([(out[k].astype(np.float64) - u[k]).ravel() for k in G])
+    # node-local sensitivity 2: std = 2 sigma; 40k draws: the std is within ~1% (5 standard errors: 1.8%)
+    assert noise.std() == pytest.approx(2 * sigma, rel=0.02)
+    assert abs(noise.mean()) < 5 * 2 * sigma / np.sqrt(noise.size)
+    # seeded: the same (seed, node, round) reproduces; another round or node draws fresh noise
+    [again] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    assert all(np.array_equal(out[k], again[k]) for k in G)
+    [r2] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma}, rnd=2)
+    assert not np.array_equal(out["a"], r2["a"])
+    n1, n2 = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma},
+                         nodes=2)
+    assert not np.array_equal(n1["a"], n2["a"])
+    # unseeded: OS entropy, fresh on every call
+    mod = LocalNoiseMod()
+    [e1] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    [e2] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    assert not np.array_equal(e1["a"], e2["a"])
+
+
+@pytest.mark.parametrize("sigma,match", [(-1.0, "Invalid ssgd-dp-noise-multiplier"),
+                                         (float("nan"), "Invalid ssgd-dp-noise-multiplier"),
+                                         ("lots", "Invalid ssgd-dp-noise-multiplier"),
+                                         (None, "no noise multiplier"),
+                                         (0.1, "below this node's minimum")])
+def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match):
+    from flwr.common.constant import ErrorCode
+
+    from ssgd.distributed.flower import SSGDMod
+    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+
+    cfg = {} if sigma is None else {DP_NOISE_MULTIPLIER: sigma}
+    [err] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5), SSGDMod()], G), G, cfg)
+    assert not isinstance(err, dict)
+    assert err.code == ErrorCode.MOD_FAILED_PRECONDITION and match in err.reason
+
+
+def test_local_noise_mod_inside_ssgd_mod_is_an_error_reply():
+    from ssgd.distributed.flower import SSGDMod
+    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+
+    [err] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod()], G), G, {DP_NOISE_MULTIPLIER: 1.0})
+    assert not isinstance(err, dict) and "list LocalNoiseMod before SSGDMod" in err.reason
+
+
+def test_noisy_norm_bound():
+    from ssgd.privacy.flower import noisy_norm_bound
+
+    rng = np.random.default_rng(0)
+    d, s = 5000, 0.3
+    u = np.zeros(d); u[0] = 1.0
+    norms = np.linalg.norm(u + s * rng.standard_normal((200, d)), axis=1)
+    b = noisy_norm_bound(s, d)
+    assert norms.max() < b < 1.15 * np.sqrt(1 + s * s * d)  # holds for honest vectors, yet within 15% (d=5000)
+    assert noisy_norm_bound(0.0, d) == 1.0
+    with pytest.raises(ValueError, match="false_reject"):
+        noisy_norm_bound(s, d, false_reject=0.0)
+
+
+def test_local_private_strategy_accepts_noisy_rejects_boosted_and_reports_epsilon():
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import FaultMod, FlowerRunConfig, InProcessGrid, ssgd_mod
+    from ssgd.distributed.flower.client_app import train
+    from ssgd.distributed.flower.task import make_model, param_arrays
+    from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
+    from ssgd.privacy import NodePrivacy, compute_epsilon
+    from ssgd.privacy.flower import LocalNoiseMod, PrivateSSGDStrategy, noisy_norm_bound
+
+    sigma, delta, rounds = 0.5, 1e-5, 2
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(seed=0), ssgd_mod])
+    app.train()(train)
+    cfg = FlowerRunConfig.from_mapping(CFG)
+    w0 = param_arrays(make_model(cfg))
+    d = sum(a.size for a in w0.values())
+    strategy = PrivateSSGDStrategy(privacy=NodePrivacy(sigma, mode="local", delta=delta), **_kw(cfg, w0))
+    grid = InProcessGrid(app, 3, CFG, node_configs=[{}, {}, {"fault": "norm1000"}])
+    res = strategy.start(grid, record_from_arrays(w0), num_rounds=rounds)
+
+    s = 2 * sigma  # node-local sensitivity 2
+    assert strategy.node_noise_std == s
+    bound = noisy_norm_bound(s, d)
+    for r in range(1, rounds + 1):
+        book = strategy.rounds[r]
+        assert sorted(n for n, _ in book["accepted"]) == [1001, 1002]
+        for _, norm in book["accepted"]:  # u + noise: norm ~ sqrt(1 + s^2 d), under the bound
+            assert norm == pytest.approx(np.sqrt(1 + s * s * d), rel=0.01) and norm < bound
+        [(node, reason)] = book["rejected"]
+        assert node == 1003 and "exceeds the bound" in reason
+        m = res.train_metrics_clientapp[r]
+        assert m["epsilon"] == pytest.approx(compute_epsilon(sigma, 1.0, r, delta))
+        assert m["delta"] == delta
+    assert strategy.releases == {1001: rounds, 1002: rounds, 1003: rounds}
+    # no server noise: the model moved by lr/2 * (u1 + n1 + u2 + n2) per round, noise std lr/2*sqrt(2 rounds)*s
+    w = arrays_from_record(res.arrays)
+    diff = np.concatenate([(w[k] - w0[k]).ravel() for k in w0]).astype(np.float64)
+    assert diff.std() == pytest.approx(CFG["server-lr"] / 2 * np.sqrt(2 * rounds) * s, rel=0.02)
+
+
+def test_local_mode_checks_its_settings():
+    from ssgd.privacy import NodePrivacy
+    from ssgd.privacy.flower import PrivateSSGDStrategy
+
+    with pytest.raises(ValueError, match="scope='global'"):
+        PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), scope="layer")
+    with pytest.raises(ValueError, match="false_reject"):
+        PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), false_reject=2.0)

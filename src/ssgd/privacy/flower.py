@@ -1,5 +1,7 @@
-r"""Node-level DP on Flower: :class:`PrivateSSGDStrategy` adds calibrated noise once to the sum of the unit updates.
+r"""Node-level DP on Flower, in both threat models of :mod:`ssgd.privacy.node`.
 
+**Trusted aggregator** (``NodePrivacy(..., split="central")``): :class:`PrivateSSGDStrategy`
+adds calibrated noise once to the sum of the unit updates.
 :class:`ssgd.distributed.flower.SSGDStrategy` accepts only updates that *are* unit vectors
 (norm :math:`1 \pm` ``norm_tol``, or 0) and moves the global model by
 :math:`\pm\eta/n\sum_j u_j`. The sum of the accepted updates therefore has sensitivity
@@ -8,69 +10,278 @@ a misbehaving node cannot send more. This strategy adds :math:`\mathcal N(0, \si
 to that sum (the server is the trusted aggregator -- the ``aggregate`` threat model with
 ``split="central"``; see :mod:`ssgd.privacy.node`), counts one release per round in an
 Opacus accountant and reports ε in every round's metrics (``epsilon``, ``delta``).
+The server sees each node's unit vector (it validates them), so the guarantee is against
+everyone downstream of the server -- other nodes, whoever receives the global models --
+not against the server.
 
-Threat model: the server sees each node's unit vector (it validates them), so the
-guarantee is against everyone downstream of the server -- other nodes, whoever receives the
-global models -- not against the server. For protection against the server itself, the
-nodes must add the noise (local model) or use secure aggregation; the strict unit-norm
-validation of :class:`SSGDStrategy` rejects locally noised vectors (a noisy vector cannot
-be told from a poisoned one), so the local model needs a validation bound for noisy norms.
+**Node-local noise** (``NodePrivacy(..., mode="local")``, no trust in the server): every node
+runs :class:`LocalNoiseMod` *outside* :class:`~ssgd.distributed.flower.SSGDMod`
+(``mods=[LocalNoiseMod(), SSGDMod()]``: Flower calls the first mod first, so it sees the
+reply last, after SSGDMod normalised it) and sends :math:`u + \mathcal N(0, (\sigma\Delta)^2 I)`
+with :math:`\Delta = 2` (any two datasets of a node are neighbours; two unit vectors differ by
+at most 2). The strategy sends σ in every train message's ConfigRecord
+(``ssgd-dp-noise-multiplier``), adds no noise itself, and validates with a norm *bound*
+instead of the unit-norm test (a noisy vector is not a unit vector):
 
-Accounting: sampling rate 1 (no amplification is claimed: Flower samples a fixed-size
-subset of nodes, not a Poisson sample), one step per round that released an update (a
-round with no accepted update leaves the model unchanged and releases nothing). The
-number of accepted nodes is visible in the update's scale, as the server knows who took part.
+.. math::
+    \lVert u + n\rVert \le 1 + \lVert n\rVert \le 1 + s\sqrt{d + 2\sqrt{d x} + 2x}, \qquad
+    s = \sigma\Delta,\ x = \ln(1/p),
+
+which an honest node exceeds with probability at most ``p`` (``false_reject``, default
+:math:`10^{-9}`; Laurent-Massart's :math:`\chi^2_d` tail, :func:`noisy_norm_bound`). NaN/inf,
+shapes, dtypes and names are checked as before; a boosted update (e.g. ×1000) is rejected.
+A node's influence on one round stays bounded by :math:`\eta B/|A|` -- but with local noise
+that bound is about :math:`\eta s\sqrt d/|A|`, the size of the noise itself.
+ε is per node: every reply a node sends (accepted or not: the server saw it) is one release
+of the Gaussian mechanism with noise multiplier σ; the reported ``epsilon`` is that of the
+node that released most often (with ``fraction_train=1``: every node, once per round).
+
+The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
+noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from
+(seed, node id, round). A seed known to the server would let it subtract the noise, so the
+server never sends one; and an untrusted server could send σ = 0, so a node can insist on
+``LocalNoiseMod(min_noise_multiplier=...)`` (a smaller σ gets an error reply, not an update).
+
+Accounting (both modes): sampling rate 1 (no amplification is claimed: Flower samples a
+fixed-size subset of nodes, not a Poisson sample). Node-local mode supports ``scope="global"``.
 
 Usage::
 
     from ssgd.privacy import NodePrivacy
-    from ssgd.privacy.flower import PrivateSSGDStrategy
+    from ssgd.privacy.flower import LocalNoiseMod, PrivateSSGDStrategy
 
+    # trusted server
     privacy = NodePrivacy(target_epsilon=8.0, rounds=50, delta=1e-5, split="central")
     strategy = PrivateSSGDStrategy(privacy=privacy, mode="fedsgd", server_lr=0.1)
+    # untrusted server: each node noises its own unit vector
+    strategy = PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), mode="fedsgd", server_lr=0.1)
+    app = ClientApp(mods=[LocalNoiseMod(min_noise_multiplier=1.0), SSGDMod()])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 
+from ..distributed.flower import keys
 from ..distributed.flower.strategy import SSGDStrategy
+from .accountant import check_noise_multiplier
 from .node import NodePrivacy
+from .noise import derive_seed, sensitivity
 
-__all__ = ["PrivateSSGDStrategy"]
+__all__ = ["DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound"]
 
 log = logging.getLogger(__name__)
 
+#: ConfigRecord key: the noise multiplier σ every node applies to its own unit vector (node-local mode).
+DP_NOISE_MULTIPLIER = "ssgd-dp-noise-multiplier"
 
-class PrivateSSGDStrategy(SSGDStrategy):
-    """:class:`SSGDStrategy` plus Gaussian noise on the sum of the unit updates and an ε per round.
+
+def noisy_norm_bound(std: float, dim: int, false_reject: float = 1e-9) -> float:
+    r"""Largest norm accepted for a unit vector plus :math:`\mathcal N(0, \mathrm{std}^2 I_d)`:
+    :math:`1 + \mathrm{std}\sqrt{d + 2\sqrt{dx} + 2x}`, :math:`x=\ln(1/p)`; an honest vector exceeds it
+    with probability at most ``false_reject`` (Laurent & Massart 2000, :math:`\chi^2_d` upper tail)."""
+    if not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0):
+        raise ValueError(f"Invalid std={std!r}; must be a finite float >= 0")
+    if not (isinstance(dim, int) and dim >= 1):
+        raise ValueError(f"Invalid dim={dim!r}; must be an integer >= 1")
+    if not (isinstance(false_reject, (int, float)) and 0 < false_reject < 1):
+        raise ValueError(f"Invalid false_reject={false_reject!r}; must be in (0, 1), e.g. 1e-9")
+    x = math.log(1.0 / false_reject)
+    return 1.0 + std * math.sqrt(dim + 2.0 * math.sqrt(dim * x) + 2.0 * x)
+
+
+class _NoiseModError(Exception):
+    pass
+
+
+class LocalNoiseMod:
+    r"""Client mod: add :math:`\mathcal N(0, (\sigma\Delta)^2)` to every entry of the node's outgoing unit vector.
+
+    List it *before* (outside) :class:`~ssgd.distributed.flower.SSGDMod`:
+    ``ClientApp(mods=[LocalNoiseMod(), SSGDMod()])``. σ is read per call from the train
+    message's ConfigRecord (``ssgd-dp-noise-multiplier``, sent by :class:`PrivateSSGDStrategy`),
+    falling back to ``noise_multiplier``; the scope from ``ssgd-scope``; :math:`\Delta` is
+    :func:`ssgd.privacy.sensitivity` ``("node-local", scope, n_tensors)`` (2 for global scope).
 
     Args:
-        privacy: a :class:`ssgd.privacy.NodePrivacy` with ``mode="aggregate"``,
-            ``split="central"`` (the server adds all of the noise).
+        noise_multiplier: default σ when the message sets none (``None``: the message must set it).
+        min_noise_multiplier: the smallest σ this node accepts (an untrusted server could ask for 0).
+        seed: ``None`` draws each call's noise from OS entropy; an int derives it from
+            (seed, node id, round) -- reproducible, fresh every round, different on every node.
+        unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
+
+    A bad setting, or a reply that is not a unit vector (the mod is listed inside SSGDMod),
+    becomes an error reply (``MOD_FAILED_PRECONDITION``) whose reason says what to fix; the node
+    never sends an un-noised vector.
+    """
+
+    def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float = 0.0,
+                 seed: int | None = None, unit_tol: float = 1e-3) -> None:
+        self.noise_multiplier = None if noise_multiplier is None else check_noise_multiplier(noise_multiplier)
+        self.min_noise_multiplier = check_noise_multiplier(min_noise_multiplier)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Invalid seed={seed!r}; must be an int or None (OS entropy)")
+        if not (isinstance(unit_tol, (int, float)) and 0 < unit_tol < 1):
+            raise ValueError(f"Invalid unit_tol={unit_tol!r}; must be in (0, 1), e.g. 1e-3")
+        self.seed, self.unit_tol = seed, float(unit_tol)
+        self.calls = 0
+
+    def settings(self, msg) -> tuple[float, str]:
+        """This call's (σ, scope) from the message's ConfigRecord over the defaults."""
+        from ..distributed.flower.mod import _config_of
+        from ..transform import check_scope
+
+        cfg = _config_of(msg)
+        sigma = cfg.get(DP_NOISE_MULTIPLIER, self.noise_multiplier)
+        if sigma is None:
+            raise ValueError(f"no noise multiplier: the message's ConfigRecord has no {DP_NOISE_MULTIPLIER!r} and "
+                             "LocalNoiseMod(noise_multiplier=...) was not set")
+        if isinstance(sigma, bool):
+            raise ValueError(f"Invalid {DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0")
+        try:
+            sigma = check_noise_multiplier(sigma)
+        except ValueError as e:
+            raise ValueError(f"Invalid {DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0") from e
+        if sigma < self.min_noise_multiplier:
+            raise ValueError(f"{DP_NOISE_MULTIPLIER}={sigma:g} is below this node's minimum "
+                             f"{self.min_noise_multiplier:g}; the server must ask for at least that much noise")
+        scope = cfg.get(keys.SCOPE, "global")
+        check_scope(scope)
+        return sigma, scope
+
+    def _generator(self, ctxt, rnd: int | None) -> torch.Generator:
+        self.calls += 1
+        if self.seed is None:
+            s = derive_seed(None)
+        else:
+            s = derive_seed(self.seed, "local-noise", int(getattr(ctxt, "node_id", 0)),
+                            rnd if rnd is not None else f"call-{self.calls}")
+        return torch.Generator().manual_seed(s)
+
+    def __call__(self, msg, ctxt, call_next):
+        from flwr.app import Array, ArrayRecord, Error, Message, MessageType
+        from flwr.common.constant import ErrorCode
+
+        def error(reason: str):
+            reason = f"LocalNoiseMod: {reason}"
+            log.error(reason)
+            return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+        if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        try:
+            sigma, scope = self.settings(msg)
+        except (ValueError, TypeError) as e:
+            return error(str(e))
+        out = call_next(msg, ctxt)
+        if out.has_error():
+            return out
+        try:
+            records = out.content.array_records
+            if len(records) != 1:
+                raise _NoiseModError(f"expected exactly one ArrayRecord in the reply, found {len(records)}")
+            key = next(iter(records))
+            arrays = {k: np.asarray(a.numpy()) for k, a in records[key].items()}
+            if not arrays:
+                raise _NoiseModError("the reply's ArrayRecord is empty")
+            for k, a in arrays.items():
+                if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+                    raise _NoiseModError(f"{k!r} is not a finite floating-point array")
+            sq = [float(np.sum(a.astype(np.float64) ** 2)) for a in arrays.values()]
+            norms = [math.sqrt(sum(sq))] if scope == "global" else [math.sqrt(v) for v in sq]
+            for n in norms:
+                if n != 0.0 and abs(n - 1.0) > self.unit_tol:
+                    raise _NoiseModError(
+                        f"the update has norm {n:.6g}, not that of a unit vector: list LocalNoiseMod before SSGDMod "
+                        "(mods=[LocalNoiseMod(), SSGDMod()]) so that it noises the vector SSGDMod produced")
+            std = sigma * sensitivity("node-local", scope, len(arrays))
+            rnd = _config_value(msg, keys.ROUND)
+            gen = self._generator(ctxt, None if rnd is None else int(rnd))
+            noisy = {}
+            for k, a in arrays.items():
+                z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
+                noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=a.dtype)
+        except (_NoiseModError, ValueError, TypeError) as e:
+            return error(str(e))
+        out.content[key] = ArrayRecord({k: Array(v) for k, v in noisy.items()})
+        return out
+
+
+def _config_value(msg, key: str):
+    from ..distributed.flower.mod import _config_of
+
+    return _config_of(msg).get(key)
+
+
+class PrivateSSGDStrategy(SSGDStrategy):
+    """:class:`SSGDStrategy` with node-level DP and an ε per round (see the module doc).
+
+    Args:
+        privacy: a :class:`ssgd.privacy.NodePrivacy`: ``mode="aggregate", split="central"``
+            (the server adds all of the noise to the sum) or ``mode="local"`` (every node adds
+            its own noise with :class:`LocalNoiseMod`; the server adds none, sends σ to the
+            nodes and accepts norms up to :func:`noisy_norm_bound`).
+        false_reject: node-local mode: the probability that an honest node's noisy vector is
+            rejected (sets the norm bound).
         **kwargs: everything :class:`SSGDStrategy` takes.
     """
 
-    def __init__(self, *, privacy: NodePrivacy, **kwargs: Any) -> None:
+    def __init__(self, *, privacy: NodePrivacy, false_reject: float = 1e-9, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(privacy, NodePrivacy):
             raise TypeError(f"privacy must be an ssgd.privacy.NodePrivacy, got {type(privacy).__name__}")
-        if privacy.noise.mode != "aggregate" or privacy.noise.split != "central" or privacy.noise.share != 1.0:
+        self.local = privacy.noise.mode == "local"
+        if self.local:
+            if self.scope != "global":
+                raise ValueError(f"node-local noise on Flower supports scope='global' only (got scope={self.scope!r})")
+            if privacy.noise.sensitivity != sensitivity("node-local", "global", 1):
+                raise ValueError("node-local mode needs NodePrivacy(mode='local') with scope='global', n_tensors=1 "
+                                 f"(sensitivity 2; got {privacy.noise.sensitivity:g})")
+            noisy_norm_bound(1.0, 1, false_reject)  # validates false_reject
+        elif privacy.noise.mode != "aggregate" or privacy.noise.split != "central" or privacy.noise.share != 1.0:
             raise ValueError("PrivateSSGDStrategy adds the noise on the server: use NodePrivacy(mode='aggregate', "
                              f"split='central', rank=0) (got mode={privacy.noise.mode!r}, "
-                             f"split={privacy.noise.split!r}, rank={privacy.noise.rank})")
+                             f"split={privacy.noise.split!r}, rank={privacy.noise.rank}), or NodePrivacy(mode='local') "
+                             "with LocalNoiseMod on the nodes")
         self.privacy = privacy
+        self.false_reject = float(false_reject)
+        #: node-local mode: how many updates each node has released (sent) so far
+        self.releases: dict[int, int] = {}
 
     @property
     def sensitivity(self) -> float:
-        """Largest norm an accepted update can have: 1 + norm_tol."""
-        return 1.0 + self.norm_tol
+        """Aggregate mode: largest norm an accepted update can have, 1 + norm_tol. Node-local mode:
+        the sensitivity of one node's unit vector, 2."""
+        return self.privacy.noise.sensitivity if self.local else 1.0 + self.norm_tol
+
+    @property
+    def node_noise_std(self) -> float:
+        """Node-local mode: the noise std per entry every node adds, σΔ."""
+        return self.privacy.noise_multiplier * self.privacy.noise.sensitivity
+
+    def spec_for(self, arrays):
+        spec = super().spec_for(arrays)
+        if not self.local:
+            return spec
+        dim = int(sum(int(np.prod(s)) for s in spec.shapes))
+        return dataclasses.replace(spec, norm_bound=noisy_norm_bound(self.node_noise_std, dim, self.false_reject))
+
+    def configure_train(self, server_round: int, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.local:
+            for m in messages:
+                m.content[self.configrecord_key][DP_NOISE_MULTIPLIER] = float(self.privacy.noise_multiplier)
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Any]):
+        if self.local:
+            return self._aggregate_local(server_round, replies)
         spec = self._spec
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
@@ -98,3 +309,23 @@ class PrivateSSGDStrategy(SSGDStrategy):
         log.info("round %d: noise sigma=%g on the sum of %d unit updates; epsilon=%.4g at delta=%g per node",
                  server_round, self.privacy.noise_multiplier, n_ok, eps, self.privacy.accountant.delta)
         return ArrayRecord(new), metrics
+
+    def _aggregate_local(self, server_round: int, replies: Iterable[Any]):
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():  # the node sent its noisy vector: one release, accepted or not
+                node = int(msg.metadata.src_node_id)
+                self.releases[node] = self.releases.get(node, 0) + 1
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        worst = max(self.releases.values(), default=0)
+        if worst > self.privacy.accountant.steps:
+            self.privacy.step(worst - self.privacy.accountant.steps)
+        eps = self.privacy.epsilon()
+        if metrics is not None:
+            metrics["epsilon"] = float(eps)
+            metrics["delta"] = float(self.privacy.accountant.delta)
+        log.info("round %d: node-local noise sigma=%g (std %g per entry, norm bound %.6g); epsilon=%.4g at "
+                 "delta=%g per node (%d release(s) by the most exposed node)", server_round,
+                 self.privacy.noise_multiplier, self.node_noise_std, self._spec.norm_bound, eps,
+                 self.privacy.accountant.delta, worst)
+        return arrays, metrics

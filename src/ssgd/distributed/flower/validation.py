@@ -32,6 +32,9 @@ class UpdateSpec:
     scope: str = "global"
     strict: bool = True
     tol: float = 1e-3
+    #: when set (global scope only), replaces the unit-norm test by ``|u| <= norm_bound``
+    #: (e.g. for locally noised unit vectors, see ssgd.privacy.flower)
+    norm_bound: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.shapes):
@@ -40,6 +43,9 @@ class UpdateSpec:
             raise ValueError(f"Invalid scope={self.scope!r}; expected 'global' or 'layer'")
         if not 0 < self.tol < 1:
             raise ValueError(f"Invalid norm tolerance tol={self.tol}; must be in (0, 1), e.g. 1e-3")
+        if self.norm_bound is not None and (not math.isfinite(self.norm_bound) or self.norm_bound <= 0
+                                            or self.scope != "global"):
+            raise ValueError(f"Invalid norm_bound={self.norm_bound!r}; must be a finite float > 0, scope='global'")
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], **kw) -> "UpdateSpec":
@@ -72,6 +78,8 @@ def record_from_arrays(arrays: Mapping[str, np.ndarray]):
 def _norm_ok(n: float, spec: UpdateSpec) -> bool:
     if n == 0.0:
         return True
+    if spec.norm_bound is not None:
+        return n <= spec.norm_bound
     if spec.strict:
         return abs(n - 1.0) <= spec.tol
     return n <= 1.0 + spec.tol
@@ -118,6 +126,8 @@ def validate_update(content, spec: UpdateSpec) -> tuple[Verdict, dict[str, np.nd
         if spec.scope == "global":
             if not _norm_ok(total, spec):
                 want = "1" if spec.strict else "<= 1"
+                if spec.norm_bound is not None:
+                    return Verdict(False, f"update norm {total:.6g} exceeds the bound {spec.norm_bound:.6g}", total), None
                 return Verdict(False, f"update norm {total:.6g} is not that of a unit vector (want {want} +- {spec.tol})",
                                total), None
         else:
