@@ -24,7 +24,10 @@ app.add_typer(flower.app, name="flower")
 
 
 def main() -> None:
-    app()
+    from .commands._options import user_errors
+
+    with user_errors():
+        app()
 
 
 if __name__ == "__main__":  # pragma: no cover

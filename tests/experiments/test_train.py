@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from ssgd.data import load_dataset, subsample
-from ssgd.experiments.optimizers import LARS, build_optimizer, build_scheduler, schedule_factor
+from ssgd.models.optimizers import LARS, build_optimizer, build_scheduler, schedule_factor
 from ssgd.experiments.train import CHECKPOINT, TrainConfig, prepare_data, train
 
 

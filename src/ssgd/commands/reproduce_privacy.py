@@ -109,7 +109,7 @@ def command(
         raise typer.BadParameter(str(e)) from e
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder>")
-    run_dir = make_run_dir(out, "privacy")
+    run_dir = make_run_dir(out, "privacy", resume=resume)
     try:
         report = run_privacy_repro(run_dir, cfg, progress=progress, log=typer.echo, resume=resume)
     except ValueError as e:  # e.g. resuming a folder made with other settings, an unknown dataset

@@ -72,7 +72,7 @@ def command(
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_dir = make_run_dir(out, "table2")
+    run_dir = make_run_dir(out, "table2", resume=resume)
     res = run_table2(cfg, run_dir, progress=progress, resume=resume)
     typer.echo(res["table"])
     typer.echo("")

@@ -53,7 +53,7 @@ def command(
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_dir = make_run_dir(out, "table6")
+    run_dir = make_run_dir(out, "table6", resume=resume)
     res = run_table6(cfg, run_dir, progress=progress, resume=resume)
     typer.echo(res["table"])
     typer.echo("")

@@ -69,7 +69,7 @@ def train_cmd(
             check_config(cfg, nodes)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
-        run_dir = make_run_dir(out, "train")
+        run_dir = make_run_dir(out, "train", resume=resume)
         try:
             m = launch_training(cfg, run_dir, nodes, resume=resume, progress=progress)
         except NodeFailureError as e:
@@ -83,7 +83,7 @@ def train_cmd(
 
             _echo_privacy(json.loads((run_dir / "privacy.json").read_text()))
         return
-    run_dir = make_run_dir(out, "train")
+    run_dir = make_run_dir(out, "train", resume=resume)
     try:
         res = train(cfg, run_dir, progress=progress, resume=resume)
     except ValueError as e:  # e.g. a checkpoint from different settings, an unknown dataset/model

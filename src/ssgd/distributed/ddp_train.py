@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageDataset
-from ..experiments.optimizers import build_optimizer, build_scheduler
+from ..models.optimizers import build_optimizer, build_scheduler
 from ..experiments.train import (CHECKPOINT, TrainConfig, TrainResult, evaluate, prepare_data,
                                  restore_training_state, set_seed)
 from ..models import build_model

@@ -19,7 +19,7 @@ __all__ = ["DEMO_ATTACKS", "DEMO_RUNS", "attack_demo_runs", "run_demo"]
 DEMO_ATTACKS = (("SGD", "none"), ("SSGD (global)", "ssgd-global"))
 ATTACKS = ("dlg", "dlg-unit")
 
-# (label, optimizer settings); learning rates are the defaults documented in experiments.optimizers
+# (label, optimizer settings); learning rates are the defaults documented in models.optimizers
 DEMO_RUNS = [
     ("SGD", dict(optimizer="sgd")),
     ("SSGD (global)", dict(optimizer="ssgd", scope="global")),
@@ -117,7 +117,7 @@ def run_demo(run_dir: Path, *, epochs: int = 5, seed: int = 0, progress: bool = 
         "| optimizer | lr | final test accuracy | best | seconds | run folder |",
         "|---|---|---|---|---|---|",
     ]
-    from .optimizers import DEFAULT_LR
+    from ..models.optimizers import DEFAULT_LR
 
     for label, (cfg, res, sub) in results.items():
         lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]

@@ -490,10 +490,10 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
     if resume and (run_dir / "config.json").is_file():
         import json
 
-        from ..report.io import _jsonable
+        from ..report.io import jsonable
 
         saved = json.loads((run_dir / "config.json").read_text())
-        now = json.loads(json.dumps(_jsonable(cfg.to_dict())))
+        now = json.loads(json.dumps(jsonable(cfg.to_dict())))
         diff = sorted(k for k in set(saved) | set(now) if k not in ("attacks", "attack_images", "attack_iters",
                                                                       "attack_model", "attack_sigmas")
                       and saved.get(k) != now.get(k))

@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset
-from ..models import build_model
+from ..models import build_model, evaluate
 from ..report.io import atomic_write_bytes, write_csv, write_json
 from ..shards import shard_unit_grad_
-from .optimizers import SCHEDULES, build_optimizer, build_scheduler, default_schedule, uses_shards
+from ..models.optimizers import SCHEDULES, build_optimizer, build_scheduler, default_schedule, uses_shards
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "set_seed", "compute_grads", "prepare_data",
            "CHECKPOINT", "GradFn", "restore_training_state"]
@@ -115,22 +115,6 @@ def set_seed(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             device: str | torch.device = "cpu") -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` on ``(x, y)``."""
-    was = model.training
-    model.eval()
-    correct, loss, n = 0, 0.0, x.shape[0]
-    for i in range(0, n, batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        out = model(xb)
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-    model.train(was)
-    return correct / max(n, 1), loss / max(n, 1)
 
 
 def compute_grads(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

@@ -11,14 +11,36 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["make_run_dir", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv", "save_figure"]
+__all__ = ["make_run_dir", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv", "save_figure",
+           "new_figure", "jsonable", "RunDirError", "ConfigMismatchError", "check_saved_config"]
 
 
-def make_run_dir(out: str | os.PathLike | None, prefix: str) -> Path:
-    """``out`` if given (created), else ``runs/<prefix>-<YYYYmmdd-HHMMSS>[-k]``."""
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked (a file, not writable, or holding results without --resume)."""
+
+
+def make_run_dir(out: str | os.PathLike | None, prefix: str, *, resume: bool = False,
+                 overwrite: bool = False) -> Path:
+    """``out`` if given, else a new ``runs/<prefix>-<YYYYmmdd-HHMMSS>[-k]``; created, checked writable.
+
+    An existing non-empty ``out`` holds someone's results: it is used only with ``resume=True``
+    (continue it) or ``overwrite=True`` (replace its files); otherwise :class:`RunDirError` says so.
+    ``out`` naming a file, or a folder that cannot be written, is refused the same way."""
     if out is not None:
         path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--out {path} is a file, not a folder; choose a folder path")
+        if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+            raise RunDirError(f"--out {path} already holds results; pass --resume to continue that run, "
+                              "or choose a new folder")
+        if resume and not path.is_dir():
+            raise RunDirError(f"--resume: {path} does not exist; drop --resume to start a new run there")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"--out {path}: cannot create it ({e.strerror or e}); choose another folder") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise RunDirError(f"--out {path} is not writable; choose another folder")
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{prefix}-{stamp}"
@@ -51,22 +73,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data: 0-d tensors/arrays become numbers, paths strings, NaN ``null``
+    (a missing value), +-inf the strings ``"inf"``/``"-inf"`` (JSON has no infinity; ``float("inf")``
+    reads them back)."""
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
+        obj = obj.item()
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return str(obj)
+    if isinstance(obj, float):
+        if obj != obj:
+            return None
+        if obj in (float("inf"), float("-inf")):
+            return str(obj)
+        return obj
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -80,15 +109,63 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Pat
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for r in rows:
-        w.writerow({k: _jsonable(v) for k, v in r.items()})
+        w.writerow({k: _csv_value(v) for k, v in r.items()})
     return atomic_write_text(path, buf.getvalue())
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically as PNG and close it."""
-    import matplotlib.pyplot as plt
+def _csv_value(v: Any) -> Any:
+    v = jsonable(v)
+    return "nan" if v is None else v
 
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.0, 4.0), **subplot_kw: Any):
+    """``(fig, axes)`` from matplotlib's object-oriented API: no pyplot, no global backend change,
+    so a library call never touches the user's matplotlib state. ``axes`` is one Axes for 1x1,
+    else the array ``Figure.subplots`` returns (``squeeze`` may be passed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(nrows, ncols, **subplot_kw)
+    return fig, axes
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically as PNG (works for pyplot and plain ``Figure`` objects)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    if getattr(fig, "number", None) is not None:  # a pyplot-managed figure: release it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+class ConfigMismatchError(ValueError):
+    """A run folder holds results of a different configuration than the one asked for."""
+
+
+def check_saved_config(run_dir: str | os.PathLike, config: Mapping[str, Any], *, name: str = "config.json",
+                       ignore: Iterable[str] = ("device", "progress")) -> bool:
+    """Compare ``config`` with the one saved in ``run_dir/name``.
+
+    Returns ``False`` when nothing is saved yet, ``True`` when the saved config is the same
+    (after a JSON round trip, keys in ``ignore`` left out); raises :class:`ConfigMismatchError`
+    naming every differing key and the fix otherwise. An unreadable file is a mismatch too."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigMismatchError(f"{path} is unreadable ({e.__class__.__name__}); use a new run folder") from e
+    if not isinstance(saved, dict):
+        raise ConfigMismatchError(f"{path} holds no config object; use a new run folder")
+    now = json.loads(json.dumps(jsonable(dict(config))))
+    skip = set(ignore)
+    keys = sorted((set(saved) | set(now)) - skip)
+    diff = [k for k in keys if saved.get(k) != now.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:6])
+        raise ConfigMismatchError(f"{path} was written by a different configuration ({shown}); "
+                                  f"resume with the same settings or use a new run folder")
+    return True

@@ -37,7 +37,7 @@ app = ServerApp()
 def run_server(grid, run_config: Mapping[str, Any], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the SSGD federation on ``grid``; return the summary written to result.json."""
     cfg = FlowerRunConfig.from_mapping(run_config)
-    out = make_run_dir(cfg.out_dir or None, "flower")
+    out = make_run_dir(cfg.out_dir or None, "flower", overwrite=True)
     write_json(out / "config.json", cfg.to_dict())
     model = make_model(cfg)
     arrays = param_arrays(model)

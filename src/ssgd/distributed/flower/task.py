@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...data import ImageDataset, load_dataset, partition, subsample
-from ...models import build_model
+from ...models import build_model, evaluate
 from ...report.io import atomic_write_bytes
 from .config import FlowerRunConfig
 
@@ -154,7 +154,6 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: st
 def evaluate_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray], x: torch.Tensor, y: torch.Tensor
                     ) -> tuple[float, float]:
     """(accuracy, mean loss) of the model with ``arrays`` loaded, on ``(x, y)``."""
-    from ...experiments.train import evaluate
 
     load_arrays(model, arrays)
     return evaluate(model, x, y)
