@@ -189,7 +189,7 @@ def test_nonfinite_skip_counts_and_leaves_params_bit_identical(foreach, scope):
         before = [_bits(p) for p in ps]
         bufs = [_bits(opt.state[p]["momentum_buffer"]) for p in ps]
         opt.step()
-        assert opt.state["skipped_steps"] == k + 1 and opt.skipped_steps == k + 1
+        assert opt.skipped_steps == k + 1 and "skipped_steps" not in opt.state
         assert all(torch.equal(_bits(p), b) for p, b in zip(ps, before))
         assert all(torch.equal(_bits(opt.state[p]["momentum_buffer"]), b) for p, b in zip(ps, bufs))
     _set_grads(ps, 3)
@@ -197,10 +197,15 @@ def test_nonfinite_skip_counts_and_leaves_params_bit_identical(foreach, scope):
     opt.step()  # a good step moves again
     assert all(not torch.equal(p.detach(), b) for p, b in zip(ps, before))
     sd = opt.state_dict()
-    assert sd["state"]["skipped_steps"] == 2
+    assert sd["ssgd"]["skipped_steps"] == 2 and "skipped_steps" not in sd["state"]
     opt2 = ssgd.SSGD(ps, lr=0.1, nonfinite="skip")
     opt2.load_state_dict(copy.deepcopy(sd))
     assert opt2.skipped_steps == 2
+    old = copy.deepcopy(sd)  # checkpoints before the state-dict hooks: a string key in "state"
+    old["state"]["skipped_steps"] = old.pop("ssgd")["skipped_steps"]
+    opt3 = ssgd.SSGD(ps, lr=0.1, nonfinite="skip")
+    opt3.load_state_dict(old)
+    assert opt3.skipped_steps == 2 and "skipped_steps" not in opt3.state
 
 
 def test_nonfinite_mixed_group_policies():
@@ -471,3 +476,179 @@ def test_property_step_direction_length_and_scale_invariance(shapes, log_scale, 
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * lr)
     for a, b in zip(d, step(2.0**round(log_c))):  # a power of two scales exactly: bit-identical step
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- capturable: no host read in the step
+class _HostReads:
+    """Counts host reads of tensor values (``item``, ``tolist``, ``bool``, ``float``, ``int``) -- on a GPU
+    each is a synchronisation. Used as a context manager around ``opt.step()``."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+    def __enter__(self):
+        self.calls, self._orig = [], {}
+        for n in self.NAMES:
+            orig = getattr(torch.Tensor, n)
+            self._orig[n] = orig
+
+            def wrapper(t, *a, _n=n, _orig=orig, **k):
+                self.calls.append(_n)
+                return _orig(t, *a, **k)
+            setattr(torch.Tensor, n, wrapper)
+        return self
+
+    def __exit__(self, *exc):
+        for n, orig in self._orig.items():
+            setattr(torch.Tensor, n, orig)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("cfg", [dict(), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+                                 dict(momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True)],
+                         ids=["plain", "nesterov-wd", "decoupled"])
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_capturable_step_reads_nothing_on_the_host(scope, cfg, nonfinite):
+    ps = _params()
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, nonfinite=nonfinite, capturable=True, **cfg)
+    host = ssgd.SSGD([p.detach().clone().requires_grad_() for p in ps], lr=0.1, scope=scope, capturable=False, **cfg)
+    for step in range(3):
+        _set_grads(ps, 60 + step)
+        _set_grads(host.param_groups[0]["params"], 60 + step)
+        with _HostReads() as reads:
+            opt.step()
+        # the only read a raise step may do is the *previous* step's flag (lazy raise), never this step's values
+        assert reads.calls == ([] if nonfinite == "skip" or step == 0 else ["tolist"])
+        with _HostReads() as reads:
+            host.step()
+        assert reads.calls  # the host path does read (it is the eager, exact-on-CPU default)
+    for p, q in zip(ps, host.param_groups[0]["params"]):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-group", "mixed-scope-groups"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_capturable_and_host_paths_agree(mixed, cfg):
+    shapes = ((4, 3), (3,), (2, 2, 2), (5,))
+    pa = _params(shapes=shapes)
+    pb = [p.detach().clone().requires_grad_() for p in pa]
+    oa = ssgd.SSGD(_groups(pa, mixed), lr=0.1, capturable=True, **cfg)
+    ob = ssgd.SSGD(_groups(pb, mixed), lr=0.1, capturable=False, **cfg)
+    for step in range(4):
+        _set_grads(pa, 10 + step)
+        _set_grads(pb, 10 + step)
+        if step == 2:
+            pa[3].grad.zero_()
+            pb[3].grad.zero_()
+        oa.step()
+        ob.step()
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if "momentum_buffer" in ob.state[b]:
+            torch.testing.assert_close(oa.state[a]["momentum_buffer"], ob.state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_capturable_numerics_corners(scope, momentum):
+    # huge float32 (the float32 sum of squares overflows), exactly as the host path
+    ps = _params(seed=4)
+    g = torch.Generator().manual_seed(5)
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g) * 1e30
+    ps[1].grad[0] = 3e38
+    before = [p.detach().clone() for p in ps]
+    ssgd.SSGD(ps, lr=0.25, scope=scope, momentum=momentum, capturable=True).step()
+    n_glob = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in ps))
+    for p, b in zip(ps, before):
+        n = n_glob if scope == "global" else float(p.grad.double().norm())
+        torch.testing.assert_close(p.detach(), (b.double() - 0.25 * p.grad.double() / n).float(), rtol=1e-6, atol=1e-7)
+    # float64 of order 1e300, tiny float32 with a tiny eps, and a zero tensor
+    big = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    big.grad = torch.full((4,), 1e300, dtype=torch.float64)
+    ssgd.SSGD([big], lr=1.0, scope=scope, momentum=momentum, capturable=True).step()
+    torch.testing.assert_close(big.detach(), torch.full((4,), -0.5, dtype=torch.float64))
+    tiny, zero = torch.zeros(4, requires_grad=True), torch.ones(3, requires_grad=True)
+    tiny.grad, zero.grad = torch.full((4,), 1e-25), torch.zeros(3)
+    ssgd.SSGD([tiny, zero], lr=1.0, scope=scope, eps=1e-40, momentum=momentum, capturable=True).step()
+    torch.testing.assert_close(tiny.detach(), torch.full((4,), -0.5))
+    assert torch.equal(zero.detach(), torch.ones(3))
+    # half precision whose sum of squares overflows fp16
+    h = torch.zeros(1000, dtype=torch.float16, requires_grad=True)
+    h.grad = torch.full((1000,), 300.0, dtype=torch.float16)
+    ssgd.SSGD([h], lr=1.0, scope=scope, momentum=momentum, capturable=True).step()
+    torch.testing.assert_close(h.detach().float(), torch.full((1000,), -1 / math.sqrt(1000)), rtol=1e-2, atol=0)
+
+
+def test_capturable_step_length_is_exact_for_large_float32_tensors():
+    p, q = torch.zeros(2**22 + 5, requires_grad=True), torch.zeros(7, requires_grad=True)
+    g = torch.Generator().manual_seed(8)
+    p.grad, q.grad = torch.randn(p.shape, generator=g) + 0.5, torch.randn(q.shape, generator=g)
+    ssgd.SSGD([p, q], lr=1.0, capturable=True).step()
+    length = math.sqrt(float((p.detach().double() ** 2).sum() + (q.detach().double() ** 2).sum()))
+    assert length == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_capturable_nonfinite_skip_on_device_and_lazy_raise(scope):
+    ps = _params()
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.01, nonfinite="skip", capturable=True)
+    _set_grads(ps, 1)
+    opt.step()
+    _set_grads(ps, 2)
+    ps[0].grad[1, 1] = float("nan")
+    before = [_bits(p) for p in ps]
+    bufs = [_bits(opt.state[p]["momentum_buffer"]) for p in ps]
+    opt.step()
+    assert all(torch.equal(_bits(p), b) for p, b in zip(ps, before))
+    assert all(torch.equal(_bits(opt.state[p]["momentum_buffer"]), b) for p, b in zip(ps, bufs))
+    assert opt.skipped_steps == 1 and opt.state_dict()["ssgd"]["skipped_steps"] == 1
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = ssgd.SSGD(model.named_parameters(), lr=0.1, momentum=0.9, scope=scope, capturable=True)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    model[2].bias.grad[1] = float("inf")
+    before = {n: _bits(p) for n, p in model.named_parameters()}
+    opt.step()  # no host read: the step is a no-op on the device ...
+    assert all(torch.equal(_bits(p), before[n]) for n, p in model.named_parameters())
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"parameter '2\.bias' \(shape \(2,\)\)"):
+        opt.check_finite()  # ... and the error names the parameter when read
+    model[2].bias.grad[1] = float("nan")
+    opt.step()
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"'2\.bias'"):
+        opt.step()  # the next eager step raises it at the latest
+
+
+def test_capturable_validation():
+    with pytest.raises(ValueError, match="Invalid capturable"):
+        ssgd.SSGD(_params(), capturable="yes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_compiled_step_has_no_graph_break_and_equals_eager(scope, momentum):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    twin = copy.deepcopy(model)
+    opt = ssgd.SSGD(model.parameters(), lr=0.1, scope=scope, momentum=momentum)  # default capturable=None
+    ref = ssgd.SSGD(twin.parameters(), lr=0.1, scope=scope, momentum=momentum)
+    x = torch.randn(5, 6)
+    model(x).sum().backward()
+    twin(x).sum().backward()
+    explained = torch._dynamo.explain(lambda: opt.step())()
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    ref.step()
+    step = torch.compile(lambda: opt.step(), backend="aot_eager")
+    for k in range(2):
+        for m in (model, twin):
+            m.zero_grad()
+            m(x * (k + 2)).sum().backward()
+        step()
+        ref.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        if momentum:
+            torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"],
+                                       rtol=1e-6, atol=1e-7)

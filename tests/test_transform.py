@@ -239,3 +239,93 @@ def test_large_tensor_norm_is_accurate(dtype):
         assert float(n) == pytest.approx(float(t.double().norm()), rel=1e-6)
     u = ssgd.unit([big])[0]
     assert float(torch.linalg.vector_norm(u.double())) == pytest.approx(1.0, rel=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+# --- ssgd.batched_unit: B stacked gradients at once -------------------------------------------------------
+
+
+def _stacked(b=5, dtype=torch.float64, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, *s, generator=g, dtype=dtype) for s in [(3, 4), (5,), (2, 2, 2)]]
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_batched_unit_matches_unit_row_by_row(scope):
+    ts = _stacked()
+    units, norms = ssgd.batched_unit(ts, scope=scope)
+    assert norms.shape == ((5,) if scope == "global" else (5, 3)) and norms.dtype == torch.float64
+    for b in range(5):
+        ref = ssgd.unit([t[b] for t in ts], scope)
+        for u, r in zip(units, ref):
+            torch.testing.assert_close(u[b], r, rtol=1e-12, atol=0)
+        row = [t[b] for t in ts]
+        torch.testing.assert_close(norms[b], ssgd.grad_norms(row).norm() if scope == "global" else ssgd.grad_norms(row))
+
+
+def test_batched_unit_batch_dims_and_float32_norms():
+    g = torch.Generator().manual_seed(5)
+    ts = [torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, generator=g)]  # batch (2, 3)
+    units, norms = ssgd.batched_unit(ts, scope="layer", batch_dims=2)
+    assert norms.shape == (2, 3, 2) and norms.dtype == torch.float32
+    torch.testing.assert_close(units[0].norm(dim=-1), torch.ones(2, 3))
+    torch.testing.assert_close(units[1], ts[1] / ts[1].abs())  # one entry per gradient: its sign
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_batched_unit_extremes_zero_and_half(scope):
+    huge = torch.full((2, 8), 1e37)                      # float32 sum of squares overflows
+    tiny = torch.full((2, 8), 1e-25)                     # float32 squares underflow
+    for t in (huge, tiny):
+        units, norms = ssgd.batched_unit([t], scope=scope, eps=1e-40)
+        torch.testing.assert_close(units[0], torch.full((2, 8), 8 ** -0.5), rtol=1e-6, atol=0)
+        assert torch.allclose(norms.double().reshape(-1), torch.full((2,), float(t[0, 0]) * 8 ** 0.5, dtype=torch.float64),
+                              rtol=1e-6)
+    big64 = torch.full((2, 4), 1e300, dtype=torch.float64)
+    units, norms = ssgd.batched_unit([big64], scope=scope)
+    torch.testing.assert_close(units[0], torch.full((2, 4), 0.5, dtype=torch.float64))
+    zero = torch.zeros(3, 6, requires_grad=True)
+    units, norms = ssgd.batched_unit([zero], scope=scope)
+    assert torch.equal(units[0], torch.zeros(3, 6)) and torch.equal(norms.reshape(-1), torch.zeros(3))
+    half = torch.full((2, 1000), 300.0, dtype=torch.float16)  # fp16 sum of squares overflows
+    units, norms = ssgd.batched_unit([half], scope=scope)
+    assert units[0].dtype == torch.float16 and torch.isfinite(units[0]).all()
+    assert float(norms.reshape(-1)[0]) == pytest.approx(300.0 * math.sqrt(1000), rel=1e-6)
+
+
+def test_batched_unit_gamma_is_automatic_clipping_and_differentiable():
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    units, norms = ssgd.batched_unit([x[:, :2], x[:, 2:]], gamma=0.5)
+    ref = x / (x.detach().norm(dim=1, keepdim=True) + 0.5)
+    torch.testing.assert_close(torch.cat(units, 1), ref.detach())
+    assert (torch.cat(units, 1).norm(dim=1) < 1).all()
+    assert torch.autograd.gradcheck(lambda t: ssgd.batched_unit([t[:, :2], t[:, 2:]], scope="global")[0][1], (x,))
+    assert torch.autograd.gradcheck(lambda t: ssgd.batched_unit([t], scope="layer", gamma=0.1)[0][0], (x,))
+
+
+def test_batched_unit_nan_row_is_visible_in_norms_only():
+    t = torch.ones(3, 4)
+    t[1, 2] = float("nan")
+    units, norms = ssgd.batched_unit([t])
+    assert torch.isfinite(norms).tolist() == [True, False, True]
+    torch.testing.assert_close(units[0][0], torch.full((4,), 0.5))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scope="row"), "Invalid scope"), (dict(eps=0.0), "Invalid eps"), (dict(eps=float("inf")), "Invalid eps"),
+    (dict(gamma=-1.0), "Invalid gamma"), (dict(batch_dims=-1), "Invalid batch_dims"),
+])
+def test_batched_unit_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ssgd.batched_unit([torch.ones(2, 3)], **kwargs)
+    with pytest.raises(ValueError, match="batch shape"):
+        ssgd.batched_unit([torch.ones(2, 3), torch.ones(3, 3)])
+
+
+def test_validators_are_public_and_share_one_rule():
+    assert ssgd.check_scope("layer") == "layer" and ssgd.check_nonfinite("skip") == "skip"
+    assert ssgd.check_eps(1) == 1.0
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "1e-12"):
+        with pytest.raises(ValueError, match="Invalid eps"):
+            ssgd.check_eps(bad)
+    with pytest.raises(ValueError, match="Invalid nonfinite"):
+        ssgd.check_nonfinite("ignore")

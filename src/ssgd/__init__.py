@@ -8,17 +8,35 @@ metrics, data, models, distributed engines and experiments live in subpackages.
 
 from .optim import SSGD
 from .shards import shard_unit_grad_, split_shards
-from .transform import DEFAULT_EPS, NonFiniteGradientError, grad_norms, unit, unit_
+from .transform import (
+    DEFAULT_EPS,
+    NONFINITE_POLICIES,
+    SCOPES,
+    NonFiniteGradientError,
+    batched_unit,
+    check_eps,
+    check_nonfinite,
+    check_scope,
+    grad_norms,
+    unit,
+    unit_,
+)
 from .wrapper import SSGDWrapper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_EPS",
+    "NONFINITE_POLICIES",
     "NonFiniteGradientError",
+    "SCOPES",
     "SSGD",
     "SSGDWrapper",
     "__version__",
+    "batched_unit",
+    "check_eps",
+    "check_nonfinite",
+    "check_scope",
     "grad_norms",
     "shard_unit_grad_",
     "split_shards",

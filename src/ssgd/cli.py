@@ -24,10 +24,19 @@ app.add_typer(flower.app, name="flower")
 
 
 def main() -> None:
-    from .commands._options import user_errors
+    """``ssgd`` / ``python -m ssgd``: errors a user can cause end as one line and exit status 2.
 
-    with user_errors():
+    (The commands turn them into ``typer.Exit`` themselves; this catches any that escape a
+    command, outside click's context, where a ``typer.Exit`` would print a traceback.)"""
+    import sys
+
+    from .commands import USER_ERRORS
+
+    try:
         app()
+    except USER_ERRORS as e:
+        typer.echo(f"Error: {e}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,18 +35,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .transform import DEFAULT_EPS, NonFiniteGradientError, _norm_list, _safe, _scaled, _scales, check_scope
+from ._numerics import device_norms, norm_list as _norm_list, safe as _safe, safe_hypot, scaled as _scaled
+from ._numerics import scales as _scales
+from .transform import DEFAULT_EPS, NONFINITE_POLICIES, NonFiniteGradientError, check_nonfinite, check_scope
 
 __all__ = ["SSGD", "NONFINITE_POLICIES", "check_nonfinite"]
-
-NONFINITE_POLICIES = ("raise", "skip")
-
-
-def check_nonfinite(nonfinite: str) -> str:
-    """Return ``nonfinite`` if it is a known policy, else raise a ValueError naming it."""
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"Invalid nonfinite policy: {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
-    return nonfinite
 
 
 def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfinite) -> None:
@@ -123,8 +116,11 @@ class SSGD(Optimizer):
         foreach: bool | None = None,
         nonfinite: str = "raise",
         decoupled_weight_decay: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfinite)
+        if capturable not in (None, True, False):
+            raise ValueError(f"Invalid capturable={capturable!r}; expected None (auto), True or False")
         defaults = dict(
             lr=lr,
             scope=scope,
@@ -139,6 +135,12 @@ class SSGD(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults)
+        self.capturable = capturable
+        self._skipped: int | Tensor = 0  # steps skipped for a non-finite gradient (a device tensor when capturable)
+        self._pending: tuple[Tensor, Tensor, list[tuple[int, Tensor]]] | None = None  # lazy raise (capturable)
+        self.register_state_dict_post_hook(_save_skipped)
+        self.register_load_state_dict_pre_hook(_load_skipped)
+        self.register_load_state_dict_post_hook(_restore_skipped)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (validated like the constructor's arguments)."""
@@ -156,11 +158,50 @@ class SSGD(Optimizer):
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
+        self.__dict__.setdefault("capturable", None)
+        self.__dict__.setdefault("_skipped", 0)
+        self.__dict__.setdefault("_pending", None)
 
     @property
     def skipped_steps(self) -> int:
-        """Steps skipped because of a non-finite gradient (``nonfinite="skip"``)."""
-        return int(self.state.get("skipped_steps", 0))
+        """Steps skipped because of a non-finite gradient (``nonfinite="skip"``).
+
+        Kept in the optimizer's ``state_dict()`` under ``"ssgd"``; with ``capturable`` steps it
+        is a device counter and reading it is one host read."""
+        return int(self._skipped)
+
+    def _use_device_path(self, grads: list[Tensor]) -> bool:
+        if self.capturable is not None:
+            return bool(self.capturable)
+        if torch.compiler.is_compiling():
+            return True
+        return grads[0].device.type != "cpu"
+
+    def check_finite(self, wait: bool = True) -> None:
+        """Raise the :class:`~ssgd.NonFiniteGradientError` of an earlier capturable step, if any.
+
+        A capturable step never reads the device: a non-finite gradient makes that step a no-op
+        on the device (parameters and momentum buffers unchanged) and, under
+        ``nonfinite="raise"``, leaves a flag behind. ``step()`` reads the previous step's flag at
+        its start when not compiling (on CUDA from pinned memory once the previous step's event
+        has completed: no stall), so the error surfaces one step late; ``wait=True`` (what a
+        user call does) waits for it. Compiled loops call this themselves (e.g. per epoch)."""
+        pending = self._pending
+        if pending is None:
+            return
+        host, event, where = pending
+        if event is not None:
+            if not wait and not event.query():
+                return  # not known yet: check at the next step
+            event.synchronize()
+        self._pending = None
+        flag, first = host.tolist()
+        if not flag:
+            return
+        gi, g = where[int(first)]
+        pi = [j for j, q in enumerate(self.param_groups[gi]["params"]) if q.grad is g]
+        name = self._name(gi, self.param_groups[gi]["params"][pi[0]]) if pi else None
+        raise NonFiniteGradientError(int(first), name, tuple(g.shape))
 
     def _name(self, gi: int, p: Tensor) -> str:
         group = self.param_groups[gi]
@@ -195,6 +236,11 @@ class SSGD(Optimizer):
             owner.extend([gi] * len(grads))
         if not flat_grads:
             return loss
+        if self._use_device_path(flat_grads):
+            if self._pending is not None and not torch.compiler.is_compiling():
+                self.check_finite(wait=False)
+            self._device_step(work, flat_grads, owner)
+            return loss
 
         norms = _norm_list(flat_grads)  # the one host synchronisation
         total = sum(norms)
@@ -206,7 +252,7 @@ class SSGD(Optimizer):
                 g = flat_grads[i]
                 p = next(p for p in self.param_groups[owner[i]]["params"] if p.grad is g)
                 raise NonFiniteGradientError(i, self._name(owner[i], p), tuple(g.shape))
-            self.state["skipped_steps"] = self.skipped_steps + 1
+            self._skipped = self._skipped + 1
             return loss
 
         glob = [n for (gi, _, grads, off) in work if self.param_groups[gi]["scope"] == "global"
@@ -241,6 +287,131 @@ class SSGD(Optimizer):
                 for p, b in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = b
         return loss
+
+    def _device_step(self, work, flat_grads, owner) -> None:
+        """The step without any host read (see ``capturable``)."""
+        dev = flat_grads[0].device
+        norms = device_norms(flat_grads).to(dev)  # (K,) float64, exact range
+        finite = torch.isfinite(norms)
+        skip_idx = [i for i, gi in enumerate(owner) if self.param_groups[gi]["nonfinite"] == "skip"]
+        raise_idx = [i for i, gi in enumerate(owner) if self.param_groups[gi]["nonfinite"] == "raise"]
+        bad = ~finite.all()
+        keep = (~bad).to(torch.float64)
+        if skip_idx:
+            skip_bad = ~finite[skip_idx].all() if len(skip_idx) < len(owner) else bad
+            raise_bad = ~finite[raise_idx].all() if raise_idx else torch.zeros((), dtype=torch.bool, device=dev)
+            counted = skip_bad & ~raise_bad
+            self._skipped = self._skipped + counted.to(torch.int64)
+        if raise_idx:
+            bad_i = (~finite).to(torch.int32)
+            if len(raise_idx) < len(owner):
+                bad_i = bad_i * _raise_mask(owner, raise_idx, dev)
+            first = torch.argmax(bad_i)
+            raise_flag = ~finite[raise_idx].all() if len(raise_idx) < len(owner) else bad
+            packed = torch.stack([raise_flag.to(torch.int64), first.to(torch.int64)])
+            where = [(gi, g) for gi, g in zip(owner, flat_grads)]
+            if dev.type == "cuda" and not torch.compiler.is_compiling():
+                host = torch.empty(2, dtype=torch.int64, pin_memory=True)
+                host.copy_(packed, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                self._pending = (host, event, where)
+            else:
+                self._pending = (packed, None, where)
+        norms = torch.where(finite, norms, torch.ones_like(norms))  # a skipped step's scales stay finite
+        glob = [i for i, gi in enumerate(owner) if self.param_groups[gi]["scope"] == "global"]
+        s_glob = None
+        if glob:
+            total = safe_hypot(norms[glob] if len(glob) < len(owner) else norms)
+            s_glob = 1.0 / total.clamp_min(self.defaults["eps"])
+        for gi, params, grads, off in work:
+            group = self.param_groups[gi]
+            sign = -1.0 if group["maximize"] else 1.0
+            if group["scope"] == "global":
+                sc = [s_glob * sign] * len(grads)
+            else:
+                v = sign / norms[off:off + len(grads)].clamp_min(group["eps"])
+                sc = list(v.unbind(0))
+            momentum = group["momentum"]
+            bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else None
+            _capturable_ssgd(params, grads, sc, bufs, keep, lr=group["lr"], momentum=momentum,
+                             dampening=group["dampening"], nesterov=group["nesterov"],
+                             weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
+            if bufs is not None:
+                for p, b in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = b
+
+
+def _raise_mask(owner: list[int], raise_idx: list[int], dev: torch.device) -> Tensor:
+    m = torch.zeros(len(owner), dtype=torch.int32, device=dev)
+    m[raise_idx] = 1
+    return m
+
+
+def _save_skipped(opt: "SSGD", sd: dict[str, Any]) -> dict[str, Any]:
+    sd["ssgd"] = {"skipped_steps": opt.skipped_steps}
+    return sd
+
+
+def _load_skipped(opt: "SSGD", sd: dict[str, Any]) -> dict[str, Any]:
+    sd = dict(sd)
+    extra = sd.pop("ssgd", None) or {}
+    n = int(extra.get("skipped_steps", 0))
+    state = sd.get("state", {})
+    if "skipped_steps" in state:  # checkpoints written before 0.2 kept it as a string key in ``state``
+        state = dict(state)
+        n = int(state.pop("skipped_steps"))
+        sd["state"] = state
+    opt.__dict__["_loaded_skipped"] = n
+    return sd
+
+
+def _restore_skipped(opt: "SSGD") -> None:
+    opt._skipped = opt.__dict__.pop("_loaded_skipped", 0)
+
+
+def _capturable_ssgd(params, grads, scales, bufs, keep, *, lr, momentum, dampening, nesterov, weight_decay,
+                     decoupled):
+    """One fused pass per tensor with device scalars: no host read, no data-dependent branch.
+
+    ``scales[i]`` is a 0-dim float64 tensor (sign included); ``keep`` is 1.0, or 0.0 when the
+    step must leave every parameter and buffer unchanged (a non-finite gradient somewhere)."""
+    lr_t = keep * lr  # 0-dim float64; a tensor lr stays on the device
+    for i, (p, g, s) in enumerate(zip(params, grads, scales)):
+        if p.dtype != torch.float64:  # a scale beyond float32's range (eps < 3e-39) would turn 0 * s into NaN
+            big = torch.finfo(torch.float32).max
+            s = s.clamp(-big, big)
+        g = torch.where(keep.to(torch.bool), g, torch.zeros((), dtype=g.dtype, device=g.device))  # NaN-proof no-op
+        cd = p.dtype
+        wide = cd in _WIDE and g.dtype == cd
+        if wide:
+            u, c = g, (s * keep).to(cd)
+        else:  # half precision: the direction in float32, rounded once
+            u, c = (g.to(torch.float32) * s.to(torch.float32)).to(cd), None
+        if weight_decay != 0 and decoupled:
+            p.mul_((1.0 - lr_t * weight_decay).to(cd))
+        wd = (keep * weight_decay).to(cd) if weight_decay != 0 and not decoupled else None
+        if momentum == 0:
+            if wd is not None:
+                p.mul_((1.0 - lr_t * weight_decay).to(cd))
+            if c is None:
+                p.add_(u * (-lr_t).to(cd))
+            else:
+                p.addcmul_(u, (-lr_t * s).to(cd))
+            continue
+        buf = bufs[i]
+        d = torch.mul(u, c) if c is not None else u.clone()
+        if wd is not None:
+            d.add_(p * wd)
+        if buf is None:
+            bufs[i] = buf = d
+        else:
+            mu_t = keep * momentum + (1.0 - keep)  # momentum, or 1 (buffer unchanged) on a skipped step
+            buf.mul_(mu_t.to(cd)).add_(d * (keep * (1 - dampening)).to(cd))
+        if nesterov:
+            p.add_(d * (-lr_t).to(cd)).add_(buf * (-lr_t * momentum).to(cd))
+        else:
+            p.add_(buf * (-lr_t).to(cd))
 
 
 def _direct_dtypes(params: list[Tensor], grads: list[Tensor]) -> bool:

@@ -35,7 +35,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .transform import _TINY_NORM, DEFAULT_EPS, _safe, _scales, check_eps, check_scope, unit_
+from ._numerics import TINY_NORM as _TINY_NORM
+from ._numerics import safe as _safe
+from ._numerics import scales as _scales
+from .transform import DEFAULT_EPS, check_eps, check_scope, unit_
 
 __all__ = ["shard_unit_grad_", "split_shards"]
 

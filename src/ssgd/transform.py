@@ -40,13 +40,26 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ._numerics import acc_dtype as _acc_dtype
+from ._numerics import as_list as _as_list
+from ._numerics import norm_list as _norm_list
+from ._numerics import safe_hypot as _safe_hypot
+from ._numerics import safe_rows_norm as _safe_rows_norm
+from ._numerics import scaled as _scaled
+from ._numerics import scales as _scales
+from ._numerics import safe as _safe
+
 __all__ = [
     "DEFAULT_EPS",
+    "NONFINITE_POLICIES",
     "SCOPES",
     "NonFiniteGradientError",
+    "batched_unit",
     "check_eps",
+    "check_nonfinite",
     "check_scope",
     "grad_norms",
+    "scale_",
     "unit",
     "unit_",
     "unit_scales",
@@ -54,13 +67,7 @@ __all__ = [
 
 DEFAULT_EPS = 1e-12
 SCOPES = ("global", "layer")
-
-# Scales (and folded lr*scale multipliers) inside this range are applied directly in
-# the tensor's float32/float64 dtype; outside it they go through float64.
-_SAFE_SCALE = (1e-20, 1e20)
-# float32 sums of squares underflow for entries below ~1e-19: norms below this are recomputed.
-_TINY_NORM = 2.0**-60
-
+NONFINITE_POLICIES = ("raise", "skip")
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient contains NaN or +-inf. ``index`` is its position in the list, ``name`` its name."""
@@ -87,108 +94,21 @@ def check_scope(scope: str) -> str:
 
 
 def check_eps(eps: float) -> float:
-    """Return ``eps`` if it is a positive number, else raise a ValueError naming it."""
-    if not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
+    """Return ``eps`` as a float if it is a finite number > 0, else raise a ValueError naming it.
+
+    The one rule for every ``eps`` in the package (optimizer, wrapper, shards, DDP hook,
+    all-reduce, privacy): ``eps = inf`` would turn every gradient into zero, so it is refused."""
+    if isinstance(eps, bool) or not (isinstance(eps, (int, float)) and eps > 0 and math.isfinite(eps)):
         raise ValueError(f"Invalid eps value: {eps!r}; must be a finite number > 0 (default {DEFAULT_EPS})")
     return float(eps)
 
 
-def _as_list(tensors: Tensor | Iterable[Tensor]) -> list[Tensor]:
-    out = [tensors] if isinstance(tensors, Tensor) else list(tensors)
-    for i, t in enumerate(out):
-        if not isinstance(t, Tensor):
-            raise TypeError(
-                f"expected tensors, got {type(t).__name__} at position {i}; "
-                "filter out parameters without .grad first (p.grad is None)"
-            )
-        if t.layout != torch.strided:
-            raise ValueError(
-                f"sparse gradient ({t.layout}) at position {i}: SSGD does not support sparse gradients; "
-                "use a dense embedding (sparse=False) for SSGD-trained parameters"
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"tensor at position {i} has dtype {t.dtype}; gradients must be floating point")
-    return out
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _exact_norm(t: Tensor) -> float:
-    """L2 norm of a finite tensor, in float64 with rescaling (no overflow, no underflow)."""
-    amax = float(torch.linalg.vector_norm(t, ord=float("inf"), dtype=torch.float64))
-    if amax == 0.0:
-        return 0.0
-    return amax * float(torch.linalg.vector_norm(t.to(torch.float64) / amax))
-
-
-_BLOCK = 4096
-
-
-def _foreach_norms(ts: list[Tensor], acc: torch.dtype | None) -> list[Tensor]:
-    """``_foreach_norm``, but on CPU large float32-accumulated tensors are reduced in blocks.
-
-    A CPU reduction accumulates a whole tensor in a few float32 lanes: at 1e7 entries the
-    norm is off by ~1e-4 relative. Norms of rows of ``_BLOCK`` entries, then the norm of
-    those, keep it near 1e-7 at no extra memory traffic."""
-    kw = {} if acc is None else {"dtype": acc}
-    if acc == torch.float64 or ts[0].device.type != "cpu" or (acc is None and ts[0].dtype == torch.float64):
-        return list(torch._foreach_norm(ts, 2, **kw))
-    big = [i for i, t in enumerate(ts) if t.numel() >= 4 * _BLOCK and t.is_contiguous()]
-    if not big:
-        return list(torch._foreach_norm(ts, 2, **kw))
-    out: list[Tensor | None] = [None] * len(ts)
-    big_set = set(big)
-    small = [i for i in range(len(ts)) if i not in big_set]
-    if small:
-        for i, n in zip(small, torch._foreach_norm([ts[i] for i in small], 2, **kw)):
-            out[i] = n
-    for i in big:
-        flat = ts[i].view(-1)
-        k = flat.numel() // _BLOCK
-        rows = torch.linalg.vector_norm(flat[: k * _BLOCK].view(k, _BLOCK), dim=1, **kw)
-        tail = flat[k * _BLOCK:]
-        parts = torch.cat([rows, tail.to(rows.dtype)]) if tail.numel() else rows
-        out[i] = torch.linalg.vector_norm(parts)
-    return out  # type: ignore[return-value]
-
-
-def _norm_list(tensors: Sequence[Tensor]) -> list[float]:
-    """Per-tensor L2 norms as Python floats; ``nan`` for a tensor holding NaN/inf.
-
-    Fast path: one ``_foreach_norm`` per dtype class and one host sync.
-    """
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
-        parts = [(list(range(len(tensors))), _foreach_norms(list(tensors), None))]
-    else:  # float64 accumulates in float64, everything else in float32
-        wide = [i for i, t in enumerate(tensors) if t.dtype == torch.float64]
-        narrow = [i for i, t in enumerate(tensors) if t.dtype != torch.float64]
-        parts = [(idx, _foreach_norms([tensors[i] for i in idx], acc))
-                 for idx, acc in ((wide, torch.float64), (narrow, torch.float32)) if idx]
-    out = [0.0] * len(tensors)
-    for idx, ns in parts:
-        try:
-            vals = torch.stack(ns).tolist()
-        except RuntimeError:  # norms on several devices
-            vals = [float(n) for n in ns]
-        if len(parts) == 1:
-            out = vals
-        else:
-            for i, v in zip(idx, vals):
-                out[i] = v
-    if sum(out) < math.inf and min(out) >= _TINY_NORM:  # all finite, none tiny (NaN fails both)
-        return out
-    for i, v in enumerate(out):
-        if math.isfinite(v) and v >= _TINY_NORM:
-            continue
-        t = tensors[i]
-        if not math.isfinite(v) and not bool(torch.isfinite(t).all()):
-            out[i] = math.nan
-        else:  # overflow or possible underflow of the accumulation: recompute exactly
-            out[i] = _exact_norm(t)
-    return out
+def check_nonfinite(nonfinite: str) -> str:
+    """Return ``nonfinite`` if it is a known policy (``"raise"`` or ``"skip"``), else raise a ValueError."""
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"Invalid nonfinite policy: {nonfinite!r}; expected one of {NONFINITE_POLICIES} "
+                         "('raise' stops with an error naming the parameter, 'skip' skips the step)")
+    return nonfinite
 
 
 def grad_norms(tensors: Sequence[Tensor], names: Sequence[str] | None = None) -> Tensor:
@@ -208,14 +128,6 @@ def grad_norms(tensors: Sequence[Tensor], names: Sequence[str] | None = None) ->
     return torch.tensor(vals, dtype=torch.float64, device=ts[0].device)
 
 
-def _scales(norms: Sequence[float], scope: str, eps: float) -> list[float]:
-    if not norms:
-        return []
-    if scope == "global":
-        return [1.0 / max(math.hypot(*norms), eps)] * len(norms)
-    return [1.0 / max(n, eps) for n in norms]
-
-
 def unit_scales(norms: Tensor | Sequence[float], scope: str = "global", eps: float = DEFAULT_EPS) -> list[float]:
     """The multipliers that turn each tensor into (its part of) the unit vector."""
     check_scope(scope)
@@ -224,21 +136,34 @@ def unit_scales(norms: Tensor | Sequence[float], scope: str = "global", eps: flo
     return _scales([float(v) for v in vals], scope, eps)
 
 
-def _safe(s: float) -> bool:
-    return _SAFE_SCALE[0] < abs(s) < _SAFE_SCALE[1] or s == 0.0
+def scale_(tensors: Sequence[Tensor], scales: Sequence[float]) -> None:
+    """``t *= s`` in place for each pair, rounding once.
 
-
-def _scaled(g: Tensor, s: float, dtype: torch.dtype | None = None) -> Tensor:
-    """``g * s`` as a new tensor of ``dtype`` (default ``g.dtype``), rounded once.
-
-    fp16/bf16 are multiplied in float32, scales outside the safe range in float64."""
-    dtype = g.dtype if dtype is None else dtype
-    if _safe(s):
-        if g.dtype in (torch.float32, torch.float64) and g.dtype == dtype:
-            return g * s
-        hi = torch.float64 if torch.float64 in (g.dtype, dtype) else torch.float32
-        return (g.to(hi) * s).to(dtype)
-    return (g.to(torch.float64) * s).to(dtype)
+    float32/float64 tensors with a scale inside ``[1e-20, 1e20]`` (or 0) are multiplied
+    directly (one ``torch._foreach_mul_`` when possible); fp16/bf16 are scaled in float32,
+    and extreme scales in float64, then rounded once to the tensor's dtype. The building
+    block of :func:`unit_` for callers that computed the norms themselves (the DDP hook)."""
+    ts = _as_list(tensors)
+    ss = [float(s) for s in scales]
+    if len(ss) != len(ts):
+        raise ValueError(f"got {len(ss)} scales for {len(ts)} tensors; pass one scale per tensor")
+    fast_t, fast_s = [], []
+    for t, s in zip(ts, ss):
+        if t.dtype in (torch.float32, torch.float64) and _safe(s):
+            fast_t.append(t)
+            fast_s.append(s)
+        else:
+            t.copy_(_scaled(t, s))
+    if not fast_t:
+        return
+    if len({t.device for t in fast_t}) == 1:
+        if len(set(fast_s)) == 1:
+            torch._foreach_mul_(fast_t, fast_s[0])
+        else:
+            torch._foreach_mul_(fast_t, fast_s)
+    else:
+        for t, s in zip(fast_t, fast_s):
+            t.mul_(s)
 
 
 def unit_(
@@ -319,3 +244,81 @@ def unit(
     out = [t.detach().clone() for t in ts]
     unit_(out, scope, eps, names=names)
     return out
+
+
+def _check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
+        raise ValueError(f"Invalid gamma value: {gamma!r}; must be a finite number >= 0 "
+                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma))")
+    return float(gamma)
+
+
+def batched_unit(
+    tensors: Sequence[Tensor],
+    *,
+    scope: str = "global",
+    eps: float = DEFAULT_EPS,
+    batch_dims: int = 1,
+    gamma: float = 0.0,
+) -> tuple[list[Tensor], Tensor]:
+    r"""Unit vectors of B stacked gradients at once; returns ``(units, norms)``.
+
+    Each tensor's first ``batch_dims`` dimensions index independent gradients (all tensors
+    share that batch shape); the rest is one parameter tensor's shape. For each batch index
+    ``b`` this is :func:`unit` of ``[t[b] for t in tensors]``:
+
+    * ``scope="global"``: ``u_i[b] = t_i[b] / (max(‖t[b]‖, eps) + gamma)`` with the norm over all
+      tensors; ``norms`` has the batch shape;
+    * ``scope="layer"``: ``u_i[b] = t_i[b] / (max(‖t_i[b]‖, eps) + gamma)``; ``norms`` has shape
+      ``batch_shape + (L,)`` with ``L = len(tensors)``.
+
+    ``gamma = 0`` (default) gives unit vectors (norm 1; below ``eps`` the norm is < 1, a zero
+    gradient stays zero). ``gamma > 0`` gives Automatic Clipping's ``g / (‖g‖ + gamma)`` (Bu et
+    al., 2023): norm < 1, so the sensitivity is the same as the unit vector's.
+
+    Numerics as :func:`unit`: norms are taken on rows scaled by an exact power of two and
+    combined in float64 (no overflow for entries up to the dtype's maximum, no underflow down
+    to its smallest normal number), half-precision inputs are divided in float32 and rounded
+    once, units keep each input's dtype. ``norms`` is float32 (float64 if an input is float64).
+    The division happens in float32 for float32 and half inputs, so a norm beyond float32's
+    range (entries within ~sqrt(numel) of its maximum, 3.4e38) needs float64 inputs.
+    Differentiable (the attacks backpropagate through it), no host synchronisation, and *no
+    NaN check*: a non-finite row gives a non-finite norm and non-finite units, so check
+    ``torch.isfinite(norms)`` where that matters.
+
+    Example (per-example unit gradients from ``torch.func``)::
+
+        units, norms = ssgd.batched_unit([g[n] for n in names], scope="layer")
+    """
+    check_scope(scope)
+    eps = check_eps(eps)
+    gamma = _check_gamma(gamma)
+    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+        raise ValueError(f"Invalid batch_dims={batch_dims!r}; must be an int >= 0 (the number of leading "
+                         "dimensions that index independent gradients)")
+    ts = _as_list(tensors)
+    if not ts:
+        raise ValueError("batched_unit needs at least one tensor")
+    for i, t in enumerate(ts):
+        if t.ndim < batch_dims:
+            raise ValueError(f"tensor at position {i} has {t.ndim} dims, fewer than batch_dims={batch_dims}")
+    batch_shape = ts[0].shape[:batch_dims]
+    for i, t in enumerate(ts):
+        if t.shape[:batch_dims] != batch_shape:
+            raise ValueError(f"tensor at position {i} has batch shape {tuple(t.shape[:batch_dims])}, tensor 0 has "
+                             f"{tuple(batch_shape)}; every tensor must share its first batch_dims={batch_dims} dims")
+    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+    per = torch.stack([_safe_rows_norm(t.reshape(*batch_shape, -1)) for t in ts], dim=-1)  # batch + (L,)
+    norms = _safe_hypot(per) if scope == "global" else per
+    denom = norms.clamp_min(eps)
+    if gamma:
+        denom = denom + gamma
+    units = []
+    for j, t in enumerate(ts):
+        d = denom if scope == "global" else denom[..., j]
+        d = d.reshape(*batch_shape, *([1] * (t.ndim - batch_dims)))
+        if t.dtype == torch.float64:
+            units.append(t / d)
+        else:  # float32 arithmetic, rounded once to the input's dtype
+            units.append((t.to(torch.float32) / d.to(torch.float32)).to(t.dtype))
+    return units, norms.to(out_dtype)

@@ -66,12 +66,12 @@ def test_stacked_attack_equals_one_at_a_time(lenet8, digits, six):
     class FixedStart(IDLG):
         rows = slice(0, 3)
 
-        def _init(self, n, dim):
+        def _init(self, n, *args):
             return z[self.rows].clone()
 
-    both = FixedStart(iters=6).reconstruct_batch(model, shared, [_meta(digits) for _ in range(3)])
+    both = FixedStart(iters=6, restarts=1).reconstruct_batch(model, shared, [_meta(digits) for _ in range(3)])
     for k in range(3):
-        one = FixedStart(iters=6)
+        one = FixedStart(iters=6, restarts=1)
         one.rows = slice(k, k + 1)
         alone = one.reconstruct(model, shared[k], _meta(digits))
         assert torch.allclose(both[k].images, alone.images, atol=1e-8)
@@ -92,7 +92,7 @@ def test_inverting_is_invariant_to_the_ssgd_transform(lenet8, digits, six, attac
 def test_inverting_reconstructs_better_than_its_start(lenet8, digits, six):
     x, y = six
     shared = [get_defense("ssgd-global").shared_update(lenet8, x[k:k + 1], y[k:k + 1]) for k in range(3)]
-    recs = get_attack("inverting:iters=150").reconstruct_batch(lenet8, shared, [_meta(digits) for _ in range(3)])
+    recs = get_attack("inverting:iters=150,init=randn,restarts=1").reconstruct_batch(lenet8, shared, [_meta(digits) for _ in range(3)])
     torch.manual_seed(0)
     start = torch.randn(3, 1, 1, 8, 8).clamp(0, 1)
     assert sum(psnr(r.images, x[k:k + 1]) for k, r in enumerate(recs)) > \

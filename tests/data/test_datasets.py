@@ -141,3 +141,18 @@ def test_subsample_is_stratified_and_seeded():
     assert torch.bincount(s.y_train, minlength=10).min() >= 15
     assert torch.equal(subsample(d, 200, 50, seed=1).y_train, s.y_train)
     assert subsample(d, None, None).x_train.shape == d.x_train.shape
+
+
+def test_mnist_reads_data_dir_instead_of_ignoring_it(tmp_path):
+    # --data-dir used to be ignored for mnist (the embedded 5,000 samples came back silently)
+    arrays = _write_fmnist(tmp_path, n_train=12, n_test=4)
+    d = load_dataset("mnist", tmp_path)
+    assert d.name == "mnist" and d.x_train.shape == (12, 1, 28, 28) and d.x_test.shape == (4, 1, 28, 28)
+    assert d.y_test.tolist() == arrays["y_test"].tolist()
+    with pytest.raises(DatasetError, match="MNIST folder not found"):
+        load_dataset("mnist", tmp_path / "absent")
+
+
+def test_digits_refuses_a_data_dir_it_would_not_read(tmp_path):
+    with pytest.raises(DatasetError, match="--data-dir .*drop --data-dir"):
+        load_dataset("digits", tmp_path)

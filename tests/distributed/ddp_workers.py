@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-__all__ = ["WORLD", "make_model", "make_data", "local_batch", "train_configs", "run_all"]
+__all__ = ["WORLD", "AUDIT_WORLD", "make_model", "make_data", "local_batch", "train_configs", "audit_configs",
+           "run_all", "run_audit"]
 
 WORLD = 3
 SMALL_CAP_MB = 0.001  # ~1 KB buckets: after its first step DDP spreads the model below over 4 buckets
@@ -130,7 +131,7 @@ def _nan_case(rank, bad_rank, scope, nonfinite, param_index, use_ddp=True):
 
 
 def _train_cases(rank, tmp: Path):
-    from ssgd.distributed.ddp_train import train_ddp
+    from ssgd.experiments.ddp_train import train_ddp
 
     data = make_data()
     cfgs = train_configs()
@@ -150,7 +151,7 @@ def _train_cases(rank, tmp: Path):
 
 def _train_pair_cases(rank, pair, tmp: Path):
     """The same on 2 ranks (a subgroup): straight vs interrupted + resumed."""
-    from ssgd.distributed.ddp_train import train_ddp
+    from ssgd.experiments.ddp_train import train_ddp
 
     data = make_data()
     cfg = train_configs()["ssgd"]
@@ -204,5 +205,97 @@ def run_all(rank: int, world: int, store: str, out_dir: str) -> None:
         torch.save(res, out_dir / f"rank{rank}.pt")
         raise
     torch.save(res, out_dir / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- leak audit (tests/distributed/test_ddp_audit.py)
+
+AUDIT_WORLD = 2
+_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce", "reduce_scatter",
+                "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "gather", "scatter", "send", "isend",
+                "broadcast_object_list", "all_gather_object", "gather_object", "scatter_object_list",
+                "send_object_list")
+
+
+def audit_configs():
+    from ssgd.experiments.train import TrainConfig
+
+    base = dict(dataset="synthetic", model="mlp", optimizer="ssgd", lr=0.1, batch_size=48, epochs=1, seed=2,
+                val_fraction=0.2)
+    return {"global": TrainConfig(**base, scope="global"),
+            "layer": TrainConfig(**base, scope="layer"),
+            "dp-node-global": TrainConfig(**base, scope="global", dp="node", noise_multiplier=0.8),
+            "dp-node-layer": TrainConfig(**base, scope="layer", dp="node", noise_multiplier=0.8),
+            "dp-local-layer": TrainConfig(**base, scope="layer", dp="node-local", noise_multiplier=0.5)}
+
+
+def _audit_case(rank, cfg, run_dir):
+    """Train with every torch.distributed collective wrapped: record what this rank sends, step by step."""
+    from ssgd import unit
+    from ssgd.experiments import ddp_train as D
+
+    log: list = []
+    originals = {name: getattr(dist, name) for name in _COLLECTIVES if hasattr(dist, name)}
+
+    def wrap(name, fn):
+        def spy(*args, **kwargs):
+            payload = args[0] if args else kwargs.get("tensor", kwargs.get("object_list"))
+            sent = payload.detach().clone() if isinstance(payload, torch.Tensor) else repr(payload)
+            log.append({"op": name, "sent": sent, "src": kwargs.get("src", args[1] if len(args) > 1 else None)
+                        if name == "broadcast" else None})
+            return fn(*args, **kwargs)
+        return spy
+
+    engine_step, engine_setup = D.DDPEngine.step, D.DDPEngine.setup
+
+    def step(self, net, xb, yb, cfg_):
+        params = [p for p in net.module.parameters()]
+        ref = torch.autograd.grad(F.cross_entropy(net.module(xb), yb), params)  # no .grad, no DDP hook
+        log.append({"op": "step", "unit": [u.detach().clone() for u in unit(list(ref), cfg_.scope)],
+                    "n_tensors": len(params)})
+        return engine_step(self, net, xb, yb, cfg_)
+
+    def setup(self, cfg_, model, n, spe):
+        out = engine_setup(self, cfg_, model, n, spe)
+        if self.dp is not None:  # record each noise addition: the buffers before and after this rank's noise
+            add = self.dp.add_
+
+            def noisy_add(tensors, scale=1.0):
+                before = [t.detach().clone() for t in tensors]
+                res = add(tensors, scale)
+                log.append({"op": "noise", "before": before, "after": [t.detach().clone() for t in tensors],
+                            "std": self.dp.noise.std * scale})
+                return res
+            self.dp.add_ = noisy_add
+        return out
+
+    for name, fn in originals.items():
+        setattr(dist, name, wrap(name, fn))
+    D.DDPEngine.step, D.DDPEngine.setup = step, setup
+    try:
+        res = D.train_ddp(cfg, run_dir, data=make_data(), progress=False)
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+        D.DDPEngine.step, D.DDPEngine.setup = engine_step, engine_setup
+    final = torch.nn.utils.parameters_to_vector([p.detach() for p in res.model.parameters()]).clone()
+    return {"log": log, "history": res.history, "final": final}
+
+
+def run_audit(rank: int, world: int, store: str, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    res: dict = {}
+    try:
+        for name, cfg in audit_configs().items():
+            res[name] = _audit_case(rank, cfg, out_dir / f"audit-{name}")
+    except Exception:  # noqa: BLE001 - saved for the test to print, then re-raised
+        res["crash"] = traceback.format_exc()
+        torch.save(res, out_dir / f"audit{rank}.pt")
+        raise
+    torch.save(res, out_dir / f"audit{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

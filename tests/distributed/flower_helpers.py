@@ -22,11 +22,19 @@ def request(arrays: dict[str, np.ndarray], config: dict | None = None, message_t
     """A server -> node message carrying ``arrays`` and ``config``."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
+    from ssgd.distributed.flower.local import with_message_id
+
     identity()
     msg = Message(RecordDict({"arrays": record(arrays), "config": ConfigRecord(dict(config or {}))}), node,
                   message_type)
-    msg.metadata.__dict__["_message_id"] = "m-1"
-    return msg
+    return with_message_id(msg, "m-1")
+
+
+def node_context(node_config: dict | None = None, node_id: int = 7):
+    """The Context a SuperNode hands its ClientApp and mods (its node config is the node's own policy)."""
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=node_id, node_config=dict(node_config or {}), state=RecordDict(), run_config={})
 
 
 def reply_with(arrays_list: list[dict[str, np.ndarray]], metrics: dict | None = None):

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from ssgd.distributed.flower import FlowerRunConfig  # noqa: E402
-from ssgd.distributed.flower.deploy import write_app_dir  # noqa: E402
+from ssgd.distributed.flower.deploy import app_pyproject, write_app_dir  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flower"
 
@@ -40,3 +40,31 @@ def test_app_dirs_pass_flowers_own_validation(tmp_path, app_dir):
     FlowerRunConfig.from_mapping(app["config"])
     # ... and all of them are there: `flwr run --run-config` can only override keys the app lists
     assert set(k.replace("-", "_") for k in app["config"]) == set(FlowerRunConfig().to_dict())
+
+
+def test_the_example_app_is_generated_from_the_one_template():
+    """examples/flower/pyproject.toml and the app `ssgd flower up` writes come from app_pyproject()."""
+    assert (EXAMPLE / "pyproject.toml").read_text() == app_pyproject(), (
+        "regenerate: python -c \"from ssgd.distributed.flower.deploy import app_pyproject; "
+        "open('examples/flower/pyproject.toml', 'w').write(app_pyproject())\"")
+
+
+def test_one_round_timeout_default_everywhere():
+    import inspect
+
+    from ssgd.commands import flower as cli
+    from ssgd.distributed.flower.config import ROUND_TIMEOUT
+
+    assert FlowerRunConfig().round_timeout == ROUND_TIMEOUT
+    up = inspect.signature(cli.up).parameters["round_timeout"].default
+    assert up.default == ROUND_TIMEOUT
+    assert f"round-timeout = {ROUND_TIMEOUT!r}" in app_pyproject()
+
+
+def test_min_nodes_default_of_a_deployment_survives_a_lost_node():
+    """Finding 8: `ssgd flower up` waited for all nodes, so one lost SuperNode ended the run."""
+    from ssgd.distributed.flower.config import default_min_nodes
+
+    assert [default_min_nodes(n) for n in (1, 2, 3, 4, 5, 10)] == [1, 1, 2, 2, 3, 5]
+    for n in range(2, 12):
+        assert default_min_nodes(n) < n  # survives losing one node

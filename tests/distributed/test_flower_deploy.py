@@ -1,5 +1,6 @@
 """A real Flower deployment on loopback: SuperLink + 3 SuperNodes started as processes, the
-packaged SSGD app submitted with `flwr run`, one SuperNode SIGKILLed mid-run."""
+packaged SSGD app submitted with `flwr run`, one SuperNode SIGKILLed mid-run -- with the
+defaults of `ssgd flower up` (min-nodes, round-timeout, straggler-timeout not set: finding 8)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def test_deployment_three_supernodes_unit_updates_and_a_killed_node(tmp_path):
     out = tmp_path / "run"
     with Deployment(3, tmp_path / "dep") as dep:
         assert all(dep.node_ids) and len(set(dep.node_ids)) == 3
-        run_id = dep.submit({"num-rounds": ROUNDS, "out-dir": str(out), "min-nodes": 2, "round-timeout": 120.0,
-                             "straggler-timeout": 10.0, "test-size": 300, "mode": "delta", "server-lr": 1.0,
-                             "client-lr": 0.1, "local-steps": 5, "batch-size": 32})
+        cfg = dep.run_config({"num-rounds": ROUNDS, "out-dir": str(out), "test-size": 300, "mode": "delta",
+                              "server-lr": 1.0, "client-lr": 0.1, "local-steps": 5, "batch-size": 32})
+        assert cfg["min-nodes"] == 2 and "round-timeout" not in cfg and "straggler-timeout" not in cfg
+        run_id = dep.submit(cfg)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and not any(r["round"] == 1 for r in _history(out)):
             time.sleep(0.3)
@@ -48,7 +50,7 @@ def test_deployment_three_supernodes_unit_updates_and_a_killed_node(tmp_path):
         killed = dep.node_ids[2]
         dep.kill_node(2)
         assert not dep.supernodes[2].running()
-        summary = dep.wait(run_id, out, timeout=200)
+        summary = dep.wait(run_id, out, timeout=400)
     # everything we started is gone
     for p in [dep.superlink, *dep.supernodes]:
         assert p.popen.poll() is not None

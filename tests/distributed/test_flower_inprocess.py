@@ -92,6 +92,50 @@ def test_resume_refuses_a_checkpoint_of_another_experiment(runs, tmp_path):
         load_checkpoint(out / "checkpoint.pt")
 
 
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path):
+    """Finding 9: a refused Flower resume (CheckpointMismatchError) still overwrote config.json."""
+    from ssgd.report.io import RunDirError
+
+    out = tmp_path / "keep"
+    run_in_process(3, {**BASE, "num-rounds": 1, "out-dir": str(out), "resume": True})
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointMismatchError, match="model"):
+        run_in_process(3, {**BASE, "num-rounds": 1, "model": "lenet", "out-dir": str(out), "resume": True})
+    # an existing run folder without resume is refused too, naming the fix
+    with pytest.raises(RunDirError, match="overwrite=true"):
+        run_in_process(3, {**BASE, "num-rounds": 1, "out-dir": str(out), "resume": False})
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # ... and replaced on request
+    run_in_process(3, {**BASE, "num-rounds": 1, "model": "lenet", "out-dir": str(out), "resume": False,
+                       "overwrite": True})
+    assert json.loads((out / "config.json").read_text())["model"] == "lenet"
+
+
+def test_cli_local_refuses_bad_input_in_one_line(tmp_path):
+    """Finding 12: `--out <file>` gave a traceback, `--nodes 5000` exited 0 with every node failing,
+    `--set sever-lr=9` ran with the default."""
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["--out", str(a_file)], "is a file"),
+        (["--nodes", "5000", "--out", str(tmp_path / "n")], "5000"),
+        (["--set", "sever-lr=9", "--out", str(tmp_path / "s")], "sever-lr"),
+    ]
+    for args, needle in cases:
+        res = CliRunner().invoke(app, ["flower", "local", "--rounds", "1", "--no-progress", *args])
+        assert res.exit_code != 0, args
+        assert needle in res.output, res.output
+        assert "Traceback" not in res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "server-lr" in CliRunner().invoke(app, ["flower", "local", "--set", "sever-lr=9"]).output  # known keys
+    assert not (tmp_path / "n").exists() and not (tmp_path / "s").exists()
+    assert a_file.read_text() == "x"
+
+
 def test_cli_local_reports_the_rejected_node(tmp_path):
     from typer.testing import CliRunner
 
@@ -105,3 +149,7 @@ def test_cli_local_reports_the_rejected_node(tmp_path):
     bad = CliRunner().invoke(app, ["flower", "local", "--nodes", "3", "--fault", "9:nan", "--out", str(tmp_path / "bad")])
     assert bad.exit_code != 0 and "node index 9" in bad.output
     assert not (tmp_path / "bad").exists()
+    # the finished run folder is not overwritten without --overwrite (or continued without --resume)
+    again = CliRunner().invoke(app, ["flower", "local", "--nodes", "3", "--rounds", "2", "--out", str(tmp_path / "cli"),
+                                     "--no-progress"])
+    assert again.exit_code != 0 and "--resume" in again.output

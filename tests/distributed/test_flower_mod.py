@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flower_helpers import model_arrays, norm, reply_with, request  # noqa: E402
+from flower_helpers import model_arrays, node_context, norm, reply_with, request  # noqa: E402
+from flwr.common.constant import ErrorCode  # noqa: E402
 
 from ssgd.distributed.flower import SSGDMod  # noqa: E402
 from ssgd.distributed.flower.validation import arrays_from_record  # noqa: E402
@@ -38,15 +39,75 @@ def test_delta_mode_sends_the_unit_model_delta_not_the_weights():
         np.testing.assert_allclose(out[k], delta[k] / norm(delta), rtol=1e-4, atol=1e-6)
 
 
-def test_settings_are_read_per_call_from_the_config():
-    mod = SSGDMod()  # defaults: fedsgd, global
+def test_scope_comes_from_the_node_and_a_request_for_another_is_refused():
     grad = model_arrays(2)
-    layer = _out(mod(request(model_arrays(0), {"ssgd-scope": "layer"}), None, reply_with([grad])))
+    layer_node = node_context({"ssgd-scope": "layer"})
+    layer = _out(SSGDMod()(request(model_arrays(0), {"ssgd-scope": "layer"}), layer_node, reply_with([grad])))
     for v in layer.values():
         assert np.linalg.norm(v) == pytest.approx(1.0, abs=1e-6)
-    glob = _out(mod(request(model_arrays(0)), None, reply_with([grad])))
+    # no request key: the node's own scope is used
+    layer2 = _out(SSGDMod()(request(model_arrays(0)), layer_node, reply_with([grad])))
+    for k in layer:
+        np.testing.assert_array_equal(layer[k], layer2[k])
+    glob = _out(SSGDMod()(request(model_arrays(0)), None, reply_with([grad])))
     assert norm(glob) == pytest.approx(1.0, abs=1e-6)
     assert not all(np.linalg.norm(v) == pytest.approx(1.0, abs=1e-3) for v in glob.values())
+    # the server cannot switch the scope: a global node refuses "layer" and vice versa
+    for node, asked in ((None, "layer"), (layer_node, "global")):
+        reply = SSGDMod()(request(model_arrays(0), {"ssgd-scope": asked}), node, reply_with([grad]))
+        assert reply.has_error() and "ssgd-scope" in reply.error.reason and "not sent" in reply.error.reason
+
+
+@pytest.mark.parametrize("eps", [1e6, 1e300, 1e-3])
+def test_the_server_cannot_raise_eps(eps):
+    """Finding 3: with ssgd-eps=1e6 the node sent g/1e6 (the raw gradient, scaled), with 1e300 all zeros."""
+    grad = {k: v * 1e-2 for k, v in model_arrays(2).items()}
+    reply = SSGDMod()(request(model_arrays(0), {"ssgd-eps": eps}), None, reply_with([grad]))
+    assert reply.has_error() and reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert "ssgd-eps" in reply.error.reason and "not sent" in reply.error.reason
+    assert not reply.has_content()
+    # a smaller eps than the node's is more protective: the node still uses its own and sends a unit vector
+    out = _out(SSGDMod()(request(model_arrays(0), {"ssgd-eps": 1e-20}), None, reply_with([grad])))
+    assert norm(out) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_node_config_sets_eps_and_a_node_refuses_a_bad_one():
+    with pytest.raises(ValueError, match="ssgd-eps"):
+        SSGDMod(eps=1.0)  # a node cannot be configured to send scaled raw gradients either
+    reply = SSGDMod()(request(model_arrays(0)), node_context({"ssgd-eps": 5.0}), reply_with([model_arrays(1)]))
+    assert reply.has_error() and "ssgd-eps" in reply.error.reason
+
+
+def test_the_server_cannot_lower_the_batch_size_below_the_nodes_minimum():
+    node = node_context({"min-batch-size": 16})
+    reply = SSGDMod()(request(model_arrays(0), {"batch-size": 1}), node, reply_with([model_arrays(1)]))
+    assert reply.has_error() and "batch-size" in reply.error.reason and "min-batch-size" in reply.error.reason
+    assert not SSGDMod()(request(model_arrays(0), {"batch-size": 16}), node, reply_with([model_arrays(1)])).has_error()
+
+
+def test_by_default_only_the_unit_vector_leaves_metrics_are_opt_in():
+    """Finding 2: the ClientApp's train-loss and num-examples passed through the mod."""
+    metrics = {"train-loss": 0.7, "num-examples": 1, "secret": 3.0}
+    reply = SSGDMod()(request(model_arrays(0), {"server-round": 4, "seed": 9}), None,
+                      reply_with([model_arrays(1)], metrics=metrics))
+    assert list(reply.content.keys()) == ["arrays"]
+    assert len(reply.content.metric_records) == 0 and len(reply.content.config_records) == 0
+    opted = SSGDMod()(request(model_arrays(0)), node_context({"allowed-metrics": "num-examples"}),
+                      reply_with([model_arrays(1)], metrics=metrics))
+    assert dict(opted.content["metrics"]) == {"num-examples": 1}
+    opted2 = SSGDMod(allowed_metrics=("train-loss", "num-examples"))(request(model_arrays(0)), None,
+                                                                     reply_with([model_arrays(1)], metrics=metrics))
+    assert dict(opted2.content["metrics"]) == {"train-loss": 0.7, "num-examples": 1}
+    with pytest.raises(ValueError, match="unknown metric"):
+        SSGDMod(allowed_metrics=("secret",))
+
+
+def test_the_node_checks_its_outgoing_vector():
+    """A gradient so small that g/(|g|+eps) is not a unit vector is not sent (it would not hide |g|)."""
+    tiny = {k: (v / norm(model_arrays(1)) * 1e-13).astype(np.float32) for k, v in model_arrays(1).items()}
+    reply = SSGDMod()(request(model_arrays(0)), None, reply_with([tiny]))
+    assert reply.has_error() and "not a unit vector" in reply.error.reason
+    assert not any(ch.isdigit() for ch in reply.error.reason.split("scope")[0])  # no number derived from the data
 
 
 def test_zero_gradient_stays_zero():
@@ -87,8 +148,9 @@ def test_malformed_replies_become_error_messages(case, needle):
         config = {"ssgd-eps": -1.0}
     reply = SSGDMod()(request(w, config), None, reply_with(replies))
     assert reply.has_error()
-    assert reply.error.code == 6  # ErrorCode.MOD_FAILED_PRECONDITION
-    assert needle in reply.error.reason
+    assert reply.error.code == ErrorCode.MOD_FAILED_PRECONDITION
+    assert reply.error.reason.startswith("SSGDMod: ") and needle in reply.error.reason
+    assert not reply.has_content()  # nothing of the update leaves with the error
 
 
 def test_error_replies_of_the_app_pass_through_and_evaluate_is_untouched():
@@ -110,3 +172,5 @@ def test_constructor_validates_defaults():
         SSGDMod(mode="sgd")
     with pytest.raises(ValueError, match="ssgd-scope"):
         SSGDMod(scope="tensor")
+    with pytest.raises(ValueError, match="min-batch-size"):
+        SSGDMod(min_batch_size=0)

@@ -82,9 +82,11 @@ class _Grid:
 def _replies(strategy, w, updates):
     msgs = list(strategy.configure_train(1, record(w), __import__("flwr.app", fromlist=["ConfigRecord"]).ConfigRecord(),
                                          _Grid(range(11, 11 + len(updates)))))
+    from ssgd.distributed.flower.local import with_message_id
+
     out = []
     for m, u in zip(msgs, updates):
-        m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+        m = with_message_id(m, f"id-{m.metadata.dst_node_id}")
         out.append(reply_message(m, u) if not isinstance(u, str) else reply_message(m, None, error=u))
     return msgs, out
 
@@ -122,7 +124,7 @@ def test_bad_updates_are_rejected_logged_with_node_id_and_the_round_goes_on(capl
     assert [n for n, _ in book["rejected"]] == [12, 13, 14]
     assert book["failed"][0][0] == 15
     text = caplog.text
-    for node in (12, 13, 14):
+    for node in (12, 13, 14, 15):
         assert f"node {node}" in text
 
 
@@ -167,3 +169,122 @@ def test_the_strategy_step_is_the_poisoning_experiments_ssgd_aggregator():
     flat = torch.stack([torch.cat([torch.from_numpy(r[k]).double().ravel() for k in w]) for r in raw])
     want = torch.cat([torch.from_numpy(w[k]).double().ravel() for k in w]) - 0.7 * unit_mean(flat)
     np.testing.assert_allclose(np.concatenate([got[k].ravel() for k in w]), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _reply(to, arrays, metrics=None, extra=None):
+    """A reply to ``to`` with ``arrays`` and arbitrary ``metrics`` / extra records (a hostile node)."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    content = {"arrays": record(arrays)}
+    if metrics is not None:
+        content["metrics"] = MetricRecord(metrics)
+    content.update(extra or {})
+    return Message(RecordDict(content), reply_to=to)
+
+
+def _sent(strategy, w, n):
+    from flwr.app import ConfigRecord
+
+    from ssgd.distributed.flower.local import with_message_id
+
+    msgs = strategy.configure_train(1, record(w), ConfigRecord(), _Grid(range(11, 11 + n)))
+    return [with_message_id(m, f"id-{m.metadata.dst_node_id}") for m in msgs]
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("num_examples_list", "num-examples"),   # finding 5: TypeError in np.average
+    ("zero_weight", "num-examples"),          # finding 5: ZeroDivisionError
+    ("nan_loss", "train-loss"),
+    ("unknown_metric", "unknown metric"),
+    ("config_echo", "ConfigRecord"),
+    ("two_metric_records", "MetricRecords"),
+    ("float64", "dtype"),
+])
+def test_one_bad_reply_field_is_rejected_with_the_node_id_and_the_round_goes_on(case, needle, caplog):
+    from flwr.app import ConfigRecord, MetricRecord
+
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3)
+    good, bad_to = _sent(strategy, w, 2)
+    u = _unit(1)
+    metrics, extra, arrays = {"train-loss": 0.5, "num-examples": 3}, None, _unit(2)
+    if case == "num_examples_list":
+        metrics = {"train-loss": 0.5, "num-examples": [1, 2]}
+    elif case == "zero_weight":
+        metrics = {"train-loss": 0.5, "num-examples": 0}
+    elif case == "nan_loss":
+        metrics = {"train-loss": float("nan")}
+    elif case == "unknown_metric":
+        metrics = {"grad-norm": 3.2}
+    elif case == "config_echo":
+        extra = {"config": ConfigRecord({"ssgd-eps": 1e-12})}
+    elif case == "two_metric_records":
+        extra = {"more": MetricRecord({"train-loss": 0.1})}
+    elif case == "float64":
+        arrays = {k: v.astype(np.float64) for k, v in _unit(2).items()}
+    replies = [_reply(good, u, {"train-loss": 0.25, "num-examples": 1}), _reply(bad_to, arrays, metrics, extra)]
+    with caplog.at_level(logging.WARNING, logger="ssgd.distributed.flower.strategy"):
+        new, out_metrics = strategy.aggregate_train(1, replies)
+    assert out_metrics["accepted"] == 1 and out_metrics["rejected"] == 1
+    [(node, reason)] = strategy.rounds[1]["rejected"]
+    assert node == 12 and needle in reason
+    assert "node 12" in caplog.text
+    got = arrays_from_record(new)
+    for k in w:  # exactly the good node's step
+        np.testing.assert_allclose(got[k], w[k] - 0.3 * u[k], rtol=1e-5, atol=1e-6)
+    assert out_metrics["train-loss"] == pytest.approx(0.25)
+
+
+def test_twenty_replies_from_one_node_count_once_and_unsampled_nodes_are_rejected(caplog):
+    """Finding 7: 20 replies from one node id moved the model 0.87 at lr 1."""
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=1.0)
+    to_a, to_b = _sent(strategy, w, 2)
+    attacker = _unit(5)
+    honest = _unit(6)
+    replies = [_reply(to_a, attacker) for _ in range(20)] + [_reply(to_b, honest)]
+    with caplog.at_level(logging.WARNING, logger="ssgd.distributed.flower.strategy"):
+        new, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["accepted"] == 2 and metrics["rejected"] == 19
+    assert all(n == 11 and "second reply" in r for n, r in strategy.rounds[1]["rejected"])
+    got = arrays_from_record(new)
+    for k in w:
+        np.testing.assert_allclose(got[k], w[k] - 0.5 * (attacker[k] + honest[k]), rtol=1e-5, atol=1e-6)
+    # a node id that was not sampled this round (spoofed) is rejected
+    from flwr.app import ConfigRecord
+
+    from ssgd.distributed.flower.local import with_message_id
+
+    strategy2 = SSGDStrategy(server_lr=1.0)
+    [m] = strategy2.configure_train(1, record(w), ConfigRecord(), _Grid([11]))
+    spoof_to = with_message_id(request(w, node=99), "x")  # a message this strategy never sent to node 99
+    new2, metrics2 = strategy2.aggregate_train(1, [_reply(with_message_id(m, "a"), honest), _reply(spoof_to, attacker)])
+    assert metrics2["accepted"] == 1 and metrics2["rejected"] == 1
+    assert "not sampled" in strategy2.rounds[1]["rejected"][0][1]
+
+
+def test_one_node_against_the_honest_sum_moves_the_round_by_more_than_lr_over_n():
+    """Finding 11, measured: with n-1 honest nodes pointing the same way and one against them, the round
+    moves by lr*(n-2)/n instead of lr (n-1)/(n-1) = lr: the attacker's effect is 2 lr/n, not lr/n."""
+    w = {"fc.weight": np.zeros((4, 3), np.float32), "fc.bias": np.zeros(4, np.float32)}
+    lr, n = 1.0, 4
+    u = _unit(1)
+    honest = SSGDStrategy(server_lr=lr)
+    _, r1 = _replies(honest, w, [u] * (n - 1))
+    without = arrays_from_record(honest.aggregate_train(1, r1)[0])
+    attacked = SSGDStrategy(server_lr=lr)
+    _, r2 = _replies(attacked, w, [u] * (n - 1) + [{k: -v for k, v in u.items()}])
+    with_attacker = arrays_from_record(attacked.aggregate_train(1, r2)[0])
+    effect = norm({k: with_attacker[k] - without[k] for k in w})
+    assert effect == pytest.approx(2 * lr / n, rel=1e-5)  # 0.5 at lr 1, n 4: more than lr/n = 0.25
+    assert effect > lr / n
+
+
+def test_in_layer_scope_one_node_moves_the_model_lr_sqrt_l():
+    w = model_arrays(0)
+    L = len(w)
+    strategy = SSGDStrategy(server_lr=1.0, scope="layer")
+    layer_unit = {k: (v / np.linalg.norm(v)).astype(np.float32) for k, v in model_arrays(3).items()}
+    _, replies = _replies(strategy, w, [layer_unit])
+    got = arrays_from_record(strategy.aggregate_train(1, replies)[0])
+    assert norm({k: got[k] - w[k] for k in w}) == pytest.approx(np.sqrt(L), rel=1e-5)

@@ -1,7 +1,7 @@
 import json
 
 from ssgd.data import ImageDataset, load_dataset
-from ssgd.experiments.demo import run_demo
+from ssgd.experiments.demo import leak_verdict, run_demo
 
 
 def test_demo_attacks_one_shared_update_of_each_run(tmp_path):
@@ -16,4 +16,25 @@ def test_demo_attacks_one_shared_update_of_each_run(tmp_path):
         (run, model, a) for run in ("SGD", "SSGD (global)") for model in ("LeNet, step 1", "convnet, trained")
         for a in ("dlg", "dlg-unit")}
     assert {r["shared"] for r in rows} == {"none", "ssgd-global"}
-    assert all(isinstance(r["psnr"], float) for r in rows)
+    # every measured PSNR is a real score and appears in the verdict written from it
+    assert all(0 < r["psnr"] <= 100 and r["iterations"] == 5 for r in rows)
+    assert leak_verdict(rows) in text
+    for r in rows:
+        assert f"`{r['attack']}` {r['psnr']:.1f} dB" in text
+
+
+def _rows(dlg_ssgd, unit_ssgd):
+    return [{"run": "SGD", "model": "m", "shared": "none", "attack": "dlg", "psnr": 35.0},
+            {"run": "SSGD (global)", "model": "m", "shared": "ssgd-global", "attack": "dlg", "psnr": dlg_ssgd},
+            {"run": "SSGD (global)", "model": "m", "shared": "ssgd-global", "attack": "dlg-unit", "psnr": unit_ssgd}]
+
+
+def test_verdict_follows_the_numbers():
+    """The old report printed one fixed verdict whatever was measured."""
+    stops_dlg_only = leak_verdict(_rows(5.0, 31.0))
+    assert "stops plain DLG (5.0 dB) but not" in stops_dlg_only and "31.0 dB" in stops_dlg_only
+    neither = leak_verdict(_rows(6.0, 7.0))
+    assert "neither attack recovered" in neither and "stops plain DLG" not in neither
+    both = leak_verdict(_rows(25.0, 30.0))
+    assert "leaks to both attacks" in both
+    assert len({stops_dlg_only, neither, both}) == 3

@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 from ssgd.attacks import list_attacks
 from ssgd.cli import app
 from ssgd.defenses import list_defenses
+from ssgd.data import load_dataset
 from ssgd.experiments.leakage import DEFAULT_ATTACKS, DEFAULT_DEFENSES, LeakageConfig, adapt_attack, run_leakage
+from ssgd.report import ConfigMismatchError
 
 runner = CliRunner()
 
@@ -40,8 +42,10 @@ def test_cli_every_attack_by_name(tmp_path, attack):
                               "--batch-size", "2", "--iters", "2", "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     r = json.loads((out / "result.json").read_text())
-    for key in ("psnr", "ssim", "mse", "label_acc", "attack", "defense", "seconds"):
+    for key in ("psnr", "ssim", "mse", "label_acc", "attack", "defense", "seconds", "iterations", "restarts", "init"):
         assert key in r
+    if attack != "analytic":  # every result records its budget: iterations run, restarts, init
+        assert r["iterations"] == 2 and r["restarts"] >= 1 and r["init"] in ("uniform", "mean")
     assert r["attack"].startswith(attack) and r["defense"] == "ssgd-global"
     assert all(isinstance(r[k], float) and math.isfinite(r[k]) for k in ("psnr", "ssim", "mse", "seconds"))
     assert (out / "reconstruction.png").stat().st_size > 0 and (out / "report.md").exists()
@@ -56,7 +60,7 @@ def test_cli_every_defence_by_name(tmp_path, defense):
     assert res.exit_code == 0, res.output
     r = json.loads((out / "result.json").read_text())
     assert r["defense"].startswith(defense)
-    assert r["true_labels"] == r["true_labels"] and len(r["per_image"]) == 2
+    assert r["true_labels"] == load_dataset("digits").y_train[5:7].tolist() and len(r["per_image"]) == 2
 
 
 def test_cli_rejects_bad_names_and_values(tmp_path):
@@ -69,32 +73,107 @@ def test_cli_rejects_bad_names_and_values(tmp_path):
     assert not (tmp_path / "a").exists()  # nothing half-written
 
 
+@pytest.mark.parametrize("args,needle", [(["--iters", "-3"], "--iters -3"), (["--iters", "0"], "--iters 0"),
+                                         (["--defense", "ssgd-shards:m=4", "--batch-size", "2"], "m=4"),
+                                         (["--defense", "ssgd-shards:m=4", "--batch-size", "6"], "multiple of 4")])
+def test_cli_refuses_what_it_used_to_accept_silently(tmp_path, args, needle):
+    """--iters -3 used to run; ssgd-shards:m=4 at batch 2 used to become m=2 without a word."""
+    res = runner.invoke(app, ["attack", "--attack", "idlg", "--dataset", "digits", "--out", str(tmp_path / "x"),
+                              "--no-progress", *args])
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x").exists()
+
+
+def _tiny(**kw):
+    base = dict(datasets=["digits"], states=["untrained"], batch_sizes=[1, 2], images=2, other_images=2, dlg_iters=2,
+                inverting_iters=2, restarts=1, curve_budgets=[0.5, 1.0], curve_images=2, train_epochs=1,
+                train_images=100, accuracy_epochs=1)
+    base.update(kw)
+    return LeakageConfig(**base)
+
+
 def test_grid_writes_consistent_tables(tmp_path):
-    cfg = LeakageConfig(datasets=["digits"], states=["untrained"], batch_sizes=[1, 2], images=2, dlg_iters=2,
-                        inverting_iters=2, train_epochs=1, train_images=100, accuracy_epochs=1)
-    report = run_leakage(cfg, tmp_path, progress=False)
-    text = report.read_text()
+    cfg = _tiny()
+    res = run_leakage(cfg, tmp_path, progress=False)
+    text = res.report.read_text()
+    assert res.text == text and res.tables["cells"]
     cells = list(csv.DictReader((tmp_path / "leakage.csv").open()))
-    assert len(cells) == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES)
+    # ssgd-shards:m=4 cannot run at B = 1 or 2 (never silently lowered to m = B): n/a, not a number
+    assert len(cells) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1)
+    assert not [c for c in cells if c["defense"].startswith("ssgd-shards")]
+    assert "| ssgd-shards:m=4 | n/a |" in text
     for c in cells:
         assert int(c["images"]) == 2
         assert math.isfinite(float(c["psnr_mean"])) and float(c["psnr_std"]) >= 0
+        if c["attack"] != "analytic":  # the budget is recorded per cell
+            assert int(c["iterations"]) == 2 and int(c["restarts"]) == 1 and c["init"] in ("uniform", "mean")
     per_image = list(csv.DictReader((tmp_path / "images.csv").open()))
     assert len(per_image) == 2 * len(cells)
     acc = list(csv.DictReader((tmp_path / "accuracy.csv").open()))
     assert len(acc) == len(DEFAULT_DEFENSES) and all(0 <= float(a["test_acc"]) <= 1 for a in acc)
     for f in ("grid_digits_untrained_b1.png", "grid_digits_untrained_b2.png", "privacy_vs_accuracy.png",
-              "config.json", "leakage.md", "summary.json"):
+              "budget_vs_psnr.png"):
+        assert (tmp_path / f).stat().st_size > 0 and f"![{f}]({f})" in text, f
+    for f in ("config.json", "leakage.md", "summary.json", "curve.csv"):
         assert (tmp_path / f).exists(), f
-        assert f in text or f in ("config.json", "leakage.md", "summary.json")
+    curve = list(csv.DictReader((tmp_path / "curve.csv").open()))
+    assert {c["defense"] for c in curve} == {"ssgd-global", "ssgd-layer"}  # shards: no batch fits m=4
+    assert sorted({int(c["iterations"]) for c in curve}) == [1, 2]
     assert "| ssgd-global |" in text and "Worst case per defence" in text
 
 
+def test_low_cells_are_rerun_at_twice_the_budget(tmp_path):
+    """A cell below the threshold counts as protection only if a rerun at twice the iterations stays below."""
+    cfg = _tiny(batch_sizes=[1], attacks=["dlg", "analytic"], defenses=["none", "ssgd-global"], confirm_below=100.0,
+                curve_budgets=[], accuracy_epochs=0, dlg_iters=3)
+    run_leakage(cfg, tmp_path, progress=False)
+    cells = {(c["attack"], c["defense"]): c for c in
+             (json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json"))}
+    for d in ("none", "ssgd-global"):
+        c = cells[("dlg", d)]
+        assert c["iterations"] == 3 and c["confirm"]["iterations"] == 6
+        assert c["protects"] == (c["psnr_mean"] < 100 and c["confirm"]["psnr_mean"] < 100)
+        assert len(c["confirm"]["rows"]) == len(c["rows"]) == 2
+    assert "confirm" not in cells[("analytic", "none")]  # closed form: no budget to double
+    rows = {(r["attack"], r["defense"]): r for r in csv.DictReader((tmp_path / "leakage.csv").open())}
+    assert int(rows[("dlg", "none")]["iterations_2x"]) == 6
+
+
+def test_grid_resumes_at_cell_granularity(tmp_path):
+    cfg = _tiny(batch_sizes=[1], attacks=["idlg"], defenses=["none", "ssgd-global"], curve_budgets=[],
+                accuracy_epochs=0)
+    run_leakage(cfg, tmp_path, progress=False)
+    files = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(files) == 2
+    # mark one finished cell; drop the other: a resume keeps the first, recomputes only the second
+    kept = json.loads(files[0].read_text())
+    kept["psnr_mean"] = -123.0
+    files[0].write_text(json.dumps(kept))
+    files[1].unlink()
+    run_leakage(cfg, tmp_path, resume=True, progress=False)
+    assert json.loads(files[0].read_text())["psnr_mean"] == -123.0 and files[1].exists()
+    with pytest.raises(ConfigMismatchError, match="dlg_iters"):
+        run_leakage(_tiny(batch_sizes=[1], attacks=["idlg"], defenses=["none", "ssgd-global"], curve_budgets=[],
+                          accuracy_epochs=0, dlg_iters=5), tmp_path, resume=True, progress=False)
+
+
+def test_cli_resume_needs_an_existing_folder_and_refuses_overwrite(tmp_path):
+    args = ["reproduce", "leakage", "--datasets", "digits", "--images", "1", "--other-images", "1", "--batch-sizes",
+            "1", "--states", "untrained", "--attacks", "idlg", "--defenses", "none", "--dlg-iters", "1",
+            "--restarts", "1", "--accuracy-epochs", "0", "--no-progress", "--out", str(tmp_path / "g")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output  # never overwrites a finished grid
+    res = runner.invoke(app, args + ["--resume"])
+    assert res.exit_code == 0 and "idlg" in res.output
+
+
 def test_grid_budget_stops_cleanly(tmp_path):
-    cfg = LeakageConfig(datasets=["digits"], states=["untrained"], batch_sizes=[1], images=1,
+    cfg = LeakageConfig(datasets=["digits"], states=["untrained"], batch_sizes=[1], images=1, other_images=1,
                         attacks=["idlg"], defenses=["none"], dlg_iters=1, accuracy_epochs=1, train_images=50,
                         budget_minutes=1e-9)
-    text = run_leakage(cfg, tmp_path, progress=False).read_text()
+    text = run_leakage(cfg, tmp_path, progress=False).report.read_text()
     assert "time budget ran out" in text
 
 
@@ -105,12 +184,16 @@ def test_config_errors():
         LeakageConfig(defenses=["nope"]).validate()
     with pytest.raises(ValueError, match="model state"):
         LeakageConfig(states=["half"]).validate()
+    with pytest.raises(ValueError, match="dlg_iters=-3"):
+        LeakageConfig(dlg_iters=-3).validate()
+    with pytest.raises(ValueError, match="init"):
+        LeakageConfig(init="zeros").validate()
 
 
 @pytest.mark.slow
 def test_reproduce_leakage_quick_cli(tmp_path):
     res = runner.invoke(app, ["reproduce", "leakage", "--quick", "--datasets", "digits", "--images", "2",
-                              "--batch-sizes", "1,2", "--dlg-iters", "3", "--inverting-iters", "3",
+                              "--other-images", "2", "--batch-sizes", "1,2", "--dlg-iters", "3", "--inverting-iters", "3",
                               "--defenses", "none;ssgd-shards:m=2;dp:clip=1,sigma=1", "--out", str(tmp_path),
                               "--no-progress"])
     assert res.exit_code == 0, res.output

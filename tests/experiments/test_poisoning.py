@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssgd.experiments.poisoning import (PoisoningConfig, aggregate, clipped_mean, coordinate_median,
-                                        krum, run_poisoning, unit_mean)
+                                        krum, unit_mean)
 
 
 def _honest(n=9, d=50, seed=0):
@@ -71,8 +71,8 @@ def test_config_errors_name_the_value():
 def test_quick_grid_boosted_replacement_breaks_the_mean_not_ssgd(tmp_path):
     cfg = PoisoningConfig(datasets=("mnist",), malicious=(0, 1), attacks=("boost",), aggregators=("mean", "ssgd", "median"),
                           rounds=40, eval_every=20, n_test=500, hidden=32)
-    summary = run_poisoning(cfg, tmp_path, progress=False)
-    acc = {(r["attack"], r["k"], r["aggregator"]): r["final_acc"] for r in summary["rows"]}
+    res = cfg.run(tmp_path, progress=False)
+    acc = {(r["attack"], r["k"], r["aggregator"]): r["final_acc"] for r in res.tables["runs"]}
     assert len(acc) == 3 + 3
     # one boosted node (x N) drags the plain mean far below its clean accuracy; SSGD stays near its own
     assert acc[("boost", 1, "mean")] < acc[("none", 0, "mean")] - 0.2
@@ -81,4 +81,30 @@ def test_quick_grid_boosted_replacement_breaks_the_mean_not_ssgd(tmp_path):
         assert (tmp_path / name).is_file(), name
     report = (tmp_path / "report.md").read_text()
     assert "| boost | 1 |" in report and "ssgd" in report
-    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["curve"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"][0]["curve"] and saved["partial"] is False
+    assert res.report == tmp_path / "report.md" and res.figures["mnist"].is_file() and "| boost | 1 |" in res.text
+    # resume: every run is in results.json, nothing is trained again (the rows come back unchanged)
+    again = cfg.run(tmp_path, progress=False, resume=True)
+    assert again.tables["runs"] == json.loads(json.dumps(res.tables["runs"]))
+    # a different config is refused on resume, naming the key
+    from ssgd.report import ConfigMismatchError
+
+    with pytest.raises(ConfigMismatchError, match="rounds"):
+        PoisoningConfig(**{**cfg.to_dict(), "rounds": 41}).run(tmp_path, progress=False, resume=True)
+
+
+def test_quick_config_and_cli_refuse_bad_lists(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+    from ssgd.experiments.contract import Experiment
+
+    q = PoisoningConfig.quick()
+    assert isinstance(q, Experiment) and q.validate() is q and q.rounds == 60 and q.datasets == ("mnist",)
+    r = CliRunner().invoke(app, ["reproduce", "poisoning", "--attacks", "boost,backdoor", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "backdoor" in r.output
+    r = CliRunner().invoke(app, ["reproduce", "poisoning", "--malicious", "1,x", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--malicious" in r.output
+    r = CliRunner().invoke(app, ["reproduce", "poisoning", "--malicious", "10", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "k=10" in r.output and not any(tmp_path.iterdir())

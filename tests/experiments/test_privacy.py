@@ -12,9 +12,13 @@ from ssgd.privacy import compute_epsilon
 
 
 def _data():
+    """Four classes, each a bright quadrant plus noise: learnable in a few private steps."""
     g = torch.Generator().manual_seed(0)
-    return ImageDataset("synthetic", torch.rand(200, 1, 8, 8, generator=g), torch.randint(0, 4, (200,), generator=g),
-                        torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 4, (40,), generator=g), 4)
+    y = torch.randint(0, 4, (240,), generator=g)
+    t = torch.zeros(4, 1, 8, 8)
+    t[0, 0, :4, :4] = t[1, 0, :4, 4:] = t[2, 0, 4:, :4] = t[3, 0, 4:, 4:] = 1.0
+    x = (t[y] + 0.3 * torch.randn(240, 1, 8, 8, generator=g)).clamp(0, 1)
+    return ImageDataset("synthetic", x[:200], y[:200], x[200:], y[200:], 4)
 
 
 def test_ssgd_noise_and_opacus_spend_the_same_epsilon():
@@ -28,8 +32,8 @@ def test_ssgd_noise_and_opacus_spend_the_same_epsilon():
     # ours (ssgd.privacy.PrivacyAccountant) and Opacus's PrivacyEngine, for the same mechanism
     assert a["epsilon"] == pytest.approx(ref) and b["epsilon_opacus"] == pytest.approx(ref)
     assert [h["epsilon"] for h in a["history"]] == pytest.approx([h["epsilon"] for h in b["history"]])
-    for r in (a, b):
-        assert 0.0 <= r["test_acc"] <= 1.0
+    for r in (a, b):  # both learn (chance is 0.25): a broken update, sampler or noise scale fails this
+        assert r["test_acc"] >= 0.6, r
 
 
 def test_config_and_cli_errors():
@@ -38,9 +42,9 @@ def test_config_and_cli_errors():
     from ssgd.commands.reproduce_privacy import parse_epsilons
 
     assert parse_epsilons("1, 2,inf") == (1.0, 2.0, math.inf)
-    with pytest.raises(typer.BadParameter, match="'x' is not a number"):
+    with pytest.raises(typer.BadParameter, match="--epsilons .*'1,x'"):
         parse_epsilons("1,x")
-    with pytest.raises(typer.BadParameter, match="'-1' must be > 0"):
+    with pytest.raises(typer.BadParameter, match="must be > 0"):
         parse_epsilons("-1")
     with pytest.raises(ValueError, match="Unknown method 'dpsgd'"):
         PrivacyReproConfig(methods=("dpsgd",)).validate()
@@ -87,4 +91,4 @@ def test_reproduce_privacy_quick_writes_the_run_folder(tmp_path):
     assert list(csv.DictReader((out / "accuracy.csv").open())) == rows
     bad = CliRunner().invoke(app, ["reproduce", "privacy", "--quick", "--no-progress", "--out", str(out),
                                    "--resume", "--epochs", "3"])
-    assert bad.exit_code == 2 and "config differs in ['epochs']" in bad.output
+    assert bad.exit_code == 2 and "epochs: saved 2, now 3" in bad.output

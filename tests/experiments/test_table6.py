@@ -5,20 +5,34 @@ import pytest
 from typer.testing import CliRunner
 
 from ssgd.data.datasets import FASHION_MNIST_DIR
-from ssgd.experiments.table6 import Table6Config, _jobs, summarize_table6
+from ssgd.experiments.sweep import GridStore, next_run
+from ssgd.experiments.table6 import Table6Config, cells_of, results_markdown, summarize_table6
 
 HAVE_FMNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 
-def test_jobs_cover_the_grid_with_the_paper_rule():
+def test_cells_cover_the_grid_with_the_paper_rule():
     cfg = Table6Config(ms=(4, 16), ns=(4, 64), lr_points=3)
-    jobs = _jobs(cfg)
-    assert len(jobs) == 2 * 2 * 3 * 3
-    ss = [j for j in jobs if j["method"] == "ssgd"]
-    assert all(j["shards"] == j["m"] and j["batch"] == j["m"] * j["n"] for j in ss)
-    assert all(abs(j["lr_opt"] * j["m"] - j["lr"]) < 1e-12 for j in ss)
-    pooled = [j for j in jobs if j["method"] != "ssgd"]
-    assert all(j["shards"] == 1 and j["same_as"]["batch"] == j["batch"] for j in pooled)
+    cells = cells_of(cfg)
+    assert len(cells) == 2 * 2 * 3 and all(len(c.grid) == 3 for c in cells)
+    assert cells[0].batch == 16 * 64  # largest batch first
+    ss = [c for c in cells if c.method == "ssgd"]
+    assert all(c.shards == c.key["m"] == c.lr_divisor and c.batch == c.key["m"] * c.key["n"] for c in ss)
+    pooled = [c for c in cells if c.method != "ssgd"]
+    assert all(c.shards == 1 and c.lr_divisor == 1 and c.twin == dict(batch=c.batch, method=c.method) for c in pooled)
+
+
+def test_pooled_cells_with_the_same_batch_reuse_their_twin_runs(tmp_path):
+    from ssgd.experiments.sweep import _train_one
+
+    cfg = Table6Config(ms=(4, 16), ns=(4, 16), methods=("sgdm",), lr_points=1, widen=0)
+    a, b = [c for c in cells_of(cfg) if c.batch == 64]  # 4x16 and 16x4: the same pooled batch of 64
+    store = GridStore(tmp_path / "grid.json", resume=False)
+    store.add(dict(a.key, lr=a.grid[0], seed=0, val_acc=0.5, test_acc=0.6, epochs=1, steps=3, lr_optimizer=0.02))
+    assert next_run(b, store) == (b.grid[0], 0)
+    row = _train_one(b, b.grid[0], 0, None, None, cfg, store)  # no data needed: nothing is trained
+    assert row["reused_from"] == dict(batch=64, method="sgdm") and row["test_acc"] == 0.6 and row["n"] == b.key["n"]
+    assert next_run(b, store) is None
 
 
 def test_summary_counts_cells():
@@ -36,6 +50,21 @@ def test_config_errors():
         Table6Config(methods=("sgd",)).validate()
     with pytest.raises(ValueError, match="noise_eps=0"):
         Table6Config(noise_eps=0).validate()
+    with pytest.raises(ValueError, match="ms=\\[0\\]"):
+        Table6Config(ms=(0,)).validate()
+    # the shared fields are validated by the shared config, not copied
+    with pytest.raises(ValueError, match="val_fraction=1"):
+        Table6Config(val_fraction=1).validate()
+
+
+def test_markdown_from_the_json_and_the_contract():
+    from ssgd.experiments.contract import Experiment
+
+    cells = [dict(m=4, n=16, batch=64, method="ssgd", test_acc_mean=0.7, test_acc_std=None, steps=844,
+                  lr_at_grid_edge=True)]
+    md = results_markdown({"epochs": 20, "partial": True, "cells_done": 1, "cells_total": 27, "cells": cells})
+    assert "| 4 | 16 | 64 | 844 | 0.7000† / — |" in md and "1 of 27 cells" in md
+    assert isinstance(Table6Config.quick(), Experiment) and Table6Config.quick().validate().epochs == 1
 
 
 @pytest.mark.slow
@@ -47,7 +76,7 @@ def test_quick_cli_table6(tmp_path):
             "--test-size", "300", "--lr-points", "2", "--out", str(tmp_path), "--no-progress"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    for name in ("table6.csv", "table6.md", "accuracy_vs_batch.png", "report.md", "grid.csv"):
+    for name in ("table6.csv", "table6.md", "table6.json", "accuracy_vs_batch.png", "report.md", "grid.csv"):
         assert (tmp_path / name).is_file(), name
     sel = list(csv.DictReader(open(tmp_path / "table6.csv")))
     assert len(sel) == 2 * 3 and max(float(r["test_acc"]) for r in sel) > 0.3

@@ -123,3 +123,116 @@ def test_cli_train_with_new_options_and_resume(tmp_path):
     assert r2.exit_code == 0 and r.output.split("(")[0] == r2.output.split("(")[0]
     bad = runner.invoke(app, ["train", "--dataset", "digits", "--schedule", "linear", "--no-progress"])
     assert bad.exit_code != 0 and "linear" in bad.output
+
+
+# ---------------------------------------------------------------- checkpoints are hostile input (issue 9 #1)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (self.marker, "w"))
+
+
+def _tiny(**kw):
+    base = dict(dataset="digits", model="mlp", optimizer="sgd", batch_size=128, epochs=2, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_from_a_code_running_checkpoint_runs_nothing_and_changes_nothing(tmp_path, digits):
+    from ssgd.report import CheckpointError
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    train(_tiny(), run, data=digits, progress=False, stop_after=1)
+    ck = torch.load(run / CHECKPOINT, weights_only=True)
+    ck["model"] = _Evil(str(marker))  # a real checkpoint with a code-running object planted in it
+    torch.save(ck, run / CHECKPOINT)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(CheckpointError) as ei:
+        train(_tiny(), run, data=digits, progress=False, resume=True)
+    assert not marker.exists()
+    assert str(run / CHECKPOINT) in str(ei.value) and "\n" not in str(ei.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the folder is left as it was
+
+
+@pytest.mark.parametrize("damage", ["truncate", "shape"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, digits, damage):
+    from ssgd.report import CheckpointError
+
+    run = tmp_path / "run"
+    train(_tiny(), run, data=digits, progress=False, stop_after=1)
+    path = run / CHECKPOINT
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:500])
+    else:  # loads as data, but its weights do not fit the model
+        from ssgd.report import save_checkpoint
+
+        ck = torch.load(path, weights_only=True)
+        ck["model"] = {k: torch.zeros(2) for k in ck["model"]}
+        save_checkpoint(path, ck, format=ck["format"])
+    with pytest.raises(CheckpointError) as ei:
+        train(_tiny(), run, data=digits, progress=False, resume=True)
+    assert str(path) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_resume_refuses_a_checkpoint_of_another_number_of_nodes(tmp_path, digits):
+    from ssgd.experiments.ddp_train import check_resume
+    from ssgd.report import CheckpointError
+
+    cfg = _tiny(optimizer="ssgd", lr=0.1)
+    train(cfg, tmp_path, data=digits, progress=False, stop_after=1)
+    assert check_resume(cfg, tmp_path, 1) is True
+    with pytest.raises(CheckpointError, match="written by a 1-node run.*--nodes 1"):
+        check_resume(cfg, tmp_path, 2)
+
+
+def test_invalid_settings_are_refused_before_any_file_is_written(tmp_path):
+    for bad, needle in [(dict(lr=-1.0), "lr=-1.0"), (dict(lr=float("nan")), "lr=nan"), (dict(momentum=1.5), "momentum"),
+                        (dict(weight_decay=-1.0), "weight_decay"), (dict(model="vgg"), "'vgg'"),
+                        (dict(optimizer="rmsprop"), "'rmsprop'"), (dict(device="tpu"), "device='tpu'")]:
+        with pytest.raises(ValueError, match=needle):
+            train(_tiny(**bad), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- leak audit, single process with shards
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_shard_audit_each_simulated_node_contributes_only_its_unit_vector(digits, scope):
+    """SSGD(m) in one process: the update is the sum of the m shards' unit vectors and nothing else
+    (docs/threat-model-ddp.md). Each u_j has norm 1 (per tensor in layer scope), and scaling a shard's
+    gradient by any factor -- its modulus -- leaves the update unchanged."""
+    from torch.nn import functional as F
+
+    from ssgd import split_shards, unit
+    from ssgd.experiments.train import compute_grads
+    from ssgd.models import build_model
+
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer="ssgd", scope=scope, shards=4, batch_size=32)
+    model = build_model("mlp", digits.shape, 10, seed=0)
+    params = list(model.parameters())
+    xb, yb = digits.x_train[:32], digits.y_train[:32]
+    compute_grads(model, xb, yb, cfg)
+    released = [p.grad.clone() for p in params]
+    units = []
+    for sl in split_shards(32, 4):
+        g = torch.autograd.grad(F.cross_entropy(model(xb[sl]), yb[sl]), params)
+        u = unit(list(g), scope)
+        norms = torch.stack([t.norm() for t in u])
+        if scope == "global":
+            assert float(norms.square().sum().sqrt()) == pytest.approx(1.0, abs=1e-5)
+        else:
+            assert norms.tolist() == pytest.approx([1.0] * len(u), abs=1e-5)
+        units.append(u)
+    for r, *us in zip(released, *units):
+        torch.testing.assert_close(r, sum(us), atol=1e-6, rtol=1e-5)
+    # the modulus does not leave: shard j's loss scaled by 10^j (its gradient norm with it) changes nothing
+    for j, sl in enumerate(split_shards(32, 4)):
+        g = torch.autograd.grad(F.cross_entropy(model(xb[sl]), yb[sl]) * 10.0 ** j, params)
+        for a, b in zip(unit(list(g), scope), units[j]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -29,3 +29,24 @@ def test_unknown_model_and_bad_width():
         build_model("vgg", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="width=0"):
         build_model("convnet", (1, 28, 28), 10, width=0)
+
+
+@pytest.mark.parametrize("padding,sides", [(2, (13, 12, 5, 4)), (3, (14, 13, 5, 4))])
+def test_tanh_cnn_is_the_dp_benchmark_model(padding, sides):
+    """Papernot et al. 2020 / Tramèr & Boneh 2021: conv16 8x8/2 - tanh - pool 2/1 - conv32 4x4/2 - tanh -
+    pool 2/1 - fc32 - tanh - fc10, 26,010 parameters, no BatchNorm."""
+    m = build_model("tanh-cnn", (1, 28, 28), 10, seed=0, padding=padding)
+    assert sum(p.numel() for p in m.parameters()) == 26010
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(16, (8, 8), (2, 2)), (32, (4, 4), (2, 2))]
+    assert sum(isinstance(x, torch.nn.Tanh) for x in m.modules()) == 3
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())
+    x = torch.rand(2, 1, 28, 28)
+    got = []
+    for layer in m.features:
+        x = layer(x)
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.MaxPool2d)):
+            got.append(x.shape[-1])
+    assert tuple(got) == sides and m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="padding=1"):
+        build_model("tanh-cnn", (1, 28, 28), 10, padding=1)

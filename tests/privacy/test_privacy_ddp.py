@@ -75,7 +75,7 @@ def test_ssgd_train_nodes_with_dp_reports_epsilon_per_epoch(tmp_path):
 
 
 def test_dp_example_is_refused_with_nodes():
-    from ssgd.distributed.ddp_train import check_config
+    from ssgd.experiments.ddp_train import check_config
     from ssgd.experiments.train import TrainConfig
 
     with pytest.raises(ValueError, match="--dp example is single-process only"):

@@ -130,3 +130,16 @@ def test_node_noise_central_and_local_modes():
         NodeNoise(1.0, mode="lokal")
     with pytest.raises(ValueError, match="rank=3"):
         NodeNoise(1.0, num_nodes=3, rank=3)
+
+
+def test_sensitivity_counts_the_tensors_of_a_model_or_list():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))  # L = 4 tensors
+    assert sensitivity("node", "layer", model) == pytest.approx(2.0)
+    assert sensitivity("node-local", "layer", list(model.parameters())) == pytest.approx(4.0)
+    model[0].bias.requires_grad_(False)  # frozen tensors are not released
+    assert sensitivity("example", "layer", model) == pytest.approx(3 ** 0.5)
+    assert sensitivity("example", "global", model) == 1.0
+    with pytest.raises(ValueError, match="n_tensors=0"):
+        sensitivity("node", "layer", 0)
+    with pytest.raises(ValueError, match="n_tensors=2.5"):
+        sensitivity("node", "layer", 2.5)

@@ -111,3 +111,37 @@ def test_cli_train_prints_final_epsilon_and_rejects_bad_values(tmp_path):
     n = load_dataset("digits").x_train.shape[0]
     expect = compute_epsilon(2.0, 1.0, math.ceil(n / 500), 1e-5)
     assert f"epsilon = {expect:.4g}" in ok.output and "per node" in ok.output
+
+
+@pytest.mark.parametrize("level, scope", [("example", "global"), ("example", "layer"), ("node", "layer"),
+                                          ("node-local", "layer"), ("node-local", "global")])
+def test_measured_noise_std_is_sigma_times_the_true_sensitivity(level, scope):
+    """Layer scope releases a sum of L per-tensor unit vectors: sensitivity sqrt(L) (add/remove), 2 sqrt(L)
+    (replace, node-local). The noise actually in .grad must be sigma times that (issue 9 #6)."""
+    from ssgd.privacy import DPConfig, DPTraining
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 96), torch.nn.Tanh(), torch.nn.Linear(96, 48),
+                                torch.nn.Tanh(), torch.nn.Linear(48, 10))
+    n_tensors = 6
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    idx = torch.arange(32)
+    m = 1 if level == "example" else 4
+    sigma = 0.7
+
+    def grads(noise_multiplier):
+        dp = DPTraining(DPConfig(level, noise_multiplier=noise_multiplier), model, n_train=32, batch_size=32,
+                        epochs=1, num_nodes=m, scope=scope, seed=5)
+        model.zero_grad(set_to_none=True)
+        dp.backward(model, x, y, idx)
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), dp
+
+    clean, _ = grads(0.0)
+    noisy, dp = grads(sigma)
+    noise = noisy - clean
+    if level == "example":
+        noise = noise * dp.expected_batch_size  # the example-level update is the noisy sum / expected batch
+    true_delta = (2.0 if level == "node-local" else 1.0) * (math.sqrt(n_tensors) if scope == "layer" else 1.0)
+    # node-local: every one of the m nodes adds its own sigma * Delta; aggregate/example: sigma * Delta once
+    want = sigma * true_delta * (math.sqrt(m) if level == "node-local" else 1.0)
+    assert float(noise.std()) == pytest.approx(want, rel=0.03)  # 11,000 entries: std known to ~1 %

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..defenses.spec import coerce_params, parse_spec
+from ..specs import coerce_params, parse_spec
 
 __all__ = ["ATTACKS", "Attack", "AttackMeta", "Reconstruction", "get_attack", "list_attacks", "register_attack"]
 
@@ -44,6 +44,7 @@ class AttackMeta:
     num_classes: int
     labels: Tensor | None = None  # the true labels when the threat model grants them, else None
     seed: int = 0
+    mean_image: Tensor | None = None  # the attacker's prior mean image (C, H, W), for init=mean
 
     def validate(self) -> "AttackMeta":
         if len(tuple(self.shape)) != 3:
@@ -54,19 +55,26 @@ class AttackMeta:
             raise ValueError(f"meta.num_classes={self.num_classes} must be >= 2")
         if self.labels is not None and self.labels.numel() != self.batch_size:
             raise ValueError(f"meta.labels has {self.labels.numel()} entries, batch_size is {self.batch_size}")
+        if self.mean_image is not None and tuple(self.mean_image.shape) != tuple(self.shape):
+            raise ValueError(f"meta.mean_image has shape {tuple(self.mean_image.shape)}, expected {tuple(self.shape)}")
         return self
 
 
 @dataclass
 class Reconstruction:
     """An attack's output for one target: ``images`` ``(B, C, H, W)`` (unordered w.r.t. the
-    originals: score with :func:`ssgd.metrics.score_batch`), ``labels`` ``(B,)`` or None."""
+    originals: score with :func:`ssgd.metrics.score_batch`), ``labels`` ``(B,)`` or None.
+
+    Its budget: ``iterations`` actually run (per restart), ``restarts`` run (the best by the
+    attack's own objective is returned, never by the ground truth) and the ``init`` used."""
 
     images: Tensor
     labels: Tensor | None
     loss: float
     seconds: float
     iterations: int = 0
+    restarts: int = 1
+    init: str = ""
     attack: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -20,9 +20,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-__all__ = ["DummyGradients", "batched_unit", "euclidean", "cosine_global", "cosine_layer", "total_variation",
+__all__ = ["INITS", "DummyGradients", "batched_unit", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer", "total_variation",
            "lbfgs", "signed_adam", "stack_targets"]
 
 
@@ -35,6 +34,40 @@ def stack_targets(shared: list[list[Tensor]], dtype: torch.dtype = torch.float32
     return [torch.stack([s[i].detach().to(dtype) for s in shared]) for i in range(n)]
 
 
+INITS = ("auto", "uniform", "randn", "mean")
+
+
+def resolve_init(kind: str, mean_image: Tensor | None) -> str:
+    """``auto`` is the attacker's prior mean image when it has one (``mean``), else ``uniform``."""
+    if kind not in INITS:
+        raise ValueError(f"unknown init {kind!r}; expected one of {', '.join(INITS)}")
+    if kind == "auto":
+        return "mean" if mean_image is not None else "uniform"
+    return kind
+
+
+def initial_images(kind: str, rows: int, shape: tuple[int, ...], *, mean_image: Tensor | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dummy images to start from, ``(rows, *shape)`` (``shape`` = ``(B, C, H, W)``), from the global RNG.
+
+    ``uniform``: uniform in the data range ``[0, 1]`` (what an attacker who knows the data are
+    images picks). ``randn``: standard normal, DLG's and Geiping et al.'s choice (mostly outside
+    the box, so the first iterations are spent getting back into it). ``mean``: the attacker's
+    prior mean image (``mean_image``, ``(C, H, W)``, e.g. the mean of public images of the same
+    kind) plus uniform noise of amplitude 0.1 so restarts differ, clipped to ``[0, 1]``.
+    ``auto``: ``mean`` when a mean image is given, else ``uniform``."""
+    kind = resolve_init(kind, mean_image)
+    if kind == "uniform":
+        return torch.rand(rows, *shape, dtype=dtype)
+    if kind == "randn":
+        return torch.randn(rows, *shape, dtype=dtype)
+    if mean_image is None:
+        raise ValueError("init=mean needs the attacker's mean image (AttackMeta.mean_image); "
+                         "pass it, or use init=uniform")
+    m = mean_image.detach().to(dtype).reshape(1, 1, *shape[-3:])
+    return (m + 0.1 * (torch.rand(rows, *shape, dtype=dtype) - 0.5)).clamp(0, 1)
+
+
 class DummyGradients:
     """Gradients of a soft-label cross-entropy for stacked dummy batches, differentiable in the inputs.
 
@@ -43,6 +76,10 @@ class DummyGradients:
     the batch-mean loss of target ``k``. With ``shards=m`` the batch is split into ``m``
     contiguous shards and the result is ``(K, m, *p.shape)`` (shard gradients, each the mean
     over its own examples -- what each SSGD(m) node computes).
+
+    One target (``K = 1``, no shards) takes plain autograd (``torch.autograd.grad`` with
+    ``create_graph=True``): ``vmap`` costs about 1.5x per iteration there and buys nothing.
+    Stacked targets take ``torch.func.vmap(torch.func.grad(...))``.
     """
 
     def __init__(self, model: nn.Module, shards: int = 1):
@@ -54,7 +91,9 @@ class DummyGradients:
         self.model = model
         self.shards = shards
         self.names = [n for n, _ in model.named_parameters()]
+        self.plist = [p for _, p in model.named_parameters()]
         self.params = {n: p.detach() for n, p in model.named_parameters()}
+        self._plain_ok = all(p.requires_grad for p in self.plist)
         buffers = dict(model.named_buffers())
 
         def loss(pd, x, y):
@@ -68,6 +107,9 @@ class DummyGradients:
             self._fn = vmap(vmap(one, in_dims=(None, 0, 0)), in_dims=(None, 0, 0))
 
     def grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        if x.shape[0] == 1 and self.shards == 1 and self._plain_ok:
+            loss = -(y[0] * torch.log_softmax(self.model(x[0]), -1)).sum(-1).mean()
+            return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.plist, create_graph=True)]
         if self.shards > 1:
             K, B = x.shape[:2]
             if B % self.shards:
@@ -240,10 +282,5 @@ def signed_adam(closure: Callable[[Tensor], Tensor], x0: Tensor, iters: int, *, 
                 x.clamp_(*box)
         if on_iter is not None:
             on_iter(it + 1, loss.detach())
-    with torch.no_grad():
-        final = closure(x)
+    final = closure(x.detach())  # the dummy gradient needs autograd even here
     return x.detach(), final.detach()
-
-
-def soft_onehot(labels: Tensor, num_classes: int) -> Tensor:
-    return F.one_hot(labels.long(), num_classes).float()

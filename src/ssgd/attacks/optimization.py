@@ -31,8 +31,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .base import Attack, Reconstruction, register_attack
-from .engine import (DummyGradients, batched_unit, cosine_global, cosine_layer, euclidean, lbfgs, signed_adam,
-                     stack_targets, total_variation)
+from .engine import (INITS, DummyGradients, batched_unit, cosine_global, cosine_layer, euclidean, initial_images,
+                     lbfgs, resolve_init, signed_adam, stack_targets, total_variation)
 from .labels import recover_labels
 
 __all__ = ["DLG", "IDLG", "DLGUnit", "Inverting", "InvertingLayer"]
@@ -59,20 +59,28 @@ class DLG(Attack):
     name = "dlg"
     help = "Deep Leakage from Gradients: Euclidean gradient matching, L-BFGS, soft labels"
     iters: int = 300
-    lr: float = 1.0
+    lr: float = 0.3
     history: int = 100
     labels: str = "optimize"
     normalize: bool = True
+    restarts: int = 2
+    init: str = "auto"
 
     def validate(self):
-        if self.iters < 1:
-            raise ValueError(f"{self.name}: iters={self.iters} must be >= 1")
+        if self.iters < 1 or self.restarts < 1:
+            raise ValueError(f"{self.name}: iters={self.iters} and restarts={self.restarts} must be >= 1")
+        if not self.lr > 0 or self.history < 1:
+            raise ValueError(f"{self.name}: lr={self.lr} must be > 0 and history={self.history} >= 1")
         if self.labels not in ("optimize", "recover"):
             raise ValueError(f"{self.name}: labels={self.labels!r}; expected 'optimize' or 'recover'")
+        if self.init not in INITS:
+            raise ValueError(f"{self.name}: init={self.init!r}; expected one of {', '.join(INITS)}")
 
-    def _init(self, rows: int, dim: int) -> torch.Tensor:
-        """DLG's initialisation: standard normal dummy images and label logits, one row per target."""
-        return torch.randn(rows, dim)
+    def _init(self, rows: int, image_shape: tuple[int, ...], label_dim: int, mean_image: Tensor | None,
+              dtype: torch.dtype) -> Tensor:
+        """Start rows ``(rows, B*C*H*W + label_dim)``: dummy images by ``init``, label logits standard normal."""
+        x = initial_images(self.init, rows, image_shape, mean_image=mean_image, dtype=dtype).flatten(1)
+        return torch.cat([x, torch.randn(rows, label_dim, dtype=dtype)], 1) if label_dim else x
 
     # the SSGD-aware subclass overrides these two
     def _shards(self, batch_size: int) -> int:
@@ -83,7 +91,7 @@ class DLG(Attack):
 
     def _run(self, model, shared, metas, progress):
         m0 = metas[0]
-        K, B, C = len(shared), m0.batch_size, m0.num_classes
+        K, B, C, R = len(shared), m0.batch_size, m0.num_classes, self.restarts
         shape = tuple(m0.shape)
         dtype = next(model.parameters()).dtype
         target = stack_targets(shared, dtype)
@@ -95,13 +103,16 @@ class DLG(Attack):
         # scale-dependent parts (first step, curvature threshold ys > 1e-10) work for small gradients
         scale = (1.0 / sum((t ** 2).flatten(1).sum(1) for t in target).clamp_min(1e-30)
                  if self.normalize else torch.ones(K, dtype=dtype))
+        # restarts are stacked: row r*K + k is restart r of target k
+        target = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target]
+        scale = scale.repeat(R)
         nx = B * shape[0] * shape[1] * shape[2]
-        z0 = self._init(K, nx + (0 if fixed is not None else B * C)).to(dtype)
-        y_fixed = F.one_hot(fixed, C).to(dtype) if fixed is not None else None
+        z0 = self._init(R * K, (B, *shape), 0 if fixed is not None else B * C, m0.mean_image, dtype).to(dtype)
+        y_fixed = F.one_hot(fixed, C).to(dtype).repeat(R, 1, 1) if fixed is not None else None
 
         def split(z):
-            x = z[:, :nx].reshape(K, B, *shape)
-            y = y_fixed if y_fixed is not None else torch.softmax(z[:, nx:].reshape(K, B, C), -1)
+            x = z[:, :nx].reshape(z.shape[0], B, *shape)
+            y = y_fixed if y_fixed is not None else torch.softmax(z[:, nx:].reshape(z.shape[0], B, C), -1)
             return x, y
 
         def closure(z):
@@ -113,13 +124,14 @@ class DLG(Attack):
         z, loss, its = lbfgs(closure, z0, self.iters, lr=self.lr, history_size=self.history,
                              on_iter=lambda i, l: bar.update(1))
         bar.close()
-        x, _ = split(z)
-        if fixed is not None:
-            labs = fixed
-        else:
-            labs = z[:, nx:].reshape(K, B, C).argmax(-1)
-        return [Reconstruction(images=x[k].detach().clone(), labels=labs[k].clone(), loss=float(loss[k]),
-                               seconds=0.0, iterations=its) for k in range(K)]
+        loss = torch.nan_to_num(loss.reshape(R, K), nan=float("inf"))
+        best = loss.argmin(0)
+        z = z.reshape(R, K, -1)[best, torch.arange(K)]
+        x, _ = split(z) if fixed is None else (z[:, :nx].reshape(K, B, *shape), None)
+        labs = fixed if fixed is not None else z[:, nx:].reshape(K, B, C).argmax(-1)
+        return [Reconstruction(images=x[k].detach().clone(), labels=labs[k].clone(), loss=float(loss[best[k], k]),
+                               seconds=0.0, iterations=its, restarts=R, init=resolve_init(self.init, m0.mean_image),
+                               extra={"restart": int(best[k])}) for k in range(K)]
 
 
 @register_attack
@@ -169,18 +181,21 @@ class DLGUnit(DLG):
 class Inverting(Attack):
     name = "inverting"
     help = "Inverting Gradients: cosine + TV, signed Adam, box [0,1], restarts"
-    iters: int = 1000
+    iters: int = 2000
     lr: float = 0.1
     tv: float = 1e-4
-    restarts: int = 1
+    restarts: int = 4
+    init: str = "uniform"
 
     per_layer = False
 
     def validate(self):
         if self.iters < 1 or self.restarts < 1:
             raise ValueError(f"{self.name}: iters={self.iters} and restarts={self.restarts} must be >= 1")
-        if self.tv < 0:
-            raise ValueError(f"{self.name}: tv={self.tv} must be >= 0")
+        if self.tv < 0 or not self.lr > 0:
+            raise ValueError(f"{self.name}: tv={self.tv} must be >= 0 and lr={self.lr} > 0")
+        if self.init not in INITS:
+            raise ValueError(f"{self.name}: init={self.init!r}; expected one of {', '.join(INITS)}")
 
     def _run(self, model, shared, metas, progress):
         m0 = metas[0]
@@ -190,24 +205,27 @@ class Inverting(Attack):
         dtype = next(model.parameters()).dtype
         target = stack_targets(shared, dtype)
         # restarts are stacked too: row r*K + k is restart r of target k
-        target_r = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target]
+        target_r = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target] if R > 1 else target
         y = F.one_hot(labels, C).to(dtype).repeat(R, 1, 1)
         dg = DummyGradients(model, 1)
         objective = cosine_layer if self.per_layer else cosine_global
+        tv = self.tv
 
         def closure(x):
-            return objective(dg.grads(x, y), target_r) + self.tv * total_variation(x)
+            return objective(dg.grads(x, y), target_r) + tv * total_variation(x)
 
         bar = _bar(progress, self.iters, self.name)
-        x0 = torch.randn(R * K, B, *shape).to(dtype)
+        x0 = initial_images(self.init, R * K, (B, *shape), mean_image=m0.mean_image, dtype=dtype)
         x, final = signed_adam(closure, x0, self.iters, lr=self.lr, box=(0.0, 1.0),
-                               on_iter=lambda i, l: bar.update(1))
+                               on_iter=(lambda i, l: bar.update(1)) if progress else None)
         bar.close()
         final = final.reshape(R, K)
-        best = torch.nan_to_num(final, nan=float("inf")).argmin(0)
+        best = torch.nan_to_num(final, nan=float("inf")).argmin(0)  # by the attack's own objective
         x = x.reshape(R, K, B, *shape)
         return [Reconstruction(images=x[best[k], k].clone(), labels=labels[k].clone(), loss=float(final[best[k], k]),
-                               seconds=0.0, iterations=self.iters, extra={"restart": int(best[k])})
+                               seconds=0.0, iterations=self.iters, restarts=R,
+                               init=resolve_init(self.init, m0.mean_image),
+                               extra={"restart": int(best[k])})
                 for k in range(K)]
 
 

@@ -12,7 +12,8 @@ __all__ = ["attack_cmd"]
 
 def attack_cmd(
     attack: str = typer.Option("dlg", help="dlg | idlg | inverting | analytic | dlg-unit | inverting-layer "
-                                           "(optionally with parameters, e.g. 'inverting:restarts=4')"),
+                                           "(optionally with parameters, e.g. 'inverting:restarts=8,init=randn'; "
+                                           "init=uniform|randn|mean)"),
     defense: str = typer.Option("none", help="defence spec, e.g. ssgd-global, ssgd-shards:m=4, noise:sigma=0.01"),
     dataset: str = typer.Option("mnist", help="dataset name"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset's files"),
@@ -27,16 +28,11 @@ def attack_cmd(
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Attack the update a node shares for one batch of real images and score the reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..attacks import get_attack
     from ..data import load_dataset
     from ..defenses import get_defense
     from ..experiments.leakage import attack_once, build_state_model
-    from ..report.io import atomic_write_text, make_run_dir, save_figure, write_json
+    from ..report.io import atomic_write_text, make_run_dir, new_figure, save_figure, write_json
 
     try:
         get_attack(attack)
@@ -45,6 +41,8 @@ def attack_cmd(
         raise typer.BadParameter(str(e)) from e
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size {batch_size} must be >= 1")
+    if iters is not None and iters < 1:
+        raise typer.BadParameter(f"--iters {iters} must be >= 1 (or leave it out for the attack's default)")
     if trained_epochs < 0:
         raise typer.BadParameter(f"--trained-epochs {trained_epochs} must be >= 0")
     try:
@@ -64,7 +62,7 @@ def attack_cmd(
     x, y = data.x_train[index:index + batch_size], data.y_train[index:index + batch_size]
     try:
         res = attack_once(net, x, y, attack, defense, iters=iters, seed=seed, labels_known=labels_known,
-                          progress=progress)
+                          mean_image=data.x_test.mean(0), progress=progress)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     run_dir = make_run_dir(out, "attack")
@@ -77,7 +75,7 @@ def attack_cmd(
                                          "seed": seed})
     write_json(run_dir / "result.json", result)
     rec = res["reconstruction"]
-    fig, axes = plt.subplots(2, batch_size, figsize=(1.4 * batch_size + 0.6, 3.2), squeeze=False)
+    fig, axes = new_figure(2, batch_size, figsize=(1.4 * batch_size + 0.6, 3.2), squeeze=False)
     for i in range(batch_size):
         for r, (img, lab) in enumerate(((x[i], "original"), (rec[i], "reconstruction"))):
             ax = axes[r][i]
@@ -92,9 +90,11 @@ def attack_cmd(
     atomic_write_text(run_dir / "report.md", "\n".join([
         f"# {result['attack']} vs {result['defense']}", "",
         f"{dataset}, images {index}..{index + batch_size - 1}, model {name} (test acc. {acc:.3f}), seed {seed}.", "",
-        "| PSNR (dB) | SSIM | MSE | label acc. | seconds |", "|---|---|---|---|---|",
+        "| PSNR (dB) | SSIM | MSE | label acc. | iterations x restarts | init | seconds |",
+        "|---|---|---|---|---|---|---|",
         f"| {result['psnr']:.2f} | {result['ssim']:.3f} | {result['mse']:.4f} | {result['label_acc']:.2f} | "
-        f"{result['seconds']:.2f} |", "", "![original vs reconstruction](reconstruction.png)", "",
+        f"{result['iterations']} x {result['restarts']} | {result['init']} | {result['seconds']:.2f} |", "", "![original vs reconstruction](reconstruction.png)", "",
         "[result.json](result.json)", ""]))
     typer.echo(f"{result['attack']} vs {result['defense']}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}, "
-               f"label acc {result['label_acc']:.2f}, {result['seconds']:.1f} s  run folder: {run_dir}")
+               f"label acc {result['label_acc']:.2f}, {result['iterations']} iterations x {result['restarts']} "
+               f"restart(s), init {result['init']}, {result['seconds']:.1f} s  run folder: {run_dir}")

@@ -1,5 +1,11 @@
 """``ssgd flower ...``: SSGD on a real Flower deployment (SuperLink + SuperNodes on 127.0.0.1),
-or the same apps with in-process nodes."""
+or the same apps with in-process nodes.
+
+Every option's default is :class:`ssgd.distributed.flower.FlowerRunConfig`'s (one source).
+``up`` waits for half of the SuperNodes (rounded up) per round by default (``--min-nodes``), so
+the run survives losing any one of them. Privacy settings belong to each node (its node
+config: ``--node-set``), never to these run options; see docs/threat-model.md.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,24 @@ from typing import Optional
 
 import typer
 
+from ._options import user_errors
+
 __all__ = ["app", "up", "local"]
 
 app = typer.Typer(help="SSGD on Flower: nodes send only unit vectors; bad updates are rejected.",
                   no_args_is_help=True)
+
+
+def _defaults():
+    from ..distributed.flower.config import FlowerRunConfig
+
+    return FlowerRunConfig()
+
+
+def _known_keys() -> tuple[str, ...]:
+    from ..distributed.flower.config import FlowerRunConfig
+
+    return FlowerRunConfig.run_config_keys()
 
 
 def _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
@@ -22,25 +42,30 @@ def _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_si
            "straggler-timeout": straggler_timeout}
     if min_nodes is not None:
         cfg["min-nodes"] = min_nodes
+    known = _known_keys()
     for item in extra:
         if "=" not in item:
             raise typer.BadParameter(f"--set {item!r}: expected key=value, e.g. --set test-size=500")
-        k, v = item.split("=", 1)
-        cfg[k.strip()] = v.strip()
-    from ..distributed.flower import FlowerRunConfig
+        k, v = (p.strip() for p in item.split("=", 1))
+        if k not in known:
+            raise typer.BadParameter(f"--set {item!r}: unknown run-config key {k!r}; known keys: {', '.join(known)}")
+        if k in ("out-dir", "resume", "overwrite"):
+            raise typer.BadParameter(f"--set {k}: use --out / --resume / --overwrite instead")
+        cfg[k] = v
+    from ..distributed.flower.config import FlowerRunConfig
 
     try:
         FlowerRunConfig.from_mapping(cfg)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        raise typer.BadParameter(str(e)) from None
     return cfg
 
 
-def _faults(specs: list[str], nodes: int) -> list[dict]:
-    from ..distributed.flower import FAULTS
+def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int) -> list[dict]:
+    from ..distributed.flower import FAULTS, NodePolicy
 
     out: list[dict] = [{} for _ in range(nodes)]
-    for spec in specs:
+    for spec in fault_specs:
         try:
             idx_s, fault = spec.split(":", 1)
             idx = int(idx_s)
@@ -51,26 +76,78 @@ def _faults(specs: list[str], nodes: int) -> list[dict]:
         if fault not in FAULTS:
             raise typer.BadParameter(f"--fault {spec!r}: unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
         out[idx]["fault"] = fault
+    policy_keys = ("ssgd-scope", "ssgd-eps", "allowed-metrics", "min-batch-size", "min-noise-multiplier",
+                   "allow-evaluate")
+    for item in node_sets:
+        if "=" not in item:
+            raise typer.BadParameter(f"--node-set {item!r}: expected key=value, e.g. --node-set allowed-metrics=train-loss")
+        k, v = (p.strip() for p in item.split("=", 1))
+        if k not in policy_keys:
+            raise typer.BadParameter(f"--node-set {item!r}: unknown node setting {k!r}; known: {', '.join(policy_keys)}")
+        value = _typed(v)
+        try:
+            NodePolicy.from_node_config({k: value})
+        except ValueError as e:
+            raise typer.BadParameter(f"--node-set {item!r}: {e}") from None
+        for c in out:
+            c[k] = value
     return out
 
 
-_OPTS = dict(
-    rounds=typer.Option(10, help="federated rounds"),
-    mode=typer.Option("fedsgd", help="fedsgd (unit gradients) | delta (unit model deltas of local steps)"),
-    scope=typer.Option("global", help="SSGD scope: global | layer"),
-    server_lr=typer.Option(0.5, help="server-side learning rate (step length of a round)"),
-    local_steps=typer.Option(5, help="delta mode: local SGD steps per round"),
-    client_lr=typer.Option(0.05, help="delta mode: local learning rate"),
-    batch_size=typer.Option(64, help="batch size on each node"),
-    dataset=typer.Option("mnist", help="dataset (mnist is embedded)"),
-    model=typer.Option("mlp", help="lenet | mlp | convnet (models without BatchNorm)"),
-    partition=typer.Option("iid", help="iid | dirichlet"),
-    alpha=typer.Option(0.5, help="Dirichlet concentration"),
-    seed=typer.Option(0, help="seed"),
-    strict=typer.Option(True, help="reject updates whose norm is not 1 +- norm-tol"),
-    round_timeout=typer.Option(120.0, help="seconds to wait for replies in a round"),
-    straggler_timeout=typer.Option(0.0, help="after min-nodes replies, wait at most this long for the rest (0: off)"),
-)
+def _typed(v: str):
+    """A node-config value as the SuperNode's TOML parser would type it."""
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+def _opts():
+    d = _defaults()
+    return dict(
+        rounds=typer.Option(d.num_rounds, help="federated rounds"),
+        mode=typer.Option(d.mode, help="fedsgd (unit gradients) | delta (unit model deltas of local steps)"),
+        scope=typer.Option(d.scope, help="SSGD scope: global | layer (nodes refuse a scope other than their own)"),
+        server_lr=typer.Option(d.server_lr, help="server-side learning rate (step length of a round)"),
+        local_steps=typer.Option(d.local_steps, help="delta mode: local SGD steps per round"),
+        client_lr=typer.Option(d.client_lr, help="delta mode: local learning rate"),
+        batch_size=typer.Option(d.batch_size, help="batch size on each node"),
+        dataset=typer.Option(d.dataset, help="dataset (mnist is embedded)"),
+        model=typer.Option(d.model, help="lenet | mlp | convnet (models without BatchNorm)"),
+        partition=typer.Option(d.partition, help="iid | dirichlet"),
+        alpha=typer.Option(d.alpha, help="Dirichlet concentration"),
+        seed=typer.Option(d.seed, help="seed"),
+        strict=typer.Option(d.strict, help="reject updates whose norm is not 1 +- norm-tol"),
+        round_timeout=typer.Option(d.round_timeout, help="seconds to wait for replies in a round"),
+        straggler_timeout=typer.Option(d.straggler_timeout,
+                                       help="after min-nodes replies, wait at most this long for the rest (0: off)"),
+        fault=typer.Option([], help="make a node misbehave, NODE_INDEX:FAULT (nan|shape|norm1000|dtype|names); "
+                                    "repeatable"),
+        node_set=typer.Option([], "--node-set", help="a node-config privacy setting for every node, key=value "
+                                                     "(ssgd-scope, ssgd-eps, allowed-metrics, min-batch-size, "
+                                                     "min-noise-multiplier, allow-evaluate); repeatable"),
+        set_=typer.Option([], "--set", help="any other run-config key=value; repeatable"),
+        resume=typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
+        overwrite=typer.Option(False, "--overwrite", help="replace the results in an existing --out"),
+    )
+
+
+_OPTS = _opts()
+
+
+def _run_dir(out: Optional[Path], prefix: str, resume: bool, overwrite: bool) -> Path:
+    from ..report.io import make_run_dir
+
+    if resume and overwrite:
+        raise typer.BadParameter("--resume and --overwrite contradict each other; pass one")
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out naming the run folder to continue")
+    with user_errors():
+        return make_run_dir(out, prefix, resume=resume, overwrite=overwrite)
 
 
 @app.command("up")
@@ -82,35 +159,45 @@ def up(
     partition: str = _OPTS["partition"], alpha: float = _OPTS["alpha"], seed: int = _OPTS["seed"],
     strict: bool = _OPTS["strict"], round_timeout: float = _OPTS["round_timeout"],
     straggler_timeout: float = _OPTS["straggler_timeout"],
-    min_nodes: Optional[int] = typer.Option(None, help="nodes needed per round (default: all)"),
-    fault: list[str] = typer.Option([], help="make a node misbehave, NODE_INDEX:FAULT (nan|shape|norm1000|dtype|names); "
-                                            "repeatable"),
-    set_: list[str] = typer.Option([], "--set", help="any other run-config key=value; repeatable"),
+    min_nodes: Optional[int] = typer.Option(None, help="nodes needed per round (default: half of --nodes, rounded "
+                                                       "up, so the run survives losing a node)"),
+    fault: list[str] = _OPTS["fault"], node_set: list[str] = _OPTS["node_set"], set_: list[str] = _OPTS["set_"],
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/flower-<time>)"),
+    resume: bool = _OPTS["resume"], overwrite: bool = _OPTS["overwrite"],
     timeout: float = typer.Option(1800.0, help="give up (and shut everything down) after this many seconds"),
 ) -> None:
     """Start a SuperLink and N SuperNodes on 127.0.0.1 (free ports), run the SSGD app, shut everything down."""
-    from ..distributed.flower import Deployment, DeploymentError
-    from ..report.io import make_run_dir
+    from ..distributed.flower import CheckpointMismatchError, Deployment, DeploymentError
 
     if nodes < 1:
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 SuperNode")
     cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
                       alpha, seed, strict, min_nodes, round_timeout, straggler_timeout, set_)
-    node_configs = _faults(fault, nodes)
-    run_dir = make_run_dir(out, "flower")
-    cfg["out-dir"] = str(run_dir.absolute())
+    node_configs = _node_configs(fault, node_set, nodes)
+    _check_nodes(cfg, nodes)
+    run_dir = _run_dir(out, "flower", resume, overwrite)
+    cfg.update({"out-dir": str(run_dir.absolute()), "resume": resume, "overwrite": overwrite})
     typer.echo(f"starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1; logs in {run_dir / 'deployment' / 'logs'}")
     try:
         with Deployment(nodes, run_dir / "deployment", node_configs=node_configs, dataset=cfg["dataset"],
                         data_dir=str(cfg.get("data-dir", ""))) as dep:
             typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
             summary = dep.run(cfg, timeout=timeout)
-    except DeploymentError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    except (DeploymentError, CheckpointMismatchError, ValueError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")
+
+
+def _check_nodes(cfg: dict, nodes: int) -> None:
+    from ..distributed.flower.config import FlowerRunConfig
+    from ..distributed.flower.task import check_nodes
+
+    try:
+        check_nodes(FlowerRunConfig.from_mapping(cfg), nodes)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @app.command("local")
@@ -121,22 +208,27 @@ def local(
     batch_size: int = _OPTS["batch_size"], dataset: str = _OPTS["dataset"], model: str = _OPTS["model"],
     partition: str = _OPTS["partition"], alpha: float = _OPTS["alpha"], seed: int = _OPTS["seed"],
     strict: bool = _OPTS["strict"],
-    fault: list[str] = typer.Option([], help="NODE_INDEX:FAULT, repeatable"),
-    set_: list[str] = typer.Option([], "--set", help="any other run-config key=value; repeatable"),
+    fault: list[str] = _OPTS["fault"], node_set: list[str] = _OPTS["node_set"], set_: list[str] = _OPTS["set_"],
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/flower-local-<time>)"),
+    resume: bool = _OPTS["resume"], overwrite: bool = _OPTS["overwrite"],
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """The same ClientApp (mods included) and server logic with N nodes in this process (no SuperLink)."""
-    from ..distributed.flower import run_in_process
-    from ..report.io import make_run_dir
+    from ..distributed.flower import CheckpointMismatchError, run_in_process
 
     if nodes < 1:
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 node")
+    d = _defaults()
     cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
-                      alpha, seed, strict, None, 60.0, 0.0, set_)
-    node_configs = _faults(fault, nodes)
-    run_dir = make_run_dir(out, "flower-local")
-    cfg["out-dir"] = str(run_dir.absolute())
-    summary = run_in_process(nodes, cfg, node_configs=node_configs, progress=progress)
+                      alpha, seed, strict, None, d.round_timeout, d.straggler_timeout, set_)
+    node_configs = _node_configs(fault, node_set, nodes)
+    _check_nodes(cfg, nodes)
+    run_dir = _run_dir(out, "flower-local", resume, overwrite)
+    cfg.update({"out-dir": str(run_dir.absolute()), "resume": resume, "overwrite": overwrite})
+    try:
+        summary = run_in_process(nodes, cfg, node_configs=node_configs, progress=progress)
+    except (CheckpointMismatchError, ValueError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")

@@ -7,17 +7,21 @@ from typing import Optional
 
 import typer
 
+from ._options import parse_choices, parse_int_list, parse_list, user_errors
+
 __all__ = ["command"]
 
 
-def _csv(text: Optional[str], cast=str) -> Optional[list]:
+def _specs(text: Optional[str], option: str, example: str) -> Optional[list[str]]:
+    """Spec lists: ';'-separated when a spec carries parameters (they contain ','), else ','-separated."""
     if text is None:
         return None
-    items = [t.strip() for t in text.split(";" if ":" in text else ",") if t.strip()]
-    try:
-        return [cast(t) for t in items]
-    except ValueError as e:
-        raise typer.BadParameter(f"could not parse {text!r}: {e}") from e
+    if ":" in text:
+        items = [t.strip() for t in text.split(";") if t.strip()]
+        if not items:
+            raise typer.BadParameter(f"{option} is empty; give a list, e.g. {example}")
+        return items
+    return list(parse_list(text, option, str, example))
 
 
 def command(
@@ -27,33 +31,45 @@ def command(
     defenses: Optional[str] = typer.Option(None, help="defences, ';'-separated specs, e.g. 'none;noise:sigma=0.1'"),
     batch_sizes: Optional[str] = typer.Option(None, help="comma-separated batch sizes (default 1,4,8)"),
     states: Optional[str] = typer.Option(None, help="untrained,trained"),
-    images: Optional[int] = typer.Option(None, help="images per cell (default 16; 4 with --quick)"),
-    dlg_iters: Optional[int] = typer.Option(None, help="L-BFGS iterations of dlg/idlg/dlg-unit"),
-    inverting_iters: Optional[int] = typer.Option(None, help="Adam iterations of inverting/inverting-layer"),
-    restarts: Optional[int] = typer.Option(None, help="restarts of inverting/inverting-layer"),
+    images: Optional[int] = typer.Option(None, help="images per cell for none and the SSGD rows (default 8)"),
+    other_images: Optional[int] = typer.Option(None, help="images per cell for the other defences (default 4)"),
+    dlg_iters: Optional[int] = typer.Option(None, help="L-BFGS iterations of dlg/idlg/dlg-unit (default: theirs)"),
+    inverting_iters: Optional[int] = typer.Option(None, help="Adam iterations of inverting/inverting-layer "
+                                                             "(default: theirs)"),
+    restarts: Optional[int] = typer.Option(None, help="restarts of the optimisation attacks (default: theirs)"),
+    init: Optional[str] = typer.Option(None, help="dummy init of the optimisation attacks: uniform | randn | mean "
+                                                  "(default: theirs, uniform)"),
     accuracy_epochs: Optional[int] = typer.Option(None, help="epochs of the per-defence accuracy runs (0: skip)"),
-    budget_minutes: float = typer.Option(0.0, help="stop starting new attacks after this many minutes (0: no limit)"),
+    budget_minutes: float = typer.Option(0.0, help="stop starting new cells after this many minutes (0: no limit)"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/leakage-<time>)"),
+    resume: bool = typer.Option(False, help="continue the grid in --out: finished cells (cells/*.json) are kept"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
-    """Gradient leakage: every attack against every defence; tables, image grids, privacy vs accuracy."""
-    from ..experiments.leakage import LeakageConfig, run_leakage
+    """Gradient leakage: every attack against every defence; tables, image grids, budget curve, privacy vs accuracy."""
+    from ..experiments.leakage import LeakageConfig
     from ..report.io import make_run_dir
 
     kw = {}
-    for key, val in (("datasets", _csv(datasets)), ("attacks", _csv(attacks)), ("defenses", _csv(defenses)),
-                     ("batch_sizes", _csv(batch_sizes, int)), ("states", _csv(states)), ("images", images),
-                     ("dlg_iters", dlg_iters), ("inverting_iters", inverting_iters), ("restarts", restarts),
+    for key, val in (("datasets", parse_list(datasets, "--datasets", str, "mnist,fashion-mnist")),
+                     ("attacks", _specs(attacks, "--attacks", "dlg,inverting-layer")),
+                     ("defenses", _specs(defenses, "--defenses", "none;ssgd-shards:m=4")),
+                     ("batch_sizes", parse_int_list(batch_sizes, "--batch-sizes", "1,4,8")),
+                     ("states", parse_choices(states, "--states", ("untrained", "trained"))),
+                     ("images", images), ("other_images", other_images), ("dlg_iters", dlg_iters),
+                     ("inverting_iters", inverting_iters), ("restarts", restarts), ("init", init),
                      ("accuracy_epochs", accuracy_epochs)):
         if val is not None:
-            kw[key] = val
+            kw[key] = list(val) if isinstance(val, tuple) else val
     kw.update(seed=seed, budget_minutes=budget_minutes)
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out <run folder>")
     try:
-        cfg = (LeakageConfig.quick_config(**kw) if quick else LeakageConfig(**kw)).validate()
+        cfg = (LeakageConfig.quick(**kw) if quick else LeakageConfig(**kw)).validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_dir = make_run_dir(out, "leakage")
-    report = run_leakage(cfg, run_dir, progress=progress)
-    typer.echo(report.read_text())
-    typer.echo(f"run folder: {run_dir}")
+    with user_errors():
+        run_dir = make_run_dir(out, "leakage", resume=resume)
+        res = cfg.run(run_dir, resume=resume, progress=progress)
+    typer.echo(res.text)
+    typer.echo(f"run folder: {run_dir}  ({res.seconds:.0f} s)")

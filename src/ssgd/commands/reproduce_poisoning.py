@@ -8,56 +8,50 @@ from typing import Optional
 
 import typer
 
+from ._options import parse_choices, parse_int_list, parse_list, user_errors
+
 __all__ = ["command"]
-
-
-def _csv(value: str, allowed: tuple[str, ...] | None, what: str) -> tuple[str, ...]:
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not items:
-        raise typer.BadParameter(f"empty {what} list; give a comma-separated list")
-    if allowed is not None:
-        bad = [v for v in items if v not in allowed]
-        if bad:
-            raise typer.BadParameter(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
-    return items
 
 
 def command(
     quick: bool = typer.Option(False, "--quick", help="a CI-sized run: MNIST, k in {0,1}, 60 rounds, 1 seed"),
-    datasets: str = typer.Option("mnist,fashion-mnist", help="comma-separated datasets"),
-    nodes: int = typer.Option(10, help="number of nodes N"),
-    malicious: str = typer.Option("0,1,3", help="comma-separated numbers of malicious nodes k"),
-    attacks: str = typer.Option("boost,signflip,labelflip", help="comma-separated attacks"),
-    aggregators: str = typer.Option("mean,ssgd,clip,median,krum", help="comma-separated aggregators"),
-    rounds: int = typer.Option(300, help="FedSGD rounds"),
-    seeds: str = typer.Option("0,1", help="comma-separated seeds"),
-    lr: float = typer.Option(0.2, help="learning rate of the raw-gradient aggregators"),
-    ssgd_lr: float = typer.Option(0.5, help="learning rate of the SSGD unit-vector mean"),
+    datasets: Optional[str] = typer.Option(None, help="comma-separated datasets (default mnist,fashion-mnist)"),
+    nodes: Optional[int] = typer.Option(None, help="number of nodes N (default 10)"),
+    malicious: Optional[str] = typer.Option(None, help="comma-separated numbers of malicious nodes k (default 0,1,3)"),
+    attacks: Optional[str] = typer.Option(None, help="comma-separated attacks (default boost,signflip,labelflip)"),
+    aggregators: Optional[str] = typer.Option(None, help="comma-separated aggregators "
+                                                         "(default mean,ssgd,clip,median,krum)"),
+    rounds: Optional[int] = typer.Option(None, help="FedSGD rounds (default 300; --quick: 60)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1; --quick: 0)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate of the raw-gradient aggregators (default 0.2)"),
+    ssgd_lr: Optional[float] = typer.Option(None, help="learning rate of the SSGD unit-vector mean (default 0.5)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST's IDX files"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/poisoning-<time>)"),
+    resume: bool = typer.Option(False, help="continue the grid in --out: finished runs (results.json) are kept"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Final accuracy of SGD-mean, SSGD, clipping, median and Krum under k malicious nodes (table + plot)."""
-    from ..experiments.poisoning import AGGREGATORS, ATTACKS, PoisoningConfig, run_poisoning
+    from ..data import DATASETS
+    from ..experiments.poisoning import AGGREGATORS, ATTACKS, PoisoningConfig
     from ..report.io import make_run_dir
 
-    try:
-        ks = tuple(int(v) for v in _csv(malicious, None, "malicious count"))
-        seed_list = tuple(int(v) for v in _csv(seeds, None, "seed"))
-    except ValueError as e:
-        raise typer.BadParameter(f"--malicious and --seeds take comma-separated integers ({e})") from e
-    cfg = PoisoningConfig(datasets=_csv(datasets, None, "dataset"), num_nodes=nodes, malicious=ks,
-                          attacks=_csv(attacks, ATTACKS, "attack"), aggregators=_csv(aggregators, AGGREGATORS,
-                                                                                      "aggregator"),
-                          rounds=rounds, seeds=seed_list, lr=lr, ssgd_lr=ssgd_lr,
-                          data_dir=str(data_dir) if data_dir else None)
-    if quick:
-        cfg.datasets, cfg.malicious, cfg.rounds, cfg.seeds, cfg.eval_every = ("mnist",), (0, 1), 60, (0,), 20
+    cfg = PoisoningConfig.quick() if quick else PoisoningConfig(seeds=(0, 1))
+    for key, val in (("datasets", parse_choices(datasets, "--datasets", sorted(DATASETS))),
+                     ("num_nodes", nodes),
+                     ("malicious", parse_int_list(malicious, "--malicious", "0,1,3", minimum=0)),
+                     ("attacks", parse_choices(attacks, "--attacks", ATTACKS)),
+                     ("aggregators", parse_choices(aggregators, "--aggregators", AGGREGATORS)),
+                     ("rounds", rounds), ("seeds", parse_list(seeds, "--seeds", int, "0,1")),
+                     ("lr", lr), ("ssgd_lr", ssgd_lr)):
+        if val is not None:
+            setattr(cfg, key, val)
+    cfg.data_dir = str(data_dir) if data_dir else None
     try:
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_dir = make_run_dir(out, "poisoning")
-    run_poisoning(cfg, run_dir, progress=progress)
-    typer.echo((run_dir / "report.md").read_text())
+    with user_errors((ValueError,)):
+        run_dir = make_run_dir(out, "poisoning", resume=resume)
+        res = cfg.run(run_dir, progress=progress, resume=resume)
+    typer.echo(res.text)
     typer.echo(f"run folder: {run_dir}")

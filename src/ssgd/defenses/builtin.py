@@ -18,12 +18,13 @@
 ========================  =====================================================================
 
 Noise defences draw from the ``generator`` passed in (or a generator seeded with their
-``seed`` parameter), so a run is reproducible.
+``seed`` parameter), so a run is reproducible. The DP ones (``dp``, ``ssgd-noise``) state their
+``noise_multiplier`` (noise std / L2 sensitivity); ε is the privacy layer's job
+(:func:`ssgd.privacy.compute_epsilon`, called by the experiments), never computed here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,7 +37,7 @@ from ..transform import unit
 from .base import Defense, register_defense
 
 __all__ = ["NoDefense", "SSGDGlobal", "SSGDLayer", "SSGDShards", "Prune", "Noise", "Sign", "FP16", "DPSGD",
-           "SSGDNoise", "gaussian_epsilon"]
+           "SSGDNoise"]
 
 
 def _gen(generator: torch.Generator | None, seed: int) -> torch.Generator:
@@ -49,20 +50,6 @@ def _gen(generator: torch.Generator | None, seed: int) -> torch.Generator:
 
 def _add_noise(grads: list[Tensor], std: float, gen: torch.Generator) -> list[Tensor]:
     return [g + std * torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device) for g in grads]
-
-
-def gaussian_epsilon(noise_multiplier: float, delta: float = 1e-5, steps: int = 1, sample_rate: float = 1.0) -> float:
-    """(epsilon at ``delta``) of ``steps`` releases of a Gaussian mechanism with noise multiplier
-    ``std / sensitivity``, by Opacus's RDP accountant (needs ``pip install opacus``)."""
-    if noise_multiplier <= 0:
-        return float("inf")
-    try:
-        from opacus.accountants import RDPAccountant
-    except ImportError as e:  # pragma: no cover - optional dependency
-        raise ImportError("privacy accounting needs opacus: pip install 'ssgd[privacy]'") from e
-    acc = RDPAccountant()
-    acc.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acc.get_epsilon(delta))
 
 
 @register_defense
@@ -237,8 +224,12 @@ class DPSGD(Defense):
             summed = [(g[n] * scale.view(-1, *[1] * (g[n].ndim - 1))).sum(0) for n in names]
             return self._finish([summed], x.shape[0], generator)
 
-    def epsilon(self, delta: float = 1e-5, steps: int = 1, sample_rate: float = 1.0) -> float:
-        return gaussian_epsilon(self.sigma, delta, steps, sample_rate)
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise std over L2 sensitivity: adding or removing one example moves the clipped sum by at most
+        ``clip`` (Opacus's adjacency), so ``sigma``. The privacy layer turns it into ε
+        (:func:`ssgd.privacy.compute_epsilon`); a defence only adds the noise."""
+        return self.sigma
 
 
 @register_defense
@@ -256,6 +247,9 @@ class SSGDNoise(Defense):
     def apply(self, grads, generator=None):
         return _add_noise(unit(grads, "global"), self.sigma, _gen(generator, self.seed))
 
-    def epsilon(self, delta: float = 1e-5, steps: int = 1, sample_rate: float = 1.0) -> float:
-        """Any two unit vectors differ by at most 2 in L2: noise multiplier sigma / 2."""
-        return gaussian_epsilon(self.sigma / 2.0, delta, steps, sample_rate) if self.sigma > 0 else math.inf
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise std over L2 sensitivity: changing one example of the batch can turn the unit vector into
+        any other, and two unit vectors differ by at most 2, so ``sigma / 2``. The privacy layer turns it
+        into ε (:func:`ssgd.privacy.compute_epsilon`)."""
+        return self.sigma / 2.0

@@ -12,18 +12,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..transform import NonFiniteGradientError, grad_norms
+from ..transform import NONFINITE_POLICIES, NonFiniteGradientError, check_nonfinite, grad_norms, scale_
 
 __all__ = ["REDUCES", "NONFINITE", "check_reduce", "check_nonfinite", "check_finite_result", "scale_",
            "normalise_local_", "nonfinite_message", "local_norms", "PeerNonFiniteError", "LocalNonFiniteError", "log"]
 
 REDUCES = ("mean", "sum")
-NONFINITE = ("raise", "skip")
+NONFINITE = NONFINITE_POLICIES  # 'raise': every rank raises after the all-reduce; 'skip': the rank contributes zeros
 
 log = logging.getLogger("ssgd.distributed")
-
-# multipliers inside this range are applied directly in float32/float64
-_SAFE = (1e-20, 1e20)
 
 
 class LocalNonFiniteError(FloatingPointError):
@@ -41,52 +38,13 @@ def check_reduce(reduce: str) -> str:
     return reduce
 
 
-def check_nonfinite(nonfinite: str) -> str:
-    if nonfinite not in NONFINITE:
-        raise ValueError(f"Invalid nonfinite={nonfinite!r}; expected 'raise' (every rank raises after the "
-                         "all-reduce) or 'skip' (the rank contributes zeros)")
-    return nonfinite
-
-
-def scale_(tensors: Sequence[Tensor], scales: Sequence[float]) -> None:
-    """``t *= s`` for each pair, rounding once (fp16/bf16 and extreme scales go through float64)."""
-    fast_t, fast_s = [], []
-    for t, s in zip(tensors, scales):
-        if t.dtype in (torch.float32, torch.float64) and (_SAFE[0] < s < _SAFE[1] or s == 0.0):
-            fast_t.append(t)
-            fast_s.append(s)
-        else:
-            t.copy_((t.to(torch.float64) * s).to(t.dtype))
-    if not fast_t:
-        return
-    if len(set(fast_s)) == 1 and len({t.device for t in fast_t}) == 1:
-        torch._foreach_mul_(fast_t, fast_s[0])
-    elif len({t.device for t in fast_t}) == 1:
-        torch._foreach_mul_(fast_t, fast_s)
-    else:
-        for t, s in zip(fast_t, fast_s):
-            t.mul_(s)
-
-
-_TINY = 2.0**-60  # below this a float32 sum of squares may have underflowed
-
-
 def local_norms(grads: Sequence[Tensor]) -> list[float]:
-    """Per-tensor L2 norms as floats, fast: one ``_foreach_norm`` and one host read.
-
-    Falls back to :func:`ssgd.grad_norms` (exact recomputation of overflowed or tiny
-    norms; :class:`NonFiniteGradientError` for NaN/inf) whenever a norm is not finite or
-    is tiny, so the corners behave exactly as in the core transform. (The fast path
-    accumulates in float32, like the core, without its blocked summation for tensors of
-    millions of entries: a relative error of the norm ~1e-6..1e-4 there, i.e. a unit vector
-    of length 1 +- 1e-4.)"""
+    """Per-tensor L2 norms as floats: :func:`ssgd.grad_norms` (the core's numerics: float32
+    accumulation in blocks, exact recomputation of overflowed or tiny norms, one host read;
+    :class:`~ssgd.NonFiniteGradientError` naming the tensor for NaN/inf)."""
     ts = list(grads)
     if not ts:
         return []
-    if all(t.dtype == torch.float32 for t in ts) and len({t.device for t in ts}) == 1:
-        vals = torch.stack(torch._foreach_norm(ts, 2)).tolist()
-        if sum(vals) < math.inf and min(vals) >= _TINY:  # NaN fails both tests
-            return vals
     return grad_norms(ts).tolist()
 
 

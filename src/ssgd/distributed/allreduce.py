@@ -32,8 +32,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ..transform import DEFAULT_EPS, check_scope
-from ._common import check_finite_result, check_nonfinite, check_reduce, normalise_local_
+from ..transform import DEFAULT_EPS, check_eps, check_nonfinite, check_scope
+from ._common import check_finite_result, check_reduce, normalise_local_
 
 __all__ = ["allreduce_unit_"]
 
@@ -78,8 +78,7 @@ def allreduce_unit_(params: Iterable[Tensor] | Iterable[tuple[str, Tensor]] | nn
     check_scope(scope)
     check_reduce(reduce)
     check_nonfinite(nonfinite)
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"Invalid eps={eps!r}; must be > 0 (default {DEFAULT_EPS})")
+    eps = check_eps(eps)
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("allreduce_unit_ needs an initialised process group: call "
                            "torch.distributed.init_process_group(...) first (torchrun sets the environment)")

@@ -77,12 +77,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_scope
+from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_nonfinite, check_scope
 from ._common import (
     LocalNonFiniteError,
     PeerNonFiniteError,
     check_finite_result,
-    check_nonfinite,
     check_reduce,
     local_norms,
     log,
@@ -270,8 +269,7 @@ def register(ddp_model: DistributedDataParallel, scope: str = "global", *, reduc
     check_scope(scope)
     check_reduce(reduce)
     check_nonfinite(nonfinite)
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"Invalid eps={eps!r}; must be > 0 (default {DEFAULT_EPS})")
+    eps = check_eps(eps)
     if not isinstance(ddp_model, DistributedDataParallel):
         raise TypeError(f"register() needs a torch.nn.parallel.DistributedDataParallel model, got "
                         f"{type(ddp_model).__name__}; wrap it first: DistributedDataParallel(model). "

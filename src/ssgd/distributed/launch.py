@@ -9,9 +9,11 @@ torchrun's root-cause summary (the failing rank, its exit code and its traceback
 the workers record with ``torch.distributed.elastic``'s ``@record``). Ctrl-C or a
 ``timeout`` stop the whole process tree (SIGTERM, then SIGKILL after a grace period).
 
-:func:`launch_training` is what ``ssgd train --nodes N`` calls: it sends the
-:class:`~ssgd.experiments.train.TrainConfig` as JSON to :mod:`ssgd.distributed.ddp_train`.
-The backend follows the device: gloo for ``cpu``, NCCL for ``cuda`` (one GPU per node).
+:func:`launch_training` starts a training worker module (by name: ``ssgd train --nodes N``
+uses ``ssgd.experiments.ddp_train``, which checks the config and the checkpoint before it
+calls this) with the training config as one JSON object, and returns rank 0's
+``metrics.json``. The backend follows the device: gloo for ``cpu``, NCCL for ``cuda``
+(one GPU per node).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,24 +137,23 @@ def launch(nproc: int, target: str, args: Sequence[str] = (), *, module: bool = 
     return err
 
 
-def launch_training(cfg: Any, run_dir: str | os.PathLike, nodes: int, *, resume: bool = False,
-                    progress: bool = True, timeout: float | None = None, echo: bool = True) -> dict:
-    """Run ``ssgd train`` on ``nodes`` processes (rank 0 writes ``run_dir``); return its metrics.json."""
-    from .ddp_train import check_config
+def launch_training(config: Mapping[str, Any], run_dir: str | os.PathLike, nodes: int, *,
+                    module: str = "ssgd.experiments.ddp_train", resume: bool = False, progress: bool = True,
+                    timeout: float | None = None, echo: bool = True) -> dict:
+    """Run the training worker ``module`` on ``nodes`` processes; return the ``metrics.json`` rank 0 wrote.
 
-    check_config(cfg, nodes)
-    if str(cfg.device).startswith("cuda"):
-        import torch
-
-        if torch.cuda.device_count() < nodes:
-            raise ValueError(f"--nodes {nodes} on {cfg.device!r} needs {nodes} GPUs (NCCL, one per node), "
-                             f"found {torch.cuda.device_count()}; use --device cpu (gloo) or fewer nodes")
+    ``config`` is the training config as a plain mapping (``TrainConfig.to_dict()``); the worker
+    validates it again on every rank. ``run_dir`` must exist (the caller creates it with
+    :func:`ssgd.report.make_run_dir`)."""
+    if hasattr(config, "to_dict"):  # a TrainConfig given directly
+        config = config.to_dict()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    args = ["--config-json", json.dumps(cfg.to_dict()), "--run-dir", str(run_dir.resolve())]
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist; create it first (ssgd.report.make_run_dir)")
+    args = ["--config-json", json.dumps(dict(config)), "--run-dir", str(run_dir.resolve())]
     if resume:
         args.append("--resume")
     if not progress:
         args.append("--no-progress")
-    launch(nodes, "ssgd.distributed.ddp_train", args, timeout=timeout, echo=echo)
+    launch(nodes, module, args, timeout=timeout, echo=echo)
     return json.loads((run_dir / "metrics.json").read_text())

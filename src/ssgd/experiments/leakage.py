@@ -1,22 +1,33 @@
 """Gradient leakage, measured: attacks x defences x batch sizes on real images.
 
 :func:`attack_once` is one attack on one shared update (``ssgd attack``);
-:func:`run_leakage` is the grid behind ``ssgd reproduce leakage``: for every dataset,
-model state (untrained / briefly trained), batch size, attack and defence it attacks the
-same seeded images, scores every reconstruction (optimal assignment, then PSNR / SSIM /
-MSE, label accuracy) and writes per-image and per-cell tables, image grids, a
-privacy-vs-accuracy plot and ``report.md``. Attacks of one grid row run stacked (all
-defences and targets in one optimisation), so the grid is affordable on a CPU.
+:class:`LeakageConfig` is the grid behind ``ssgd reproduce leakage`` (the experiment
+contract of :mod:`ssgd.experiments.contract`). For every dataset, model state (untrained /
+briefly trained), batch size, attack and defence it attacks the same seeded images with the
+attacks' own (strong) defaults, scores every reconstruction (optimal assignment, then PSNR /
+SSIM / MSE, label accuracy) and writes per-image and per-cell tables, image grids, a
+budget-vs-PSNR curve, a privacy-vs-accuracy plot and ``report.md``.
 
-The SSGD-aware attacks are told the defence (the threat model "the attacker knows SSGD
-is used"): ``dlg-unit`` uses the defence's scope and shard count, ``analytic`` rescales
-under layer scope. Partial results are written after every attack, so an interrupted
-or budget-limited run still leaves consistent tables of what it finished.
+* **Cells** -- ``(dataset, state, batch, attack, defence)`` -- are the unit of work and of
+  resumption: each finished cell is one JSON file under ``cells/`` (written atomically), and
+  ``run(..., resume=True)`` skips the cells already there. Cells of one grid row run stacked
+  (all pending defences and targets in one optimisation).
+* **Order**: ``none`` and the SSGD rows first (``images`` images per cell), untrained before
+  trained, batch 1 before 4 before 8; then the other defences (``other_images`` per cell).
+* **Budgets**: every cell records its attack spec, iterations actually run, restarts and
+  init. A cell whose mean PSNR is below ``confirm_below`` (10 dB) is rerun with twice the
+  iterations and both results are kept; it counts as protection only if both stay below.
+* The SSGD-aware attacks are told the defence (the threat model "the attacker knows SSGD is
+  used"): ``dlg-unit`` uses the defence's scope and shard count, ``analytic`` rescales under
+  layer scope. ``ssgd-shards:m=M`` cells whose batch is not a multiple of ``M`` are not run
+  (marked n/a): the defence needs ``M`` shards of equal size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -31,100 +42,141 @@ from ..attacks import AttackMeta, get_attack
 from ..attacks.base import Attack
 from ..data import ImageDataset, load_dataset
 from ..defenses import Defense, get_defense
-from ..metrics import match, mse_per_image, psnr_per_image, ssim_per_image
-from ..metrics.matching import label_accuracy
-from ..models import build_model
-from ..report.io import atomic_write_text, save_figure, write_csv, write_json
+from ..metrics import label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
+from ..models import build_model, evaluate
+from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..specs import format_spec, parse_spec
+from .contract import ExperimentResult
 
-__all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "adapt_attack", "attack_once", "build_state_model",
-           "run_leakage", "summarize", "train_with_defense"]
+__all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFENSES", "adapt_attack", "attack_once",
+           "build_state_model", "cell_images", "run_leakage", "summarize", "train_with_defense"]
 
 DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic"]
-DEFAULT_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4", "prune:p=90", "noise:sigma=0.01", "sign",
-                    "fp16", "dp:clip=1,sigma=1", "ssgd-noise:sigma=0.01"]
+PRIMARY_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4"]
+DEFAULT_DEFENSES = PRIMARY_DEFENSES + ["prune:p=90", "noise:sigma=0.01", "sign", "fp16", "dp:clip=1,sigma=1",
+                                       "ssgd-noise:sigma=0.01"]
 OPT_ATTACKS = ("dlg", "idlg", "dlg-unit")
 INV_ATTACKS = ("inverting", "inverting-layer")
+SSGD_VARIANTS = ("ssgd-global", "ssgd-layer", "ssgd-shards")
+
+
+def _is_primary(defense: str) -> bool:
+    return parse_spec(defense)[0] in ("none",) + SSGD_VARIANTS
 
 
 @dataclass
 class LeakageConfig:
+    """The grid. ``dlg_iters`` / ``inverting_iters`` / ``restarts`` / ``init`` ``None`` mean the attacks'
+    own defaults (documented in :mod:`ssgd.attacks.optimization`)."""
+
     datasets: list[str] = field(default_factory=lambda: ["mnist", "fashion-mnist"])
     states: list[str] = field(default_factory=lambda: ["untrained", "trained"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8])
     attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
     defenses: list[str] = field(default_factory=lambda: list(DEFAULT_DEFENSES))
-    images: int = 16
-    dlg_iters: int = 100
-    inverting_iters: int = 200
-    restarts: int = 1
+    images: int = 8
+    other_images: int = 4
+    dlg_iters: int | None = None
+    inverting_iters: int | None = None
+    restarts: int | None = None
+    init: str | None = None
+    confirm_below: float = 10.0
+    curve_budgets: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0, 2.0])
+    curve_images: int = 4
     train_epochs: int = 5
     train_images: int = 4000
     accuracy_model: str = "convnet"
     accuracy_epochs: int = 2
     seed: int = 0
-    budget_minutes: float = 0.0  # 0: no limit; else stop starting new attacks after this many minutes
-    quick: bool = False
+    budget_minutes: float = 0.0  # 0: no limit; else stop starting new cells after this many minutes
+    is_quick: bool = False
 
     @classmethod
-    def quick_config(cls, **kw) -> "LeakageConfig":
-        base = dict(datasets=["mnist"], states=["untrained"], batch_sizes=[1, 4], images=4, dlg_iters=25,
-                    inverting_iters=30, train_epochs=1, train_images=500, accuracy_epochs=1, quick=True)
+    def quick(cls, **kw) -> "LeakageConfig":
+        """Minutes on a CPU: MNIST, untrained, B = 1 and 4, 4 images, small budgets."""
+        base = dict(datasets=["mnist"], states=["untrained"], batch_sizes=[1, 4], images=4, other_images=4,
+                    dlg_iters=25, inverting_iters=30, restarts=1, curve_budgets=[], train_epochs=1,
+                    train_images=500, accuracy_epochs=1, is_quick=True)
         base.update(kw)
         return cls(**base)
 
     def validate(self) -> "LeakageConfig":
+        if self.images < 1 or self.other_images < 1:
+            raise ValueError(f"images={self.images} and other_images={self.other_images} must be >= 1")
         for b in self.batch_sizes:
             if b < 1 or self.images % b:
                 raise ValueError(f"batch size {b} must be >= 1 and divide images={self.images}")
         for s in self.states:
             if s not in ("untrained", "trained"):
                 raise ValueError(f"unknown model state {s!r}; expected 'untrained' or 'trained'")
+        for name, v in (("dlg_iters", self.dlg_iters), ("inverting_iters", self.inverting_iters),
+                        ("restarts", self.restarts)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name}={v} must be >= 1 (or None for the attack's default)")
         for a in self.attacks:
             get_attack(a)
+            adapt_attack(a, get_defense("none"), 1, **self._overrides(parse_spec(a)[0], 1.0))
         for d in self.defenses:
             get_defense(d)
+        if not self.confirm_below >= 0:
+            raise ValueError(f"confirm_below={self.confirm_below} must be >= 0 (dB)")
+        if any(not f > 0 for f in self.curve_budgets):
+            raise ValueError(f"curve_budgets={self.curve_budgets} must be positive fractions of the default budget")
+        if self.budget_minutes < 0:
+            raise ValueError(f"budget_minutes={self.budget_minutes} must be >= 0 (0: no limit)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _overrides(self, attack_name: str, factor: float) -> dict[str, Any]:
+        """Budget overrides for one attack, the iterations scaled by ``factor`` (confirmation, curves)."""
+        out: dict[str, Any] = {}
+        if attack_name in OPT_ATTACKS + INV_ATTACKS:
+            it = self.dlg_iters if attack_name in OPT_ATTACKS else self.inverting_iters
+            if it is None:
+                it = getattr(get_attack(attack_name), "iters")
+            out["iters"] = max(1, int(round(it * factor)))
+            if self.restarts is not None:
+                out["restarts"] = self.restarts
+            if self.init is not None:
+                out["init"] = self.init
+        return out
 
-def adapt_attack(attack: str, defense: Defense, batch_size: int, **iters) -> Attack:
+    def images_for(self, defense: str, batch: int) -> int:
+        """Images per cell: ``images`` for ``none`` and the SSGD rows, else ``other_images`` (rounded up to a
+        multiple of the batch size)."""
+        n = self.images if _is_primary(defense) else self.other_images
+        return -(-n // batch) * batch
+
+    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> ExperimentResult:
+        return _run_grid(self, Path(run_dir), resume=resume, progress=progress)
+
+
+def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) -> Attack:
     """The attack as run against ``defense``: SSGD-aware attacks without explicit parameters get the
-    defence's scope / shard count (they know the defence); ``iters`` are applied where accepted."""
-    from ..defenses.spec import parse_spec
-
+    defence's scope / shard count (they know the defence); ``overrides`` (iters, restarts, init) are
+    applied where the attack has them and the spec does not set them. The result is validated."""
     name, params = parse_spec(attack)
     if name == "dlg-unit":
         if defense.name == "ssgd-layer":
             params.setdefault("scope", "layer")
         elif defense.name == "ssgd-shards":
             params.setdefault("scope", defense.scope)
-            params.setdefault("shards", str(effective_shards(defense, batch_size)))
-    if name == "analytic" and defense.name == "ssgd-layer" or (
-            name == "analytic" and defense.name == "ssgd-shards" and defense.scope == "layer"):
+            params.setdefault("shards", str(defense.m))
+    if name == "analytic" and (defense.name == "ssgd-layer" or
+                               (defense.name == "ssgd-shards" and defense.scope == "layer")):
         params.setdefault("rescale", "true")
-    spec = name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
-    a = get_attack(spec)
-    for k, v in iters.items():
-        if v is not None and hasattr(a, k) and k not in params:
-            setattr(a, k, v)
-    return a
+    known = {f.name for f in dataclasses.fields(type(get_attack(name))) if f.init}
+    for k, v in overrides.items():
+        if v is not None and k in known and k not in params:
+            params[k] = str(v)
+    return get_attack(format_spec(name, params))
 
 
-def effective_shards(defense: Defense, batch_size: int) -> int:
-    m = min(defense.m, batch_size)
-    while batch_size % m:
-        m -= 1
-    return m
-
-
-def _effective_defense(defense: Defense, batch_size: int) -> Defense:
-    if defense.name == "ssgd-shards":
-        m = effective_shards(defense, batch_size)
-        if m != defense.m:
-            return dataclasses.replace(defense, m=m)
-    return defense
+def shards_fit(defense: Defense, batch_size: int) -> bool:
+    """SSGD(m) needs ``m`` equal shards: ``m`` divides the batch (never silently lowered)."""
+    return defense.name != "ssgd-shards" or (defense.m <= batch_size and batch_size % defense.m == 0)
 
 
 def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
@@ -140,14 +192,14 @@ def build_state_model(model: str, state: str, data: ImageDataset, *, seed: int =
     """``(model, test accuracy)``: freshly initialised (``untrained``) or trained briefly (Adam, lr 1e-3,
     batch 32, ``epochs`` epochs on ``train_images`` training images; DLG's sigmoid LeNet needs about
     three such epochs before it starts to learn)."""
-    from .train import TrainConfig, evaluate, train
-
     if state == "untrained":
         net = build_model(model, data.shape, data.num_classes, seed=seed)
         acc, _ = evaluate(net, data.x_test[:2000], data.y_test[:2000])
         return net, acc
     if state != "trained":
         raise ValueError(f"unknown model state {state!r}; expected 'untrained' or 'trained'")
+    from .train import TrainConfig, train
+
     sub = _subset(data, train_images, seed)
     res = train(TrainConfig(dataset=data.name, model=model, optimizer="adam", lr=1e-3, epochs=epochs, batch_size=32,
                             seed=seed),
@@ -156,13 +208,15 @@ def build_state_model(model: str, state: str, data: ImageDataset, *, seed: int =
     return res.model, res.test_acc
 
 
-def _select(data: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cell_images(data: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` evaluation images of every cell (training split, seeded; a cell with fewer images takes
+    the first ones). Attack defaults were tuned on test-split images, disjoint from these."""
     g = torch.Generator().manual_seed(10_000 + seed)
     idx = torch.randperm(data.x_train.shape[0], generator=g)[:n]
     return data.x_train[idx], data.y_train[idx]
 
 
-def _score(rec, x, y) -> list[dict[str, float]]:
+def _score(rec, x, y) -> tuple[list[dict[str, float]], torch.Tensor]:
     perm = match(rec.images, x)
     r = rec.images.detach().float()[perm].clamp(0, 1)
     lab = label_accuracy(rec.labels, y) if rec.labels is not None else float("nan")
@@ -170,29 +224,36 @@ def _score(rec, x, y) -> list[dict[str, float]]:
     return [{"psnr": p[i], "ssim": s[i], "mse": m[i], "label_acc": lab} for i in range(x.shape[0])], r
 
 
+def _budget(a: Attack, rec) -> dict[str, Any]:
+    return {"attack_spec": a.spec, "iterations": int(rec.iterations), "restarts": int(rec.restarts),
+            "init": rec.init or "-"}
+
+
 def attack_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, defense: str, *,
-                iters: int | None = None, seed: int = 0, labels_known: bool = False,
+                iters: int | None = None, seed: int = 0, labels_known: bool = False, mean_image=None,
                 progress: bool = False) -> dict[str, Any]:
-    """One attack on the shared update of batch ``(x, y)``: returns scores and the matched reconstruction."""
-    d = _effective_defense(get_defense(defense), x.shape[0])
+    """One attack on the shared update of batch ``(x, y)``: returns scores, the budget and the matched
+    reconstruction. ``ssgd-shards:m=M`` needs a batch that is a multiple of ``M`` (ValueError otherwise)."""
+    d = get_defense(defense)
+    if not shards_fit(d, x.shape[0]):
+        raise ValueError(f"defence {d.spec}: m={d.m} shards need a batch size that is a multiple of {d.m}, got "
+                         f"{x.shape[0]}; use --batch-size {d.m * max(1, x.shape[0] // d.m)} or lower m")
+    if iters is not None and iters < 1:
+        raise ValueError(f"iters={iters} must be >= 1")
     gen = torch.Generator().manual_seed(seed)
     shared = d.shared_update(model, x, y, generator=gen)
-    over = {"iters": iters} if iters is not None else {}
-    a = adapt_attack(attack, d, x.shape[0], **over)
-    meta = AttackMeta(tuple(x.shape[1:]), x.shape[0], int(model_num_classes(model, shared)),
-                      labels=y.clone() if labels_known else None, seed=seed)
+    a = adapt_attack(attack, d, x.shape[0], iters=iters)
+    meta = AttackMeta(tuple(x.shape[1:]), x.shape[0], int(shared[-1].shape[0]),
+                      labels=y.clone() if labels_known else None, seed=seed, mean_image=mean_image)
     rec = a.reconstruct_batch(model, [shared], [meta], progress=progress)[0]
     per, matched = _score(rec, x, y)
     out = {k: float(sum(r[k] for r in per) / len(per)) for k in ("psnr", "ssim", "mse")}
     out["label_acc"] = per[0]["label_acc"]
-    out.update(attack=a.spec, defense=d.spec, seconds=rec.seconds, iterations=rec.iterations, loss=rec.loss,
+    out.update(attack=a.spec, defense=d.spec, seconds=rec.seconds, iterations=rec.iterations,
+               restarts=rec.restarts, init=rec.init or "-", loss=rec.loss,
                recovered_labels=rec.labels.tolist() if rec.labels is not None else None, true_labels=y.tolist(),
                per_image=per)
     return {"result": out, "reconstruction": matched}
-
-
-def model_num_classes(model: nn.Module, shared) -> int:
-    return int(shared[-1].shape[0])
 
 
 def _stats(vals: list[float]) -> tuple[float, float]:
@@ -216,7 +277,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{m}_mean"], row[f"{m}_std"] = mean, sd
         row["images"] = len(rs)
         row["seconds_per_attack"] = float(statistics.fmean(r["seconds"] for r in rs))
-        row["attack_spec"] = rs[0]["attack_spec"]
+        for k in ("attack_spec", "iterations", "restarts", "init"):
+            row[k] = rs[0].get(k)
         out.append(row)
     return out
 
@@ -229,13 +291,13 @@ def train_with_defense(defense: str, data: ImageDataset, *, model: str = "convne
     in a few epochs, which would hide every defence's cost). Plain SGD steps along the shared
     update; the learning rate suits its scale: 0.1 for
     gradient-scale updates (the project's SGD default), 0.5 for unit vectors (its SSGD default;
-    divided by m for a sum of m unit vectors), 0.001 for signs."""
+    divided by m for a sum of m unit vectors), 0.001 for signs. With ``ssgd-shards:m=M`` a last
+    batch whose size is not a multiple of ``M`` is skipped (never trained with fewer shards)."""
     from tqdm.auto import tqdm
 
-    from .train import evaluate, set_seed
-
     d = get_defense(defense)
-    gen = set_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1)
     sub = _subset(data, train_images, seed)
     net = build_model(model, data.shape, data.num_classes, seed=seed)
@@ -249,26 +311,265 @@ def train_with_defense(defense: str, data: ImageDataset, *, model: str = "convne
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            dd = _effective_defense(d, idx.numel())
-            shared = dd.shared_update(net, sub.x_train[idx], sub.y_train[idx], generator=noise_gen)
+            bar.update(1)
+            if not shards_fit(d, idx.numel()):
+                continue
+            shared = d.shared_update(net, sub.x_train[idx], sub.y_train[idx], generator=noise_gen)
             for p, g in zip(net.parameters(), shared):
                 p.grad = g
             opt.step()
-            bar.update(1)
     bar.close()
     acc, _ = evaluate(net, data.x_test[:2000], data.y_test[:2000])
     return acc
 
 
+# ----------------------------------------------------------------------------------------- the grid
+
+def _slug(text: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in text)
+    return f"{safe[:60]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def _cell_path(run_dir: Path, ds: str, st: str, b: int, attack: str, defense: str) -> Path:
+    return run_dir / "cells" / f"{ds}_{st}_b{b}_{_slug(attack)}_{_slug(defense)}.json"
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a foreign or damaged file: the cell is simply run again
+    return obj if isinstance(obj, dict) else None
+
+
+class _Grid:
+    """State of one grid run: data, models, finished cells, figures."""
+
+    def __init__(self, cfg: LeakageConfig, run_dir: Path, progress: bool):
+        self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
+        self.t0 = time.perf_counter()
+        self.datasets: dict[str, ImageDataset] = {}
+        self.skipped: list[str] = []
+        for name in cfg.datasets:
+            try:
+                self.datasets[name] = load_dataset(name)
+            except (ValueError, OSError) as e:
+                self.skipped.append(f"{name}: {e}")
+        self.models: dict[tuple[str, str, str], nn.Module] = {}
+        self.model_acc: dict[str, float] = {}
+        self.stopped = False
+
+    def model(self, ds: str, st: str, mname: str) -> nn.Module:
+        if (ds, st, mname) not in self.models:
+            net, acc = build_state_model(mname, st, self.datasets[ds], seed=self.cfg.seed,
+                                         epochs=self.cfg.train_epochs, train_images=self.cfg.train_images,
+                                         progress=self.progress)
+            self.models[(ds, st, mname)] = net
+            self.model_acc[f"{ds}/{st}/{mname}"] = acc
+        return self.models[(ds, st, mname)]
+
+    def out_of_time(self) -> bool:
+        cfg = self.cfg
+        if cfg.budget_minutes and (time.perf_counter() - self.t0) / 60 > cfg.budget_minutes:
+            self.stopped = True
+        return self.stopped
+
+    def attack_cells(self, ds: str, st: str, b: int, attack: str, defenses: list[str], factor: float = 1.0,
+                     n_images: int | None = None) -> dict[str, dict[str, Any]]:
+        """Attack ``defenses`` (stacked by attack configuration) at ``factor`` x the budget; per defence the
+        per-image rows, the budget and the first target's matched reconstruction."""
+        cfg, data = self.cfg, self.datasets[ds]
+        aname = parse_spec(attack)[0]
+        net = self.model(ds, st, "mlp" if aname == "analytic" else "lenet")
+        mean_image = data.x_test.mean(0)  # the attacker's prior: public images, not the targets
+        groups: dict[str, tuple[Attack, list[tuple[str, Defense, int]]]] = {}
+        for dspec in defenses:
+            d = get_defense(dspec)
+            a = adapt_attack(attack, d, b, **cfg._overrides(aname, factor))
+            n = n_images if n_images is not None else cfg.images_for(dspec, b)
+            groups.setdefault(a.spec, (a, []))[1].append((dspec, d, n))
+        out: dict[str, dict[str, Any]] = {}
+        for spec, (a, members) in groups.items():
+            shared, metas, owners = [], [], []
+            for dspec, d, n in members:
+                x_all, y_all = cell_images(data, n, cfg.seed)
+                xs, ys = x_all.reshape(n // b, b, *data.shape), y_all.reshape(n // b, b)
+                di = cfg.defenses.index(dspec) if dspec in cfg.defenses else 0
+                for k in range(n // b):
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + di * 1009 + k)
+                    shared.append(d.shared_update(net, xs[k], ys[k], generator=gen))
+                    metas.append(AttackMeta(tuple(data.shape), b, data.num_classes, seed=cfg.seed,
+                                            mean_image=mean_image))
+                    owners.append((dspec, d, k, xs[k], ys[k]))
+            recs = a.reconstruct_batch(net, shared, metas, progress=self.progress)
+            for rec, (dspec, d, k, x, y) in zip(recs, owners):
+                per, matched = _score(rec, x, y)
+                cell = out.setdefault(dspec, {"rows": [], "budget": _budget(a, rec), "defense_spec": d.spec,
+                                              "model": "mlp" if aname == "analytic" else "lenet"})
+                if k == 0:
+                    cell["first"] = matched
+                for i, p in enumerate(per):
+                    cell["rows"].append({"target": k, "image": k * b + i, "label": int(y[i]), **p,
+                                         "seconds": rec.seconds})
+        return out
+
+    def run_job(self, ds: str, st: str, b: int, attack: str, defenses: list[str], resume: bool) -> None:
+        cfg = self.cfg
+        aname = parse_spec(attack)[0]
+        pending = []
+        for dspec in defenses:
+            path = _cell_path(self.run_dir, ds, st, b, attack, dspec)
+            if not shards_fit(get_defense(dspec), b):
+                if not path.exists():
+                    write_json(path, {"dataset": ds, "state": st, "batch": b, "attack": aname, "defense": dspec,
+                                      "status": "n/a", "reason": f"{dspec} needs a batch that is a multiple of m"})
+                continue
+            if resume and path.exists() and (_load_json(path) or {}).get("status") == "done":
+                continue
+            pending.append(dspec)
+        if not pending:
+            return
+        first = self.attack_cells(ds, st, b, attack, pending)
+        low = [d for d in pending if aname in OPT_ATTACKS + INV_ATTACKS
+               and statistics.fmean(r["psnr"] for r in first[d]["rows"]) < cfg.confirm_below]
+        second = self.attack_cells(ds, st, b, attack, low, factor=2.0) if low else {}
+        for dspec in pending:
+            c = first[dspec]
+            psnr = statistics.fmean(r["psnr"] for r in c["rows"])
+            cell = {"dataset": ds, "state": st, "batch": b, "attack": aname, "defense": dspec,
+                    "defense_spec": c["defense_spec"], "model": c["model"], "status": "done",
+                    "images": len(c["rows"]), **c["budget"], "rows": c["rows"], "psnr_mean": psnr}
+            if dspec in second:
+                c2 = second[dspec]
+                cell["confirm"] = {**c2["budget"], "rows": c2["rows"],
+                                   "psnr_mean": statistics.fmean(r["psnr"] for r in c2["rows"])}
+            # protection: below the threshold at the default budget and at twice that budget
+            cell["protects"] = bool(psnr < cfg.confirm_below and "confirm" in cell
+                                    and cell["confirm"]["psnr_mean"] < cfg.confirm_below)
+            # the first image of target 0 as reconstructed (matched), for the image grid
+            cell["first_image"] = [round(v, 4) for v in c["first"][0].flatten().tolist()]
+            write_json(_cell_path(self.run_dir, ds, st, b, attack, dspec), cell)
+
+
+def _jobs(cfg: LeakageConfig, datasets: list[str]) -> list[tuple[str, str, int, str, list[str]]]:
+    """(dataset, state, batch, attack, defences), most important first: per dataset, ``none`` and the SSGD
+    rows before the other defences; untrained before trained; small batches first."""
+    primary = [d for d in cfg.defenses if _is_primary(d)]
+    other = [d for d in cfg.defenses if not _is_primary(d)]
+    jobs = []
+    for ds in datasets:
+        for group in (primary, other):
+            if not group:
+                continue
+            for st in cfg.states:
+                for b in cfg.batch_sizes:
+                    for a in cfg.attacks:
+                        jobs.append((ds, st, b, a, group))
+    return jobs
+
+
+def _load_cells(run_dir: Path) -> list[dict]:
+    folder = run_dir / "cells"
+    if not folder.is_dir():
+        return []
+    return [c for c in (_load_json(p) for p in sorted(folder.glob("*.json"))) if c is not None]
+
+
+def _image_rows(cells: list[dict]) -> list[dict]:
+    rows = []
+    for c in cells:
+        if c.get("status") != "done":
+            continue
+        for r in c["rows"]:
+            rows.append({"dataset": c["dataset"], "state": c["state"], "model": c["model"], "batch": c["batch"],
+                         "attack": c["attack"], "defense": c["defense"], "defense_spec": c["defense_spec"],
+                         "attack_spec": c["attack_spec"], "iterations": c["iterations"], "restarts": c["restarts"],
+                         "init": c["init"], **r})
+    return rows
+
+
+def _cell_table(cells: list[dict]) -> list[dict]:
+    """leakage.csv: one row per cell, with its budget and the double-budget confirmation."""
+    out = []
+    for s in summarize(_image_rows(cells)):
+        c = next(c for c in cells if c.get("status") == "done" and all(
+            c[k] == s[k] for k in ("dataset", "state", "batch", "attack", "defense")))
+        conf = c.get("confirm")
+        s["psnr_2x_mean"] = conf["psnr_mean"] if conf else float("nan")
+        s["iterations_2x"] = conf["iterations"] if conf else 0
+        s["protects"] = c["protects"]
+        out.append(s)
+    return out
+
+
+def _fmt(row: dict | None, na: bool = False) -> str:
+    if row is None:
+        return "n/a" if na else "–"
+    text = f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
+    if row["iterations_2x"]:
+        text += f" (2×: {row['psnr_2x_mean']:.1f}{' ✓' if row['protects'] else ''})"
+    return text
+
+
+def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy: dict[str, float],
+              figures: list[str], elapsed: float, stopped: bool, model_acc: dict[str, float]) -> str:
+    budgets = sorted({(r["attack"], r["attack_spec"], r["iterations"], r["restarts"], r["init"]) for r in table})
+    lines = ["# Gradient leakage: attacks x defences", "",
+             f"{'Quick' if cfg.is_quick else 'Full'} mode, seed {cfg.seed}. Images per cell: {cfg.images} for `none` "
+             f"and the SSGD rows, {cfg.other_images} for the other defences (rounded up to a multiple of B; "
+             "column `images` in `leakage.csv`); batches of B images give images/B shared updates per cell. "
+             "Models: DLG's LeNet (analytic: a 2-hidden-layer ReLU MLP, whose first layer is linear); "
+             f"'trained' = Adam for {cfg.train_epochs} epoch(s) on {cfg.train_images} training images. "
+             f"Test accuracy column: {cfg.accuracy_model} trained {cfg.accuracy_epochs} epoch(s) by SGD steps along "
+             f"each defence's shared update. Compute time of this call {elapsed / 60:.1f} min.", "",
+             "Cells: PSNR mean ± std (dB) / SSIM mean over the images (after optimal assignment). Higher = more "
+             f"leakage. A cell below {cfg.confirm_below:g} dB was rerun with twice the iterations; `(2×: p)` is that "
+             f"rerun's mean PSNR and ✓ marks a cell that stayed below {cfg.confirm_below:g} dB both times (the only "
+             "cells that count as protection). `n/a`: SSGD(m) needs a batch that is a multiple of m. Label accuracy "
+             "is in `leakage.csv`.", "", "Budgets (iterations actually run per restart x restarts, init):", ""]
+    lines += [f"- `{a}`: {it} x {r}, init {ini} (`{spec}`)" for a, spec, it, r, ini in budgets] + [""]
+    if stopped:
+        lines += ["**The time budget ran out: cells marked – were not run.**", ""]
+    index = {(r["dataset"], r["state"], r["batch"], r["attack"], r["defense"]): r for r in table}
+    na = {(c["dataset"], c["state"], c["batch"], c["attack"], c["defense"]) for c in cells if c.get("status") == "n/a"}
+    combos = sorted({(r["dataset"], r["state"], r["batch"]) for r in table},
+                    key=lambda c: (c[0], c[1] != "untrained", c[2]))
+    attacks = [a.split(":")[0] for a in cfg.attacks]
+    lines += ["## Worst case per defence (max over attacks of mean PSNR, dB)", "",
+              "| defence | " + " | ".join(f"{d} {s} B={b}" for d, s, b in combos) + " | test acc. (trained with it) |",
+              "|---|" + "---|" * (len(combos) + 1)]
+    for d in cfg.defenses:
+        row = []
+        for c in combos:
+            rs = [index[(*c, a, d)] for a in attacks if (*c, a, d) in index]
+            if rs:
+                best = max(rs, key=lambda r: r["psnr_mean"])
+                row.append(f"{best['psnr_mean']:.1f} ({best['attack']})")
+            else:
+                row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
+        acc = accuracy.get(d)
+        lines.append(f"| {d} | " + " | ".join(row) + (f" | {acc:.3f} |" if acc is not None else " | – |"))
+    lines.append("")
+    for c in combos:
+        lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", "",
+                  "| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+        for d in cfg.defenses:
+            lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d)), (*c, a, d) in na) for a in attacks)
+                         + " |")
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [
+        "", "Files: `leakage.csv` (per cell, with budgets and the 2× reruns), `images.csv` (per image), "
+        "`accuracy.csv`, `curve.csv`, `cells/` (one JSON per finished cell), `config.json`.", ""]
+    if model_acc:
+        lines += ["Model test accuracies (attacked models): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in model_acc.items()), ""]
+    return "\n".join(lines)
+
+
 def _grid_figure(path: Path, originals: torch.Tensor, recs: dict[tuple[str, str], torch.Tensor], attacks: list[str],
                  defenses: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ncol = len(attacks) + 1
-    fig, axes = plt.subplots(len(defenses), ncol, figsize=(1.3 * ncol, 1.35 * len(defenses) + 0.4), squeeze=False)
+    fig, axes = new_figure(len(defenses), ncol, figsize=(1.3 * ncol, 1.35 * len(defenses) + 0.4), squeeze=False)
     for i, d in enumerate(defenses):
         for j in range(ncol):
             ax = axes[i][j]
@@ -286,182 +587,203 @@ def _grid_figure(path: Path, originals: torch.Tensor, recs: dict[tuple[str, str]
     save_figure(fig, path)
 
 
-def _fmt(row: dict | None) -> str:
-    if row is None:
-        return "–"
-    return f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
+def _curve(grid: _Grid, table: list[dict], resume: bool) -> list[dict]:
+    """Budget vs PSNR of the strongest attack against each SSGD variant (untrained model, first dataset,
+    the smallest batch the variant runs at): the attack rerun at ``curve_budgets`` x its default budget."""
+    cfg, run_dir = grid.cfg, grid.run_dir
+    path = run_dir / "curve.json"
+    done = (_load_json(path) or {}).get("points", []) if resume else []
+    points = list(done)
+    have = {(p["defense"], p["factor"]) for p in points}
+    ds = next(iter(grid.datasets), None)
+    if ds is None or not cfg.curve_budgets:
+        return points
+    for dspec in cfg.defenses:
+        if parse_spec(dspec)[0] not in SSGD_VARIANTS:
+            continue
+        rows = [r for r in table if r["defense"] == dspec and r["dataset"] == ds and r["state"] == "untrained"
+                and r["attack"] in OPT_ATTACKS + INV_ATTACKS]
+        if not rows:
+            continue
+        b = min(r["batch"] for r in rows)
+        best = max((r for r in rows if r["batch"] == b), key=lambda r: r["psnr_mean"])
+        attack = next(a for a in cfg.attacks if parse_spec(a)[0] == best["attack"])
+        n = -(-cfg.curve_images // b) * b
+        for f in cfg.curve_budgets:
+            if (dspec, f) in have or grid.out_of_time():
+                continue
+            res = grid.attack_cells(ds, "untrained", b, attack, [dspec], factor=f, n_images=n)[dspec]
+            points.append({"defense": dspec, "attack": best["attack"], "batch": b, "factor": f,
+                           "iterations": res["budget"]["iterations"], "restarts": res["budget"]["restarts"],
+                           "init": res["budget"]["init"], "images": len(res["rows"]),
+                           "psnr_mean": statistics.fmean(r["psnr"] for r in res["rows"]),
+                           "psnr_min": min(r["psnr"] for r in res["rows"])})
+            write_json(path, {"points": points})
+    return points
 
 
-def _markdown(summary: list[dict], cfg: LeakageConfig, accuracy: dict[str, float], figures: list[str],
-              elapsed: float, stopped_early: bool) -> str:
-    lines = ["# Gradient leakage: attacks x defences", "",
-             f"{'Quick' if cfg.quick else 'Full'} mode, seed {cfg.seed}, {cfg.images} images per cell "
-             f"(batches of B: {cfg.images}/B shared updates), DLG-family L-BFGS iterations {cfg.dlg_iters}, "
-             f"Inverting iterations {cfg.inverting_iters} x {cfg.restarts} restart(s). Models: DLG's LeNet "
-             "(analytic: a 2-hidden-layer ReLU MLP, whose first layer is linear); 'trained' = Adam for "
-             f"{cfg.train_epochs} epoch(s) on {cfg.train_images} training images. Test accuracy column: "
-             f"{cfg.accuracy_model} trained {cfg.accuracy_epochs} epoch(s) by SGD steps along each defence's shared "
-             f"update. Run time {elapsed / 60:.1f} min.",
-             "", "Cells: PSNR mean ± std (dB) / SSIM mean over the images (after optimal assignment). "
-             "Higher = more leakage. Label accuracy is in `leakage.csv`.", ""]
-    if stopped_early:
-        lines += ["**The time budget ran out: cells marked – were not run.**", ""]
-    index = {(r["dataset"], r["state"], r["batch"], r["attack"], r["defense"]): r for r in summary}
-    combos = sorted({(r["dataset"], r["state"], r["batch"]) for r in summary}, key=lambda c: (c[0], c[1], c[2]))
-    attacks = [a.split(":")[0] for a in cfg.attacks]
-    # headline: the strongest attack per defence
-    lines += ["## Worst case per defence (max over attacks of mean PSNR)", "",
-              "| defence | " + " | ".join(f"{d} {s} B={b}" for d, s, b in combos) + " | test acc. (trained with it) |",
-              "|---|" + "---|" * (len(combos) + 1)]
+def _curve_figure(path: Path, points: list[dict], threshold: float) -> None:
+    fig, ax = new_figure(figsize=(5.5, 3.8))
+    for dspec in sorted({p["defense"] for p in points}):
+        ps = sorted((p for p in points if p["defense"] == dspec), key=lambda p: p["iterations"])
+        ax.plot([p["iterations"] for p in ps], [p["psnr_mean"] for p in ps], marker="o",
+                label=f"{dspec} ({ps[0]['attack']}, B={ps[0]['batch']})")
+    ax.axhline(threshold, color="gray", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("iterations per restart (restarts fixed)")
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_title("budget vs leakage: strongest attack per SSGD variant", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def _accuracy(grid: _Grid, resume: bool) -> dict[str, float]:
+    cfg = grid.cfg
+    ds = "mnist" if "mnist" in grid.datasets else next(iter(grid.datasets), None)
+    path = grid.run_dir / "accuracy.json"
+    acc: dict[str, float] = dict((_load_json(path) or {}).get("accuracy", {})) if resume else {}
+    if ds is None or cfg.accuracy_epochs <= 0:
+        return acc
     for d in cfg.defenses:
-        cells = []
-        for c in combos:
-            rs = [index.get((*c, a, d)) for a in attacks]
-            rs = [r for r in rs if r is not None]
-            if rs:
-                best = max(rs, key=lambda r: r["psnr_mean"])
-                cells.append(f"{best['psnr_mean']:.1f} ({best['attack']})")
-            else:
-                cells.append("–")
-        acc = accuracy.get(d)
-        lines.append(f"| {d} | " + " | ".join(cells) + f" | {acc:.3f} |" if acc is not None else
-                     f"| {d} | " + " | ".join(cells) + " | – |")
-    lines.append("")
-    for c in combos:
-        lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", "",
-                  "| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-        for d in cfg.defenses:
-            lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d))) for a in attacks) + " |")
-        lines.append("")
-    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [
-        "", "Files: `leakage.csv` (per cell), `images.csv` (per image), `accuracy.csv`, `config.json`.", ""]
-    return "\n".join(lines)
+        if d in acc or grid.out_of_time():
+            continue
+        acc[d] = train_with_defense(d, grid.datasets[ds], model=cfg.accuracy_model, epochs=cfg.accuracy_epochs,
+                                    seed=cfg.seed, train_images=cfg.train_images, progress=grid.progress)
+        write_json(path, {"dataset": ds, "accuracy": acc})
+    write_csv(grid.run_dir / "accuracy.csv", [{"dataset": ds, "defense": d, "test_acc": a} for d, a in acc.items()])
+    return acc
 
 
-def run_leakage(cfg: LeakageConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
-    """Run the grid; write config.json, images.csv, leakage.csv, leakage.md, accuracy.csv, PNGs, report.md."""
+def _privacy_figure(path: Path, table: list[dict], accuracy: dict[str, float], cfg: LeakageConfig) -> bool:
+    fig, ax = new_figure(figsize=(5.5, 4))
+    drawn = False
+    for d in cfg.defenses:
+        rs = [r for r in table if r["defense"] == d]
+        if not rs or d not in accuracy:
+            continue
+        worst = statistics.fmean(max(r["psnr_mean"] for r in rs if (r["dataset"], r["state"], r["batch"]) == c)
+                                 for c in {(r["dataset"], r["state"], r["batch"]) for r in rs})
+        ax.scatter(accuracy[d], worst)
+        ax.annotate(d.split(":")[0], (accuracy[d], worst), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        drawn = True
+    if not drawn:
+        return False
+    ax.set_xlabel(f"test accuracy: {cfg.accuracy_model} trained {cfg.accuracy_epochs} epoch(s) with it")
+    ax.set_ylabel("leakage: PSNR of the strongest attack (dB)")
+    ax.set_title("privacy vs accuracy (lower-right is better)", fontsize=9)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return True
+
+
+def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool) -> ExperimentResult:
     from tqdm.auto import tqdm
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cfg.validate()
-    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_saved_config(run_dir, cfg.to_dict(), ignore=("budget_minutes",))
     write_json(run_dir / "config.json", cfg.to_dict())
-    t_start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
+    grid = _Grid(cfg, run_dir, progress)
+    jobs = _jobs(cfg, list(grid.datasets))
     figures: list[str] = []
-    skipped: list[str] = []
-    defenses = [get_defense(d) for d in cfg.defenses]
-    datasets: dict[str, ImageDataset] = {}
-    for name in cfg.datasets:
-        try:
-            datasets[name] = load_dataset(name)
-        except (ValueError, OSError) as e:
-            skipped.append(f"{name}: {e}")
-    models: dict[tuple[str, str, str], nn.Module] = {}
-    model_acc: dict[str, float] = {}
-    # privacy vs accuracy: accuracy of training with each defence (MNIST if present)
-    acc_ds = "mnist" if "mnist" in datasets else next(iter(datasets), None)
-    accuracy: dict[str, float] = {}
-    if acc_ds is not None and cfg.accuracy_epochs > 0:
-        for d in tqdm(cfg.defenses, desc="accuracy per defence", disable=not progress):
-            accuracy[d] = train_with_defense(d, datasets[acc_ds], model=cfg.accuracy_model, epochs=cfg.accuracy_epochs,
-                                             seed=cfg.seed,
-                                             train_images=cfg.train_images, progress=progress)
-        write_csv(run_dir / "accuracy.csv", [{"dataset": acc_ds, "defense": d, "test_acc": a} for d, a in accuracy.items()])
-    combos = [(b, ds, st) for b in cfg.batch_sizes for ds in datasets for st in cfg.states]
-    stopped = False
-    total_groups = len(combos) * len(cfg.attacks)
-    bar = tqdm(total=total_groups, desc="leakage grid", disable=not progress)
-    recs_for_fig: dict[tuple, dict] = {}
-
-    def flush():
-        write_csv(run_dir / "images.csv", [{k: v for k, v in r.items()} for r in rows])
-        write_csv(run_dir / "leakage.csv", summarize(rows))
-
-    for b, ds, st in combos:
-        data = datasets[ds]
-        x_all, y_all = _select(data, cfg.images, cfg.seed)
-        K = cfg.images // b
-        xs, ys = x_all.reshape(K, b, *data.shape), y_all.reshape(K, b)
-        fig_recs: dict[tuple[str, str], torch.Tensor] = {}
-        for attack in cfg.attacks:
-            if cfg.budget_minutes and (time.perf_counter() - t_start) / 60 > cfg.budget_minutes:
-                stopped = True
-                break
-            aname = attack.split(":")[0]
-            mname = "mlp" if aname == "analytic" else "lenet"
-            if (ds, st, mname) not in models:
-                net, acc = build_state_model(mname, st, data, seed=cfg.seed, epochs=cfg.train_epochs,
-                                             train_images=cfg.train_images, progress=progress)
-                models[(ds, st, mname)] = net
-                model_acc[f"{ds}/{st}/{mname}"] = acc
-            net = models[(ds, st, mname)]
-            # group defences by the attack configuration they get (stacked into one optimisation)
-            groups: dict[str, tuple[Attack, list[tuple[int, Defense]]]] = {}
-            for di, d in enumerate(defenses):
-                de = _effective_defense(d, b)
-                a = adapt_attack(attack, de, b, iters=cfg.dlg_iters if aname in OPT_ATTACKS else
-                                 cfg.inverting_iters if aname in INV_ATTACKS else None)
-                if aname in INV_ATTACKS and "restarts" not in attack:
-                    a.restarts = cfg.restarts
-                groups.setdefault(a.spec, (a, []))[1].append((di, de))
-            for spec, (a, members) in groups.items():
-                shared, metas, owners = [], [], []
-                for di, de in members:
-                    for k in range(K):
-                        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + di * 1009 + k)
-                        shared.append(de.shared_update(net, xs[k], ys[k], generator=gen))
-                        metas.append(AttackMeta(tuple(data.shape), b, data.num_classes, seed=cfg.seed))
-                        owners.append((di, de, k))
-                recs = a.reconstruct_batch(net, shared, metas, progress=progress)
-                for rec, (di, de, k) in zip(recs, owners):
-                    per, matched = _score(rec, xs[k], ys[k])
-                    if k == 0:
-                        fig_recs[(aname, cfg.defenses[di])] = matched
-                    for i, p in enumerate(per):
-                        rows.append({"dataset": ds, "state": st, "model": mname, "batch": b, "attack": aname,
-                                     "defense": cfg.defenses[di], "attack_spec": spec, "defense_spec": de.spec,
-                                     "target": k, "image": k * b + i, "label": int(ys[k][i]), **p,
-                                     "seconds": rec.seconds})
-            flush()
-            bar.update(1)
-        recs_for_fig[(ds, st, b)] = fig_recs
-        fname = f"grid_{ds}_{st}_b{b}.png"
-        _grid_figure(run_dir / fname, xs[0], fig_recs, [a.split(":")[0] for a in cfg.attacks], cfg.defenses,
-                     f"{ds}, {st} model, batch {b}: first image of target 0 (matched, clipped to [0,1])")
-        figures.append(fname)
-        if stopped:
+    points: list[dict] = []
+    curve_done = False
+    # the budget curve needs the untrained SSGD cells of the first dataset: run it right after them
+    curve_after = max((i for i, j in enumerate(jobs) if j[0] == next(iter(grid.datasets), None)
+                       and j[1] == "untrained" and any(_is_primary(d) for d in j[4])), default=-1)
+    for i, (ds, st, b, attack, defenses) in enumerate(tqdm(jobs, desc="leakage grid", disable=not progress)):
+        if grid.out_of_time():
             break
-    bar.close()
-
-    summary = summarize(rows)
-    if accuracy and summary:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for d in cfg.defenses:
-            rs = [r for r in summary if r["defense"] == d and r["dataset"] == acc_ds]
-            if not rs or d not in accuracy:
-                continue
-            worst = statistics.fmean(max((r["psnr_mean"] for r in rs if (r["state"], r["batch"]) == sb), default=0)
-                                     for sb in {(r["state"], r["batch"]) for r in rs})
-            ax.scatter(accuracy[d], worst)
-            ax.annotate(d.split(":")[0], (accuracy[d], worst), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel(f"test accuracy: {cfg.accuracy_model} trained {cfg.accuracy_epochs} epoch(s) with it ({acc_ds})")
-        ax.set_ylabel("leakage: PSNR of the strongest attack (dB)")
-        ax.set_title("privacy vs accuracy (lower-right is better)", fontsize=9)
-        ax.grid(alpha=0.3)
-        save_figure(fig, run_dir / "privacy_vs_accuracy.png")
+        grid.run_job(ds, st, b, attack, defenses, resume)
+        table = _write_tables(run_dir, _load_cells(run_dir))
+        if i == curve_after:
+            points, curve_done = _curve(grid, table, resume), True
+            _write_curve(run_dir, points, cfg)
+        _write_report(grid, {}, _grid_figures(grid, only=(ds, st, b)), resume_note=True)
+    cells = _load_cells(run_dir)
+    table = _write_tables(run_dir, cells)
+    if not curve_done and not grid.stopped:
+        points = _curve(grid, table, resume)
+    elif not curve_done:
+        points = (_load_json(run_dir / "curve.json") or {}).get("points", [])
+    if _write_curve(run_dir, points, cfg):
+        figures.append("budget_vs_psnr.png")
+    accuracy = _accuracy(grid, resume) if not grid.stopped else {}
+    figures += _grid_figures(grid)
+    if accuracy and table and _privacy_figure(run_dir / "privacy_vs_accuracy.png", table, accuracy, cfg):
         figures.append("privacy_vs_accuracy.png")
-    flush()
-    elapsed = time.perf_counter() - t_start
-    md = _markdown(summary, cfg, accuracy, figures, elapsed, stopped)
-    if skipped:
-        md += "\nSkipped datasets: " + "; ".join(skipped) + "\n"
-    md += "\nModel test accuracies (attacked models): " + ", ".join(f"{k} {v:.3f}" for k, v in model_acc.items()) + "\n"
-    atomic_write_text(run_dir / "leakage.md", md)
-    write_json(run_dir / "summary.json", {"cells": summary, "accuracy": accuracy, "model_acc": model_acc,
-                                           "seconds": elapsed, "stopped_early": stopped, "skipped": skipped})
-    return atomic_write_text(run_dir / "report.md", md)
+    elapsed = time.perf_counter() - grid.t0
+    md = _write_report(grid, accuracy, figures)
+    summary = {"cells": table, "accuracy": accuracy, "model_acc": grid.model_acc, "curve": points,
+               "seconds": elapsed, "stopped_early": grid.stopped, "skipped": grid.skipped}
+    write_json(run_dir / "summary.json", summary)
+    report = run_dir / "report.md"
+    return ExperimentResult(run_dir=run_dir, report=report,
+                            tables={"cells": table, "images": _image_rows(cells), "curve": points},
+                            figures={f: run_dir / f for f in figures},
+                            summary={"cells": len(table), "stopped_early": grid.stopped, "accuracy": accuracy},
+                            text=md, seconds=elapsed)
+
+
+def _grid_figures(grid: _Grid, only: tuple | None = None) -> list[str]:
+    """One image grid per (dataset, state, batch) from the finished cells (first image of target 0);
+    with ``only``, just that one is redrawn (the others' files are kept)."""
+    cfg, names = grid.cfg, []
+    cells = [c for c in _load_cells(grid.run_dir) if c.get("status") == "done" and "first_image" in c]
+    attacks = [a.split(":")[0] for a in cfg.attacks]
+    for ds, st, b in sorted({(c["dataset"], c["state"], c["batch"]) for c in cells},
+                            key=lambda k: (k[0], k[1] != "untrained", k[2])):
+        fname = f"grid_{ds}_{st}_b{b}.png"
+        if ds not in grid.datasets or (only is not None and (ds, st, b) != only):
+            if (grid.run_dir / fname).exists():
+                names.append(fname)
+            continue
+        data = grid.datasets[ds]
+        x, _ = cell_images(data, b, cfg.seed)
+        recs = {(c["attack"], c["defense"]): torch.tensor(c["first_image"]).reshape(1, *data.shape)
+                for c in cells if (c["dataset"], c["state"], c["batch"]) == (ds, st, b)}
+        _grid_figure(grid.run_dir / fname, x, recs, attacks, cfg.defenses,
+                     f"{ds}, {st} model, batch {b}: first image of target 0 (matched, clipped to [0,1])")
+        names.append(fname)
+    return names
+
+
+def _write_curve(run_dir: Path, points: list[dict], cfg: LeakageConfig) -> bool:
+    if not points:
+        return False
+    write_csv(run_dir / "curve.csv", points)
+    _curve_figure(run_dir / "budget_vs_psnr.png", points, cfg.confirm_below)
+    return True
+
+
+def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], resume_note: bool = False) -> str:
+    """report.md (= leakage.md) from every finished cell in the folder; also written mid-run."""
+    cells = _load_cells(grid.run_dir)
+    table = _cell_table(cells)
+    figs = list(figures)
+    if not figs and (grid.run_dir / "budget_vs_psnr.png").exists():
+        figs.append("budget_vs_psnr.png")
+    md = _markdown(table, cells, grid.cfg, accuracy, figs, time.perf_counter() - grid.t0, grid.stopped,
+                   grid.model_acc)
+    if resume_note:
+        md += "\n**Run in progress: the tables hold the cells finished so far.**\n"
+    if grid.skipped:
+        md += "\nSkipped datasets: " + "; ".join(grid.skipped) + "\n"
+    atomic_write_text(grid.run_dir / "leakage.md", md)
+    atomic_write_text(grid.run_dir / "report.md", md)
+    return md
+
+
+def _write_tables(run_dir: Path, cells: list[dict]) -> list[dict]:
+    table = _cell_table(cells)
+    write_csv(run_dir / "images.csv", _image_rows(cells))
+    write_csv(run_dir / "leakage.csv", table)
+    return table
+
+
+def run_leakage(cfg: LeakageConfig, run_dir: str | Path, *, resume: bool = False,
+                progress: bool = True) -> ExperimentResult:
+    """``cfg.run(run_dir, resume=..., progress=...)``."""
+    return cfg.run(run_dir, resume=resume, progress=progress)

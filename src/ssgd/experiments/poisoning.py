@@ -42,8 +42,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["PoisoningConfig", "AGGREGATORS", "ATTACKS", "aggregate", "run_one", "run_poisoning",
-           "krum", "coordinate_median", "unit_mean", "clipped_mean", "table"]
+from .contract import ExperimentResult
+
+from ..transform import DEFAULT_EPS, batched_unit
+
+__all__ = ["PoisoningConfig", "AGGREGATORS", "ATTACKS", "aggregate", "run_one", "krum", "coordinate_median",
+           "unit_mean", "clipped_mean", "table"]
 
 AGGREGATORS = ("mean", "ssgd", "clip", "median", "krum")
 ATTACKS = ("boost", "signflip", "labelflip")
@@ -88,17 +92,34 @@ class PoisoningConfig:
             raise ValueError(f"rounds={self.rounds} and batch_size={self.batch_size} must be >= 1")
         if not (self.lr > 0 and self.ssgd_lr > 0):
             raise ValueError(f"learning rates must be > 0, got lr={self.lr}, ssgd_lr={self.ssgd_lr}")
+        if not self.datasets or not self.seeds or not self.malicious:
+            raise ValueError(f"datasets={list(self.datasets)}, seeds={list(self.seeds)} and "
+                             f"malicious={list(self.malicious)} must each name at least one value")
+        if self.eval_every < 1:
+            raise ValueError(f"Invalid eval_every={self.eval_every}; must be >= 1")
         return self
+
+    @classmethod
+    def quick(cls) -> "PoisoningConfig":
+        """The CI-sized run: MNIST, k in {0, 1}, 60 rounds, 1 seed (about a minute on 2 cores)."""
+        return cls(datasets=("mnist",), malicious=(0, 1), rounds=60, seeds=(0,), eval_every=20)
+
+    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+            on_result: Callable[[dict], None] | None = None) -> ExperimentResult:
+        """Run the grid into ``run_dir``: config.json, results.json (rewritten after every run, so
+        ``resume=True`` continues where it stopped), results.csv, one PNG per dataset and report.md."""
+        return _run(self, Path(run_dir), resume=resume, progress=progress, on_result=on_result)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------- aggregators
-def unit_mean(U: Tensor, eps: float = 1e-12) -> Tensor:
-    """Mean of the rows' unit vectors (SSGD). A row's contribution has norm <= 1 / n."""
-    norms = torch.linalg.vector_norm(U, dim=1, keepdim=True).clamp_min(eps)
-    return (U / norms).mean(0)
+def unit_mean(U: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Mean of the rows' unit vectors (SSGD; :func:`ssgd.batched_unit`). A row's contribution has norm <= 1 / n."""
+    if U.ndim != 2:
+        raise ValueError(f"unit_mean expects a (clients, dim) matrix of updates, got shape {tuple(U.shape)}")
+    return batched_unit([U], scope="global", eps=eps)[0][0].mean(0)
 
 
 def clipped_mean(U: Tensor, clip: float | None = None) -> Tensor:
@@ -204,18 +225,20 @@ def _load(name: str, cfg: PoisoningConfig):
     return data
 
 
-def run_poisoning(cfg: PoisoningConfig, run_dir: str | Path, *, progress: bool = True,
-                  on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run the grid; write config.json, results.csv/json, one PNG per dataset and report.md."""
+def _run(cfg: PoisoningConfig, run_dir: Path, *, resume: bool, progress: bool,
+         on_result: Callable[[dict], None] | None) -> ExperimentResult:
     from tqdm.auto import tqdm
 
     from ..data import DatasetError, iid_partition
-    from ..report.io import write_csv, write_json
+    from ..report.io import check_saved_config, write_csv, write_json
 
     cfg.validate()
-    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_saved_config(run_dir, cfg.to_dict())
     write_json(run_dir / "config.json", cfg.to_dict())
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _saved_rows(run_dir / "results.json") if resume else []
+    done = {(r["dataset"], r["seed"], r["k"], r["attack"], r["aggregator"]) for r in rows}
     skipped: dict[str, str] = {}
     jobs = []
     for ds in cfg.datasets:
@@ -228,7 +251,7 @@ def run_poisoning(cfg: PoisoningConfig, run_dir: str | Path, *, progress: bool =
     cache: dict[str, Any] = {}
     bar = tqdm(jobs, desc="poisoning", disable=not progress)
     for ds, seed, k, attack, agg in bar:
-        if ds in skipped:
+        if ds in skipped or (ds, seed, k, attack, agg) in done:
             continue
         if ds not in cache:
             try:
@@ -239,20 +262,40 @@ def run_poisoning(cfg: PoisoningConfig, run_dir: str | Path, *, progress: bool =
         data = cache[ds]
         shares = iid_partition(data.y_train.shape[0], cfg.num_nodes, seed=seed)
         bar.set_postfix_str(f"{ds} {attack} k={k} {agg}")
+        t1 = time.perf_counter()
         res = run_one(data, attack=attack, k=k, aggregator=agg, cfg=cfg, seed=seed, shares=shares)
         row = {"dataset": ds, "seed": seed, "attack": attack, "k": k, "aggregator": agg,
                "final_acc": res["final_acc"], "diverged": res["diverged"],
-               "curve": res["curve"], "seconds": time.perf_counter() - t0}
+               "curve": res["curve"], "seconds": time.perf_counter() - t1}
         rows.append(row)
         if on_result is not None:
             on_result(row)
-        write_csv(run_dir / "results.csv", [{k2: v for k2, v in r.items() if k2 != "curve"} for r in rows])
+        write_json(run_dir / "results.json", {"rows": rows, "skipped_datasets": skipped, "partial": True})
     bar.close()
-    summary = {"rows": rows, "skipped_datasets": skipped, "seconds": time.perf_counter() - t0}
-    write_json(run_dir / "results.json", summary)
-    _figures(run_dir, rows, cfg)
-    _report(run_dir, rows, cfg, skipped)
-    return summary
+    seconds = time.perf_counter() - t0
+    write_json(run_dir / "results.json", {"rows": rows, "skipped_datasets": skipped, "partial": False,
+                                          "seconds": seconds})
+    write_csv(run_dir / "results.csv", [{k2: v for k2, v in r.items() if k2 != "curve"} for r in rows])
+    figures = _figures(run_dir, rows, cfg)
+    report = _report(run_dir, rows, cfg, skipped)
+    return ExperimentResult(run_dir=run_dir, report=report, tables={"runs": rows}, figures=figures,
+                            summary={"skipped_datasets": skipped}, text=report.read_text(), seconds=seconds)
+
+
+def _saved_rows(path: Path) -> list[dict[str, Any]]:
+    """The finished runs of an interrupted run folder (``results.json``); refuses anything else."""
+    import json
+
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is unreadable ({e.__class__.__name__}); use a new run folder") from e
+    keys = ("dataset", "seed", "k", "attack", "aggregator", "final_acc")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+        raise ValueError(f"{path} holds no list of poisoning runs; use a new run folder")
+    return rows
 
 
 def table(rows: list[dict], dataset: str, aggregators=AGGREGATORS) -> dict[tuple[str, int], dict[str, float]]:
@@ -265,19 +308,15 @@ def table(rows: list[dict], dataset: str, aggregators=AGGREGATORS) -> dict[tuple
     return {key: {a: sum(v) / len(v) for a, v in d.items()} for key, d in out.items()}
 
 
-def _figures(run_dir: Path, rows: list[dict], cfg: PoisoningConfig) -> None:
-    import matplotlib
+def _figures(run_dir: Path, rows: list[dict], cfg: PoisoningConfig) -> dict[str, Path]:
+    from ..report.io import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report.io import save_figure
-
+    out = {}
     for ds in sorted({r["dataset"] for r in rows}):
         tab = table(rows, ds, cfg.aggregators)
         attacks = [a for a in cfg.attacks if any(key[0] == a for key in tab)]
-        fig, axes = plt.subplots(1, max(len(attacks), 1), figsize=(4.2 * max(len(attacks), 1), 3.4), sharey=True,
-                                 squeeze=False)
+        fig, axes = new_figure(1, max(len(attacks), 1), figsize=(4.2 * max(len(attacks), 1), 3.4), sharey=True,
+                               squeeze=False)
         ks = sorted({r["k"] for r in rows if r["dataset"] == ds})
         width = 0.8 / max(len(ks), 1)
         for ax, attack in zip(axes[0], attacks):
@@ -292,10 +331,11 @@ def _figures(run_dir: Path, rows: list[dict], cfg: PoisoningConfig) -> None:
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].set_ylabel("final test accuracy")
         axes[0][-1].legend(fontsize=8)
-        save_figure(fig, run_dir / f"poisoning_{ds}.png")
+        out[ds] = save_figure(fig, run_dir / f"poisoning_{ds}.png")
+    return out
 
 
-def _report(run_dir: Path, rows: list[dict], cfg: PoisoningConfig, skipped: dict[str, str]) -> None:
+def _report(run_dir: Path, rows: list[dict], cfg: PoisoningConfig, skipped: dict[str, str]) -> Path:
     from ..report.io import atomic_write_text
 
     lines = ["# Model poisoning: SSGD vs robust aggregators", "",
@@ -317,4 +357,4 @@ def _report(run_dir: Path, rows: list[dict], cfg: PoisoningConfig, skipped: dict
     for ds, why in skipped.items():
         lines += [f"Skipped {ds}: {why}", ""]
     lines += ["Files: [config.json](config.json), [results.csv](results.csv), [results.json](results.json)."]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")

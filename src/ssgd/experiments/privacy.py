@@ -5,10 +5,10 @@ solved with Opacus's accountant for the run's sampling rate ``q = 1/ceil(N/B)`` 
 step count, then two private trainings run with the *same* σ, q, steps, model,
 initialisation, optimizer and learning rate:
 
-* ``ssgd+noise`` -- :func:`ssgd.privacy.private_unit_grad_`: Poisson-sampled batches
-  (:class:`ssgd.privacy.PoissonSampler`), every example's gradient replaced by its
-  unit vector (``torch.func`` per-sample gradients), summed, ``N(0, σ²)`` added,
-  divided by the expected batch size;
+* ``ssgd+noise`` -- :class:`ssgd.privacy.DPTraining` at example level (what ``ssgd train
+  --dp example`` runs): Poisson-sampled batches, every example's gradient normalised
+  (``g/(||g|| + γ)``, the ``--dp example`` default; ``torch.func`` per-sample gradients),
+  summed, ``N(0, σ²)`` added, divided by the expected batch size;
 * ``opacus`` -- ``opacus.PrivacyEngine.make_private`` (Poisson sampling, per-sample
   clipping to ``max_grad_norm``, ``N(0, σ²C²)``): DP-SGD as Opacus ships it.
 
@@ -36,11 +36,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample
-from ..models import build_model
-from ..privacy import PoissonSampler, PrivacyAccountant, compute_epsilon, private_unit_grad_, solve_noise_multiplier
-from ..privacy.noise import GaussianNoise, derive_seed
-from ..report.io import atomic_write_text, save_figure, write_csv, write_json
-from .train import evaluate
+from ..models import build_model, build_optimizer, build_scheduler, evaluate
+from ..privacy import DPConfig, DPTraining, compute_epsilon, derive_seed, solve_noise_multiplier
+from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from .contract import ExperimentResult
 
 __all__ = ["PrivacyReproConfig", "METHODS", "train_private", "run_accuracy_grid", "run_attack_grid",
            "run_privacy_repro", "format_eps"]
@@ -92,8 +91,28 @@ class PrivacyReproConfig:
             raise ValueError(f"Invalid batch_size={self.batch_size}/epochs={self.epochs}; both must be >= 1")
         return self
 
+    @classmethod
+    def quick(cls) -> "PrivacyReproConfig":
+        """CI-sized: one MNIST slice, ε 4 and ∞, 2 epochs, one short attack."""
+        return cls(datasets=("mnist",), epsilons=(4.0, math.inf), n_train=256, n_test=100, batch_size=64, epochs=2,
+                   lr_grid=(), lr=1.0, attacks=("dlg-unit",), attack_images=1, attack_iters=20)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+            log: Callable[[str], None] = print) -> ExperimentResult:
+        """The :mod:`ssgd.experiments.contract` entry point (see :func:`run_privacy_repro`)."""
+        t0 = time.perf_counter()
+        report = run_privacy_repro(run_dir, self, progress=progress, log=log, resume=resume,
+                                   attack=bool(self.attacks))
+        run_dir = Path(run_dir)
+        tables = {"accuracy": _read_csv(run_dir / "accuracy.csv")}
+        if (run_dir / "attack.csv").is_file() and self.attacks:
+            tables["attack"] = _read_csv(run_dir / "attack.csv")
+        figures = {p.stem: p for p in sorted(run_dir.glob("*.png"))}
+        return ExperimentResult(run_dir=run_dir, report=report, tables=tables, figures=figures,
+                                text=report.read_text(), seconds=time.perf_counter() - t0)
 
 
 def format_eps(e: float) -> str:
@@ -105,13 +124,11 @@ def _load(name: str, cfg: PrivacyReproConfig) -> ImageDataset:
 
 
 def _optimizer(params, cfg: PrivacyReproConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9 if cfg.optimizer == "sgdm" else 0.0)
+    return build_optimizer(cfg.optimizer, params, lr=cfg.lr)
 
 
 def _scheduler(opt: torch.optim.Optimizer, total_steps: int, cfg: PrivacyReproConfig):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return build_scheduler(opt, cfg.schedule, max(1, total_steps))
 
 
 def _model(data: ImageDataset, cfg: PrivacyReproConfig) -> nn.Module:
@@ -135,28 +152,26 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
     if method == "ssgd+noise":
         opt = _optimizer(model.parameters(), cfg)
         sched = _scheduler(opt, steps_per_epoch * cfg.epochs, cfg)
-        sampler = PoissonSampler(n, q, seed=derive_seed(cfg.seed, "sampler"))
-        noise = GaussianNoise(sigma, 1.0, seed=derive_seed(cfg.seed, "noise"))
-        acc = PrivacyAccountant(sigma, q, cfg.delta, cfg.accountant)
+        dp = DPTraining(DPConfig(level="example", noise_multiplier=sigma, delta=cfg.delta,
+                                 accountant=cfg.accountant), model, n, cfg.batch_size, cfg.epochs, seed=cfg.seed)
+        all_idx = torch.arange(n)
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             for _ in range(steps_per_epoch):
-                idx = sampler.sample()
+                idx = dp.batch_indices(all_idx)
                 opt.zero_grad(set_to_none=True)
-                private_unit_grad_(model, F.cross_entropy, data.x_train[idx], data.y_train[idx], noise,
-                                   expected_batch_size=n * q)
+                dp.backward(model, data.x_train[idx], data.y_train[idx], idx)
                 opt.step()
                 sched.step()
-                acc.step()
                 bar.update(1)
             test_acc, _ = evaluate(model, data.x_test, data.y_test)
-            row = {"epoch": epoch, "test_acc": test_acc, "epsilon": acc.epsilon(), "steps": acc.steps,
-                   "seconds": time.perf_counter() - t0}
+            row = {"epoch": epoch, "test_acc": test_acc, "epsilon": dp.end_epoch(epoch)["epsilon"],
+                   "steps": dp.accountant.steps, "seconds": time.perf_counter() - t0}
             history.append(row)
             if on_epoch:
                 on_epoch(row)
-        eps_ours = acc.epsilon()
-        eps_opacus = compute_epsilon(sigma, q, acc.steps, cfg.delta, cfg.accountant)
+        eps_ours = dp.accountant.epsilon()
+        eps_opacus = compute_epsilon(sigma, q, dp.accountant.steps, cfg.delta, cfg.accountant)
     elif method == "opacus":
         import warnings
 
@@ -380,14 +395,9 @@ def run_attack_grid(run_dir: Path, cfg: PrivacyReproConfig, sigmas: dict[float, 
 
 
 def _image_grid(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = originals.shape[0]
     all_rows = [("original", originals)] + rows
-    fig, axes = plt.subplots(len(all_rows), k, figsize=(1.3 * k + 1.2, 1.3 * len(all_rows)), squeeze=False)
+    fig, axes = new_figure(len(all_rows), k, figsize=(1.3 * k + 1.2, 1.3 * len(all_rows)), squeeze=False)
     for i, (label, ims) in enumerate(all_rows):
         for j in range(k):
             ax = axes[i][j]
@@ -403,15 +413,10 @@ def _image_grid(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]], p
 
 
 def _plot_psnr(rows: list[dict[str, Any]], cfg: PrivacyReproConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     finite = sorted({r["target_epsilon"] for r in rows
                      if r["defence"] not in ("none", "-") and not math.isinf(r["target_epsilon"])})
     inf_x = (max(finite) * 2) if finite else 1.0
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     for spec in dict.fromkeys(r["attack"] for r in rows):
         if spec.startswith("prior-only"):
             ax.axhline(next(r["psnr"] for r in rows if r["attack"] == spec), color="grey", ls="--", lw=1,
@@ -437,12 +442,7 @@ def _plot_psnr(rows: list[dict[str, Any]], cfg: PrivacyReproConfig, path: Path) 
 
 
 def _plot_accuracy(rows: list[dict[str, Any]], cfg: PrivacyReproConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(cfg.datasets), figsize=(4.5 * len(cfg.datasets), 3.4), squeeze=False)
+    fig, axes = new_figure(1, len(cfg.datasets), figsize=(4.5 * len(cfg.datasets), 3.4), squeeze=False)
     finite = [e for e in cfg.epsilons if not math.isinf(e)]
     inf_x = (max(finite) * 2) if finite else 1.0
     for ax, ds in zip(axes[0], cfg.datasets):
@@ -487,19 +487,9 @@ def run_privacy_repro(run_dir: str | Path, cfg: PrivacyReproConfig, *, progress:
     ``run_dir`` (same config) and runs only what is missing; the attack grid always reruns."""
     cfg.validate()
     run_dir = Path(run_dir)
-    if resume and (run_dir / "config.json").is_file():
-        import json
-
-        from ..report.io import jsonable
-
-        saved = json.loads((run_dir / "config.json").read_text())
-        now = json.loads(json.dumps(jsonable(cfg.to_dict())))
-        diff = sorted(k for k in set(saved) | set(now) if k not in ("attacks", "attack_images", "attack_iters",
-                                                                      "attack_model", "attack_sigmas")
-                      and saved.get(k) != now.get(k))
-        if diff:
-            raise ValueError(f"cannot resume {run_dir}: its config differs in {diff}; use the same settings "
-                             "or a new --out folder")
+    if resume:  # the attack grid always reruns: its settings may change between calls
+        check_saved_config(run_dir, cfg.to_dict(), ignore=("attacks", "attack_images", "attack_iters",
+                                                           "attack_model", "attack_sigmas"))
     write_json(run_dir / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
     lrs, tune_rows = tune_lr(run_dir, cfg, progress=progress, log=log, resume=resume)

@@ -7,93 +7,86 @@ gradient and the update steps along their sum. Training images (and the validati
 split carved from them) carry i.i.d. Laplace(0, 1/eps) noise per pixel (sensitivity 1:
 pixels in [0, 1], see :mod:`ssgd.data.noise`); test images are clean.
 
-Tuning is as in Table 2: a per-cell lr grid of the same size for every method (Table 2's
-calibrated centres, the same grid at every batch size), chosen on validation accuracy only.
+Tuning and budget are Table 2's (:mod:`ssgd.experiments.sweep`): a per-cell validation lr
+grid of the same size for every method, widened at its edge, chosen on validation accuracy
+only; the same number of epochs for every cell.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data import ImageDataset
-from ..report.io import atomic_write_text, save_figure, write_csv, write_json
-from .table2 import LABELS, LR_CENTER, MATCH_TOL, GridStore, Table2Config, _prepare, fmt_acc, lr_grid, run_sweep, select_best
+from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from .contract import ExperimentResult
+from .sweep import MATCH_TOL, Cell, GridStore, SweepConfig, fmt_acc, fmt_mean_std, lr_grid, lr_ladder, prepare_split, run_cells
+from .table2 import LABELS
 
-__all__ = ["Table6Config", "run_table6", "summarize_table6", "METHODS6", "PAPER_TABLE6", "QUICK6"]
+__all__ = ["Table6Config", "summarize_table6", "METHODS6", "PAPER_TABLE6", "cells_of", "results_markdown"]
 
 METHODS6 = ("sgdm", "adam", "ssgd")
-# The paper's Table 6 numbers were not transcribed in the issue; cells without a number print "—".
+# The paper's Table 6 numbers are not transcribed in this project; cells without a number print "—".
 PAPER_TABLE6: dict[tuple[int, int], dict[str, float]] = {}
-QUICK6 = dict(ms=(4, 16), ns=(4, 16), epochs=1, lr_points=3, train_size=4000, test_size=2000)
 
 
 @dataclass
-class Table6Config:
+class Table6Config(SweepConfig):
+    """Table 6's sweep: ``ms`` x ``ns`` x ``methods`` on eps-Laplace-noisy training images."""
+
     ms: tuple[int, ...] = (4, 16, 64)
     ns: tuple[int, ...] = (4, 16, 64)
     methods: tuple[str, ...] = METHODS6
-    noise_eps: float = 2.0
-    epochs: int = 2
-    lr_points: int = 3
-    lr_step: float = math.sqrt(10)
-    lr_scaling: float = 0.0
-    val_fraction: float = 0.1
-    train_size: int | None = None
-    test_size: int | None = None
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    model: str = "mlp"
-    seed: int = 0
-    device: str = "cpu"
+    noise_eps: float | None = 2.0
 
     def validate(self) -> "Table6Config":
+        if self.noise_eps is None:
+            raise ValueError("Table 6 needs noise_eps (the paper uses 2); got None")
+        super().validate()
         bad = [m for m in self.methods if m not in METHODS6]
-        if bad:
-            raise ValueError(f"Unknown method(s) {bad} for Table 6; choose from {list(METHODS6)}")
+        if bad or not self.methods:
+            raise ValueError(f"Unknown method(s) {bad or list(self.methods)} for Table 6; choose from {list(METHODS6)}")
         for name, vals in (("ms", self.ms), ("ns", self.ns)):
             if not vals or any(v < 1 for v in vals):
                 raise ValueError(f"Invalid {name}={list(vals)}; need positive integers, e.g. 4,16,64")
-        if not self.noise_eps > 0:
-            raise ValueError(f"Invalid noise_eps={self.noise_eps}; must be > 0 (the paper's Table 6 uses 2)")
-        self._t2().validate()
         return self
 
-    def _t2(self) -> Table2Config:
-        return Table2Config(batch_sizes=tuple(sorted({m * n for m in self.ms for n in self.ns})), methods=("sgd",),
-                            epochs=self.epochs, lr_points=self.lr_points, lr_step=self.lr_step,
-                            lr_scaling=self.lr_scaling, val_fraction=self.val_fraction, train_size=self.train_size,
-                            test_size=self.test_size, dataset=self.dataset, data_dir=self.data_dir, model=self.model,
-                            seed=self.seed, device=self.device, noise_eps=self.noise_eps)
+    @classmethod
+    def quick(cls) -> "Table6Config":
+        """About a minute on 2 cores: m, n in {4, 16} on 4,000 examples, 1 epoch."""
+        return cls(ms=(4, 16), ns=(4, 16), epochs=1, lr_points=3, widen=1, train_size=4000, test_size=2000)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+            data: ImageDataset | None = None) -> ExperimentResult:
+        return _run(self, Path(run_dir), resume=resume, progress=progress, data=data)
 
 
-def _jobs(cfg: Table6Config) -> list[dict[str, Any]]:
-    t2 = cfg._t2()
-    jobs = []
-    for m in cfg.ms:
-        for n in cfg.ns:
-            b = m * n
-            for meth in cfg.methods:
-                shards = m if meth == "ssgd" else 1
-                for lr in lr_grid(t2.center(meth, b), cfg.lr_points, cfg.lr_step):
-                    # key "m" is the grid's m for every method (SGDm/Adam pool the m shards into one batch)
-                    job = dict(batch=b, method=meth, m=m, n=n, lr=lr, shards=shards,
-                               lr_opt=lr / m if meth == "ssgd" else lr)
-                    if meth != "ssgd":  # SGDm/Adam depend on m*n only: reuse an identical earlier run
-                        job["same_as"] = dict(batch=b, method=meth, lr=lr)
-                    jobs.append(job)
-    return jobs
+def cells_of(cfg: Table6Config) -> list[Cell]:
+    """One cell per (m, n, method), largest batch first. SGDm/Adam depend on m*n only: a cell reuses the
+    runs of an earlier cell with the same batch (its ``twin``); key ``m`` is the grid's m for every method."""
+    cells = []
+    for m, n in sorted(((m, n) for m in cfg.ms for n in cfg.ns), key=lambda mn: (-mn[0] * mn[1], mn)):
+        b = m * n
+        for meth in cfg.methods:
+            ssgd = meth == "ssgd"
+            cells.append(Cell(key=dict(batch=b, method=meth, m=m, n=n), method=meth, batch=b,
+                              shards=m if ssgd else 1, epochs=cfg.epochs,
+                              grid=lr_grid(cfg.center(meth, b), cfg.lr_points, cfg.lr_step),
+                              seeds=cfg.seeds_for(meth, b), widen=cfg.widen, lr_step=cfg.lr_step,
+                              ladder=lr_ladder(cfg.center(meth, b), cfg.lr_points, cfg.lr_step, cfg.widen),
+                              lr_divisor=m if ssgd else 1, twin=None if ssgd else dict(batch=b, method=meth),
+                              extra=dict(paper_test_acc=PAPER_TABLE6.get((m, n), {}).get(meth))))
+    return cells
+
+
+def _acc(r: dict[str, Any]) -> float:
+    return r["test_acc_mean"] if "test_acc_mean" in r else r["test_acc"]
 
 
 def summarize_table6(best: list[dict[str, Any]], *, epochs: int, eps: float, tol: float = MATCH_TOL) -> str:
-    acc = {(r["m"], r["n"], r["method"]): r["test_acc"] for r in best}
+    acc = {(r["m"], r["n"], r["method"]): _acc(r) for r in best}
     cells = sorted({(r["m"], r["n"]) for r in best})
     parts = []
     for other in ("sgdm", "adam"):
@@ -110,49 +103,52 @@ def summarize_table6(best: list[dict[str, Any]], *, epochs: int, eps: float, tol
             hi, lo = max(vals), min(vals)
             parts.append(f"{LABELS[meth]}: best {hi[0]:.4f} at m={hi[1]}, n={hi[2]}; worst {lo[0]:.4f} at "
                          f"m={lo[1]}, n={lo[2]}.")
-    edges = [f"{LABELS[r['method']]}@{r['m']}x{r['n']}" for r in best if r.get("lr_at_edge")]
+    edges = [f"{LABELS[r['method']]}@{r['m']}x{r['n']}" for r in best
+             if r.get("lr_at_grid_edge", r.get("lr_at_edge"))]
     why = (f"Why: the training pixels carry Laplace noise of scale 1/{eps:g} = {1 / eps:.2f} (sensitivity 1 on [0, 1] "
-           f"pixels) while the test set is clean; every cell had {epochs} epoch(s), so large m*n got few steps; "
+           f"pixels) while the test set is clean; every cell had {epochs} epoch(s), so large m*n got fewer steps; "
            "SSGD's unit vectors bound every shard's influence on the step, which the paper credits for its "
-           "robustness, while SGDm/Adam average raw gradients; one seed and a small validation lr grid, so "
-           f"differences under about {100 * tol:.1f}-1 points are noise.")
+           "robustness, while SGDm/Adam average raw gradients; one seed per cell and a validation lr grid of the "
+           f"same size for every method, so differences under about {100 * tol:.1f}-1 points are noise.")
     if edges:
-        why += " The chosen lr sat at the grid's edge for " + ", ".join(edges) + "."
+        why += " The chosen lr still sat at the grid's edge after widening for " + ", ".join(edges) + "."
     parts.append(why)
     return " ".join(parts)
 
 
-def _markdown(best: list[dict[str, Any]], cfg: Table6Config, steps: dict[int, int]) -> str:
-    idx = {(r["m"], r["n"], r["method"]): r for r in best}
-    head = "| m | n | batch m·n | steps | " + " | ".join(f"{LABELS[x]} ours / paper" for x in cfg.methods) + " |"
-    lines = [head, "|" + "---|" * (4 + len(cfg.methods))]
-    for m in cfg.ms:
-        for n in cfg.ns:
-            cells = []
-            for meth in cfg.methods:
-                r = idx.get((m, n, meth))
-                ours = (fmt_acc(r["test_acc"]) + ("†" if r.get("lr_at_edge") else "")) if r else "—"
-                cells.append(f"{ours} / {fmt_acc(PAPER_TABLE6.get((m, n), {}).get(meth))}")
-            lines.append(f"| {m} | {n} | {m * n} | {steps[m * n]} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Test accuracy (clean test set) after training on eps={cfg.noise_eps:g} Laplace-noisy training "
-                 f"images; {cfg.epochs} epoch(s) per cell; lr chosen on the (noisy) validation split; † = chosen lr "
-                 "at the grid's edge; paper column — : the paper's Table 6 numbers are not transcribed here.")
+def results_markdown(results: dict[str, Any]) -> str:
+    """The README table from a ``table6.json``."""
+    cells = results["cells"]
+    idx = {(c["m"], c["n"], c["method"]): c for c in cells}
+    methods = [m for m in METHODS6 if any(c["method"] == m for c in cells)]
+    grid = sorted({(c["m"], c["n"]) for c in cells})
+    lines = ["| m | n | batch m·n | steps | " + " | ".join(f"{LABELS[x]} ours / paper" for x in methods) + " |",
+             "|" + "---|" * (4 + len(methods))]
+    for m, n in grid:
+        steps = next((idx[(m, n, x)]["steps"] for x in methods if (m, n, x) in idx), "")
+        txt = []
+        for x in methods:
+            r = idx.get((m, n, x))
+            ours = "—" if r is None else (fmt_mean_std(_acc(r), r.get("test_acc_std")) +
+                                          ("†" if r.get("lr_at_grid_edge") else ""))
+            txt.append(f"{ours} / {fmt_acc(PAPER_TABLE6.get((m, n), {}).get(x))}")
+        lines.append(f"| {m} | {n} | {m * n} | {steps} | " + " | ".join(txt) + " |")
+    lines += ["", f"Test accuracy (clean test set) after training on eps={results.get('noise_eps', 2.0):g} "
+              f"Laplace-noisy training images; {results['epochs']} epoch(s) per cell; lr chosen on the (noisy) "
+              "validation split; † = chosen lr at the edge of the widened grid; paper column —: the paper's "
+              "Table 6 numbers are not transcribed here."]
+    if results.get("partial"):
+        lines.append(f"**Partial**: {results['cells_done']} of {results['cells_total']} cells finished.")
     return "\n".join(lines)
 
 
 def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure(figsize=(7, 4.5))
     markers = "osd^v<>"
     for i, meth in enumerate(cfg.methods):
         for j, m in enumerate(cfg.ms):
             rows = sorted((r for r in best if r["method"] == meth and r["m"] == m), key=lambda r: r["batch"])
-            ax.plot([r["batch"] for r in rows], [r["test_acc"] for r in rows], marker=markers[j % len(markers)],
+            ax.plot([r["batch"] for r in rows], [_acc(r) for r in rows], marker=markers[j % len(markers)],
                     color=f"C{i}", linestyle="-", alpha=0.5 + 0.5 * (j + 1) / len(cfg.ms),
                     label=f"{LABELS[meth]} m={m}")
     ax.set_xscale("log", base=2)
@@ -164,45 +160,53 @@ def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run_table6(cfg: Table6Config, run_dir: str | Path, *, data: ImageDataset | None = None, progress: bool = True,
-               resume: bool = False) -> dict[str, Any]:
-    """Run the m x n sweep; writes config.json, grid.json/csv, table6.csv/md, accuracy_vs_batch.png, report.md."""
+def _results_json(cfg: Table6Config, cells: list[Cell], done: list[dict[str, Any]]) -> dict[str, Any]:
+    keep = ("batch", "method", "m", "n", "test_acc_mean", "test_acc_std", "lr", "steps", "epochs",
+            "lr_at_grid_edge", "seeds", "test_accs", "val_acc", "paper_test_acc", "lrs_tried")
+    return {"epochs": cfg.epochs, "seeds": cfg.seeds, "noise_eps": cfg.noise_eps, "partial": len(done) < len(cells),
+            "cells_done": len(done), "cells_total": len(cells), "model": cfg.model, "dataset": cfg.dataset,
+            "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["m"], c["n"],
+                                                                                        METHODS6.index(c["method"])))]}
+
+
+def _run(cfg: Table6Config, run_dir: Path, *, resume: bool, progress: bool,
+         data: ImageDataset | None) -> ExperimentResult:
+    """Run the m x n sweep; writes config.json, grid.json/csv, table6.json (after every cell), table6.csv/md,
+    accuracy_vs_batch.png, report.md, summary.json."""
     cfg.validate()
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_part, val = _prepare(cfg._t2(), data)
+    train_part, val = prepare_split(cfg, data)
     n_train = train_part.x_train.shape[0]
-    write_json(run_dir / "config.json", {**cfg.to_dict(), "train_examples": n_train,
-                                         "val_examples": val.x_test.shape[0],
-                                         "test_examples": train_part.x_test.shape[0],
-                                         "laplace_scale": 1.0 / cfg.noise_eps, "sensitivity": 1.0})
+    config = {**cfg.to_dict(), "train_examples": n_train, "val_examples": val.x_test.shape[0],
+              "test_examples": train_part.x_test.shape[0], "laplace_scale": 1.0 / cfg.noise_eps, "sensitivity": 1.0}
+    if resume:
+        check_saved_config(run_dir, config)
+    write_json(run_dir / "config.json", config)
     store = GridStore(run_dir / "grid.json", resume)
-    jobs = _jobs(cfg)
-    rows = run_sweep(jobs, train_part, val, model=cfg.model, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device,
-                     store=store, progress=progress, desc="table6")
-    write_csv(run_dir / "grid.csv", rows)
-    best = []
-    for m in cfg.ms:
-        for n in cfg.ns:
-            for meth in cfg.methods:
-                sel = select_best([r for r in rows if r["m"] == m and r["n"] == n and r["method"] == meth])
-                sel["paper_test_acc"] = PAPER_TABLE6.get((m, n), {}).get(meth)
-                best.append(sel)
-    write_csv(run_dir / "table6.csv", best)
-    steps = {m * n: cfg.epochs * -(-n_train // (m * n)) for m in cfg.ms for n in cfg.ns}
-    table = _markdown(best, cfg, steps)
+    cells = cells_of(cfg)
+    results_path = run_dir / "table6.json"
+    best = run_cells(cells, train_part, val, cfg, store, progress=progress, desc="table6",
+                     on_cell=lambda done: write_json(results_path, _results_json(cfg, cells, done)))
+    results = _results_json(cfg, cells, best)
+    write_json(results_path, results)
+    write_csv(run_dir / "grid.csv", store.rows)
+    write_csv(run_dir / "table6.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried")}
+                                       for r in best])
+    table = results_markdown(results)
     atomic_write_text(run_dir / "table6.md", table + "\n")
     summary = summarize_table6(best, epochs=cfg.epochs, eps=cfg.noise_eps)
-    _plot(best, cfg, run_dir / "accuracy_vs_batch.png")
+    fig = run_dir / "accuracy_vs_batch.png"
+    _plot(best, cfg, fig)
     seconds = time.perf_counter() - t0
     report = f"""# Table 6 reproduction: {cfg.dataset} with Laplace noise (eps = {cfg.noise_eps:g})
 
 Training images (and the validation split carved from them) carry per-pixel Laplace noise of scale
 1/eps = {1 / cfg.noise_eps:.3g} (sensitivity 1, pixels in [0, 1]); the test set is clean. Model `{cfg.model}`;
 {n_train} train / {val.x_test.shape[0]} validation / {train_part.x_test.shape[0]} test examples; {cfg.epochs}
-epoch(s) per cell; lr per cell from a {cfg.lr_points}-point validation grid; seed {cfg.seed}; device `{cfg.device}`.
-m = nodes (shards), n = examples per shard: SGDm/Adam train on the pooled batch m·n, SSGD(m) sums the m unit vectors.
+epoch(s) per cell; lr per cell from a {cfg.lr_points}-point validation grid widened by up to {cfg.widen} point(s) at
+its edge; seed {cfg.seed}; device `{cfg.device}`. m = nodes (shards), n = examples per shard: SGDm/Adam train on
+the pooled batch m·n, SSGD(m) sums the m unit vectors.
 
 {table}
 
@@ -212,8 +216,12 @@ m = nodes (shards), n = examples per shard: SGDm/Adam train on the pooled batch 
 
 {summary}
 
-Files: [table6.csv](table6.csv), [grid.csv](grid.csv), [config.json](config.json). Wall time {seconds:.0f} s.
+Files: [table6.json](table6.json), [table6.csv](table6.csv), [grid.csv](grid.csv), [config.json](config.json).
+Wall time {seconds:.0f} s.
 """
-    atomic_write_text(run_dir / "report.md", report)
-    write_json(run_dir / "summary.json", {"summary": summary, "seconds": seconds, "selected": best})
-    return {"selected": best, "runs": rows, "summary": summary, "table": table, "seconds": seconds}
+    report_path = atomic_write_text(run_dir / "report.md", report)
+    write_json(run_dir / "summary.json", {"summary": summary, "seconds": seconds})
+    return ExperimentResult(run_dir=run_dir, report=Path(report_path), tables={"cells": best, "runs": store.rows},
+                            figures={"accuracy_vs_batch": fig}, summary={"summary": summary,
+                                                                         "partial": results["partial"]},
+                            text=table + "\n\n" + summary, seconds=seconds)

@@ -6,20 +6,26 @@ Deterministic on CPU for a given seed: the model init, the batch order (a seeded
 on ``seed`` only.
 
 Checkpoints: with a run folder, ``checkpoint.pt`` (model, optimizer, scheduler, the
-batch-order generator and the global RNG state, history) is written atomically after
-every epoch; ``train(cfg, run_dir, resume=True)`` continues from it and reaches the
-same final weights as an uninterrupted run (bit-identical on CPU).
+batch-order generator and the global RNG state, history, DP state) is written atomically
+after every epoch with :func:`ssgd.report.save_checkpoint`; ``train(cfg, run_dir,
+resume=True)`` continues from it and reaches the same final weights as an uninterrupted
+run (bit-identical on CPU). A checkpoint is hostile input: it is loaded as plain data
+(``weights_only``) and refused in one line (:class:`ssgd.report.CheckpointError`) when it
+is corrupt, foreign, or from another configuration or number of nodes.
 
-The per-batch gradient computation is one swappable function, ``grad_fn(model, xb,
-yb, cfg) -> loss`` that fills ``.grad`` (default :func:`compute_grads`: plain backward,
-or SSGD(m)'s shard unit vectors), so other gradient rules (e.g. DP-SGD) plug in
-without touching the loop.
+One loop, :func:`fit`, serves every engine; what differs is a :class:`TrainEngine`:
+:class:`LocalEngine` (one process: plain backward, SSGD(m)'s shard unit vectors, or the
+DP glue of :mod:`ssgd.privacy.training`) and ``ssgd.experiments.ddp_train.DDPEngine``
+(one rank of ``ssgd train --nodes N``). The per-batch gradient computation of the local
+engine is one swappable function, ``grad_fn(model, xb, yb, cfg) -> loss`` that fills
+``.grad`` (default :func:`compute_grads`), so other gradient rules plug in without
+touching the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +36,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset
-from ..models import build_model, evaluate
-from ..report.io import atomic_write_bytes, write_csv, write_json
+from ..models import MODELS, build_model, evaluate
+from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..report.io import check_same_config, write_csv, write_json
 from ..shards import shard_unit_grad_
-from ..models.optimizers import SCHEDULES, build_optimizer, build_scheduler, default_schedule, uses_shards
+from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
+                                default_schedule, uses_shards)
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "set_seed", "compute_grads", "prepare_data",
-           "CHECKPOINT", "GradFn", "restore_training_state"]
+__all__ = ["TrainConfig", "TrainResult", "train", "fit", "evaluate", "set_seed", "compute_grads", "prepare_data",
+           "CHECKPOINT", "CHECKPOINT_FORMAT", "GradFn", "TrainEngine", "LocalEngine", "load_train_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "ssgd-train"  # the tag ssgd.report.save_checkpoint writes; other files are refused
+_CHECKPOINT_KEYS = ("config", "nodes", "epoch", "model", "optimizer", "scheduler", "generator", "torch_rng",
+                    "history", "seconds", "dp")
 GradFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "TrainConfig"], torch.Tensor]
 
 
@@ -69,6 +80,23 @@ class TrainConfig:
     dp_accountant: str = "rdp"  # Opacus accountant: "rdp" | "prv"
 
     def validate(self) -> "TrainConfig":
+        """Every check that needs no data: run before any file is written (ValueError naming the fix)."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}; known: {list(OPTIMIZERS)}")
+        if self.model not in MODELS:
+            raise ValueError(f"Unknown model {self.model!r}; known: {sorted(MODELS)}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"Invalid lr={self.lr!r}; must be a finite number > 0 "
+                             f"(default for {self.optimizer}: {DEFAULT_LR.get(self.optimizer)})")
+        if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"Invalid momentum={self.momentum!r}; must be in [0, 1), e.g. 0.9")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise ValueError(f"Invalid weight_decay={self.weight_decay!r}; must be a finite number >= 0, e.g. 1e-4")
+        if self.shards < 1:
+            raise ValueError(f"Invalid shards={self.shards}; must be >= 1")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ValueError(f"Invalid device={self.device!r}; use cpu or cuda (or cuda:K)")
         if self.batch_size < 1:
             raise ValueError(f"Invalid batch_size={self.batch_size}; must be >= 1")
         if self.epochs < 0:
@@ -89,6 +117,9 @@ class TrainConfig:
             from ..privacy.training import check_train_config
 
             check_train_config(self)
+        if self.shards > 1 and self.optimizer != "ssgd":
+            raise ValueError(f"--shards {self.shards} only applies to --optimizer ssgd (got {self.optimizer!r}); "
+                             "drop --shards")
         return self
 
     @property
@@ -149,41 +180,250 @@ def prepare_data(cfg: TrainConfig, data: ImageDataset | None = None) -> tuple[Im
     return data, val
 
 
-def _save_checkpoint(path: Path, **state: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    saved = dict(ck.get("config", {}))
-    now = cfg.to_dict()
-    diff = sorted(k for k in set(saved) | set(now) if k != "device" and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"Cannot resume from {path}: its config differs in {diff} "
-                         f"(saved {[saved.get(k) for k in diff]}, now {[now.get(k) for k in diff]}); "
-                         "resume with the same settings or start a new run folder")
+# ---------------------------------------------------------------- checkpoints
+
+
+def load_train_checkpoint(path: str | Path, cfg: TrainConfig, nodes: int = 1) -> dict[str, Any]:
+    """The training checkpoint at ``path``, checked against ``cfg`` and ``nodes`` before anything runs.
+
+    Loaded as plain data (:func:`ssgd.report.load_checkpoint`); a corrupt, truncated, foreign or
+    unsafe file raises :class:`ssgd.report.CheckpointError`, one written by other settings
+    :class:`ssgd.report.ConfigMismatchError`, both one line naming the file and the fix."""
+    ck = load_checkpoint(path, format=CHECKPOINT_FORMAT, required=_CHECKPOINT_KEYS)
+    check_same_config(ck["config"], cfg.to_dict(), source=path, ignore=("device",))
+    if ck["nodes"] != nodes:
+        raise CheckpointError(f"cannot resume from {path}: it was written by a {ck['nodes']}-node run, this one has "
+                              f"{nodes} node(s); resume with --nodes {ck['nodes']} or use a new run folder")
+    epoch = ck["epoch"]
+    if not isinstance(epoch, int) or not 1 <= epoch <= max(cfg.epochs, 1) or not isinstance(ck["history"], list):
+        raise CheckpointError(f"refusing checkpoint {path}: its epoch {epoch!r} / history do not fit a "
+                              f"{cfg.epochs}-epoch run; move it away to start afresh")
     return ck
 
 
-def restore_training_state(ck: dict[str, Any], opt, sched, gen: torch.Generator, dp=None):
-    """Load optimizer, scheduler, batch-order generator, torch RNG and DP state from checkpoint ``ck``
-    (the model is the caller's: plain or DDP-wrapped). Returns ``(history, start_epoch, elapsed_seconds)``."""
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
-    gen.set_state(ck["generator"])
-    torch.set_rng_state(ck["torch_rng"])
-    if dp is not None:
-        dp.load_state_dict(ck["dp"])
-    return list(ck["history"]), ck["epoch"] + 1, float(ck.get("seconds", 0.0))
+def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: torch.Generator, dp) -> tuple:
+    """Load every state of ``ck``; any shape or type that does not fit is a one-line CheckpointError."""
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        if dp is not None:
+            dp.load_state_dict(ck["dp"])
+        history = [dict(r) for r in ck["history"]]
+        seconds = float(ck["seconds"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"refusing checkpoint {path}: its state does not fit this model/optimizer "
+                              f"({type(e).__name__}: {first}); move it away to start afresh") from None
+    return history, ck["epoch"] + 1, seconds
+
+
+# ---------------------------------------------------------------- engines
+
+
+class TrainEngine:
+    """What :func:`fit` asks of an engine (one process, or one rank of a multi-node run).
+
+    ``nodes``: processes in the run (1 here); ``writes``: this process writes the run
+    folder and evaluates (rank 0); ``dp``: the privacy object (``state_dict``,
+    ``load_state_dict``, ``end_epoch``, ``summary``) or ``None``."""
+
+    nodes: int = 1
+    writes: bool = True
+    dp: Any = None
+
+    def device(self, cfg: TrainConfig) -> torch.device:
+        return torch.device(cfg.device)
+
+    def setup(self, cfg: TrainConfig, model: nn.Module, n_train: int, steps_per_epoch: int) -> tuple[nn.Module, int]:
+        """Return ``(net, shards)``: the module to train through, the ``shards`` for the optimizer."""
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The indices this process trains on in this step (``None``: skip the step)."""
+        return idx
+
+    def step(self, net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+        """Fill ``.grad`` for one batch; return the batch's mean loss (stays in this process)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        pass
+
+    def share(self, epoch: int, row: dict[str, Any] | None) -> dict[str, Any]:
+        """The evaluation row of ``epoch`` on every process (public values only: no training data);
+        ``row`` is ``None`` on processes that do not evaluate."""
+        assert row is not None
+        return row
+
+    def config_extra(self) -> dict[str, Any]:
+        return {}
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        """Extra entries of metrics.json (collective: every process calls it)."""
+        return {}
+
+    def report(self, run_dir: Path, cfg: TrainConfig, res: "TrainResult", extra: dict[str, Any]) -> None:
+        pass
+
+
+class LocalEngine(TrainEngine):
+    """One process: ``grad_fn`` (plain backward or SSGD(m)'s shard unit vectors), or the DP glue."""
+
+    def __init__(self, grad_fn: GradFn | None = None):
+        self.grad_fn = grad_fn or compute_grads
+        self.custom = grad_fn is not None and grad_fn is not compute_grads
+
+    def setup(self, cfg, model, n_train, steps_per_epoch):
+        self.sharded = uses_shards(cfg.optimizer, cfg.shards)
+        self.shards = cfg.shards
+        if cfg.dp != "off":  # ssgd.privacy: Poisson batches / node ownership, noisy unit-vector sums, accountant
+            from ..privacy.training import DPTraining
+
+            if self.custom:
+                raise ValueError("cfg.dp and a custom grad_fn are exclusive: DP computes the gradient itself")
+            self.dp = DPTraining.from_train_config(cfg, model, n_train)
+            self.grad_fn = self.dp.grad_fn
+        return model, cfg.shards
+
+    def batch(self, idx):
+        if self.dp is not None:
+            idx = self.dp.batch_indices(idx)  # example level: a Poisson-sampled batch
+        if self.sharded and idx.numel() < self.shards:
+            return None  # a tail smaller than m cannot be split into m shards
+        return idx
+
+    def step(self, net, xb, yb, cfg):
+        return self.grad_fn(net, xb, yb, cfg)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEngine | None = None,
+        data: ImageDataset | None = None, val: ImageDataset | None = None, progress: bool = True,
+        on_epoch: Callable[[dict[str, float]], None] | None = None, resume: bool = False, checkpoint: bool = True,
+        stop_after: int | None = None) -> TrainResult:
+    """The one training loop (see :func:`train` for the arguments); ``engine`` defaults to :class:`LocalEngine`."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    engine = engine or LocalEngine()
+    if val is None:
+        data, val = prepare_data(cfg, data)
+    gen = set_seed(cfg.seed)
+    device = engine.device(cfg)
+    model = build_model(cfg.model, data.shape, data.num_classes, seed=cfg.seed).to(device)
+    n = data.x_train.shape[0]
+    steps_per_epoch = max(1, -(-n // cfg.batch_size))
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ck_path = run_dir / CHECKPOINT if run_dir is not None else None
+    ck = None
+    if resume and ck_path is not None and ck_path.exists():
+        ck = load_train_checkpoint(ck_path, cfg, engine.nodes)  # checked before the model is touched
+    net, opt_shards = engine.setup(cfg, model, n, steps_per_epoch)
+    opt = build_optimizer(cfg.optimizer, net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, scope=cfg.scope, shards=opt_shards)
+    sched = build_scheduler(opt, cfg.resolved_schedule, steps_per_epoch * cfg.epochs,
+                            int(round(cfg.warmup * steps_per_epoch)))
+    dp = engine.dp
+    history: list[dict[str, float]] = []
+    start_epoch, elapsed = 1, 0.0
+    if ck is not None:
+        history, start_epoch, elapsed = _restore(ck_path, ck, model, opt, sched, gen, dp)
+    writes = run_dir is not None and engine.writes
+    if writes:
+        write_json(run_dir / "config.json", {**cfg.to_dict(), **engine.config_extra()})
+
+    def public_row(epoch: int) -> dict[str, Any]:
+        """What is evaluated on the test set / validation split: public values, no training data."""
+        row: dict[str, Any] | None = None
+        if engine.writes:
+            acc, test_loss = evaluate(model, data.x_test, data.y_test, device=device)
+            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "test_loss": test_loss, "test_acc": acc}
+            if val is not None:
+                row["val_acc"], row["val_loss"] = evaluate(model, val.x_test, val.y_test, device=device)
+            if dp is not None and epoch > 0:
+                row.update(dp.end_epoch(epoch))  # epsilon spent so far (Opacus accountant)
+            row["seconds"] = time.perf_counter() - t0 if epoch > 0 else 0.0
+        return engine.share(epoch, row)
+
+    def full_row(pub: dict[str, Any], train_loss: float) -> dict[str, Any]:
+        # train_loss: this process's own examples; it never leaves the process
+        return {"epoch": pub["epoch"], "lr": pub["lr"], "train_loss": train_loss,
+                **{k: v for k, v in pub.items() if k not in ("epoch", "lr")}}
+
+    xtr, ytr = data.x_train.to(device), data.y_train.to(device)
+    t0 = time.perf_counter() - elapsed
+    remaining = max(0, cfg.epochs - start_epoch + 1)
+    tag = f"train {cfg.optimizer}" + (f" x{engine.nodes}" if engine.nodes > 1 else "")
+    bar = tqdm(total=steps_per_epoch * remaining, desc=tag, disable=not progress or not engine.writes, leave=False)
+    done_here = 0
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stop_after is not None and done_here >= stop_after:
+            break
+        net.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        engine.start_epoch(epoch)
+        tot_loss, seen = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            idx = engine.batch(perm[i:i + cfg.batch_size])
+            if idx is None:
+                continue
+            xb, yb = xtr[idx], ytr[idx]
+            opt.zero_grad(set_to_none=True)
+            loss = engine.step(net, xb, yb, cfg)
+            opt.step()
+            sched.step()
+            engine.after_step()
+            tot_loss += float(loss) * idx.numel()
+            seen += idx.numel()
+            bar.update(1)
+        row = full_row(public_row(epoch), tot_loss / max(seen, 1))
+        history.append(row)
+        done_here += 1
+        bar.set_postfix(acc=f"{row['test_acc']:.4f}")
+        if on_epoch is not None:
+            on_epoch(row)
+        if writes and checkpoint:
+            save_checkpoint(ck_path, {"config": cfg.to_dict(), "nodes": engine.nodes, "epoch": epoch,
+                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                                      "torch_rng": torch.get_rng_state(), "history": history,
+                                      "seconds": row["seconds"], "dp": dp.state_dict() if dp is not None else None},
+                            format=CHECKPOINT_FORMAT)
+            write_csv(run_dir / "metrics.csv", history)
+    bar.close()
+    if not history:
+        history.append(full_row(public_row(0), float("nan")))
+    extra = engine.finish(model)
+    res = TrainResult(model=model, history=history, test_acc=history[-1]["test_acc"],
+                      seconds=time.perf_counter() - t0, run_dir=run_dir,
+                      val_acc=history[-1].get("val_acc", float("nan")),
+                      privacy=dp.summary() if dp is not None and engine.writes else None)
+    if writes:
+        if res.privacy is not None:
+            write_json(run_dir / "privacy.json", res.privacy)
+        write_csv(run_dir / "metrics.csv", history)
+        write_json(run_dir / "metrics.json", {"test_acc": res.test_acc, "val_acc": res.val_acc,
+                                              "seconds": res.seconds, "epochs_done": history[-1]["epoch"],
+                                              **extra, "history": history})
+        engine.report(run_dir, cfg, res, extra)
+    return res
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: ImageDataset | None = None,
           progress: bool = True, on_epoch: Callable[[dict[str, float]], None] | None = None,
           resume: bool = False, checkpoint: bool = True, grad_fn: GradFn | None = None,
           stop_after: int | None = None, val: ImageDataset | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.optimizer``; evaluate each epoch.
+    """Train ``cfg.model`` on ``cfg.dataset`` with ``cfg.optimizer`` in this process; evaluate each epoch.
 
     Each epoch records the training loss, test accuracy/loss and, with ``val_fraction > 0``,
     validation accuracy/loss (model selection must use ``val_acc``, never ``test_acc``).
@@ -192,102 +432,5 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: ImageDat
     ``val`` (held-out examples in its ``x_test``/``y_test``) is used as given, with ``data``
     taken as already prepared (no noise or split applied again) -- for sweeps that share one split.
     """
-    from tqdm.auto import tqdm
-
-    cfg.validate()
-    grad_fn = grad_fn or compute_grads
-    if val is None:
-        data, val = prepare_data(cfg, data)
-    gen = set_seed(cfg.seed)
-    device = torch.device(cfg.device)
-    model = build_model(cfg.model, data.shape, data.num_classes, seed=cfg.seed).to(device)
-    opt = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, scope=cfg.scope, shards=cfg.shards)
-    n = data.x_train.shape[0]
-    steps_per_epoch = max(1, -(-n // cfg.batch_size))
-    sched = build_scheduler(opt, cfg.resolved_schedule, steps_per_epoch * cfg.epochs,
-                            int(round(cfg.warmup * steps_per_epoch)))
-    dp = None
-    if cfg.dp != "off":  # ssgd.privacy: Poisson batches / node ownership, noisy unit-vector sums, accountant
-        from ..privacy.training import DPTraining
-
-        if grad_fn is not compute_grads:
-            raise ValueError("cfg.dp and a custom grad_fn are exclusive: DP computes the gradient itself")
-        dp = DPTraining.from_train_config(cfg, model, n)
-        grad_fn = dp.grad_fn
-    run_dir = Path(run_dir) if run_dir is not None else None
-    ck_path = run_dir / CHECKPOINT if run_dir is not None else None
-    history: list[dict[str, float]] = []
-    start_epoch, elapsed = 1, 0.0
-    if resume and ck_path is not None and ck_path.is_file():
-        ck = _load_checkpoint(ck_path, cfg)
-        model.load_state_dict(ck["model"])
-        history, start_epoch, elapsed = restore_training_state(ck, opt, sched, gen, dp)
-    if run_dir is not None:
-        write_json(run_dir / "config.json", cfg.to_dict())
-
-    xtr, ytr = data.x_train.to(device), data.y_train.to(device)
-    sharded = uses_shards(cfg.optimizer, cfg.shards)
-    t0 = time.perf_counter() - elapsed
-    remaining = max(0, cfg.epochs - start_epoch + 1)
-    bar = tqdm(total=steps_per_epoch * remaining, desc=f"train {cfg.optimizer}", disable=not progress, leave=False)
-    done_here = 0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stop_after is not None and done_here >= stop_after:
-            break
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        tot_loss, seen = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            if dp is not None:
-                idx = dp.batch_indices(idx)  # example level: a Poisson-sampled batch
-            if sharded and idx.numel() < cfg.shards:
-                continue  # a tail smaller than m cannot be split into m shards
-            xb, yb = xtr[idx], ytr[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = grad_fn(model, xb, yb, cfg)
-            opt.step()
-            sched.step()
-            tot_loss += float(loss) * idx.numel()
-            seen += idx.numel()
-            bar.update(1)
-        acc, test_loss = evaluate(model, data.x_test, data.y_test, device=device)
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / max(seen, 1),
-               "test_loss": test_loss, "test_acc": acc}
-        if val is not None:
-            row["val_acc"], row["val_loss"] = evaluate(model, val.x_test, val.y_test, device=device)
-        if dp is not None:
-            row.update(dp.end_epoch(epoch))  # epsilon spent so far (Opacus accountant)
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        done_here += 1
-        bar.set_postfix(acc=f"{acc:.4f}")
-        if on_epoch is not None:
-            on_epoch(row)
-        if checkpoint and ck_path is not None:
-            _save_checkpoint(ck_path, config=cfg.to_dict(), epoch=epoch, model=model.state_dict(),
-                             optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
-                             torch_rng=torch.get_rng_state(), history=history, seconds=row["seconds"],
-                             dp=dp.state_dict() if dp is not None else None)
-    bar.close()
-    if not history:
-        acc, test_loss = evaluate(model, data.x_test, data.y_test, device=device)
-        row = {"epoch": 0, "lr": opt.param_groups[0]["lr"], "train_loss": float("nan"), "test_loss": test_loss,
-               "test_acc": acc}
-        if val is not None:
-            row["val_acc"], row["val_loss"] = evaluate(model, val.x_test, val.y_test, device=device)
-        row["seconds"] = 0.0
-        history.append(row)
-    res = TrainResult(model=model, history=history, test_acc=history[-1]["test_acc"],
-                      seconds=time.perf_counter() - t0, run_dir=run_dir,
-                      val_acc=history[-1].get("val_acc", float("nan")),
-                      privacy=dp.summary() if dp is not None else None)
-    if run_dir is not None:
-        write_csv(run_dir / "metrics.csv", history)
-        write_json(run_dir / "metrics.json", {"test_acc": res.test_acc, "val_acc": res.val_acc,
-                                              "seconds": res.seconds, "epochs_done": history[-1]["epoch"],
-                                              "history": history})
-        if res.privacy is not None:
-            write_json(run_dir / "privacy.json", res.privacy)
-    return res
+    return fit(cfg, run_dir, engine=LocalEngine(grad_fn), data=data, val=val, progress=progress,
+               on_epoch=on_epoch, resume=resume, checkpoint=checkpoint, stop_after=stop_after)

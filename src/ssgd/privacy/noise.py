@@ -46,14 +46,24 @@ __all__ = ["LEVELS", "GaussianNoise", "sensitivity", "derive_seed"]
 LEVELS = ("example", "node", "node-local")
 
 
-def sensitivity(level: str = "example", scope: str = "global", n_tensors: int = 1) -> float:
-    """:math:`L_2` sensitivity Δ of the released sum of unit vectors (table in the module doc)."""
+def sensitivity(level: str = "example", scope: str = "global",
+                n_tensors: "int | torch.nn.Module | Iterable[Tensor]" = 1) -> float:
+    """:math:`L_2` sensitivity Δ of the released sum of unit vectors (table in the module doc).
+
+    ``n_tensors`` is L, the number of tensors normalised one by one under ``scope="layer"``:
+    an int, or a model / an iterable of tensors whose trainable tensors are counted (what the
+    layer-scope unit vector is taken over). Global scope ignores it (Δ = 1, or 2 for node-local)."""
     if level not in LEVELS:
         raise ValueError(f"Invalid privacy level {level!r}; expected one of {LEVELS}")
     if scope not in ("global", "layer"):
         raise ValueError(f"Invalid scope={scope!r}; expected 'global' or 'layer'")
-    if n_tensors < 1:
-        raise ValueError(f"Invalid n_tensors={n_tensors}; must be >= 1")
+    if isinstance(n_tensors, torch.nn.Module):
+        n_tensors = sum(1 for p in n_tensors.parameters() if p.requires_grad)
+    elif not isinstance(n_tensors, (int, float)):
+        n_tensors = sum(1 for t in n_tensors if getattr(t, "requires_grad", True))
+    if isinstance(n_tensors, bool) or not isinstance(n_tensors, int) or n_tensors < 1:
+        raise ValueError(f"Invalid n_tensors={n_tensors!r}; must be an integer >= 1 (the number of tensors, "
+                         "each its own unit vector under scope='layer')")
     base = 2.0 if level == "node-local" else 1.0
     return base * (math.sqrt(n_tensors) if scope == "layer" else 1.0)
 

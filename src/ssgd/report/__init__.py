@@ -1,9 +1,10 @@
 """Run folders, result files, checkpoints, tables and figures."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .io import (ConfigMismatchError, RunDirError, atomic_write_bytes, atomic_write_text, check_saved_config,
-                 jsonable, make_run_dir, new_figure, save_figure, write_csv, write_json)
+from .io import (ConfigMismatchError, RunDirError, atomic_write_bytes, atomic_write_text, check_same_config,
+                 check_saved_config, config_diff, jsonable, make_run_dir, new_figure, save_figure, write_csv,
+                 write_json)
 
 __all__ = ["CheckpointError", "ConfigMismatchError", "RunDirError", "atomic_write_bytes", "atomic_write_text",
-           "check_saved_config", "jsonable", "load_checkpoint", "make_run_dir", "new_figure", "save_figure",
-           "save_checkpoint", "write_csv", "write_json"]
+           "check_same_config", "check_saved_config", "config_diff", "jsonable", "load_checkpoint", "make_run_dir",
+           "new_figure", "save_figure", "save_checkpoint", "write_csv", "write_json"]

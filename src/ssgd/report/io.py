@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = ["make_run_dir", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv", "save_figure",
-           "new_figure", "jsonable", "RunDirError", "ConfigMismatchError", "check_saved_config"]
+           "new_figure", "jsonable", "RunDirError", "ConfigMismatchError", "check_saved_config",
+           "check_same_config", "config_diff"]
 
 
 class RunDirError(ValueError):
@@ -39,8 +40,9 @@ def make_run_dir(out: str | os.PathLike | None, prefix: str, *, resume: bool = F
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"--out {path}: cannot create it ({e.strerror or e}); choose another folder") from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise RunDirError(f"--out {path} is not writable; choose another folder")
+        if not _writable(path):
+            raise RunDirError(f"--out {path} is not writable (read-only folder or file system); "
+                              "choose another folder")
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{prefix}-{stamp}"
@@ -50,6 +52,20 @@ def make_run_dir(out: str | os.PathLike | None, prefix: str, *, resume: bool = F
         path = Path(f"{base}-{k}")
     path.mkdir(parents=True)
     return path
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, not guessed: ``os.access`` says yes to root
+    on a read-only mount)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ssgd-write-probe.")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -144,6 +160,28 @@ class ConfigMismatchError(ValueError):
     """A run folder holds results of a different configuration than the one asked for."""
 
 
+def config_diff(saved: Mapping[str, Any], now: Mapping[str, Any], *,
+                ignore: Iterable[str] = ("device", "progress")) -> list[str]:
+    """The keys whose values differ between ``saved`` and ``now`` (after a JSON round trip), sorted."""
+    a = json.loads(json.dumps(jsonable(dict(saved))))
+    b = json.loads(json.dumps(jsonable(dict(now))))
+    skip = set(ignore)
+    return [k for k in sorted((set(a) | set(b)) - skip) if a.get(k) != b.get(k)]
+
+
+def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any], *, source: str | os.PathLike,
+                      ignore: Iterable[str] = ("device", "progress")) -> None:
+    """:class:`ConfigMismatchError` naming every differing key of ``saved`` (read from ``source``) and ``now``."""
+    if not isinstance(saved, Mapping):
+        raise ConfigMismatchError(f"{source} holds no config object; use a new run folder")
+    diff = config_diff(saved, now, ignore=ignore)
+    if diff:
+        shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:6])
+        more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
+        raise ConfigMismatchError(f"cannot resume from {source}: its config differs in {diff} ({shown}{more}); "
+                                  "resume with the same settings or use a new run folder")
+
+
 def check_saved_config(run_dir: str | os.PathLike, config: Mapping[str, Any], *, name: str = "config.json",
                        ignore: Iterable[str] = ("device", "progress")) -> bool:
     """Compare ``config`` with the one saved in ``run_dir/name``.
@@ -157,15 +195,6 @@ def check_saved_config(run_dir: str | os.PathLike, config: Mapping[str, Any], *,
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigMismatchError(f"{path} is unreadable ({e.__class__.__name__}); use a new run folder") from e
-    if not isinstance(saved, dict):
-        raise ConfigMismatchError(f"{path} holds no config object; use a new run folder")
-    now = json.loads(json.dumps(jsonable(dict(config))))
-    skip = set(ignore)
-    keys = sorted((set(saved) | set(now)) - skip)
-    diff = [k for k in keys if saved.get(k) != now.get(k)]
-    if diff:
-        shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:6])
-        raise ConfigMismatchError(f"{path} was written by a different configuration ({shown}); "
-                                  f"resume with the same settings or use a new run folder")
+        raise ConfigMismatchError(f"{path} is unreadable ({e.__class__.__name__}); use a new run folder") from None
+    check_same_config(saved, config, source=path, ignore=ignore)
     return True

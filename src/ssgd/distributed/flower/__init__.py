@@ -7,6 +7,10 @@
   :func:`run_server` runs the server logic on any ``Grid``.
 * :class:`InProcessGrid` -- N nodes running the same ``ClientApp`` in this process.
 * :class:`Deployment` -- a real SuperLink and N SuperNodes on 127.0.0.1 (``ssgd flower up``).
+* :class:`NodePolicy` -- a node's own privacy settings (scope, eps, allowed metrics, minimum
+  batch size and noise multiplier); no server message can lower them.
+* :class:`PrivateSSGDStrategy`, :class:`LocalNoiseMod` -- node-level DP (server-side noise on
+  the sum, or node-local noise).
 
 Needs ``flwr`` (``pip install 'ssgd[flower]'``); ``import ssgd.distributed`` does not import it.
 """
@@ -19,7 +23,8 @@ from typing import Any
 __all__ = [
     "SSGDMod", "ssgd_mod", "SSGDStrategy", "NotEnoughNodesError", "UpdateSpec", "Verdict", "validate_update",
     "FlowerRunConfig", "FaultMod", "FAULTS", "InProcessGrid", "run_server", "save_checkpoint", "load_checkpoint",
-    "CheckpointMismatchError", "Deployment", "DeploymentError", "run_in_process",
+    "CheckpointMismatchError", "Deployment", "DeploymentError", "run_in_process", "NodePolicy", "PolicyError",
+    "DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound",
 ]
 
 _EXPORTS = {
@@ -28,7 +33,8 @@ _EXPORTS = {
     "FlowerRunConfig": "config", "FaultMod": "faults", "FAULTS": "faults", "InProcessGrid": "local",
     "run_server": "server_app", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "CheckpointMismatchError": "checkpoint", "Deployment": "deploy", "DeploymentError": "deploy",
-    "run_in_process": "deploy",
+    "run_in_process": "deploy", "NodePolicy": "policy", "PolicyError": "policy", "DP_NOISE_MULTIPLIER": "privacy",
+    "LocalNoiseMod": "privacy", "PrivateSSGDStrategy": "privacy", "noisy_norm_bound": "privacy",
 }
 
 

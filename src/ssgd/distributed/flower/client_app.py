@@ -5,6 +5,11 @@ Loaded by a SuperNode as ``ssgd.distributed.flower.client_app:app``. The node's 
 from its node config (``partition-id``, ``num-partitions``); everything else from the run
 config (:class:`~ssgd.distributed.flower.FlowerRunConfig`) and, per round, the message's
 ConfigRecord. ``fault`` in the node config makes the node misbehave (see :mod:`.faults`).
+
+The train function reports ``num-examples`` and ``train-loss`` to the mods; :class:`SSGDMod`
+lets them leave only when the node config's ``allowed-metrics`` names them (default: none).
+Evaluate messages (the loss and accuracy of this node's data for a model the server chose)
+are answered only with node config ``allow-evaluate=true``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from . import keys
 from .config import FlowerRunConfig
 from .faults import FaultMod
 from .mod import ssgd_mod
+from .policy import NodePolicy
 from .task import dataset, evaluate_arrays, local_update, load_arrays, make_model, node_share, partition_of
 from .validation import arrays_from_record, record_from_arrays
 
@@ -51,6 +57,8 @@ def train(msg: Message, context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context) -> Message:
+    if not NodePolicy.from_node_config(context.node_config).allow_evaluate:
+        raise PermissionError("this node does not evaluate models for the server (node config allow-evaluate=false)")
     cfg = FlowerRunConfig.from_mapping(context.run_config)
     pid, num = partition_of(context.node_config)
     data = dataset(cfg.dataset, cfg.data_dir)

@@ -13,34 +13,60 @@ from typing import Any, Mapping
 from ...transform import SCOPES
 from . import keys
 
-__all__ = ["FlowerRunConfig"]
+__all__ = ["FlowerRunConfig", "ROUND_TIMEOUT", "default_min_nodes"]
+
+
+#: seconds the server waits for replies in a round (the one default: run config, CLI and template)
+ROUND_TIMEOUT = 120.0
+
+
+def default_min_nodes(num_nodes: int) -> int:
+    """``ssgd flower up``'s default ``min-nodes``: half of the started SuperNodes, rounded up
+    (2 of 3, 2 of 4, 3 of 5; 1 of 2), so that the run survives losing any one node and any
+    minority (``min-nodes`` = all would stop at the first loss)."""
+    return max(1, (num_nodes + 1) // 2)
+
+
+def _f(default: Any, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
 class FlowerRunConfig:
-    num_rounds: int = 10
-    mode: str = "fedsgd"            # fedsgd | delta
-    scope: str = "global"           # global | layer
-    server_lr: float = 0.5          # step length of one round
-    local_steps: int = 5            # delta mode: local SGD steps per round
-    client_lr: float = 0.05         # delta mode: local SGD learning rate
-    batch_size: int = 64
-    dataset: str = "mnist"
-    data_dir: str = ""              # "" = the dataset's default location
-    model: str = "mlp"
-    partition: str = "iid"          # iid | dirichlet
-    alpha: float = 0.5              # Dirichlet concentration
-    seed: int = 0
-    strict: bool = True             # require |u| = 1 +- norm_tol
-    norm_tol: float = 1e-3
-    fraction_train: float = 1.0
-    min_nodes: int = 1              # wait for this many nodes before a round
-    round_timeout: float = 60.0     # seconds to wait for replies in a round
-    node_wait_timeout: float = 120.0
-    straggler_timeout: float = 0.0  # after min-nodes replies, wait at most this long for the rest (0 = off)
-    out_dir: str = ""               # run folder on the server ("" = runs/flower-<time>)
-    resume: bool = True             # continue from out_dir/checkpoint.pt if present
-    test_size: int = 0              # 0 = the whole test split for the server's evaluation
+    num_rounds: int = _f(10, "federated rounds")
+    mode: str = _f("fedsgd", "fedsgd (unit gradients) | delta (unit model deltas of local steps)")
+    scope: str = _f("global", "global | layer (must match every node's own ssgd-scope)")
+    server_lr: float = _f(0.5, "step length of one round")
+    local_steps: int = _f(5, "delta mode: local SGD steps per round")
+    client_lr: float = _f(0.05, "delta mode: local SGD learning rate")
+    batch_size: int = _f(64, "batch size on each node (a node refuses one below its min-batch-size)")
+    dataset: str = _f("mnist", "dataset (mnist is embedded)")
+    data_dir: str = _f("", "\"\" = the dataset's default location")
+    model: str = _f("mlp", "lenet | mlp | convnet (models without BatchNorm)")
+    partition: str = _f("iid", "iid | dirichlet (with alpha)")
+    alpha: float = _f(0.5, "Dirichlet concentration")
+    seed: int = _f(0, "seed")
+    strict: bool = _f(True, "reject updates whose norm is not 1 +- norm-tol")
+    norm_tol: float = _f(1e-3, "tolerance of the unit-norm check")
+    fraction_train: float = _f(1.0, "fraction of the connected nodes sampled per round")
+    min_nodes: int = _f(1, "nodes needed before a round starts (ssgd flower up: half of them, rounded up)")
+    round_timeout: float = _f(ROUND_TIMEOUT, "seconds to wait for replies in a round")
+    node_wait_timeout: float = _f(120.0, "seconds to wait for min-nodes connected nodes")
+    straggler_timeout: float = _f(0.0, "after min-nodes replies, wait at most this long (0 = off)")
+    out_dir: str = _f("", "run folder on the server (\"\" = runs/flower-<time>)")
+    resume: bool = _f(True, "continue from out-dir/checkpoint.pt (refused if it is another experiment's)")
+    overwrite: bool = _f(False, "replace the results in out-dir when there is no checkpoint to resume")
+    test_size: int = _f(0, "0 = the whole test split for the central evaluation")
+
+    @classmethod
+    def run_config_keys(cls) -> tuple[str, ...]:
+        """Every run-config key, Flower style ('-' separated)."""
+        return tuple(f.name.replace("_", "-") for f in dataclasses.fields(cls))
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """One line of help per run-config key."""
+        return {f.name.replace("_", "-"): f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "FlowerRunConfig":

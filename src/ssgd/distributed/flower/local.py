@@ -14,16 +14,26 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
-__all__ = ["InProcessGrid"]
+__all__ = ["InProcessGrid", "with_message_id"]
 
 log = logging.getLogger(__name__)
+
+
+def with_message_id(msg: Message, message_id: str, *, content: RecordDict | None = None) -> Message:
+    """A copy of ``msg`` (optionally with other ``content``) carrying ``message_id``, as a SuperLink
+    stamps every message it forwards; built through Flower's public ``Metadata``/``Message`` constructors."""
+    md = msg.metadata
+    meta = Metadata(run_id=md.run_id, message_id=message_id, src_node_id=md.src_node_id, dst_node_id=md.dst_node_id,
+                    reply_to_message_id=md.reply_to_message_id, group_id=md.group_id, created_at=md.created_at,
+                    ttl=md.ttl, message_type=md.message_type, src_task_id=md.src_task_id, dst_task_id=md.dst_task_id)
+    return Message(content=msg.content if content is None else content, metadata=meta)
 
 
 class InProcessGrid(Grid):
@@ -72,15 +82,11 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.contexts if n not in self.dead]
 
-    def _deliver(self, msg: Message) -> Message | None:
+    def _deliver(self, msg: Message, message_id: str) -> Message | None:
         node = msg.metadata.dst_node_id
         if node in self.dead or node not in self.contexts:
             return None
-        self._counter += 1
-        msg.metadata.__dict__["_message_id"] = f"local-{self._counter}"
-        mine = Message(copy.deepcopy(msg.content), node, msg.metadata.message_type,
-                       group_id=msg.metadata.group_id)
-        mine.metadata.__dict__["_message_id"] = f"local-{self._counter}"
+        mine = with_message_id(msg, message_id, content=copy.deepcopy(msg.content))
         try:
             return self.client_app(mine, self.contexts[node])
         except Exception as e:  # what a SuperNode does with a raising ClientApp
@@ -91,9 +97,9 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
-            reply = self._deliver(msg)
             self._counter += 1
-            mid = f"push-{self._counter}"
+            mid = f"local-{self._counter}"
+            reply = self._deliver(msg, mid)
             if reply is not None:
                 self._outbox[mid] = reply
             ids.append(mid)

@@ -16,8 +16,17 @@ call from the incoming ConfigRecord key ``ssgd-mode``, default from the construc
     where :math:`w` is the global model it received -- never :math:`w'` itself, which
     would reveal the modulus.
 
-Scope (``ssgd-scope``: ``"global"`` or ``"layer"``) and ``ssgd-eps`` are read the same way.
 The normalisation is :func:`ssgd.unit_` (float32 norms, zero stays zero, NaN refused).
+
+**The node decides how it normalises and what leaves it** (:class:`~.policy.NodePolicy`):
+scope, eps, the smallest batch and the metrics that may leave come from the mod's
+constructor and, over it, the node's own ``node_config``; the server's ``ssgd-scope`` /
+``ssgd-eps`` / ``batch-size`` are only requests, refused (error reply naming the setting)
+when they ask for less protection. The reply that leaves the node is rebuilt from scratch:
+one ``ArrayRecord`` with the unit vector, plus -- only if the node's ``allowed-metrics``
+names them -- scalar metrics; nothing else of the ClientApp's reply (no loss, no count, no
+config echo) passes. Before sending, the mod checks the vector it built: norm 1 within
+``unit_tol`` (per tensor for ``scope="layer"``) or exactly 0, else an error reply.
 
 Like Flower's ``LocalDpMod``, the mod never crashes the node: a malformed request or
 reply (not exactly one ArrayRecord, names or shapes that differ from the model it was
@@ -28,15 +37,17 @@ sent, non-finite values, a bad setting) becomes an error reply
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...transform import DEFAULT_EPS, SCOPES, NonFiniteGradientError, unit_
+from ...transform import DEFAULT_EPS, NonFiniteGradientError, unit_
 from . import keys
+from .policy import NodePolicy, PolicyError, check_outgoing, request_config
 
-__all__ = ["SSGDMod", "ssgd_mod"]
+__all__ = ["SSGDMod", "ssgd_mod", "error_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +56,53 @@ class _ModError(Exception):
     pass
 
 
-def _config_of(msg) -> dict[str, Any]:
-    records = msg.content.config_records
-    if "config" in records:
-        return dict(records["config"])
-    if len(records) == 1:
-        return dict(next(iter(records.values())))
-    return {}
+def error_reply(msg, reason: str):
+    """The error reply (``ErrorCode.MOD_FAILED_PRECONDITION``) a mod sends instead of an update."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode
+
+    log.error(reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
 
 class SSGDMod:
     """Client mod: normalise the outgoing update (gradient or model delta) to a unit vector.
 
-    Parameters are the defaults used when a message's ConfigRecord does not set them:
-    ``mode`` ("fedsgd" | "delta"), ``scope`` ("global" | "layer"), ``eps`` (> 0).
+    ``mode`` ("fedsgd" | "delta") is the default when a message sets no ``ssgd-mode``. The
+    other arguments are this node's policy (:class:`~.policy.NodePolicy`; the node config's
+    keys override them): ``scope``, ``eps``, ``allowed_metrics`` (default: none),
+    ``min_batch_size`` and ``unit_tol``.
     """
 
-    def __init__(self, mode: str = "fedsgd", scope: str = "global", eps: float = DEFAULT_EPS) -> None:
-        self.mode, self.scope, self.eps = self._check(mode, scope, eps)
-
-    @staticmethod
-    def _check(mode: Any, scope: Any, eps: Any) -> tuple[str, str, float]:
+    def __init__(self, mode: str = "fedsgd", scope: str = "global", eps: float = DEFAULT_EPS, *,
+                 allowed_metrics: Any = (), min_batch_size: int = 1, unit_tol: float = 1e-3) -> None:
         if mode not in keys.MODES:
             raise ValueError(f"Invalid {keys.MODE}={mode!r}; expected one of {keys.MODES}")
-        if scope not in SCOPES:
-            raise ValueError(f"Invalid {keys.SCOPE}={scope!r}; expected one of {SCOPES}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"Invalid {keys.EPS}={eps!r}; must be a float > 0, e.g. 1e-12")
-        return mode, scope, float(eps)
+        self.mode = mode
+        self.policy = NodePolicy(scope=scope, eps=eps, allowed_metrics=allowed_metrics,
+                                 min_batch_size=min_batch_size, unit_tol=unit_tol)
 
-    def settings(self, msg) -> tuple[str, str, float]:
-        """This call's (mode, scope, eps): the message's ConfigRecord over the defaults."""
-        cfg = _config_of(msg)
-        return self._check(cfg.get(keys.MODE, self.mode), cfg.get(keys.SCOPE, self.scope),
-                           cfg.get(keys.EPS, self.eps))
+    @property
+    def scope(self) -> str:
+        return self.policy.scope
+
+    @property
+    def eps(self) -> float:
+        return self.policy.eps
+
+    def node_policy(self, ctxt) -> NodePolicy:
+        """This node's policy: the constructor's, with the node config (``ctxt.node_config``) over it."""
+        return NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
+
+    def settings(self, msg, ctxt=None) -> tuple[str, NodePolicy]:
+        """This call's mode (from the request) and the node's policy, after checking the request against it."""
+        policy = self.node_policy(ctxt)
+        cfg = request_config(msg)
+        mode = cfg.get(keys.MODE, self.mode)
+        if mode not in keys.MODES:
+            raise ValueError(f"Invalid {keys.MODE}={mode!r}; expected one of {keys.MODES}")
+        policy.check_request(cfg)
+        return mode, policy
 
     def __call__(self, msg, ctxt, call_next):
         from flwr.app import MessageType
@@ -86,12 +110,12 @@ class SSGDMod:
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, ctxt)
         try:
-            mode, scope, eps = self.settings(msg)
+            mode, policy = self.settings(msg, ctxt)
             sent = self._single_record(msg, "request")
             sent_meta = {k: tuple(int(s) for s in a.shape) for k, a in sent.items()}
             sent_arrays = {k: np.asarray(a.numpy()) for k, a in sent.items()} if mode == "delta" else None
-        except (_ModError, ValueError, TypeError) as e:
-            return self._error(msg, str(e))
+        except (_ModError, PolicyError, ValueError, TypeError) as e:
+            return error_reply(msg, f"SSGDMod: {e}")
 
         out = call_next(msg, ctxt)
         if out.has_error():
@@ -115,16 +139,26 @@ class SSGDMod:
                 tensors.append(t)
             if not tensors:
                 raise _ModError("the reply's ArrayRecord is empty")
-            unit_(tensors, scope=scope, eps=eps, names=names)
+            unit_(tensors, scope=policy.scope, eps=policy.eps, names=names)
+            sq = [float(torch.sum(t.double() ** 2)) for t in tensors]
+            norms = [math.sqrt(sum(sq))] if policy.scope == "global" else [math.sqrt(v) for v in sq]
+            if not check_outgoing(norms, policy.unit_tol):
+                # no number in the reason: it would travel to the server
+                raise _ModError(f"the outgoing update is not a unit vector (scope={policy.scope!r}) nor 0; not sent")
+            metrics = {}
+            for record in out.content.metric_records.values():
+                metrics.update(policy.allowed(record))
         except NonFiniteGradientError as e:
-            return self._error(msg, f"SSGDMod: {e}")
+            return error_reply(msg, f"SSGDMod: {e}")
         except (_ModError, ValueError, TypeError) as e:
-            return self._error(msg, f"SSGDMod: {e}")
+            return error_reply(msg, f"SSGDMod: {e}")
 
-        from flwr.app import Array, ArrayRecord
+        from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-        out.content[key] = ArrayRecord({n: Array(t.numpy()) for n, t in zip(names, tensors)})
-        return out
+        content = RecordDict({key: ArrayRecord({n: Array(t.numpy()) for n, t in zip(names, tensors)})})
+        if metrics:
+            content["metrics"] = MetricRecord(metrics)
+        return Message(content=content, reply_to=msg)
 
     @staticmethod
     def _single_record_key(msg, what: str) -> str:
@@ -136,14 +170,6 @@ class SSGDMod:
     def _single_record(self, msg, what: str):
         return msg.content.array_records[self._single_record_key(msg, what)]
 
-    @staticmethod
-    def _error(msg, reason: str):
-        from flwr.app import Error, Message
-        from flwr.common.constant import ErrorCode
 
-        log.error(reason)
-        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
-
-
-#: A ready instance with the defaults (mode and scope still come from each message's config).
+#: A ready instance with the default policy (the node config may change it; the mode comes from each request).
 ssgd_mod = SSGDMod()

@@ -7,7 +7,10 @@ is the same logic for any ``Grid`` (the in-process one included).
 Run folder (``out-dir``): ``config.json``, ``checkpoint.pt`` (every round), ``metrics.json`` /
 ``metrics.csv`` (per round: test accuracy, accepted update norms with node ids, rejected and
 failed nodes with reasons), ``result.json`` (written last: its presence means the run
-finished) and ``report.md``.
+finished) and ``report.md``. A folder that already holds these files is continued only from a
+matching checkpoint (``resume=true``, the default; another experiment's checkpoint is refused
+with :class:`~.checkpoint.CheckpointMismatchError` before anything is written) or replaced with
+``overwrite=true``; otherwise the run is refused and the folder left as it was.
 """
 
 from __future__ import annotations
@@ -20,35 +23,43 @@ from typing import Any, Mapping
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import ServerApp
 
-from ...report.io import atomic_write_text, make_run_dir, write_csv, write_json
+from ...report.io import RunDirError, atomic_write_text, make_run_dir, write_csv, write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FlowerRunConfig
 from .strategy import SSGDStrategy
 from .task import dataset, evaluate_arrays, make_model, param_arrays
 from .validation import arrays_from_record, record_from_arrays
 
-__all__ = ["app", "run_server"]
+__all__ = ["app", "run_server", "RUN_FILES"]
 
 log = logging.getLogger(__name__)
 
 app = ServerApp()
 
+#: the files a run writes into its folder (an existing one is replaced only on resume or with overwrite=true)
+RUN_FILES = ("config.json", "checkpoint.pt", "metrics.json", "metrics.csv", "result.json", "report.md")
+
 
 def run_server(grid, run_config: Mapping[str, Any], *, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the SSGD federation on ``grid``; return the summary written to result.json."""
     cfg = FlowerRunConfig.from_mapping(run_config)
-    out = make_run_dir(cfg.out_dir or None, "flower", overwrite=True)
-    write_json(out / "config.json", cfg.to_dict())
+    out = make_run_dir(cfg.out_dir or None, "flower", overwrite=True)  # RUN_FILES are checked below
     model = make_model(cfg)
     arrays = param_arrays(model)
     ckpt_path = out / "checkpoint.pt"
     history: list[dict[str, Any]] = []
     start_round = 1
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, cfg.to_dict())
-        if ckpt is not None:
-            arrays, history, start_round = ckpt["arrays"], ckpt["history"], ckpt["round"] + 1
-            log.info("resuming from %s after round %d", ckpt_path, ckpt["round"])
+    # decide before writing anything: a refused resume leaves the folder as it was
+    ckpt = load_checkpoint(ckpt_path, cfg.to_dict()) if cfg.resume else None  # CheckpointMismatchError
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if ckpt is None and existing and not cfg.overwrite:
+        why = "resume=false" if ckpt_path.exists() else "there is no checkpoint to resume from"
+        raise RunDirError(f"out-dir {out} already holds results ({', '.join(existing)}) and {why}; "
+                          "set overwrite=true to replace them, or choose another out-dir")
+    if ckpt is not None:
+        arrays, history, start_round = ckpt["arrays"], ckpt["history"], ckpt["round"] + 1
+        log.info("resuming from %s after round %d", ckpt_path, ckpt["round"])
+    write_json(out / "config.json", cfg.to_dict())
     (out / "result.json").unlink(missing_ok=True)
     data = dataset(cfg.dataset, cfg.data_dir, cfg.test_size, cfg.seed)
     eval_model = make_model(cfg)

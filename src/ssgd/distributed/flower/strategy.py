@@ -9,8 +9,19 @@ accepted set :math:`A` the global model moves by
     \text{fedsgd:}\quad w \leftarrow w - \eta\,\frac{1}{|A|}\sum_{i\in A} u_i, \qquad
     \text{delta:}\quad w \leftarrow w + \eta\,\frac{1}{|A|}\sum_{i\in A} u_i,
 
-so a round moves the model by at most :math:`\eta` and one node by at most :math:`\eta/|A|`,
-whatever it sends (``strict`` validation requires :math:`\lVert u_i\rVert \approx 1`).
+so a round moves the model by at most :math:`\eta` (:math:`\eta\sqrt L` with ``scope="layer"``
+and :math:`L` tensors). One node's own term is at most :math:`\eta/|A|` (:math:`\eta\sqrt L/|A|`),
+but its presence also changes the others' weight from :math:`1/(|A|-1)` to :math:`1/|A|`: a node
+pointing against the honest sum moves the result by up to :math:`2\eta/|A|` relative to the
+round without it (docs/flower.md has measured numbers).
+
+Every field of every reply is validated inside a guarded section: the arrays
+(:func:`~ssgd.distributed.flower.validate_update`), the records (exactly one ArrayRecord, at
+most one MetricRecord, no ConfigRecord), every metric (known name, finite scalar of the
+right type), and the sender: a reply from a node that was not sampled this round, or a
+second reply from the same node, is rejected. A bad reply is logged with its node id and
+the round goes on; an exception anywhere in the arithmetic leaves the model unchanged for
+that round instead of crashing the server.
 Only the trainable parameters are updated; other arrays of the global record (buffers) are
 kept as they are.
 
@@ -22,6 +33,7 @@ raises a clear error), so a node that disappears mid-run only shrinks the next r
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +43,7 @@ import numpy as np
 
 from ...transform import DEFAULT_EPS, check_scope
 from . import keys
+from .policy import METRICS
 from .validation import UpdateSpec, validate_update
 
 __all__ = ["SSGDStrategy", "NotEnoughNodesError"]
@@ -121,6 +134,8 @@ class SSGDStrategy(FedAvg):
         self._rng = random.Random(seed)
         self._current: ArrayRecord | None = None
         self._spec: UpdateSpec | None = None
+        #: per round: the node ids the train messages went to
+        self.sampled: dict[int, set[int]] = {}
         #: per round: {"accepted": [(node_id, norm)], "rejected": [(node_id, reason)], "failed": [(node_id, reason)]}
         self.rounds: dict[int, dict[str, list]] = {}
 
@@ -153,10 +168,16 @@ class SSGDStrategy(FedAvg):
             raise ValueError(f"the trainable arrays mix dtypes {sorted(dtypes)}; use one float dtype")
         return UpdateSpec(names, shapes, dtype=dtypes.pop(), scope=self.scope, strict=self.strict, tol=self.norm_tol)
 
+    @property
+    def spec(self) -> UpdateSpec | None:
+        """What an update must look like in the current round (``None`` before the first round)."""
+        return self._spec
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> Iterable[Message]:
         self._current = arrays
         self._spec = self.spec_for(arrays)
         nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        self.sampled[server_round] = {int(n) for n in nodes}
         cfg = ConfigRecord(dict(config))
         for k, v in self.client_config.items():
             cfg[k] = v
@@ -186,52 +207,97 @@ class SSGDStrategy(FedAvg):
             return None
 
     # ------------------------------------------------------------------ aggregation
+    def check_reply(self, server_round: int, msg: Message, seen: set[int]) -> tuple[int | None, str, Any]:
+        """Validate one train reply: ``(node id, reason, payload)``; reason ``""`` means accepted, with
+        payload ``(arrays, norm, metrics)``; reason ``"error: ..."`` marks an error reply. Never raises."""
+        node = None
+        try:
+            node = int(msg.metadata.src_node_id)
+            if msg.has_error():  # carries no update (the SuperLink also sends these for vanished nodes)
+                return node, f"error: error reply (code {msg.error.code}): {msg.error.reason}", None
+            sampled = self.sampled.get(server_round, set())
+            if node not in sampled:
+                return node, f"node {node} was not sampled in round {server_round}", None
+            if node in seen:
+                return node, f"a second reply from node {node} in round {server_round} (one per node)", None
+            seen.add(node)
+            content = msg.content
+            if len(content.config_records):
+                return node, f"the reply carries ConfigRecord(s) {sorted(content.config_records)}; none allowed", None
+            if len(content.metric_records) > 1:
+                return node, f"the reply carries {len(content.metric_records)} MetricRecords; at most one allowed", None
+            metrics: dict[str, float] = {}
+            for record in content.metric_records.values():
+                for k, v in record.items():
+                    if k not in METRICS:
+                        return node, f"unknown metric {k!r} (known: {', '.join(METRICS)})", None
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                        return node, f"metric {k!r}={v!r} is not a finite number", None
+                    if k == "num-examples" and (not isinstance(v, int) or v < 1):
+                        return node, f"metric 'num-examples'={v!r} is not an integer >= 1", None
+                    if k == "train-loss" and v < 0:
+                        return node, f"metric 'train-loss'={v!r} is negative", None
+                    metrics[k] = v
+            verdict, arrays = validate_update(content, self._spec)
+            if not verdict.ok:
+                return node, verdict.reason, None
+            return node, "", (arrays, verdict.norm, metrics)
+        except Exception as e:  # a malformed reply must never crash the server
+            return node, f"malformed reply ({type(e).__name__}: {e})", None
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._current is None or self._spec is None:
             raise RuntimeError("aggregate_train called before configure_train")
         book = self.rounds.setdefault(server_round, {"accepted": [], "rejected": [], "failed": []})
         accepted: list[dict[str, np.ndarray]] = []
         losses, weights = [], []
+        seen: set[int] = set()
         for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            if msg.has_error():
-                reason = f"error reply (code {msg.error.code}): {msg.error.reason}"
-                book["failed"].append((node, reason))
-                log.warning("round %d: node %d failed: %s", server_round, node, reason)
+            node, reason, payload = self.check_reply(server_round, msg, seen)
+            if reason.startswith("error: "):
+                book["failed"].append((node, reason[len("error: "):]))
+                log.warning("round %d: node %s failed: %s", server_round, node, reason[len("error: "):])
                 continue
-            verdict, arrays = validate_update(msg.content, self._spec)
-            if not verdict.ok:
-                book["rejected"].append((node, verdict.reason))
-                log.warning("round %d: rejected the update of node %d: %s", server_round, node, verdict.reason)
+            if reason:
+                book["rejected"].append((node, reason))
+                log.warning("round %d: rejected the reply of node %s: %s", server_round, node, reason)
                 continue
-            book["accepted"].append((node, verdict.norm))
+            arrays, norm, metrics = payload
+            book["accepted"].append((node, norm))
             accepted.append(arrays)
-            metrics = next(iter(msg.content.metric_records.values()), None) if msg.content.metric_records else None
-            if metrics is not None and "train-loss" in metrics:
-                loss = metrics["train-loss"]
-                if isinstance(loss, (int, float)) and np.isfinite(loss):
-                    losses.append(float(loss))
-                    weights.append(float(metrics.get("num-examples", 1)))
+            if "train-loss" in metrics:  # opt-in on the node (allowed-metrics)
+                losses.append(float(metrics["train-loss"]))
+                weights.append(float(metrics.get("num-examples", 1)))
         n_ok = len(accepted)
         log.info("round %d: %d accepted, %d rejected, %d failed", server_round, n_ok, len(book["rejected"]),
                  len(book["failed"]))
         metrics = MetricRecord({"accepted": n_ok, "rejected": len(book["rejected"]), "failed": len(book["failed"])})
-        if losses:
-            metrics["train-loss"] = float(np.average(losses, weights=weights))
         if n_ok == 0:
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
             return None, metrics
-        sign = -1.0 if self.mode == "fedsgd" else 1.0
-        step = sign * self.server_lr / n_ok
-        new: dict[str, Array] = {}
-        update_names = set(self._spec.names)
-        for name, arr in self._current.items():
-            if name in update_names:
-                w = np.asarray(arr.numpy())
-                total = np.sum([u[name].astype(np.float64) for u in accepted], axis=0)
-                new[name] = Array(np.asarray(w + step * total, dtype=w.dtype))
-            else:
-                new[name] = arr
+        try:
+            if losses:
+                total_w = math.fsum(weights)
+                metrics["train-loss"] = float(np.average(losses, weights=weights)) if total_w > 0 else \
+                    float(np.mean(losses))
+            sign = -1.0 if self.mode == "fedsgd" else 1.0
+            step = sign * self.server_lr / n_ok
+            new: dict[str, Array] = {}
+            update_names = set(self._spec.names)
+            for name, arr in self._current.items():
+                if name in update_names:
+                    w = np.asarray(arr.numpy())
+                    total = np.sum([u[name].astype(np.float64) for u in accepted], axis=0)
+                    new_w = np.asarray(w + step * total, dtype=w.dtype)
+                    if not np.isfinite(new_w).all():
+                        raise FloatingPointError(f"the new {name!r} is not finite")
+                    new[name] = Array(new_w)
+                else:
+                    new[name] = arr
+        except Exception as e:  # never crash the server on one round's arithmetic
+            log.error("round %d: aggregation failed (%s: %s); the global model is unchanged", server_round,
+                      type(e).__name__, e)
+            return None, metrics
         return ArrayRecord(new), metrics
 
     # ------------------------------------------------------------------ the loop

@@ -24,7 +24,7 @@ from ...report.io import atomic_write_bytes
 from .config import FlowerRunConfig
 
 __all__ = ["CACHE_ENV", "dataset", "node_share", "make_model", "param_arrays", "load_arrays", "local_update",
-           "evaluate_arrays", "partition_of"]
+           "evaluate_arrays", "partition_of", "check_nodes"]
 
 
 #: Environment variable naming a folder where decoded datasets are cached as .npz. In a
@@ -88,6 +88,22 @@ def partition_of(node_config: Mapping[str, Any]) -> tuple[int, int]:
     if not 0 <= pid < num:
         raise ValueError(f"Invalid node config partition-id={pid}; must be in [0, num-partitions={num})")
     return pid, num
+
+
+def check_nodes(cfg: FlowerRunConfig, num_nodes: int) -> None:
+    """Refuse (ValueError) a number of nodes that leaves some node without training examples."""
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"Invalid number of nodes {num_nodes!r}; must be an integer >= 1")
+    n = int(dataset(cfg.dataset, cfg.data_dir).y_train.shape[0])
+    if num_nodes > n:
+        raise ValueError(f"--nodes {num_nodes}: {cfg.dataset} has only {n} training examples, so some nodes would "
+                         f"hold none; use at most {n} nodes (fewer for useful batches)")
+    shares = _share_indices(cfg.dataset, cfg.data_dir, cfg.partition, cfg.alpha, cfg.seed, num_nodes)
+    empty = [i for i, idx in enumerate(shares) if len(idx) == 0]
+    if empty:
+        raise ValueError(f"--nodes {num_nodes}: the {cfg.partition} partition of {cfg.dataset} (alpha={cfg.alpha}) "
+                         f"leaves {len(empty)} node(s) without training examples (e.g. node {empty[0]}); use fewer "
+                         "nodes or a larger alpha")
 
 
 def node_share(cfg: FlowerRunConfig, pid: int, num: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ class UpdateSpec:
     strict: bool = True
     tol: float = 1e-3
     #: when set (global scope only), replaces the unit-norm test by ``|u| <= norm_bound``
-    #: (e.g. for locally noised unit vectors, see ssgd.privacy.flower)
+    #: (e.g. for locally noised unit vectors, see ssgd.distributed.flower.privacy)
     norm_bound: float | None = None
 
     def __post_init__(self) -> None:

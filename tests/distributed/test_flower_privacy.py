@@ -31,7 +31,7 @@ def _kw(cfg, w0):
 def test_private_strategy_noise_and_epsilon():
     from ssgd.distributed.flower import SSGDStrategy
     from ssgd.privacy import NodePrivacy, compute_epsilon
-    from ssgd.privacy.flower import PrivateSSGDStrategy
+    from ssgd.distributed.flower import PrivateSSGDStrategy
 
     sigma, n = 2.0, 2
     made = {}
@@ -51,9 +51,56 @@ def test_private_strategy_noise_and_epsilon():
     assert strategy.privacy.epsilon() == pytest.approx(compute_epsilon(sigma, 1.0, 1, 1e-5))
 
 
+class _Grid:
+    def __init__(self, n):
+        self.n = n
+
+    def get_node_ids(self):
+        return list(range(1, self.n + 1))
+
+
+def test_layer_scope_noise_is_calibrated_to_sqrt_l():
+    """Finding 6: scope='layer' added noise for sensitivity 1, but L unit tensors have sensitivity sqrt(L)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from ssgd.distributed.flower import PrivateSSGDStrategy, SSGDStrategy
+    from ssgd.distributed.flower.local import with_message_id
+    from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
+    from ssgd.privacy import NodePrivacy
+
+    from flower_helpers import identity
+
+    identity()
+    sigma, n, lr = 1.5, 2, 1.0
+    rng = np.random.default_rng(0)
+    w = {f"t{i}": rng.standard_normal(size).astype(np.float32)
+         for i, size in enumerate((4000, 3000, 2000, 1000, 500, 250, 100, 50))}
+    L = len(w)
+    units = []
+    for _ in range(n):  # layer-wise unit vectors
+        units.append({k: (g / np.linalg.norm(g)).astype(np.float32)
+                      for k, g in ((k, rng.standard_normal(v.shape)) for k, v in w.items())})
+
+    def step(strategy):
+        msgs = strategy.configure_train(1, record_from_arrays(w), ConfigRecord(), _Grid(n))
+        replies = [Message(RecordDict({"arrays": record_from_arrays(u)}), reply_to=with_message_id(m, f"m{j}"))
+                   for j, (m, u) in enumerate(zip(msgs, units))]
+        return arrays_from_record(strategy.aggregate_train(1, replies)[0])
+
+    base = step(SSGDStrategy(scope="layer", server_lr=lr, mode="delta"))
+    private = PrivateSSGDStrategy(privacy=NodePrivacy(sigma, split="central", seed=1), scope="layer",
+                                  server_lr=lr, mode="delta")
+    noisy = step(private)
+    diff = np.concatenate([(noisy[k].astype(np.float64) - base[k]).ravel() for k in w])
+    true_sensitivity = np.sqrt(L) * (1 + private.norm_tol)
+    assert private.sensitivity == pytest.approx(true_sensitivity)
+    # the noise on the sum has std sigma * sqrt(L) (2.83 sigma for L = 8), not sigma * 1
+    assert diff.std() == pytest.approx(sigma * true_sensitivity * lr / n, rel=0.03)
+
+
 def test_private_strategy_refuses_local_noise_objects():
     from ssgd.privacy import NodePrivacy
-    from ssgd.privacy.flower import PrivateSSGDStrategy
+    from ssgd.distributed.flower import PrivateSSGDStrategy
 
     with pytest.raises(ValueError, match="split='central'"):
         PrivateSSGDStrategy(privacy=NodePrivacy(1.0, split="distributed", num_nodes=3))
@@ -102,25 +149,25 @@ def _unit(g):
 
 def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded():
     from ssgd.distributed.flower import SSGDMod
-    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+    from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
     sigma = 0.7
     u = _unit(G)
-    [out] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    [out] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     noise = np.concatenate([(out[k].astype(np.float64) - u[k]).ravel() for k in G])
     # node-local sensitivity 2: std = 2 sigma; 40k draws: the std is within ~1% (5 standard errors: 1.8%)
     assert noise.std() == pytest.approx(2 * sigma, rel=0.02)
     assert abs(noise.mean()) < 5 * 2 * sigma / np.sqrt(noise.size)
     # seeded: the same (seed, node, round) reproduces; another round or node draws fresh noise
-    [again] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    [again] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     assert all(np.array_equal(out[k], again[k]) for k in G)
-    [r2] = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma}, rnd=2)
+    [r2] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma}, rnd=2)
     assert not np.array_equal(out["a"], r2["a"])
-    n1, n2 = _train_once(_fixed_unit_app([LocalNoiseMod(seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma},
+    n1, n2 = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma},
                          nodes=2)
     assert not np.array_equal(n1["a"], n2["a"])
     # unseeded: OS entropy, fresh on every call
-    mod = LocalNoiseMod()
+    mod = LocalNoiseMod(min_noise_multiplier=0.5)
     [e1] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     [e2] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     assert not np.array_equal(e1["a"], e2["a"])
@@ -135,7 +182,7 @@ def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match):
     from flwr.common.constant import ErrorCode
 
     from ssgd.distributed.flower import SSGDMod
-    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+    from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
     cfg = {} if sigma is None else {DP_NOISE_MULTIPLIER: sigma}
     [err] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5), SSGDMod()], G), G, cfg)
@@ -145,14 +192,18 @@ def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match):
 
 def test_local_noise_mod_inside_ssgd_mod_is_an_error_reply():
     from ssgd.distributed.flower import SSGDMod
-    from ssgd.privacy.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
+    from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
-    [err] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod()], G), G, {DP_NOISE_MULTIPLIER: 1.0})
+    [err] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod(min_noise_multiplier=1.0)], G), G,
+                        {DP_NOISE_MULTIPLIER: 1.0})
     assert not isinstance(err, dict) and "list LocalNoiseMod before SSGDMod" in err.reason
+    # the reason travels to the server: it must not carry the raw gradient's norm (the old one did)
+    raw = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in G.values()))
+    assert f"{raw:.6g}" not in err.reason and not any(c.isdigit() for c in err.reason)
 
 
 def test_noisy_norm_bound():
-    from ssgd.privacy.flower import noisy_norm_bound
+    from ssgd.distributed.flower import noisy_norm_bound
 
     rng = np.random.default_rng(0)
     d, s = 5000, 0.3
@@ -173,10 +224,10 @@ def test_local_private_strategy_accepts_noisy_rejects_boosted_and_reports_epsilo
     from ssgd.distributed.flower.task import make_model, param_arrays
     from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
     from ssgd.privacy import NodePrivacy, compute_epsilon
-    from ssgd.privacy.flower import LocalNoiseMod, PrivateSSGDStrategy, noisy_norm_bound
+    from ssgd.distributed.flower import LocalNoiseMod, PrivateSSGDStrategy, noisy_norm_bound
 
     sigma, delta, rounds = 0.5, 1e-5, 2
-    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(seed=0), ssgd_mod])
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=0.5, seed=0), ssgd_mod])
     app.train()(train)
     cfg = FlowerRunConfig.from_mapping(CFG)
     w0 = param_arrays(make_model(cfg))
@@ -207,9 +258,54 @@ def test_local_private_strategy_accepts_noisy_rejects_boosted_and_reports_epsilo
 
 def test_local_mode_checks_its_settings():
     from ssgd.privacy import NodePrivacy
-    from ssgd.privacy.flower import PrivateSSGDStrategy
+    from ssgd.distributed.flower import PrivateSSGDStrategy
 
     with pytest.raises(ValueError, match="scope='global'"):
         PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), scope="layer")
     with pytest.raises(ValueError, match="false_reject"):
         PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), false_reject=2.0)
+
+
+def test_local_noise_mod_requires_the_nodes_own_minimum_sigma():
+    """Finding 4: the default min_noise_multiplier=0 accepted sigma=0 from the server (a bare unit vector left)."""
+    from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod, SSGDMod
+
+    [err] = _train_once(_fixed_unit_app([LocalNoiseMod(), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: 0.0})
+    assert not isinstance(err, dict) and "min-noise-multiplier" in err.reason
+    [err] = _train_once(_fixed_unit_app([LocalNoiseMod(noise_multiplier=1.0), SSGDMod()], G), G, {})
+    assert not isinstance(err, dict) and "min-noise-multiplier" in err.reason
+    with pytest.raises(ValueError, match="min-noise-multiplier"):
+        LocalNoiseMod(min_noise_multiplier=0.0)
+
+
+def test_local_noise_mod_minimum_from_the_node_config_and_only_the_noisy_vector_leaves():
+    """Finding 4: under node-local DP the reply carried the exact loss and count, outside the accountant."""
+    from flwr.app import Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, InProcessGrid, LocalNoiseMod, SSGDMod
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    app = ClientApp(mods=[LocalNoiseMod(), SSGDMod(allowed_metrics=("train-loss", "num-examples"))])
+
+    @app.train()
+    def train(msg, context):
+        return Message(content=RecordDict({"arrays": record_from_arrays(G),
+                                           "metrics": MetricRecord({"train-loss": 0.3, "num-examples": 1})}),
+                       reply_to=msg)
+
+    from flwr.app import ConfigRecord, MessageType
+
+    grid = InProcessGrid(app, 1, {}, node_configs=[{"min-noise-multiplier": 0.8}])
+    [node] = grid.get_node_ids()
+
+    def ask(sigma):
+        m = Message(RecordDict({"arrays": record_from_arrays(G), "config": ConfigRecord({DP_NOISE_MULTIPLIER: sigma})}),
+                    dst_node_id=node, message_type=MessageType.TRAIN)
+        return list(grid.send_and_receive([m]))[0]
+
+    low = ask(0.5)
+    assert low.has_error() and "below this node's minimum 0.8" in low.error.reason
+    ok = ask(0.8)
+    assert not ok.has_error()
+    assert list(ok.content.keys()) == ["arrays"]  # the metrics the node allowed without DP do not leave under DP

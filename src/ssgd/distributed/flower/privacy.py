@@ -5,8 +5,10 @@ adds calibrated noise once to the sum of the unit updates.
 :class:`ssgd.distributed.flower.SSGDStrategy` accepts only updates that *are* unit vectors
 (norm :math:`1 \pm` ``norm_tol``, or 0) and moves the global model by
 :math:`\pm\eta/n\sum_j u_j`. The sum of the accepted updates therefore has sensitivity
-:math:`\Delta = 1 + \mathrm{tol}` (add/remove one node), enforced by the server itself --
-a misbehaving node cannot send more. This strategy adds :math:`\mathcal N(0, \sigma^2\Delta^2 I)`
+:math:`\Delta = (1 + \mathrm{tol})` (add/remove one node) in global scope and
+:math:`\Delta = (1 + \mathrm{tol})\sqrt L` in layer scope (:math:`L` unit tensors), enforced by
+the server itself -- a misbehaving node cannot send more. The noise is calibrated to this
+:math:`\Delta` whatever scope the ``NodePrivacy`` object was built with. This strategy adds :math:`\mathcal N(0, \sigma^2\Delta^2 I)`
 to that sum (the server is the trusted aggregator -- the ``aggregate`` threat model with
 ``split="central"``; see :mod:`ssgd.privacy.node`), counts one release per round in an
 Opacus accountant and reports ε in every round's metrics (``epsilon``, ``delta``).
@@ -16,11 +18,13 @@ not against the server.
 
 **Node-local noise** (``NodePrivacy(..., mode="local")``, no trust in the server): every node
 runs :class:`LocalNoiseMod` *outside* :class:`~ssgd.distributed.flower.SSGDMod`
-(``mods=[LocalNoiseMod(), SSGDMod()]``: Flower calls the first mod first, so it sees the
+(``mods=[LocalNoiseMod(min_noise_multiplier=...), SSGDMod()]``: Flower calls the first mod first, so it sees the
 reply last, after SSGDMod normalised it) and sends :math:`u + \mathcal N(0, (\sigma\Delta)^2 I)`
 with :math:`\Delta = 2` (any two datasets of a node are neighbours; two unit vectors differ by
 at most 2). The strategy sends σ in every train message's ConfigRecord
-(``ssgd-dp-noise-multiplier``), adds no noise itself, and validates with a norm *bound*
+(``ssgd-dp-noise-multiplier``) as a *request*: the node adds at least its own minimum
+(``LocalNoiseMod(min_noise_multiplier=...)`` or node config ``min-noise-multiplier``, required,
+> 0) and refuses a smaller σ with an error reply. The strategy adds no noise itself, and validates with a norm *bound*
 instead of the unit-norm test (a noisy vector is not a unit vector):
 
 .. math::
@@ -39,8 +43,10 @@ node that released most often (with ``fraction_train=1``: every node, once per r
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
 noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from
 (seed, node id, round). A seed known to the server would let it subtract the noise, so the
-server never sends one; and an untrusted server could send σ = 0, so a node can insist on
-``LocalNoiseMod(min_noise_multiplier=...)`` (a smaller σ gets an error reply, not an update).
+server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
+required (a smaller σ gets an error reply, not an update). Under DP the reply carries the
+noisy vector only: ``LocalNoiseMod`` drops every metric (a loss or a count would be released
+outside the accountant).
 
 Accounting (both modes): sampling rate 1 (no amplification is claimed: Flower samples a
 fixed-size subset of nodes, not a Poisson sample). Node-local mode supports ``scope="global"``.
@@ -48,7 +54,7 @@ fixed-size subset of nodes, not a Poisson sample). Node-local mode supports ``sc
 Usage::
 
     from ssgd.privacy import NodePrivacy
-    from ssgd.privacy.flower import LocalNoiseMod, PrivateSSGDStrategy
+    from ssgd.distributed.flower import LocalNoiseMod, PrivateSSGDStrategy
 
     # trusted server
     privacy = NodePrivacy(target_epsilon=8.0, rounds=50, delta=1e-5, split="central")
@@ -68,18 +74,19 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ..distributed.flower import keys
-from ..distributed.flower.strategy import SSGDStrategy
-from .accountant import check_noise_multiplier
-from .node import NodePrivacy
-from .noise import derive_seed, sensitivity
+from ...privacy import NodePrivacy, derive_seed, sensitivity
+from ...privacy.accountant import check_noise_multiplier
+from . import keys
+from .mod import error_reply
+from .policy import NodePolicy, PolicyError, check_outgoing, request_config
+from .strategy import SSGDStrategy
 
 __all__ = ["DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound"]
 
 log = logging.getLogger(__name__)
 
 #: ConfigRecord key: the noise multiplier σ every node applies to its own unit vector (node-local mode).
-DP_NOISE_MULTIPLIER = "ssgd-dp-noise-multiplier"
+DP_NOISE_MULTIPLIER = keys.DP_NOISE_MULTIPLIER
 
 
 def noisy_norm_bound(std: float, dim: int, false_reject: float = 1e-9) -> float:
@@ -104,56 +111,46 @@ class LocalNoiseMod:
     r"""Client mod: add :math:`\mathcal N(0, (\sigma\Delta)^2)` to every entry of the node's outgoing unit vector.
 
     List it *before* (outside) :class:`~ssgd.distributed.flower.SSGDMod`:
-    ``ClientApp(mods=[LocalNoiseMod(), SSGDMod()])``. σ is read per call from the train
-    message's ConfigRecord (``ssgd-dp-noise-multiplier``, sent by :class:`PrivateSSGDStrategy`),
-    falling back to ``noise_multiplier``; the scope from ``ssgd-scope``; :math:`\Delta` is
-    :func:`ssgd.privacy.sensitivity` ``("node-local", scope, n_tensors)`` (2 for global scope).
+    ``ClientApp(mods=[LocalNoiseMod(min_noise_multiplier=1.0), SSGDMod()])``. σ is the
+    request's ``ssgd-dp-noise-multiplier`` (sent by :class:`PrivateSSGDStrategy`), falling back
+    to ``noise_multiplier``, and must be at least this node's minimum; the scope is the node's
+    own (:class:`~.policy.NodePolicy`: node config ``ssgd-scope``, default global);
+    :math:`\Delta` is :func:`ssgd.privacy.sensitivity` ``("node-local", scope, n_tensors)``.
 
     Args:
         noise_multiplier: default σ when the message sets none (``None``: the message must set it).
-        min_noise_multiplier: the smallest σ this node accepts (an untrusted server could ask for 0).
+        min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
+            config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
         seed: ``None`` draws each call's noise from OS entropy; an int derives it from
             (seed, node id, round) -- reproducible, fresh every round, different on every node.
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
 
-    A bad setting, or a reply that is not a unit vector (the mod is listed inside SSGDMod),
-    becomes an error reply (``MOD_FAILED_PRECONDITION``) whose reason says what to fix; the node
-    never sends an un-noised vector.
+    The reply that leaves the node holds the noisy vector and nothing else (no metric: a
+    loss or a count would be released outside the accountant). A bad setting, or a reply
+    that is not a unit vector (the mod is listed inside SSGDMod), becomes an error reply
+    (``MOD_FAILED_PRECONDITION``) whose reason says what to fix -- and carries no number
+    computed from the node's data; the node never sends an un-noised vector.
     """
 
-    def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float = 0.0,
+    def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float | None = None,
                  seed: int | None = None, unit_tol: float = 1e-3) -> None:
         self.noise_multiplier = None if noise_multiplier is None else check_noise_multiplier(noise_multiplier)
-        self.min_noise_multiplier = check_noise_multiplier(min_noise_multiplier)
+        self.policy = NodePolicy(min_noise_multiplier=min_noise_multiplier, unit_tol=unit_tol)
+        self.min_noise_multiplier = self.policy.min_noise_multiplier
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Invalid seed={seed!r}; must be an int or None (OS entropy)")
-        if not (isinstance(unit_tol, (int, float)) and 0 < unit_tol < 1):
-            raise ValueError(f"Invalid unit_tol={unit_tol!r}; must be in (0, 1), e.g. 1e-3")
         self.seed, self.unit_tol = seed, float(unit_tol)
         self.calls = 0
 
-    def settings(self, msg) -> tuple[float, str]:
-        """This call's (σ, scope) from the message's ConfigRecord over the defaults."""
-        from ..distributed.flower.mod import _config_of
-        from ..transform import check_scope
-
-        cfg = _config_of(msg)
-        sigma = cfg.get(DP_NOISE_MULTIPLIER, self.noise_multiplier)
-        if sigma is None:
-            raise ValueError(f"no noise multiplier: the message's ConfigRecord has no {DP_NOISE_MULTIPLIER!r} and "
-                             "LocalNoiseMod(noise_multiplier=...) was not set")
-        if isinstance(sigma, bool):
-            raise ValueError(f"Invalid {DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0")
-        try:
-            sigma = check_noise_multiplier(sigma)
-        except ValueError as e:
-            raise ValueError(f"Invalid {DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0") from e
-        if sigma < self.min_noise_multiplier:
-            raise ValueError(f"{DP_NOISE_MULTIPLIER}={sigma:g} is below this node's minimum "
-                             f"{self.min_noise_multiplier:g}; the server must ask for at least that much noise")
-        scope = cfg.get(keys.SCOPE, "global")
-        check_scope(scope)
-        return sigma, scope
+    def settings(self, msg, ctxt=None) -> tuple[float, str]:
+        """This call's (σ, scope): the request checked against the node's policy."""
+        policy = NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
+        cfg = request_config(msg)
+        sigma = policy.check_noise_multiplier(cfg.get(DP_NOISE_MULTIPLIER, self.noise_multiplier))
+        if keys.SCOPE in cfg and cfg[keys.SCOPE] != policy.scope:
+            raise PolicyError(f"the server asks {keys.SCOPE}={cfg[keys.SCOPE]!r}, this node's policy is "
+                              f"{policy.scope!r} (node config {keys.SCOPE}); not sent")
+        return sigma, policy.scope
 
     def _generator(self, ctxt, rnd: int | None) -> torch.Generator:
         self.calls += 1
@@ -165,20 +162,14 @@ class LocalNoiseMod:
         return torch.Generator().manual_seed(s)
 
     def __call__(self, msg, ctxt, call_next):
-        from flwr.app import Array, ArrayRecord, Error, Message, MessageType
-        from flwr.common.constant import ErrorCode
-
-        def error(reason: str):
-            reason = f"LocalNoiseMod: {reason}"
-            log.error(reason)
-            return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+        from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, ctxt)
         try:
-            sigma, scope = self.settings(msg)
+            sigma, scope = self.settings(msg, ctxt)
         except (ValueError, TypeError) as e:
-            return error(str(e))
+            return error_reply(msg, f"LocalNoiseMod: {e}")
         out = call_next(msg, ctxt)
         if out.has_error():
             return out
@@ -195,28 +186,22 @@ class LocalNoiseMod:
                     raise _NoiseModError(f"{k!r} is not a finite floating-point array")
             sq = [float(np.sum(a.astype(np.float64) ** 2)) for a in arrays.values()]
             norms = [math.sqrt(sum(sq))] if scope == "global" else [math.sqrt(v) for v in sq]
-            for n in norms:
-                if n != 0.0 and abs(n - 1.0) > self.unit_tol:
-                    raise _NoiseModError(
-                        f"the update has norm {n:.6g}, not that of a unit vector: list LocalNoiseMod before SSGDMod "
-                        "(mods=[LocalNoiseMod(), SSGDMod()]) so that it noises the vector SSGDMod produced")
+            if not check_outgoing(norms, self.unit_tol):
+                # no number in the reason: outside SSGDMod it would be the raw gradient norm
+                raise _NoiseModError(
+                    "the update is not a unit vector: list LocalNoiseMod before SSGDMod "
+                    "(mods=[LocalNoiseMod(...), SSGDMod()]) so that it noises the vector SSGDMod produced")
             std = sigma * sensitivity("node-local", scope, len(arrays))
-            rnd = _config_value(msg, keys.ROUND)
+            rnd = request_config(msg).get(keys.ROUND)
             gen = self._generator(ctxt, None if rnd is None else int(rnd))
             noisy = {}
             for k, a in arrays.items():
                 z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
                 noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=a.dtype)
         except (_NoiseModError, ValueError, TypeError) as e:
-            return error(str(e))
-        out.content[key] = ArrayRecord({k: Array(v) for k, v in noisy.items()})
-        return out
-
-
-def _config_value(msg, key: str):
-    from ..distributed.flower.mod import _config_of
-
-    return _config_of(msg).get(key)
+            return error_reply(msg, f"LocalNoiseMod: {e}")
+        # only the noisy vector leaves: no metric (outside the accountant), no config echo
+        return Message(content=RecordDict({key: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
 
 
 class PrivateSSGDStrategy(SSGDStrategy):
@@ -224,9 +209,10 @@ class PrivateSSGDStrategy(SSGDStrategy):
 
     Args:
         privacy: a :class:`ssgd.privacy.NodePrivacy`: ``mode="aggregate", split="central"``
-            (the server adds all of the noise to the sum) or ``mode="local"`` (every node adds
-            its own noise with :class:`LocalNoiseMod`; the server adds none, sends σ to the
-            nodes and accepts norms up to :func:`noisy_norm_bound`).
+            (the server adds all of the noise to the sum, calibrated to the sensitivity of the
+            accepted sum in this strategy's scope) or ``mode="local"`` (every node adds its own
+            noise with :class:`LocalNoiseMod`; the server adds none, sends σ to the nodes and
+            accepts norms up to :func:`noisy_norm_bound`; ``scope="global"`` only).
         false_reject: node-local mode: the probability that an honest node's noisy vector is
             rejected (sets the norm bound).
         **kwargs: everything :class:`SSGDStrategy` takes.
@@ -254,11 +240,29 @@ class PrivateSSGDStrategy(SSGDStrategy):
         #: node-local mode: how many updates each node has released (sent) so far
         self.releases: dict[int, int] = {}
 
+    def _n_tensors(self) -> int:
+        if self.spec is not None:
+            return len(self.spec.names)
+        if self.update_keys is not None:
+            return len(self.update_keys)
+        if self.scope == "global":
+            return 1
+        raise RuntimeError("the layer-scope sensitivity depends on the number of tensors: pass update_keys or "
+                           "read it after the first round")
+
     @property
     def sensitivity(self) -> float:
-        """Aggregate mode: largest norm an accepted update can have, 1 + norm_tol. Node-local mode:
-        the sensitivity of one node's unit vector, 2."""
-        return self.privacy.noise.sensitivity if self.local else 1.0 + self.norm_tol
+        r"""Aggregate mode: the largest norm the accepted sum changes by when one node is added or
+        removed, :math:`(1+\mathrm{tol})` (global scope) or :math:`(1+\mathrm{tol})\sqrt L` (layer scope).
+        Node-local mode: the sensitivity of one node's unit vector, 2."""
+        if self.local:
+            return self.privacy.noise.sensitivity
+        return (1.0 + self.norm_tol) * sensitivity("node", self.scope, self._n_tensors())
+
+    @property
+    def noise_std(self) -> float:
+        """Aggregate mode: the std per entry of the noise added to the sum of the unit updates, σΔ."""
+        return self.privacy.noise_multiplier * self.sensitivity
 
     @property
     def node_noise_std(self) -> float:
@@ -282,15 +286,17 @@ class PrivateSSGDStrategy(SSGDStrategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Any]):
         if self.local:
             return self._aggregate_local(server_round, replies)
-        spec = self._spec
+        spec = self.spec
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
             return arrays, metrics  # nothing released this round
-        n_ok = len(self.rounds[server_round]["accepted"])
-        sign = -1.0 if self.mode == "fedsgd" else 1.0
-        scale = sign * self.server_lr / n_ok * self.sensitivity  # the noise joins the sum before the 1/n
         from flwr.app import Array, ArrayRecord
 
+        n_ok = len(self.rounds[server_round]["accepted"])
+        sign = -1.0 if self.mode == "fedsgd" else 1.0
+        # the noise joins the sum before the 1/n: std sigma*Delta on the sum, whatever the NodePrivacy's own Delta
+        own_std = self.privacy.noise.std
+        scale = sign * self.server_lr / n_ok * (self.noise_std / own_std if own_std > 0 else 0.0)
         names = set(spec.names)
         new = {}
         for name, arr in arrays.items():
@@ -306,15 +312,19 @@ class PrivateSSGDStrategy(SSGDStrategy):
         if metrics is not None:
             metrics["epsilon"] = float(eps)
             metrics["delta"] = float(self.privacy.accountant.delta)
-        log.info("round %d: noise sigma=%g on the sum of %d unit updates; epsilon=%.4g at delta=%g per node",
-                 server_round, self.privacy.noise_multiplier, n_ok, eps, self.privacy.accountant.delta)
+        log.info("round %d: noise sigma=%g (std %g) on the sum of %d unit updates; epsilon=%.4g at delta=%g per node",
+                 server_round, self.privacy.noise_multiplier, self.noise_std, n_ok, eps, self.privacy.accountant.delta)
         return ArrayRecord(new), metrics
 
     def _aggregate_local(self, server_round: int, replies: Iterable[Any]):
         replies = list(replies)
+        sampled = self.sampled.get(server_round, set())
         for msg in replies:
-            if not msg.has_error():  # the node sent its noisy vector: one release, accepted or not
+            try:
                 node = int(msg.metadata.src_node_id)
+            except Exception:  # counted as rejected by the parent
+                continue
+            if not msg.has_error() and node in sampled:  # the node sent its noisy vector: one release
                 self.releases[node] = self.releases.get(node, 0) + 1
         arrays, metrics = super().aggregate_train(server_round, replies)
         worst = max(self.releases.values(), default=0)
@@ -326,6 +336,6 @@ class PrivateSSGDStrategy(SSGDStrategy):
             metrics["delta"] = float(self.privacy.accountant.delta)
         log.info("round %d: node-local noise sigma=%g (std %g per entry, norm bound %.6g); epsilon=%.4g at "
                  "delta=%g per node (%d release(s) by the most exposed node)", server_round,
-                 self.privacy.noise_multiplier, self.node_noise_std, self._spec.norm_bound, eps,
+                 self.privacy.noise_multiplier, self.node_noise_std, self.spec.norm_bound, eps,
                  self.privacy.accountant.delta, worst)
         return arrays, metrics

@@ -1,11 +1,17 @@
-"""``'name:key=val,key=val'`` strings: how defences and attacks are named on the command line."""
+"""``'name:key=val,key=val'`` strings: how defences, attacks (and other registered parts) are
+named on the command line.
+
+A neutral, core-level text helper with no ML logic: :func:`parse_spec` splits a spec,
+:func:`coerce_params` checks its keys against a dataclass's fields and casts the values.
+Both registries (:mod:`ssgd.defenses`, :mod:`ssgd.attacks`) build on it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from typing import Any
 
-__all__ = ["parse_spec", "coerce_params"]
+__all__ = ["parse_spec", "coerce_params", "format_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -24,6 +30,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 raise ValueError(f"parameter {key.strip()!r} given twice in {spec!r}")
             params[key.strip()] = val.strip()
     return name.strip(), params
+
+
+def format_spec(name: str, params: dict[str, Any]) -> str:
+    """The inverse of :func:`parse_spec`: ``('noise', {'sigma': 0.01})`` -> ``'noise:sigma=0.01'``."""
+    return name + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
 def _cast(kind: str, key: str, raw: Any, owner: str) -> Any:

@@ -1,0 +1,215 @@
+"""GPU checks that ``ssgd bench step`` does not cover, for ``benchmarks/gpu.sh``.
+
+* ``step-1b``: the isolated optimizer step at about 1.1B parameters (GPT-like shapes,
+  d = 2048, 20 blocks): ``torch.optim.SGD(foreach=True)`` against ``ssgd.SSGD`` (global
+  scope), momentum 0.9, alternating, the fastest of many samples (CUDA events);
+* ``whole-step``: forward + backward + step on a real model (ResNet-18 on 32x32 images,
+  batch 256; the MLP of Table 2, batch 1024), SGD against SSGD, alternating, fastest of
+  many samples; plus the number of host synchronisations inside one SSGD ``step()``,
+  counted with ``torch.cuda.set_sync_debug_mode("warn")``;
+* ``ddp``: the SSGD DDP communication hook over NCCL with two processes on GPU 0 (NCCL
+  usually refuses two ranks on one device: then the reason is recorded, and the check is
+  repeated over gloo with CUDA tensors where gloo allows it).
+
+Each writes one JSON object to stdout's last line and to ``--json`` (merged into the file
+under the check's name). Usage::
+
+    python benchmarks/gpu_checks.py step-1b --json out.json
+    python benchmarks/gpu_checks.py whole-step --json out.json
+    python benchmarks/gpu_checks.py ddp --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+CHECKS = ("step-1b", "whole-step", "ddp")
+
+
+def _gpt_shapes(vocab: int = 50257, d: int = 2048, layers: int = 20) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = [(vocab, d), (2048, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def _fastest(fns: dict[str, callable], samples: int, warmup: int = 3) -> dict[str, float]:
+    """Fastest time (ms) of each fn over ``samples`` rounds, fns alternating in rotating order."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    best = {k: float("inf") for k in fns}
+    names = list(fns)
+    for i in range(samples):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for k in order:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fns[k]()
+            end.record()
+            end.synchronize()
+            best[k] = min(best[k], start.elapsed_time(end))
+    return best
+
+
+def _count_syncs(fn) -> int:
+    """Host synchronisations CUDA's sync debug mode reports while ``fn`` runs once."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def step_1b(samples: int) -> dict:
+    from ssgd import SSGD
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    shapes = _gpt_shapes()
+    res = {}
+    params = [torch.zeros(s, device=dev, requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, device=dev, generator=g)
+    n = sum(p.numel() for p in params)
+    sgd = torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
+    ssgd = SSGD(params, lr=1e-3, momentum=0.9, scope="global")
+    best = _fastest({"sgd": sgd.step, "ssgd": ssgd.step}, samples)
+    res.update(parameters=n, tensors=len(shapes), sgd_ms=best["sgd"], ssgd_ms=best["ssgd"],
+               ratio=best["ssgd"] / best["sgd"], ssgd_syncs_per_step=_count_syncs(ssgd.step),
+               goal="ratio <= 1.4, 0 syncs")
+    return res
+
+
+def whole_step(samples: int) -> dict:
+    from torch.nn import functional as F
+
+    from ssgd import SSGD
+    from ssgd.models import build_model
+
+    dev = torch.device("cuda")
+    out = {}
+    for name, shape, batch in (("resnet18", (3, 32, 32), 256), ("mlp", (1, 28, 28), 1024)):
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.randn((batch, *shape), device=dev, generator=g)
+        y = torch.randint(0, 10, (batch,), device=dev, generator=g)
+        models = {k: build_model(name, shape, 10, seed=0).to(dev) for k in ("sgd", "ssgd")}
+        opts = {"sgd": torch.optim.SGD(models["sgd"].parameters(), lr=1e-3, momentum=0.9, foreach=True),
+                "ssgd": SSGD(models["ssgd"].parameters(), lr=1e-3, momentum=0.9, scope="global")}
+
+        def make(k):
+            def step():
+                opts[k].zero_grad(set_to_none=True)
+                F.cross_entropy(models[k](x), y).backward()
+                opts[k].step()
+            return step
+
+        best = _fastest({k: make(k) for k in opts}, samples)
+        out[name] = {"batch": batch, "parameters": sum(p.numel() for p in models["sgd"].parameters()),
+                     "sgd_ms": best["sgd"], "ssgd_ms": best["ssgd"], "ratio": best["ssgd"] / best["sgd"],
+                     "ssgd_step_syncs": _count_syncs(opts["ssgd"].step), "goal": "ratio <= 1.03, 0 syncs"}
+    return out
+
+
+def _ddp_worker(rank: int, world: int, backend: str, store: str, steps: int, q) -> None:
+    import torch.distributed as dist
+    from torch.nn import functional as F
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ssgd.distributed import register
+    from ssgd.models import build_model
+
+    try:
+        torch.cuda.set_device(0)
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
+        model = DDP(build_model("convnet", (1, 28, 28), 10, seed=0).cuda(), device_ids=[0])
+        register(model, "global")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        g = torch.Generator(device="cuda").manual_seed(rank)
+        x = torch.randn(64, 1, 28, 28, device="cuda", generator=g)
+        y = torch.randint(0, 10, (64,), device="cuda", generator=g)
+        times = []
+        for i in range(steps + 3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            torch.cuda.synchronize()
+            if i >= 3:
+                times.append((time.perf_counter() - t) * 1e3)
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        same = all(torch.equal(gathered[0], t) for t in gathered[1:])
+        if rank == 0:
+            q.put({"ok": True, "backend": backend, "fastest_step_ms": min(times), "replicas_identical": same})
+        dist.destroy_process_group()
+    except Exception as e:  # recorded, not raised: the script goes on with the next check
+        q.put({"ok": False, "backend": backend, "rank": rank, "error": f"{type(e).__name__}: {e}"[:500]})
+
+
+def ddp(steps: int) -> dict:
+    import torch.multiprocessing as mp
+
+    out = {}
+    ctx = mp.get_context("spawn")
+    for backend in ("nccl", "gloo"):
+        q = ctx.Queue()
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = [ctx.Process(target=_ddp_worker, args=(r, 2, backend, os.path.join(tmp, "store"), steps, q))
+                     for r in range(2)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(timeout=120)
+                if p.is_alive():
+                    p.kill()
+            results = []
+            while not q.empty():
+                results.append(q.get())
+        ok = [r for r in results if r.get("ok")]
+        out[backend] = ok[0] if ok else (results[0] if results else {"ok": False, "error": "no result (timeout)"})
+        if backend == "nccl" and out[backend].get("ok"):
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("check", choices=CHECKS)
+    ap.add_argument("--samples", type=int, default=30, help="timed rounds (the fastest counts)")
+    ap.add_argument("--json", type=Path, default=None, help="merge the result into this JSON file")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"gpu_checks.py {args.check}: no CUDA GPU is visible; run it on a GPU machine", file=sys.stderr)
+        return 3
+    fn = {"step-1b": lambda: step_1b(args.samples), "whole-step": lambda: whole_step(args.samples),
+          "ddp": lambda: ddp(args.samples)}[args.check]
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, **fn()}
+    if args.json is not None:
+        old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        old[args.check] = res
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(old, indent=1))
+        tmp.replace(args.json)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""What a node lets leave it: its own privacy settings, which no server message can lower.
+
+A node's privacy-relevant settings come from the node itself -- the mod's constructor and,
+over it, the SuperNode's ``--node-config`` (Flower's ``Context.node_config``) -- never
+from the train message the server sends:
+
+=========================  =======================  ==============================================
+node config key            default                  what it controls
+=========================  =======================  ==============================================
+``ssgd-scope``             ``"global"``             the SSGD scope the node normalises with
+``ssgd-eps``               ``1e-12``                the transform's eps (a larger one would send
+                                                    ``g/(|g|+eps)``, i.e. a scaled raw gradient)
+``allowed-metrics``        ``""`` (none)            comma-separated metrics that may leave the
+                                                    node (``num-examples``, ``train-loss``)
+``min-batch-size``         ``1``                    smallest batch the node computes a gradient on
+``min-noise-multiplier``   none (required by        the smallest σ the node adds with
+                           ``LocalNoiseMod``)       :class:`~ssgd.distributed.flower.LocalNoiseMod`
+``allow-evaluate``         ``false``                whether the packaged ClientApp answers
+                                                    evaluate messages (loss/accuracy of its data)
+=========================  =======================  ==============================================
+
+The server still *sends* its view (``ssgd-scope``, ``ssgd-eps``, ``batch-size``,
+``ssgd-dp-noise-multiplier``) so that a mismatch is caught: a request asking for less
+protection than the node's policy -- another scope, a larger eps, a smaller batch, a
+smaller σ -- is refused with an error reply that names the setting
+(:class:`PolicyError`); nothing computed on the node's data is sent then.
+
+What each metric reveals (hence opt-in): ``train-loss`` at batch size 1 with softmax
+cross-entropy gives the gradient norm back exactly, :math:`\\lVert g\\rVert =
+(e^{-\\ell}-1)/u_{b}[y]` from the unit vector's last-layer bias (and at larger batches it
+still constrains it); ``num-examples`` reveals the size of the node's batch or data share.
+See docs/threat-model.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ...transform import DEFAULT_EPS, check_eps, check_scope
+from . import keys
+
+__all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
+           "ALLOW_EVALUATE", "request_config", "check_outgoing"]
+
+#: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
+ALLOWED_METRICS = "allowed-metrics"
+MIN_BATCH_SIZE = "min-batch-size"
+MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
+ALLOW_EVALUATE = "allow-evaluate"
+
+#: the metrics the packaged ClientApp can report (each opt-in, see the module doc)
+METRICS = ("num-examples", "train-loss")
+
+
+class PolicyError(ValueError):
+    """A server request asks for less protection than the node's policy allows (names the setting)."""
+
+
+def request_config(msg) -> dict[str, Any]:
+    """The settings a server message carries: its ConfigRecord ``"config"`` (or its only ConfigRecord)."""
+    records = msg.content.config_records
+    if "config" in records:
+        return dict(records["config"])
+    if len(records) == 1:
+        return dict(next(iter(records.values())))
+    return {}
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"Invalid {key}={value!r}; must be a finite number")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"Invalid node config {key}={value!r}; expected true or false")
+
+
+def _metrics(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        names = [str(v) for v in value]
+    else:
+        raise ValueError(f"Invalid {ALLOWED_METRICS}={value!r}; expected a comma-separated list of {METRICS}")
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Invalid {ALLOWED_METRICS}: unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """One node's privacy settings (see the module doc); validated on construction."""
+
+    scope: str = "global"
+    eps: float = DEFAULT_EPS
+    allowed_metrics: frozenset = frozenset()
+    min_batch_size: int = 1
+    min_noise_multiplier: float | None = None
+    allow_evaluate: bool = False
+    #: the outgoing vector must have norm 1 +- unit_tol (per tensor for scope="layer"), or be exactly 0
+    unit_tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        try:
+            check_scope(self.scope)
+        except ValueError as e:
+            raise ValueError(f"node setting {keys.SCOPE}: {e}") from None
+        try:
+            eps = check_eps(self.eps)
+        except ValueError as e:
+            raise ValueError(f"node setting {keys.EPS}: {e}") from None
+        if not eps <= 1e-3:
+            raise ValueError(f"Invalid {keys.EPS}={self.eps!r}; must be in (0, 1e-3] (default {DEFAULT_EPS}): a "
+                             "larger eps sends g/(|g|+eps), a scaled raw gradient")
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "allowed_metrics", _metrics(self.allowed_metrics))
+        if isinstance(self.min_batch_size, bool) or not isinstance(self.min_batch_size, int) or self.min_batch_size < 1:
+            raise ValueError(f"Invalid {MIN_BATCH_SIZE}={self.min_batch_size!r}; must be an integer >= 1")
+        if self.min_noise_multiplier is not None:
+            sigma = _number(MIN_NOISE_MULTIPLIER, self.min_noise_multiplier)
+            if sigma <= 0:
+                raise ValueError(f"Invalid {MIN_NOISE_MULTIPLIER}={self.min_noise_multiplier!r}; must be > 0 "
+                                 "(a node that adds no noise gets no differential privacy)")
+            object.__setattr__(self, "min_noise_multiplier", sigma)
+        object.__setattr__(self, "allow_evaluate", _bool(ALLOW_EVALUATE, self.allow_evaluate))
+        if not (isinstance(self.unit_tol, (int, float)) and 0 < self.unit_tol < 1):
+            raise ValueError(f"Invalid unit_tol={self.unit_tol!r}; must be in (0, 1), e.g. 1e-3")
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any] | None, base: "NodePolicy | None" = None) -> "NodePolicy":
+        """``base`` (the mod's constructor settings) with the node config's keys over it."""
+        base = base or cls()
+        nc = dict(node_config or {})
+        kw: dict[str, Any] = {}
+        for key, field in ((keys.SCOPE, "scope"), (keys.EPS, "eps"), (ALLOWED_METRICS, "allowed_metrics"),
+                           (MIN_BATCH_SIZE, "min_batch_size"), (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
+                           (ALLOW_EVALUATE, "allow_evaluate")):
+            if key in nc:
+                kw[field] = nc[key]
+        return dataclasses.replace(base, **kw) if kw else base
+
+    # ------------------------------------------------------------------ requests
+    def check_request(self, cfg: Mapping[str, Any]) -> None:
+        """Refuse (:class:`PolicyError`) a request asking for less protection than this policy."""
+        if keys.SCOPE in cfg and cfg[keys.SCOPE] != self.scope:
+            raise PolicyError(f"the server asks {keys.SCOPE}={cfg[keys.SCOPE]!r}, this node's policy is "
+                              f"{self.scope!r} (node config {keys.SCOPE}); not sent")
+        if keys.EPS in cfg:
+            try:
+                eps = _number(keys.EPS, cfg[keys.EPS])
+            except ValueError as e:
+                raise PolicyError(str(e)) from None
+            if not eps > 0:
+                raise PolicyError(f"Invalid {keys.EPS}={cfg[keys.EPS]!r}; must be a finite number > 0")
+            if eps > self.eps:
+                raise PolicyError(f"the server asks {keys.EPS}={eps:g}, above this node's {self.eps:g} (node config "
+                                  f"{keys.EPS}): a larger eps sends a scaled raw gradient; not sent")
+        if keys.BATCH_SIZE in cfg:
+            b = cfg[keys.BATCH_SIZE]
+            if isinstance(b, bool) or not isinstance(b, int) or b < self.min_batch_size:
+                raise PolicyError(f"the server asks {keys.BATCH_SIZE}={b!r}, below this node's minimum "
+                                  f"{self.min_batch_size} (node config {MIN_BATCH_SIZE}); not sent")
+
+    def check_noise_multiplier(self, sigma: Any) -> float:
+        """The σ a request asks for, if this node accepts it (its minimum must be set and met)."""
+        if self.min_noise_multiplier is None:
+            raise PolicyError(f"this node has no minimum noise multiplier: set node config {MIN_NOISE_MULTIPLIER} "
+                              "or LocalNoiseMod(min_noise_multiplier=...) (> 0); not sent")
+        if sigma is None:
+            raise PolicyError(f"no noise multiplier: the request has no {keys.DP_NOISE_MULTIPLIER!r} and "
+                              "LocalNoiseMod(noise_multiplier=...) was not set; not sent")
+        try:
+            s = _number(keys.DP_NOISE_MULTIPLIER, sigma)
+        except ValueError:
+            raise PolicyError(f"Invalid {keys.DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0") from None
+        if s < 0:
+            raise PolicyError(f"Invalid {keys.DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0")
+        if s < self.min_noise_multiplier:
+            raise PolicyError(f"the server asks {keys.DP_NOISE_MULTIPLIER}={s:g}, below this node's minimum "
+                              f"{self.min_noise_multiplier:g} (node config {MIN_NOISE_MULTIPLIER}); not sent")
+        return s
+
+    def allowed(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of ``metrics`` this node lets leave (scalars of allowed names only)."""
+        return {k: v for k, v in metrics.items() if k in self.allowed_metrics
+                and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def check_outgoing(norms: list[float], tol: float) -> bool:
+    """True when every norm (one global norm, or one per tensor) is exactly 0 or 1 +- ``tol``."""
+    return all(n == 0.0 or abs(n - 1.0) <= tol for n in norms)
