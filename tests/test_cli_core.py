@@ -180,6 +180,7 @@ def test_diverging_lr_is_one_line_through_python_dash_m(tmp_path):
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     err = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "--lr 1e+30" in err[0] and "non-finite gradient" in err[0], res.stderr
+    assert not out.exists()  # diverged before the first checkpoint: no half-made run folder is left
 
 
 class _Evil:

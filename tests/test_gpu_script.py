@@ -67,3 +67,17 @@ def test_refuses_to_run_without_cuda(tmp_path):
     assert c.returncode == 3 and "no CUDA GPU" in c.stderr
     bad = subprocess.run([sys.executable, str(CHECKS), "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_gpu_checks_code_path_runs_on_cpu(tmp_path):
+    out = tmp_path / "checks.json"
+    r = subprocess.run([sys.executable, str(CHECKS), "step-1b", "--cpu-smoke", "--samples", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    import json
+
+    res = json.loads(out.read_text())["step-1b"]
+    assert res["device"] == "cpu" and res["sgd_ms"] > 0 and res["ssgd_ratio"] > 0 and res["tensors"] == 28
+    assert res["ssgd_syncs_per_step"] is None  # counted on CUDA only
+    d = subprocess.run([sys.executable, str(CHECKS), "ddp", "--cpu-smoke"], capture_output=True, text=True, timeout=120)
+    assert d.returncode == 2 and "does not apply" in d.stderr

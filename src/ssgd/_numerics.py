@@ -82,11 +82,22 @@ def foreach_norms(ts: list[Tensor], acc: torch.dtype | None) -> list[Tensor]:
     return out  # type: ignore[return-value]
 
 
-def norm_list(tensors: Sequence[Tensor]) -> list[float]:
+def norm_list(tensors: Sequence[Tensor], known: Sequence[Tensor | None] | None = None) -> list[float]:
     """Per-tensor L2 norms as Python floats; ``nan`` for a tensor holding NaN/inf.
 
-    Fast path: one ``_foreach_norm`` per dtype class and one host sync.
+    Fast path: one ``_foreach_norm`` per dtype class and one host sync. ``known[i]``, when
+    given and not None, is tensor i's fast norm computed earlier (by a norm hook, see
+    :func:`fast_norm`); only the others are computed here.
     """
+    if known is not None and any(k is not None for k in known):
+        missing = [i for i, k in enumerate(known) if k is None]
+        fresh = iter(foreach_norms_by_dtype([tensors[i] for i in missing]) if missing else [])
+        ns = [k if k is not None else next(fresh) for k in known]
+        try:
+            out = torch.stack([n.to(torch.float64) for n in ns]).tolist()
+        except RuntimeError:  # norms on several devices
+            out = [float(n) for n in ns]
+        return _fix_corners(tensors, out)
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}:
         parts = [(list(range(len(tensors))), foreach_norms(list(tensors), None))]
@@ -106,6 +117,31 @@ def norm_list(tensors: Sequence[Tensor]) -> list[float]:
         else:
             for i, v in zip(idx, vals):
                 out[i] = v
+    return _fix_corners(tensors, out)
+
+
+def foreach_norms_by_dtype(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Fast per-tensor norms (float32 accumulation; float64 for float64), as :func:`norm_list` takes them."""
+    out: list[Tensor | None] = [None] * len(tensors)
+    for acc in (torch.float64, torch.float32):
+        idx = [i for i, t in enumerate(tensors) if (t.dtype == torch.float64) == (acc == torch.float64)]
+        if idx:
+            for i, n in zip(idx, foreach_norms([tensors[i] for i in idx], acc)):
+                out[i] = n
+    return out  # type: ignore[return-value]
+
+
+def fast_norm(t: Tensor) -> Tensor:
+    """One tensor's fast norm (0-dim, on its device, no host read): what a norm hook caches.
+
+    The same numerics as :func:`foreach_norms_by_dtype` (blocks of 4096 for large float32 CPU
+    tensors), with less Python overhead for the small ones."""
+    if t.numel() < 4 * _BLOCK or t.device.type != "cpu" or t.dtype == torch.float64:
+        return torch.linalg.vector_norm(t, dtype=None if t.dtype in (torch.float32, torch.float64) else torch.float32)
+    return foreach_norms_by_dtype([t])[0]
+
+
+def _fix_corners(tensors: Sequence[Tensor], out: list[float]) -> list[float]:
     if sum(out) < math.inf and min(out) >= TINY_NORM:  # all finite, none tiny (NaN fails both)
         return out
     for i, v in enumerate(out):

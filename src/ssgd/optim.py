@@ -21,20 +21,42 @@ to the gradient: the decay is then relative to a step of length 1); pass
 
 The raw gradients in ``.grad`` are left untouched: the normalisation ``1/‖g‖`` is
 folded into the multiplier of the update (``p -= (lr/‖g‖)·g`` is one fused pass),
-so the only extra cost over SGD is one read of the gradients for the norm and one
-host synchronisation per step.
+so the only extra cost over SGD is one read of the gradients for the norms.
+
+Two paths compute the same step (see ``capturable``):
+
+* the **device path** (default on GPUs and other asynchronous devices, and whenever the
+  step runs under ``torch.compile``) never reads a tensor value on the host: norms, the
+  joint norm, the clamp by ``eps`` and the reciprocal stay on the device, and the update
+  takes the scales as device scalars. It compiles to one graph with no break and can be
+  captured in a CUDA graph. Norms are exact in range without a host branch: float16 is
+  accumulated in float32, float32/bfloat16 in float64, float64 through a power-of-two
+  rescaling. A non-finite gradient cannot raise at once (that needs the host): every
+  coefficient of that step is 0 on the device and the error is raised by the next eager
+  ``step()`` or by :meth:`SSGD.check_finite`;
+* the **host path** (default on CPU, where reading a value waits for nothing) reads the
+  norms once and keeps the fastest kernels: float32 accumulation in blocks, exact float64
+  recomputation only for the rare overflowed or underflowed norm, errors raised before
+  anything is modified.
+
+``norm_hooks=True`` takes each gradient's norm in a post-accumulate-grad hook, while the
+gradient is final and still in cache, so the step itself is a single fused pass as SGD's.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._state import attach_skip_counter
+from ._numerics import fast_norm
 from ._numerics import device_norms, norm_list as _norm_list, safe as _safe, safe_hypot, scaled as _scaled
 from ._numerics import scales as _scales
 from .transform import DEFAULT_EPS, NONFINITE_POLICIES, NonFiniteGradientError, check_nonfinite, check_scope
@@ -88,9 +110,25 @@ class SSGD(Optimizer):
             where a per-tensor loop saves a temporary).
         nonfinite: ``"raise"`` (default) raises :class:`~ssgd.NonFiniteGradientError`
             naming the parameter; ``"skip"`` leaves every parameter and buffer unchanged
-            for that step and counts it in ``optimizer.state["skipped_steps"]``. If
+            for that step and counts it in :attr:`skipped_steps` (saved in ``state_dict()["ssgd"]``). If
             several groups hold non-finite gradients, any ``"raise"`` among them raises.
         decoupled_weight_decay: AdamW-style ``θ ← (1 - lr·λ)·θ`` instead of coupled decay.
+        capturable: ``None`` (default): the device path -- no host read in ``step()`` -- for
+            gradients off the CPU and under ``torch.compile``, the host path on CPU. ``True``
+            forces the device path (CUDA graphs, or to test it on CPU, where its float64 norm
+            accumulation costs a few times a float32 one), ``False`` the host path. On the
+            device path ``nonfinite="raise"`` is lazy: the failing step moves nothing but the
+            entries whose gradient was NaN/inf (``0·NaN``), and the error (naming the
+            parameter) comes from the next eager ``step()`` or :meth:`check_finite`;
+            ``nonfinite="skip"`` is exact on the device (parameters and buffers bit-identical,
+            one ``torch.where`` pass more) and counts in :attr:`skipped_steps` without a host
+            read. A first momentum step that is skipped leaves a zero buffer (the host path
+            leaves none), which differs only with ``dampening > 0``.
+        norm_hooks: take the gradient norms during ``backward()`` in post-accumulate-grad hooks
+            (:meth:`torch.Tensor.register_post_accumulate_grad_hook`); the step reuses a norm
+            only while its gradient is the same, unmodified tensor (checked by identity and
+            version counter), so clipping or replacing ``.grad`` after backward stays correct.
+            :meth:`remove_norm_hooks` detaches them.
 
     Every option except ``scope="global"``'s joint norm can be overridden per param
     group. Parameters whose ``.grad`` is ``None`` are skipped; sparse gradients raise.
@@ -117,6 +155,7 @@ class SSGD(Optimizer):
         nonfinite: str = "raise",
         decoupled_weight_decay: bool = False,
         capturable: bool | None = None,
+        norm_hooks: bool = False,
     ) -> None:
         _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfinite)
         if capturable not in (None, True, False):
@@ -136,11 +175,16 @@ class SSGD(Optimizer):
         )
         super().__init__(params, defaults)
         self.capturable = capturable
+        self.norm_hooks = bool(norm_hooks)
+        self._norm_cache: dict[Tensor, tuple[Any, int, Tensor, bool]] = {}
+        self._hook_handles: list[Any] = []
+        if self.norm_hooks:
+            for group in self.param_groups:
+                self._attach_norm_hooks(group["params"])
         self._skipped: int | Tensor = 0  # steps skipped for a non-finite gradient (a device tensor when capturable)
-        self._pending: tuple[Tensor, Tensor, list[tuple[int, Tensor]]] | None = None  # lazy raise (capturable)
-        self.register_state_dict_post_hook(_save_skipped)
-        self.register_load_state_dict_pre_hook(_load_skipped)
-        self.register_load_state_dict_post_hook(_restore_skipped)
+        self._pending: tuple[Tensor, Any, list[tuple[int, int, tuple[int, ...]]]] | None = None  # lazy raise
+        attach_skip_counter(self, self)
+        self._skip_hooks = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (validated like the constructor's arguments)."""
@@ -152,6 +196,46 @@ class SSGD(Optimizer):
         except ValueError as e:
             self.param_groups.pop()
             raise ValueError(f"param group {len(self.param_groups)}: {e}") from None
+        if getattr(self, "norm_hooks", False):
+            self._attach_norm_hooks(g["params"])
+
+    def _attach_norm_hooks(self, params: list[Tensor]) -> None:
+        ref = weakref.ref(self)
+        for p in params:
+            if p.requires_grad:
+                self._hook_handles.append(p.register_post_accumulate_grad_hook(partial(_norm_hook, ref)))
+
+    @torch.no_grad()
+    def precompute_norms(self) -> None:
+        """Take the norms of the current gradients now, for the next ``step()`` (what the
+        ``norm_hooks`` do during backward; useful when gradients are final earlier than the step)."""
+        ref = weakref.ref(self)
+        for group in self.param_groups:
+            for p in group["params"]:
+                _norm_hook(ref, p)
+
+    def remove_norm_hooks(self) -> None:
+        """Detach the post-accumulate-grad hooks of ``norm_hooks=True`` (the step then takes the norms itself)."""
+        for h in self._hook_handles:
+            h.remove()
+        self._hook_handles.clear()
+        self._norm_cache.clear()
+        self.norm_hooks = False
+
+    def _cached_norms(self, params: list[Tensor], grads: list[Tensor], device: bool) -> list[Tensor | None]:
+        """The norm hooks' norms where still valid (same gradient tensor, not modified since)."""
+        if not self._norm_cache or torch.compiler.is_compiling():
+            return [None] * len(grads)
+        out: list[Tensor | None] = []
+        for p, g in zip(params, grads):
+            e = self._norm_cache.pop(p, None)
+            out.append(e[2] if e is not None and e[0]() is g and e[1] == g._version and e[3] == device else None)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(capturable=self.capturable, _skipped=self.skipped_steps)  # norm hooks stay with the original
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -161,6 +245,12 @@ class SSGD(Optimizer):
         self.__dict__.setdefault("capturable", None)
         self.__dict__.setdefault("_skipped", 0)
         self.__dict__.setdefault("_pending", None)
+        self.__dict__.setdefault("norm_hooks", False)
+        self.__dict__.setdefault("_norm_cache", {})
+        self.__dict__.setdefault("_hook_handles", [])
+        if not self.__dict__.get("_skip_hooks"):  # unpickled / deep-copied (load_state_dict also lands here)
+            attach_skip_counter(self, self)
+            self._skip_hooks = True
 
     @property
     def skipped_steps(self) -> int:
@@ -170,19 +260,28 @@ class SSGD(Optimizer):
         is a device counter and reading it is one host read."""
         return int(self._skipped)
 
+    def set_skipped_steps(self, n: int) -> None:
+        """Set the counter (what ``load_state_dict`` does)."""
+        self._skipped = int(n)
+
     def _use_device_path(self, grads: list[Tensor]) -> bool:
-        if self.capturable is not None:
-            return bool(self.capturable)
-        if torch.compiler.is_compiling():
+        several = len(grads) > 1 and len({g.device for g in grads}) > 1
+        if self.capturable:
+            if several:
+                raise ValueError("capturable=True needs every gradient on one device; got "
+                                 f"{sorted({str(g.device) for g in grads})}. Use capturable=None (the host path "
+                                 "handles several devices) or one optimizer per device")
             return True
-        return grads[0].device.type != "cpu"
+        if self.capturable is False or several:
+            return False
+        return torch.compiler.is_compiling() or grads[0].device.type != "cpu"
 
     def check_finite(self, wait: bool = True) -> None:
         """Raise the :class:`~ssgd.NonFiniteGradientError` of an earlier capturable step, if any.
 
-        A capturable step never reads the device: a non-finite gradient makes that step a no-op
-        on the device (parameters and momentum buffers unchanged) and, under
-        ``nonfinite="raise"``, leaves a flag behind. ``step()`` reads the previous step's flag at
+        A capturable step never reads the device: a non-finite gradient sets every coefficient of
+        that step to 0 on the device (only the entries whose gradient was NaN/inf are touched,
+        ``0·NaN``) and, under ``nonfinite="raise"``, leaves a flag behind. ``step()`` reads the previous step's flag at
         its start when not compiling (on CUDA from pinned memory once the previous step's event
         has completed: no stall), so the error surfaces one step late; ``wait=True`` (what a
         user call does) waits for it. Compiled loops call this themselves (e.g. per epoch)."""
@@ -195,13 +294,15 @@ class SSGD(Optimizer):
                 return  # not known yet: check at the next step
             event.synchronize()
         self._pending = None
-        flag, first = host.tolist()
+        # ``host`` lives in host memory (the CPU device, or CUDA's pinned copy whose event has completed):
+        # reading it waits for nothing, so it is read as memory, not through a tensor-value read
+        flag, first = (int(v) for v in host.numpy())
         if not flag:
             return
-        gi, g = where[int(first)]
-        pi = [j for j, q in enumerate(self.param_groups[gi]["params"]) if q.grad is g]
-        name = self._name(gi, self.param_groups[gi]["params"][pi[0]]) if pi else None
-        raise NonFiniteGradientError(int(first), name, tuple(g.shape))
+        gi, pi, shape = where[first]
+        names = self.param_groups[gi].get("param_names")
+        name = names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+        raise NonFiniteGradientError(first, name, shape)
 
     def _name(self, gi: int, p: Tensor) -> str:
         group = self.param_groups[gi]
@@ -219,6 +320,7 @@ class SSGD(Optimizer):
         # one entry per group with gradients: (group index, params, grads, offset into the flat lists)
         work: list[tuple[int, list[Tensor], list[Tensor], int]] = []
         flat_grads: list[Tensor] = []
+        flat_params: list[Tensor] = []
         owner: list[int] = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
@@ -233,16 +335,19 @@ class SSGD(Optimizer):
                     )
             work.append((gi, params, grads, len(flat_grads)))
             flat_grads.extend(grads)
+            flat_params.extend(params)
             owner.extend([gi] * len(grads))
         if not flat_grads:
             return loss
         if self._use_device_path(flat_grads):
             if self._pending is not None and not torch.compiler.is_compiling():
                 self.check_finite(wait=False)
-            self._device_step(work, flat_grads, owner)
+            positions = [(gi, pi) for gi, group in enumerate(self.param_groups)
+                         for pi, p in enumerate(group["params"]) if p.grad is not None]
+            self._device_step(work, flat_grads, owner, self._cached_norms(flat_params, flat_grads, True), positions)
             return loss
 
-        norms = _norm_list(flat_grads)  # the one host synchronisation
+        norms = _norm_list(flat_grads, self._cached_norms(flat_params, flat_grads, False))  # the one host read
         total = sum(norms)
         if total != total:  # NaN marks a non-finite gradient
             bad = [i for i, n in enumerate(norms) if n != n]
@@ -288,28 +393,39 @@ class SSGD(Optimizer):
                     self.state[p]["momentum_buffer"] = b
         return loss
 
-    def _device_step(self, work, flat_grads, owner) -> None:
+    def _device_step(self, work, flat_grads, owner, known, positions) -> None:
         """The step without any host read (see ``capturable``)."""
         dev = flat_grads[0].device
-        norms = device_norms(flat_grads).to(dev)  # (K,) float64, exact range
+        if any(k is not None for k in known):
+            missing = [i for i, k in enumerate(known) if k is None]
+            fresh = iter(device_norms([flat_grads[i] for i in missing]).unbind(0) if missing else [])
+            norms = torch.stack([(k if k is not None else next(fresh)).to(dev) for k in known])
+        else:
+            norms = device_norms(flat_grads).to(dev)  # (K,) float64, exact range
         finite = torch.isfinite(norms)
-        skip_idx = [i for i, gi in enumerate(owner) if self.param_groups[gi]["nonfinite"] == "skip"]
-        raise_idx = [i for i, gi in enumerate(owner) if self.param_groups[gi]["nonfinite"] == "raise"]
         bad = ~finite.all()
         keep = (~bad).to(torch.float64)
-        if skip_idx:
-            skip_bad = ~finite[skip_idx].all() if len(skip_idx) < len(owner) else bad
-            raise_bad = ~finite[raise_idx].all() if raise_idx else torch.zeros((), dtype=torch.bool, device=dev)
-            counted = skip_bad & ~raise_bad
+        # per-policy flags from contiguous slices (one per group): no index tensor crosses to the device
+        spans = {pol: [(off, len(grads)) for gi, _, grads, off in work if self.param_groups[gi]["nonfinite"] == pol]
+                 for pol in ("skip", "raise")}
+
+        def any_bad(pol: str) -> Tensor:
+            if len(spans[pol]) == len(work):
+                return bad
+            return torch.stack([~finite[o:o + n].all() for o, n in spans[pol]]).any()
+
+        if spans["skip"]:
+            counted = any_bad("skip") & ~any_bad("raise") if spans["raise"] else any_bad("skip")
             self._skipped = self._skipped + counted.to(torch.int64)
-        if raise_idx:
+        if spans["raise"]:
             bad_i = (~finite).to(torch.int32)
-            if len(raise_idx) < len(owner):
-                bad_i = bad_i * _raise_mask(owner, raise_idx, dev)
-            first = torch.argmax(bad_i)
-            raise_flag = ~finite[raise_idx].all() if len(raise_idx) < len(owner) else bad
-            packed = torch.stack([raise_flag.to(torch.int64), first.to(torch.int64)])
-            where = [(gi, g) for gi, g in zip(owner, flat_grads)]
+            if len(spans["raise"]) < len(work):  # only the raise groups' tensors may be named
+                mask = torch.zeros(len(owner), dtype=torch.int32, device=dev)
+                for o, n in spans["raise"]:
+                    mask[o:o + n] = 1
+                bad_i = bad_i * mask
+            packed = torch.stack([any_bad("raise").to(torch.int64), torch.argmax(bad_i).to(torch.int64)])
+            where = [(gi, pi, tuple(g.shape)) for (gi, pi), g in zip(positions, flat_grads)]
             if dev.type == "cuda" and not torch.compiler.is_compiling():
                 host = torch.empty(2, dtype=torch.int64, pin_memory=True)
                 host.copy_(packed, non_blocking=True)
@@ -319,22 +435,22 @@ class SSGD(Optimizer):
             else:
                 self._pending = (packed, None, where)
         norms = torch.where(finite, norms, torch.ones_like(norms))  # a skipped step's scales stay finite
-        glob = [i for i, gi in enumerate(owner) if self.param_groups[gi]["scope"] == "global"]
+        glob = [(off, len(grads)) for gi, _, grads, off in work if self.param_groups[gi]["scope"] == "global"]
         s_glob = None
         if glob:
-            total = safe_hypot(norms[glob] if len(glob) < len(owner) else norms)
-            s_glob = 1.0 / total.clamp_min(self.defaults["eps"])
+            gn = norms if len(glob) == len(work) else torch.cat([norms[o:o + n] for o, n in glob])
+            s_glob = 1.0 / safe_hypot(gn).clamp_min(self.defaults["eps"])
         for gi, params, grads, off in work:
             group = self.param_groups[gi]
             sign = -1.0 if group["maximize"] else 1.0
             if group["scope"] == "global":
-                sc = [s_glob * sign] * len(grads)
+                sc = (s_glob * sign).expand(len(grads))
             else:
-                v = sign / norms[off:off + len(grads)].clamp_min(group["eps"])
-                sc = list(v.unbind(0))
+                sc = sign / norms[off:off + len(grads)].clamp_min(group["eps"])
             momentum = group["momentum"]
             bufs = [self.state[p].get("momentum_buffer") for p in params] if momentum != 0 else None
-            _capturable_ssgd(params, grads, sc, bufs, keep, lr=group["lr"], momentum=momentum,
+            _capturable_ssgd(params, grads, sc, bufs, keep, mask=group["nonfinite"] == "skip", lr=group["lr"],
+                             momentum=momentum,
                              dampening=group["dampening"], nesterov=group["nesterov"],
                              weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
             if bufs is not None:
@@ -342,76 +458,70 @@ class SSGD(Optimizer):
                     self.state[p]["momentum_buffer"] = b
 
 
-def _raise_mask(owner: list[int], raise_idx: list[int], dev: torch.device) -> Tensor:
-    m = torch.zeros(len(owner), dtype=torch.int32, device=dev)
-    m[raise_idx] = 1
-    return m
+def _norm_hook(ref: "weakref.ref[SSGD]", p: Tensor) -> None:
+    """Post-accumulate-grad hook: the gradient's norm while it is final and (for small tensors) in cache."""
+    opt = ref()
+    g = p.grad
+    if opt is None or g is None or g.layout != torch.strided or torch.compiler.is_compiling():
+        return
+    cap = opt.capturable
+    device = cap if cap is not None else g.device.type != "cpu"
+    with torch.no_grad():
+        n = device_norms([g])[0] if device else fast_norm(g)
+    opt._norm_cache[p] = (weakref.ref(g), g._version, n, device)
 
 
-def _save_skipped(opt: "SSGD", sd: dict[str, Any]) -> dict[str, Any]:
-    sd["ssgd"] = {"skipped_steps": opt.skipped_steps}
-    return sd
-
-
-def _load_skipped(opt: "SSGD", sd: dict[str, Any]) -> dict[str, Any]:
-    sd = dict(sd)
-    extra = sd.pop("ssgd", None) or {}
-    n = int(extra.get("skipped_steps", 0))
-    state = sd.get("state", {})
-    if "skipped_steps" in state:  # checkpoints written before 0.2 kept it as a string key in ``state``
-        state = dict(state)
-        n = int(state.pop("skipped_steps"))
-        sd["state"] = state
-    opt.__dict__["_loaded_skipped"] = n
-    return sd
-
-
-def _restore_skipped(opt: "SSGD") -> None:
-    opt._skipped = opt.__dict__.pop("_loaded_skipped", 0)
-
-
-def _capturable_ssgd(params, grads, scales, bufs, keep, *, lr, momentum, dampening, nesterov, weight_decay,
+def _capturable_ssgd(params, grads, scales, bufs, keep, *, mask, lr, momentum, dampening, nesterov, weight_decay,
                      decoupled):
-    """One fused pass per tensor with device scalars: no host read, no data-dependent branch.
+    """The update with device scalars: no host read, no data-dependent branch, one fused kernel per
+    tensor for plain SSGD (``p += (-lr*s_i) * g_i``).
 
-    ``scales[i]`` is a 0-dim float64 tensor (sign included); ``keep`` is 1.0, or 0.0 when the
-    step must leave every parameter and buffer unchanged (a non-finite gradient somewhere)."""
-    lr_t = keep * lr  # 0-dim float64; a tensor lr stays on the device
-    for i, (p, g, s) in enumerate(zip(params, grads, scales)):
-        if p.dtype != torch.float64:  # a scale beyond float32's range (eps < 3e-39) would turn 0 * s into NaN
-            big = torch.finfo(torch.float32).max
-            s = s.clamp(-big, big)
-        g = torch.where(keep.to(torch.bool), g, torch.zeros((), dtype=g.dtype, device=g.device))  # NaN-proof no-op
-        cd = p.dtype
-        wide = cd in _WIDE and g.dtype == cd
-        if wide:
-            u, c = g, (s * keep).to(cd)
+    ``scales`` is a (K,) float64 tensor (sign included); ``keep`` a 0-dim 1.0, or 0.0 when the step
+    must not move (a non-finite gradient somewhere): every coefficient is then 0 (1 for the momentum
+    decay). ``mask`` also replaces the gradients by zeros on such a step (``torch.where``, one more
+    pass; what ``nonfinite="skip"`` needs for NaN entries, since ``0 * NaN`` is NaN)."""
+    kb = keep.to(torch.bool)
+    lr_t = keep * lr  # 0-dim float64 (a tensor lr stays on its device)
+    if any(p.dtype != torch.float64 for p in params):  # beyond float32's range, 0 * s would be NaN
+        big = torch.finfo(torch.float32).max
+        scales = scales.clamp(-big, big)
+    cs = (scales * keep).unbind(0)  # direction coefficients
+    cds = (scales * (keep * (1.0 - dampening))).unbind(0) if momentum != 0 else cs
+    steps = (-lr_t * scales).unbind(0)  # plain update coefficients
+    dec = 1.0 - lr_t * weight_decay
+    wdk = keep * weight_decay
+    mu_t = keep * momentum + (1.0 - keep)  # momentum, or 1 (buffer unchanged) on a skipped step
+    damp = keep * (1.0 - dampening)
+    neg_lr, neg_lr_mu = -lr_t, -lr_t * momentum
+    coupled = weight_decay != 0 and not decoupled
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if mask:
+            g = torch.where(kb, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        if p.dtype in _WIDE and g.dtype == p.dtype:
+            u, c, a = g, cs[i], steps[i]
         else:  # half precision: the direction in float32, rounded once
-            u, c = (g.to(torch.float32) * s.to(torch.float32)).to(cd), None
-        if weight_decay != 0 and decoupled:
-            p.mul_((1.0 - lr_t * weight_decay).to(cd))
-        wd = (keep * weight_decay).to(cd) if weight_decay != 0 and not decoupled else None
+            u, c, a = (g.to(torch.float32) * scales[i].to(torch.float32)).to(p.dtype), keep, neg_lr
+        if weight_decay != 0 and (decoupled or momentum == 0):
+            p.mul_(dec)  # decoupled decay, or the coupled decay of plain SSGD: p(1 - lr wd) - lr s g
         if momentum == 0:
-            if wd is not None:
-                p.mul_((1.0 - lr_t * weight_decay).to(cd))
-            if c is None:
-                p.add_(u * (-lr_t).to(cd))
-            else:
-                p.addcmul_(u, (-lr_t * s).to(cd))
+            p.addcmul_(u, a)
             continue
         buf = bufs[i]
-        d = torch.mul(u, c) if c is not None else u.clone()
-        if wd is not None:
-            d.add_(p * wd)
+        d = None
+        if coupled or nesterov or buf is None:  # the direction itself is needed
+            d = torch.mul(u, c)
+            if coupled:
+                d.addcmul_(p, wdk)
         if buf is None:
             bufs[i] = buf = d
+        elif d is None:  # plain momentum: b = mu b + (1 - dampening) s g, no temporary
+            buf.mul_(mu_t).addcmul_(u, cds[i] if c is not keep else damp)
         else:
-            mu_t = keep * momentum + (1.0 - keep)  # momentum, or 1 (buffer unchanged) on a skipped step
-            buf.mul_(mu_t.to(cd)).add_(d * (keep * (1 - dampening)).to(cd))
+            buf.mul_(mu_t).addcmul_(d, damp)
         if nesterov:
-            p.add_(d * (-lr_t).to(cd)).add_(buf * (-lr_t * momentum).to(cd))
+            p.addcmul_(d, neg_lr).addcmul_(buf, neg_lr_mu)
         else:
-            p.add_(buf * (-lr_t).to(cd))
+            p.addcmul_(buf, neg_lr)
 
 
 def _direct_dtypes(params: list[Tensor], grads: list[Tensor]) -> bool:

@@ -29,7 +29,9 @@ Numerics (the corners that matter):
 * a non-finite gradient raises :class:`NonFiniteGradientError`, naming the
   tensor, before anything is modified.
 
-One host synchronisation per call (to read the norms) in the common case.
+:func:`unit_`/:func:`unit`/:func:`grad_norms` read the norms on the host once per call (to
+raise before modifying anything); :func:`batched_unit` never does (differentiable, for B
+stacked gradients), and :class:`ssgd.SSGD`'s device path (``capturable``) never does either.
 """
 
 from __future__ import annotations

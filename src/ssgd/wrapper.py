@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
-from .optim import check_nonfinite
-from .transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_scope, unit_
+from ._state import attach_skip_counter
+from .transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_nonfinite, check_scope, unit_
 
 __all__ = ["SSGDWrapper"]
 
@@ -56,6 +56,8 @@ class SSGDWrapper(Optimizer):
         self.skipped_steps = 0
         self._optimizer_step_pre_hooks = optimizer._optimizer_step_pre_hooks
         self._optimizer_step_post_hooks = optimizer._optimizer_step_post_hooks
+        # the skip counter travels in the inner optimizer's state dict, under "ssgd" (as SSGD's does)
+        attach_skip_counter(self, optimizer, {"scope": scope, "eps": eps, "nonfinite": nonfinite})
 
     # --- forwarding -------------------------------------------------------------
     @property
@@ -75,17 +77,15 @@ class SSGDWrapper(Optimizer):
         return self.optimizer.defaults
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        sd = self.optimizer.state_dict()
-        sd["ssgd_wrapper"] = {"scope": self.scope, "eps": self.eps, "nonfinite": self.nonfinite,
-                              "skipped_steps": self.skipped_steps}
-        return sd
+        """The inner optimizer's state dict, with ``"ssgd"``: scope, eps, nonfinite and ``skipped_steps``."""
+        return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("ssgd_wrapper", None)
-        if extra is not None:
-            self.skipped_steps = int(extra.get("skipped_steps", 0))
+        """Load the inner optimizer's state and the skip counter (also from pre-0.2 ``"ssgd_wrapper"``)."""
         self.optimizer.load_state_dict(state_dict)
+
+    def set_skipped_steps(self, n: int) -> None:
+        self.skipped_steps = int(n)
 
     def zero_grad(self, set_to_none: bool = True) -> None:  # type: ignore[override]
         self.optimizer.zero_grad(set_to_none=set_to_none)

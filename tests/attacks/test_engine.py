@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import ssgd
-from ssgd.attacks import DummyGradients, batched_unit, lbfgs
+from ssgd.attacks import INITS, DLGUnit, DummyGradients, initial_images, lbfgs
 from ssgd.models import build_model
 
 
@@ -50,14 +50,47 @@ def test_lbfgs_freezes_nonfinite_rows_and_keeps_best():
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_batched_unit_matches_core_unit(scope):
+def test_dlg_unit_transform_is_the_core_unit_per_target(scope):
+    """dlg-unit pushes each stacked dummy gradient through ssgd's own unit transform (ssgd.batched_unit)."""
     torch.manual_seed(1)
     gs = [torch.randn(3, 4, 5), torch.randn(3, 7)]
-    out = batched_unit(gs, scope, lead=1)
+    out, _ = DLGUnit(scope=scope)._transform(gs, None)
     for k in range(3):
         ref = ssgd.unit([g[k] for g in gs], scope)
         for a, b in zip(out, ref):
             assert torch.allclose(a[k], b, atol=1e-6)
+
+
+def test_single_target_plain_autograd_equals_stacked_vmap(digits):
+    """One target takes plain autograd, stacked targets vmap: same gradients, both differentiable in x."""
+    model = build_model("lenet", digits.shape, 10, seed=0).eval()
+    dg = DummyGradients(model)
+    x = digits.x_train[:4].reshape(2, 2, *digits.shape).clone().requires_grad_(True)
+    y = torch.nn.functional.one_hot(digits.y_train[:4].reshape(2, 2), 10).float()
+    both = dg.grads(x, y)
+    for k in range(2):
+        alone = dg.grads(x[k:k + 1], y[k:k + 1])
+        for a, b in zip(alone, both):
+            assert torch.allclose(a[0], b[k], atol=1e-6)
+    (gx,) = torch.autograd.grad(sum(g.square().sum() for g in dg.grads(x[:1], y[:1])), x)
+    assert gx[0].abs().sum() > 0 and gx[1].abs().sum() == 0
+
+
+def test_initial_images_in_the_data_range():
+    torch.manual_seed(0)
+    u = initial_images("uniform", 3, (2, 1, 8, 8))
+    assert u.shape == (3, 2, 1, 8, 8) and u.min() >= 0 and u.max() <= 1 and u.std() > 0.2
+    assert initial_images("randn", 3, (2, 1, 8, 8)).min() < 0  # DLG's start leaves the box
+    mean = torch.full((1, 8, 8), 0.3)
+    m = initial_images("mean", 3, (2, 1, 8, 8), mean_image=mean)
+    assert (m - 0.3).abs().max() <= 0.05 + 1e-6 and not torch.equal(m[0], m[1])  # restarts differ
+    assert torch.equal(initial_images("auto", 1, (1, 1, 8, 8), mean_image=mean).round(decimals=1),
+                       torch.full((1, 1, 1, 8, 8), 0.3))
+    with pytest.raises(ValueError, match="mean image"):
+        initial_images("mean", 1, (1, 1, 8, 8))
+    with pytest.raises(ValueError, match="zeros"):
+        initial_images("zeros", 1, (1, 1, 8, 8))
+    assert set(INITS) == {"auto", "uniform", "randn", "mean"}
 
 
 def test_dummy_gradients_equal_autograd(digits):

@@ -227,7 +227,17 @@ def audit_configs():
             "layer": TrainConfig(**base, scope="layer"),
             "dp-node-global": TrainConfig(**base, scope="global", dp="node", noise_multiplier=0.8),
             "dp-node-layer": TrainConfig(**base, scope="layer", dp="node", noise_multiplier=0.8),
-            "dp-local-layer": TrainConfig(**base, scope="layer", dp="node-local", noise_multiplier=0.5)}
+            "dp-local-layer": TrainConfig(**base, scope="layer", dp="node-local", noise_multiplier=0.5),
+            "batchnorm": TrainConfig(**{**base, "model": "audit-bn"}, scope="global")}
+
+
+def _register_bn_model() -> None:
+    """A tiny model with BatchNorm buffers (running statistics of a rank's own data)."""
+    from ssgd.models import MODELS, register_model
+
+    if "audit-bn" not in MODELS:
+        register_model("audit-bn")(lambda shape, num_classes, **kw: nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(shape), 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, num_classes)))
 
 
 def _audit_case(rank, cfg, run_dir):
@@ -251,10 +261,22 @@ def _audit_case(rank, cfg, run_dir):
 
     def step(self, net, xb, yb, cfg_):
         params = [p for p in net.module.parameters()]
+        bufs = [b.detach().clone() for b in net.module.buffers()]
         ref = torch.autograd.grad(F.cross_entropy(net.module(xb), yb), params)  # no .grad, no DDP hook
-        log.append({"op": "step", "unit": [u.detach().clone() for u in unit(list(ref), cfg_.scope)],
-                    "n_tensors": len(params)})
-        return engine_step(self, net, xb, yb, cfg_)
+        for b, saved in zip(net.module.buffers(), bufs):  # the reference pass must not move BatchNorm statistics
+            b.copy_(saved)
+        entry = {"op": "step", "unit": [u.detach().clone() for u in unit(list(ref), cfg_.scope)],
+                 "n_tensors": len(params)}
+        bn = [m for m in net.module.modules() if isinstance(m, nn.BatchNorm1d)]
+        if bn:  # this rank's running mean before the step, and the mean of its own BatchNorm input
+            with torch.no_grad():
+                entry["bn_before"] = bn[0].running_mean.clone()
+                entry["bn_batch_mean"] = net.module[1](net.module[0](xb)).mean(0)
+        log.append(entry)
+        out = engine_step(self, net, xb, yb, cfg_)
+        if bn:
+            entry["bn_after"] = bn[0].running_mean.clone()
+        return out
 
     def setup(self, cfg_, model, n, spe):
         out = engine_setup(self, cfg_, model, n, spe)
@@ -280,7 +302,8 @@ def _audit_case(rank, cfg, run_dir):
             setattr(dist, name, fn)
         D.DDPEngine.step, D.DDPEngine.setup = engine_step, engine_setup
     final = torch.nn.utils.parameters_to_vector([p.detach() for p in res.model.parameters()]).clone()
-    return {"log": log, "history": res.history, "final": final}
+    buffers = {k: v.detach().clone() for k, v in res.model.state_dict().items() if "running" in k}
+    return {"log": log, "history": res.history, "final": final, "buffers": buffers}
 
 
 def run_audit(rank: int, world: int, store: str, out_dir: str) -> None:
@@ -290,6 +313,7 @@ def run_audit(rank: int, world: int, store: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     res: dict = {}
     try:
+        _register_bn_model()
         for name, cfg in audit_configs().items():
             res[name] = _audit_case(rank, cfg, out_dir / f"audit-{name}")
     except Exception:  # noqa: BLE001 - saved for the test to print, then re-raised

@@ -122,3 +122,18 @@ def test_training_loss_stays_on_its_rank(audit):
         assert strip == [{k: v for k, v in r.items() if k != "train_loss"} for r in h1]
         # each rank reports the loss of its own shards: it was never combined across ranks
         assert h0[-1]["train_loss"] != h1[-1]["train_loss"]
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_stay_on_their_rank(audit):
+    """Running means/variances are statistics of a rank's own data: DDP must not broadcast rank 0's
+    (it would with broadcast_buffers=True, overwriting every rank's buffers with rank 0's at each forward)."""
+    for rank, res in enumerate(audit):
+        steps = [e for e in res["batchnorm"]["log"] if e["op"] == "step"]
+        assert len(steps) == 4
+        for e in steps:  # momentum 0.1: new = 0.9 * this rank's own old value + 0.1 * this rank's batch mean
+            torch.testing.assert_close(e["bn_after"], 0.9 * e["bn_before"] + 0.1 * e["bn_batch_mean"],
+                                       atol=1e-6, rtol=1e-5)
+    b0, b1 = audit[0]["batchnorm"]["buffers"], audit[1]["batchnorm"]["buffers"]
+    assert not torch.equal(b0["2.running_mean"], b1["2.running_mean"])
+    assert torch.equal(audit[0]["batchnorm"]["final"], audit[1]["batchnorm"]["final"])  # parameters agree

@@ -7,10 +7,10 @@ SSGD-aware ``dlg-unit`` and ``inverting-layer``. Many targets run stacked
 
 from .analytic import Analytic
 from .base import ATTACKS, Attack, AttackMeta, Reconstruction, get_attack, list_attacks, register_attack
-from .engine import DummyGradients, batched_unit, lbfgs, signed_adam
+from .engine import INITS, DummyGradients, initial_images, lbfgs, signed_adam
 from .labels import last_layer_signal, recover_labels
 from .optimization import DLG, IDLG, DLGUnit, Inverting, InvertingLayer
 
-__all__ = ["ATTACKS", "Analytic", "Attack", "AttackMeta", "DLG", "DLGUnit", "DummyGradients", "IDLG", "Inverting",
-           "InvertingLayer", "Reconstruction", "batched_unit", "get_attack", "last_layer_signal", "lbfgs",
+__all__ = ["ATTACKS", "Analytic", "Attack", "AttackMeta", "DLG", "DLGUnit", "DummyGradients", "IDLG", "INITS",
+           "Inverting", "InvertingLayer", "Reconstruction", "get_attack", "initial_images", "last_layer_signal", "lbfgs",
            "list_attacks", "recover_labels", "register_attack", "signed_adam"]

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INITS", "DummyGradients", "batched_unit", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer", "total_variation",
-           "lbfgs", "signed_adam", "stack_targets"]
+__all__ = ["INITS", "DummyGradients", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer", "total_variation",
+           "lbfgs", "signed_adam", "stack_targets", "target_norms"]
 
 
 def stack_targets(shared: list[list[Tensor]], dtype: torch.dtype = torch.float32) -> list[Tensor]:
@@ -120,37 +120,33 @@ class DummyGradients:
         return [g[n] for n in self.names]
 
 
-def batched_unit(grads: list[Tensor], scope: str, lead: int = 1, eps: float = 1e-12) -> list[Tensor]:
-    """:func:`ssgd.unit` for stacked gradients: ``lead`` leading dims index independent gradients."""
-    norms = [g.flatten(lead).norm(dim=-1) for g in grads]
-    shape = grads[0].shape[:lead]
-    if scope == "global":
-        total = torch.sqrt(sum(n ** 2 for n in norms)).clamp_min(eps)
-        return [g / total.reshape(*shape, *[1] * (g.ndim - lead)) for g in grads]
-    if scope == "layer":
-        return [g / n.clamp_min(eps).reshape(*shape, *[1] * (g.ndim - lead)) for g, n in zip(grads, norms)]
-    raise ValueError(f"Invalid scope: {scope!r}; expected 'global' or 'layer'")
-
-
 def euclidean(dummy: list[Tensor], target: list[Tensor]) -> Tensor:
     """Per-target squared L2 distance summed over all tensors (DLG's objective); shape ``(K,)``."""
     return sum(((d - t) ** 2).flatten(1).sum(1) for d, t in zip(dummy, target))
 
 
-def cosine_global(dummy: list[Tensor], target: list[Tensor]) -> Tensor:
-    """Per-target ``1 - cos`` between the whole dummy and target gradients (Geiping et al.)."""
+def target_norms(target: list[Tensor], per_layer: bool) -> Tensor | list[Tensor]:
+    """The target's norms, computed once per attack: ``(K,)`` over all tensors, or one ``(K,)`` per tensor."""
+    per = [t.flatten(1).norm(dim=1) for t in target]
+    return per if per_layer else torch.sqrt(sum(n ** 2 for n in per))
+
+
+def cosine_global(dummy: list[Tensor], target: list[Tensor], tnorm: Tensor | None = None) -> Tensor:
+    """Per-target ``1 - cos`` between the whole dummy and target gradients (Geiping et al.);
+    ``tnorm``: the target's norms from :func:`target_norms` (computed here if not given)."""
     dot = sum((d * t).flatten(1).sum(1) for d, t in zip(dummy, target))
     dn = torch.sqrt(sum((d ** 2).flatten(1).sum(1) for d in dummy))
-    tn = torch.sqrt(sum((t ** 2).flatten(1).sum(1) for t in target))
+    tn = target_norms(target, False) if tnorm is None else tnorm
     return 1 - dot / (dn * tn).clamp_min(1e-20)
 
 
-def cosine_layer(dummy: list[Tensor], target: list[Tensor]) -> Tensor:
+def cosine_layer(dummy: list[Tensor], target: list[Tensor], tnorms: list[Tensor] | None = None) -> Tensor:
     """Per-target mean over tensors of ``1 - cos`` (blind to any per-layer rescaling)."""
+    tns = target_norms(target, True) if tnorms is None else tnorms
     terms = []
-    for d, t in zip(dummy, target):
+    for d, t, tn in zip(dummy, target, tns):
         d, t = d.flatten(1), t.flatten(1)
-        terms.append(1 - (d * t).sum(1) / (d.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-20))
+        terms.append(1 - (d * t).sum(1) / (d.norm(dim=1) * tn).clamp_min(1e-20))
     return torch.stack(terms, 0).mean(0)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._options import parse_choices, parse_int_list, parse_list, user_errors
+from ._options import parse_choices, parse_float_list, parse_int_list, parse_list, user_errors
 
 __all__ = ["command"]
 
@@ -39,6 +39,10 @@ def command(
     restarts: Optional[int] = typer.Option(None, help="restarts of the optimisation attacks (default: theirs)"),
     init: Optional[str] = typer.Option(None, help="dummy init of the optimisation attacks: uniform | randn | mean "
                                                   "(default: theirs, uniform)"),
+    curve_budgets: Optional[str] = typer.Option(None, help="budget-vs-PSNR curve: fractions of the default budget at "
+                                                           "which the strongest attack on each SSGD variant is rerun, "
+                                                           "e.g. 0.05,0.1,0.25,0.5,1,2 (default: no curve)"),
+    curve_images: Optional[int] = typer.Option(None, help="images per curve point (default 4)"),
     accuracy_epochs: Optional[int] = typer.Option(None, help="epochs of the per-defence accuracy runs (0: skip)"),
     budget_minutes: float = typer.Option(0.0, help="stop starting new cells after this many minutes (0: no limit)"),
     seed: int = typer.Option(0, help="random seed"),
@@ -58,6 +62,8 @@ def command(
                      ("states", parse_choices(states, "--states", ("untrained", "trained"))),
                      ("images", images), ("other_images", other_images), ("dlg_iters", dlg_iters),
                      ("inverting_iters", inverting_iters), ("restarts", restarts), ("init", init),
+                     ("curve_budgets", parse_float_list(curve_budgets, "--curve-budgets", "0.1,0.5,1,2")),
+                     ("curve_images", curve_images),
                      ("accuracy_epochs", accuracy_epochs)):
         if val is not None:
             kw[key] = list(val) if isinstance(val, tuple) else val

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ._options import parse_choices, parse_int_list, parse_list, user_errors
+from ._experiment_cli import Out, Progress, Resume, run_experiment
+from ._options import parse_choices, parse_int_list, parse_list
 
 __all__ = ["command"]
 
@@ -26,14 +27,13 @@ def command(
     lr: Optional[float] = typer.Option(None, help="learning rate of the raw-gradient aggregators (default 0.2)"),
     ssgd_lr: Optional[float] = typer.Option(None, help="learning rate of the SSGD unit-vector mean (default 0.5)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST's IDX files"),
-    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/poisoning-<time>)"),
-    resume: bool = typer.Option(False, help="continue the grid in --out: finished runs (results.json) are kept"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    out: Out = None,
+    resume: Resume = False,
+    progress: Progress = True,
 ) -> None:
     """Final accuracy of SGD-mean, SSGD, clipping, median and Krum under k malicious nodes (table + plot)."""
     from ..data import DATASETS
     from ..experiments.poisoning import AGGREGATORS, ATTACKS, PoisoningConfig
-    from ..report.io import make_run_dir
 
     cfg = PoisoningConfig.quick() if quick else PoisoningConfig(seeds=(0, 1))
     for key, val in (("datasets", parse_choices(datasets, "--datasets", sorted(DATASETS))),
@@ -46,12 +46,4 @@ def command(
         if val is not None:
             setattr(cfg, key, val)
     cfg.data_dir = str(data_dir) if data_dir else None
-    try:
-        cfg.validate()
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-    with user_errors((ValueError,)):
-        run_dir = make_run_dir(out, "poisoning", resume=resume)
-        res = cfg.run(run_dir, progress=progress, resume=resume)
-    typer.echo(res.text)
-    typer.echo(f"run folder: {run_dir}")
+    run_experiment(cfg, out, "poisoning", resume=resume, progress=progress)

@@ -89,7 +89,7 @@ def train_cmd(
 def _in_run_dir(out: Optional[Path], resume: bool, body):
     """``body(run_dir)`` in a checked run folder (ssgd.report.make_run_dir: an existing run needs
     --resume; a file or a read-only folder is refused). A folder this call created is removed
-    again if ``body`` fails before writing anything into it."""
+    again if ``body`` fails before the first epoch's checkpoint (it would hold nothing to resume)."""
     from ..report.io import make_run_dir
 
     created = out is None or not Path(out).exists()
@@ -97,7 +97,8 @@ def _in_run_dir(out: Optional[Path], resume: bool, body):
     try:
         return body(run_dir)
     except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+        if created and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+            (run_dir / "config.json").unlink(missing_ok=True)
             run_dir.rmdir()
         raise
 
@@ -121,7 +122,6 @@ def _train_nodes(cfg, out: Optional[Path], nodes: int, resume: bool, progress: b
     """The same TrainConfig on N processes (ssgd.experiments.ddp_train), checked before torchrun starts."""
     from ..distributed.launch import NodeFailureError
     from ..experiments.ddp_train import check_resume, run_nodes
-
     from ..report import CheckpointError, ConfigMismatchError
 
     def body(run_dir: Path) -> tuple[Path, dict]:

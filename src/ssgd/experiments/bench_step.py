@@ -1,10 +1,11 @@
-"""Optimizer-step benchmark: :class:`ssgd.SSGD` against ``torch.optim.SGD(foreach=True)``.
+"""Optimizer-step benchmarks: :class:`ssgd.SSGD` against ``torch.optim.SGD(foreach=True)``.
 
 Behind ``ssgd bench step`` and ``benchmarks/optimizer_step.py``. Each size is a list of
 parameter shapes taken from a real model (no model is built, only its tensors):
 
 * ``resnet18`` -- torchvision's ResNet-18 for ImageNet: 11,689,512 parameters in 62 tensors;
 * ``gpt2`` -- GPT-2 small: 124,439,808 parameters in 148 tensors;
+* ``gpt1b`` -- a GPT-2-style model at d=2048 with 18 layers: 1,013,981,184 parameters in 220 tensors;
 * ``tiny`` -- a few small tensors (smoke tests).
 
 For each size and momentum (0 and 0.9) one parameter set and one set of random
@@ -14,23 +15,36 @@ momentum buffers). The optimizers are stepped in turn, round after round, so tha
 load on a shared machine hits all of them alike (the order rotates every round);
 the medians of the per-step wall times are compared: ``ratio = SSGD median / SGD
 median`` (same momentum), and ``paired_ratio`` is the median over rounds of the
-per-round ratio (more robust on a loaded machine). On a small shared CPU pass
-``threads=1`` (``--threads 1``): oversubscribed intra-op threads make timings noise.
+per-round ratio (more robust on a loaded machine), and ``fastest_ratio`` the ratio of the
+fastest samples (what the machine can do when load leaves it alone). On a small shared CPU
+pass ``threads=1`` (``--threads 1``): oversubscribed intra-op threads make timings noise.
+Rows also count the *host reads* of one step (``syncs``): on CUDA the synchronisations that
+``torch.cuda.set_sync_debug_mode`` reports, on CPU the calls of ``Tensor.item``/``tolist``/
+``__bool__``/``__float__``/``__int__`` (each would be a synchronisation on a GPU).
+
+:func:`run_train_bench` times the *whole* training step (forward, backward, step) of real models
+(``mlp``, ``convnet``, ``resnet18`` from :mod:`ssgd.models`) the same way, for SGD, SSGD and
+SSGD with ``norm_hooks=True`` (the norm pass moved into the backward pass).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import torch
+from torch.nn import functional as F
 
 from ..optim import SSGD
 
-__all__ = ["SIZES", "StepBenchConfig", "config_dict", "format_table", "param_shapes", "run_step_bench"]
+__all__ = ["SIZES", "TRAIN_MODELS", "StepBenchConfig", "TrainBenchConfig", "config_dict", "count_host_reads",
+           "format_table", "format_train_table", "param_shapes", "run_step_bench", "run_train_bench"]
 
 
 def _resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
@@ -59,7 +73,49 @@ SIZES = {
     "tiny": lambda: [(16, 8), (16,), (4, 16), (4,)],
     "resnet18": _resnet18_shapes,
     "gpt2": _gpt2_small_shapes,
+    "gpt1b": lambda: _gpt2_small_shapes(d=2048, layers=18),
 }
+# the sizes by parameter count, as the issue names them
+SIZES["11.7M"], SIZES["124M"], SIZES["1B"] = SIZES["resnet18"], SIZES["gpt2"], SIZES["gpt1b"]
+
+
+_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+@contextlib.contextmanager
+def count_host_reads(device: torch.device):
+    """Count the host synchronisations inside the block; yields a list that gets one entry per sync.
+
+    CUDA: the synchronising operations reported by ``torch.cuda.set_sync_debug_mode("warn")``.
+    CPU: the calls of ``Tensor.item/tolist/__bool__/__float__/__int__`` (a host read of a tensor
+    value; on a GPU each would be a synchronisation)."""
+    calls: list[str] = []
+    if device.type == "cuda":
+        old = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield calls
+            finally:
+                torch.cuda.set_sync_debug_mode(old)
+        calls.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+        return
+    orig = {n: getattr(torch.Tensor, n) for n in _READS}
+
+    def wrap(name, fn):
+        def inner(t, *a, **k):
+            calls.append(name)
+            return fn(t, *a, **k)
+        return inner
+
+    try:
+        for n, fn in orig.items():
+            setattr(torch.Tensor, n, wrap(n, fn))
+        yield calls
+    finally:
+        for n, fn in orig.items():
+            setattr(torch.Tensor, n, fn)
 
 
 def param_shapes(size: str) -> list[tuple[int, ...]]:
@@ -80,6 +136,8 @@ class StepBenchConfig:
     lr: float = 1e-3
     seed: int = 0
     threads: int | None = None
+    hooks: bool = False  # also time each scope with its norms taken before the step (norm_hooks=True)
+    capturable: bool | None = None  # SSGD's capturable (None: its default, the device path off CPU)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "StepBenchConfig":
@@ -99,6 +157,43 @@ class StepBenchConfig:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _count_step_syncs(opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """Host syncs of one ``opt.step()`` (gradients already in place)."""
+    with count_host_reads(device) as reads:
+        opt.step()
+        _sync_quiet(device)
+    return len(reads)
+
+
+def _alternate(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device, bar,
+               before: dict[str, Callable[[], None]] | None = None) -> dict[str, list[float]]:
+    """Wall times of ``fns``, called in turn round after round (the order rotates every round so that
+    load hits all alike); ``before[k]`` runs untimed before ``fns[k]``. The first ``warmup`` rounds are dropped."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(warmup + rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if before and k in before:
+                before[k]()
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[k]()
+            _sync(device)
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t0)
+        bar.update(1)
+    return times
+
+
+def _sync_quiet(device: torch.device) -> None:
+    """Wait for the device outside the sync count (the count is of the step, not of the timer)."""
+    if device.type == "cuda":
+        old = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode(old)
 
 
 def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -123,26 +218,29 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
             opts: dict[str, torch.optim.Optimizer] = {"sgd": torch.optim.SGD(params, lr=cfg.lr, momentum=mom,
                                                                               foreach=True)}
             for scope in cfg.scopes:
-                opts[scope] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope)
-            times: dict[str, list[float]] = {k: [] for k in opts}
-            keys = list(opts)
-            for r in range(cfg.warmup + cfg.repeats):
-                for k in keys[r % len(keys):] + keys[:r % len(keys)]:  # rotate the order each round
-                    opt = opts[k]
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    opt.step()
-                    _sync(device)
-                    if r >= cfg.warmup:
-                        times[k].append(time.perf_counter() - t0)
-                bar.update(1)
+                opts[scope] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope, capturable=cfg.capturable)
+                if cfg.hooks:  # norms taken before the step, as norm_hooks=True takes them during backward
+                    opts[scope + "+hooks"] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope,
+                                                  capturable=cfg.capturable)
+            syncs = {}
+            for k, opt in opts.items():
+                if k.endswith("+hooks"):
+                    opt.precompute_norms()
+                syncs[k] = _count_step_syncs(opt, device)
+            # norm_hooks=True takes the norms inside backward: untimed here
+            times = _alternate({k: o.step for k, o in opts.items()}, cfg.repeats, cfg.warmup, device, bar,
+                               before={k: o.precompute_norms for k, o in opts.items() if k.endswith("+hooks")})
             base = statistics.median(times["sgd"])
-            for scope in cfg.scopes:
+            fast_base = min(times["sgd"])
+            for scope in [k for k in opts if k != "sgd"]:
                 med = statistics.median(times[scope])
                 paired = statistics.median(a / b for a, b in zip(times[scope], times["sgd"]) if b > 0)
                 rows.append(dict(size=size, n_params=n_params, n_tensors=len(params), device=str(device),
                                  momentum=mom, scope=scope, sgd_ms=1e3 * base, ssgd_ms=1e3 * med,
                                  ratio=med / base if base > 0 else math.nan, paired_ratio=paired,
+                                 sgd_fastest_ms=1e3 * fast_base, ssgd_fastest_ms=1e3 * min(times[scope]),
+                                 fastest_ratio=min(times[scope]) / fast_base if fast_base > 0 else math.nan,
+                                 syncs=syncs[scope], sgd_syncs=syncs["sgd"],
                                  repeats=cfg.repeats, threads=torch.get_num_threads()))
             del opts
         del params
@@ -153,16 +251,120 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows."""
     head = ("| size | params | tensors | device | threads | momentum | scope | SGD ms | SSGD ms | SSGD/SGD "
-            "| paired |\n|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|")
+            "| paired | fastest | syncs/step (SSGD, SGD) |\n"
+            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['size']} | {r['n_params'] / 1e6:.1f}M | {r['n_tensors']} | {r['device']} | "
                      f"{r['threads']} | {r['momentum']:g} | {r['scope']} | {r['sgd_ms']:.2f} | {r['ssgd_ms']:.2f} | "
-                     f"{r['ratio']:.2f}x | {r['paired_ratio']:.2f}x |")
+                     f"{r['ratio']:.2f}x | {r['paired_ratio']:.2f}x | {r['fastest_ratio']:.2f}x | "
+                     f"{r['syncs']}, {r['sgd_syncs']} |")
     return "\n".join(lines)
 
 
-def config_dict(cfg: StepBenchConfig) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- the whole training step
+TRAIN_MODELS = {  # model -> (input shape, batch size)
+    "mlp": ((1, 28, 28), 256),
+    "convnet": ((1, 28, 28), 64),
+    "resnet18": ((3, 32, 32), 32),
+}
+
+
+@dataclass
+class TrainBenchConfig:
+    models: tuple[str, ...] = ("mlp", "convnet", "resnet18")
+    momentum: float = 0.9
+    device: str = "cpu"
+    repeats: int = 20
+    warmup: int = 3
+    lr: float = 1e-2
+    seed: int = 0
+    threads: int | None = None
+    capturable: bool | None = None
+
+    def validate(self) -> "TrainBenchConfig":
+        for m in self.models:
+            if m not in TRAIN_MODELS:
+                raise ValueError(f"Unknown model {m!r} for the whole-step benchmark; known: {sorted(TRAIN_MODELS)}")
+        StepBenchConfig(sizes=(), device=self.device, repeats=self.repeats, warmup=self.warmup).validate()
+        return self
+
+
+def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Whole training steps (forward, backward, step): SGD vs SSGD vs SSGD(norm_hooks=True).
+
+    Each optimizer trains its own copy of the same model on the same batch; the three steps
+    alternate (order rotating every round). One row per (model, variant) with the fastest and
+    median step times, their ratios to SGD and the host syncs of one step."""
+    from tqdm.auto import tqdm
+
+    from ..models import build_model
+
+    cfg.validate()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(cfg.models) * (cfg.warmup + cfg.repeats), desc="bench train step", disable=not progress,
+               leave=False)
+    for name in cfg.models:
+        shape, batch = TRAIN_MODELS[name]
+        x = torch.randn(batch, *shape, generator=gen).to(device)
+        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+        variants: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
+        for key in ("sgd", "ssgd", "ssgd+hooks"):
+            model = build_model(name, shape, 10, seed=cfg.seed).to(device)
+            if key == "sgd":
+                opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                             foreach=True)
+            else:
+                opt = SSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, norm_hooks=key.endswith("hooks"),
+                           capturable=cfg.capturable)
+            variants[key] = (model, opt)
+
+        def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        syncs = {}
+        for key, (model, opt) in variants.items():
+            train_step(model, opt)  # first step: buffers, allocator
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            syncs[key] = _count_step_syncs(opt, device)
+        times = _alternate({k: partial(train_step, *mo) for k, mo in variants.items()}, cfg.repeats, cfg.warmup,
+                           device, bar)
+        keys = list(variants)
+        n_params = sum(p.numel() for p in variants["sgd"][0].parameters())
+        base_min, base_med = min(times["sgd"]), statistics.median(times["sgd"])
+        for k in keys[1:]:
+            rows.append(dict(model=name, n_params=n_params, batch=batch, device=str(device), momentum=cfg.momentum,
+                             variant=k, sgd_fastest_ms=1e3 * base_min, fastest_ms=1e3 * min(times[k]),
+                             fastest_ratio=min(times[k]) / base_min, sgd_median_ms=1e3 * base_med,
+                             median_ms=1e3 * statistics.median(times[k]),
+                             median_ratio=statistics.median(times[k]) / base_med,
+                             syncs=syncs[k], sgd_syncs=syncs["sgd"], repeats=cfg.repeats,
+                             threads=torch.get_num_threads()))
+        del variants
+    bar.close()
+    return rows
+
+
+def format_train_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`run_train_bench` rows."""
+    lines = ["| model | params | batch | device | threads | variant | SGD ms (fastest) | SSGD ms (fastest) "
+             "| fastest ratio | median ratio | syncs/step (SSGD, SGD) |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['n_params'] / 1e6:.2f}M | {r['batch']} | {r['device']} | {r['threads']} | "
+                     f"{r['variant']} | {r['sgd_fastest_ms']:.2f} | {r['fastest_ms']:.2f} | "
+                     f"{r['fastest_ratio']:.3f}x | {r['median_ratio']:.3f}x | {r['syncs']}, {r['sgd_syncs']} |")
+    return "\n".join(lines)
+
+
+def config_dict(cfg: StepBenchConfig | TrainBenchConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d.update(torch=torch.__version__, num_threads=torch.get_num_threads())
     return d

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -136,6 +137,12 @@ class DDPEngine(TrainEngine):
         self.cfg = cfg
         kw: dict[str, Any] = {"device_ids": [self._dev.index]} if self._dev.type == "cuda" else {}
         kw["process_group"] = self.group
+        # BatchNorm running statistics are statistics of this rank's data: they stay on the rank (training-mode
+        # BatchNorm uses batch statistics, so the gradients do not depend on them; rank 0 evaluates with its own)
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            kw["forward_sync_buffers"] = False  # torch >= 2.13 (still syncs the initial, seeded buffers at start)
+        else:
+            kw["broadcast_buffers"] = False
         if self.bucket_cap_mb is not None:
             kw["bucket_cap_mb"] = self.bucket_cap_mb
         self.ddp = DistributedDataParallel(model, **kw)
@@ -284,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(argv)
         cfg = _config(args.config_json)
         if "RANK" not in os.environ:
-            raise RuntimeError(f"{MODULE} must be started by torchrun (RANK is not set); use `ssgd train --nodes N ...`")
+            raise RuntimeError(f"{MODULE} must be started by torchrun (RANK is not set); "
+                               "use `ssgd train --nodes N ...`")
         use_cuda = cfg.device.startswith("cuda")
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,9 +42,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .contract import ExperimentResult
-
 from ..transform import DEFAULT_EPS, batched_unit
+from .contract import ExperimentResult
 
 __all__ = ["PoisoningConfig", "AGGREGATORS", "ATTACKS", "aggregate", "run_one", "krum", "coordinate_median",
            "unit_mean", "clipped_mean", "table"]

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..report.io import write_json
+from ..report.io import atomic_write_text, check_saved_config, write_csv, write_json
 from .train import TrainConfig, train
 
 __all__ = ["LR_CENTER", "MATCH_TOL", "PAPER_TOL", "SweepConfig", "Cell", "GridStore", "lr_grid", "select_best",
-           "lr_ladder", "next_run", "run_cells", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch"]
+           "lr_ladder", "next_run", "run_cells", "SweepRun", "run_sweep", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch"]
 
 # Grid centres, calibrated on validation accuracy only in two pilots (batch 64, 3 epochs; batch 4096,
 # 2 epochs; see docs/reproductions.md). ssgd/nsgd: the step length in weight space (SSGD(m): when all m
@@ -303,3 +303,46 @@ def prepare_split(cfg: SweepConfig, data: ImageDataset | None) -> tuple[ImageDat
     if cfg.noise_eps is not None:
         data = with_laplace_noise(data, cfg.noise_eps, seed=cfg.seed)
     return train_val_split(data, cfg.val_fraction, seed=cfg.seed)
+
+
+@dataclass
+class SweepRun:
+    """What :func:`run_sweep` hands back to the table that asked: the finished cells, the results
+    JSON (as written), the store of every run and the split sizes."""
+
+    cells: list[dict[str, Any]]
+    results: dict[str, Any]
+    store: GridStore
+    train_examples: int
+    val_examples: int
+    test_examples: int
+
+
+def run_sweep(cfg: SweepConfig, run_dir: Path, name: str, *, make_cells, make_results, config_extra,
+              markdown, resume: bool, progress: bool, data: ImageDataset | None) -> SweepRun:
+    """The run-folder part every table shares: validate, split, write ``config.json`` (refusing a
+    differing one on ``resume``), finish every cell into ``grid.json``, rewrite ``<name>.json`` after each
+    cell (``make_results(cells, done)``), then ``grid.csv``, ``<name>.csv`` and ``<name>.md`` (``markdown``).
+
+    ``make_cells(n_train)`` lists the cells; ``config_extra(cells)`` adds keys to the saved config."""
+    cfg.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_part, val = prepare_split(cfg, data)
+    n_train = train_part.x_train.shape[0]
+    cells = make_cells(n_train)
+    config = {**cfg.to_dict(), "train_examples": n_train, "val_examples": val.x_test.shape[0],
+              "test_examples": train_part.x_test.shape[0], **config_extra(cells)}
+    if resume:
+        check_saved_config(run_dir, config)
+    write_json(run_dir / "config.json", config)
+    store = GridStore(run_dir / "grid.json", resume)
+    results_path = run_dir / f"{name}.json"
+    best = run_cells(cells, train_part, val, cfg, store, progress=progress, desc=name,
+                     on_cell=lambda done: write_json(results_path, make_results(cells, done)))
+    results = make_results(cells, best)
+    write_json(results_path, results)
+    write_csv(run_dir / "grid.csv", store.rows)
+    write_csv(run_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried")}
+                                        for r in best])
+    atomic_write_text(run_dir / f"{name}.md", markdown(results) + "\n")
+    return SweepRun(best, results, store, n_train, val.x_test.shape[0], train_part.x_test.shape[0])

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..data import ImageDataset
-from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 from .contract import ExperimentResult
-from .sweep import (LR_CENTER, MATCH_TOL, PAPER_TOL, Cell, GridStore, SweepConfig, cell_result, fmt_acc,
-                    fmt_mean_std, lr_grid, lr_ladder, prepare_split, run_cells, select_best, welch)
+from .sweep import (LR_CENTER, MATCH_TOL, PAPER_TOL, Cell, GridStore, SweepConfig, fmt_acc, fmt_mean_std, lr_grid,
+                    lr_ladder, run_sweep, select_best, welch)
 
 __all__ = ["PAPER_BATCHES", "PAPER_TABLE2", "METHODS", "LABELS", "LR_CENTER", "Table2Config", "paper_m",
            "lr_grid", "GridStore", "select_best", "summarize_table2", "fmt_acc", "verdicts", "results_markdown",
@@ -163,8 +163,9 @@ def verdicts(cells: list[dict[str, Any]], *, tol: float = PAPER_TOL) -> list[dic
 
 
 def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MATCH_TOL,
-                     train_examples: int | None = None, model: str = "mlp") -> str:
-    """The 'what matched, what did not, why' paragraph, generated from the numbers."""
+                     train_examples: int | None = None, model: str = "mlp", steps: int | None = None) -> str:
+    """The 'what matched, what did not, why' paragraph, generated from the numbers
+    (``steps``: the fixed-steps view, about that many steps per cell instead of ``epochs``)."""
     acc = {(r["batch"], r["method"]): _acc(r) for r in best}
     rows = {(r["batch"], r["method"]): r for r in best}
     batches = sorted({r["batch"] for r in best})
@@ -215,8 +216,9 @@ def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MA
             parts.append(f"Drop from each method's best batch size to batch {batches[-1]} (points): "
                          + ", ".join(drops) + ".")
     edges = [f"{LABELS[r['method']]}@{r['batch']}" for r in best if r.get("lr_at_grid_edge", r.get("lr_at_edge"))]
-    why = [f"Why: every cell had the same budget of {epochs} epoch(s)"]
-    if train_examples:
+    why = [f"Why: every cell had the same budget of {epochs} epoch(s)" if steps is None else
+           f"Why: every cell had about {steps} steps (the fixed-steps view), so a larger batch saw more examples"]
+    if train_examples and steps is None:
         why.append(f"on {train_examples} training examples, so batch {batches[-1]} got "
                    f"{epochs * -(-train_examples // batches[-1])} steps against "
                    f"{epochs * -(-train_examples // batches[0])} at batch {batches[0]}")
@@ -319,40 +321,23 @@ def _run(cfg: Table2Config, run_dir: Path, *, resume: bool, progress: bool,
          data: ImageDataset | None) -> ExperimentResult:
     """Write config.json, grid.json/grid.csv (every run), table2.json (after every finished cell, with
     ``partial`` until the last), table2.csv, table2.md, accuracy_vs_batch.png, report.md, summary.json."""
-    cfg.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_part, val = prepare_split(cfg, data)
-    n_train = train_part.x_train.shape[0]
-    cells = cells_of(cfg, n_train)
-    config = {**cfg.to_dict(), "train_examples": n_train, "val_examples": val.x_test.shape[0],
-              "test_examples": train_part.x_test.shape[0],
-              "lr_grids": {c.method + "@" + str(c.batch): c.grid for c in cells}}
-    if resume:
-        check_saved_config(run_dir, config)
-    write_json(run_dir / "config.json", config)
-    store = GridStore(run_dir / "grid.json", resume)
-    results_path = run_dir / "table2.json"
-    best = run_cells(cells, train_part, val, cfg, store, progress=progress, desc="table2",
-                     on_cell=lambda done: write_json(results_path, _results_json(cfg, cells, done)))
-    results = _results_json(cfg, cells, best)
-    write_json(results_path, results)
-    write_csv(run_dir / "grid.csv", store.rows)
-    write_csv(run_dir / "table2.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried")}
-                                       for r in best])
-    table = results_markdown(results)
-    atomic_write_text(run_dir / "table2.md", table + "\n")
+    sw = run_sweep(cfg, run_dir, "table2", make_cells=lambda n: cells_of(cfg, n),
+                   make_results=lambda cells, done: _results_json(cfg, cells, done),
+                   config_extra=lambda cells: {"lr_grids": {c.method + "@" + str(c.batch): c.grid for c in cells}},
+                   markdown=results_markdown, resume=resume, progress=progress, data=data)
+    best, results, store, n_train = sw.cells, sw.results, sw.store, sw.train_examples
+    table = (run_dir / "table2.md").read_text().rstrip("\n")
     budget = f"~{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epoch(s)"
-    summary = summarize_table2(best, epochs=cfg.epochs, train_examples=None if cfg.steps else n_train,
-                               model=cfg.model)
+    summary = summarize_table2(best, epochs=cfg.epochs, train_examples=n_train, model=cfg.model, steps=cfg.steps)
     fig = run_dir / "accuracy_vs_batch.png"
     _plot(best, cfg.methods, fig, f"{cfg.dataset}: test accuracy vs batch size ({budget}, {cfg.model})")
     seconds = time.perf_counter() - t0
     total_run_s = sum(r.get("seconds", 0.0) for r in store.rows if "reused_from" not in r)
     report = f"""# Table 2 reproduction: {cfg.dataset} accuracy vs batch size
 
-Model: `{cfg.model}`; {n_train} training / {val.x_test.shape[0]} validation (carved from the training set) /
-{train_part.x_test.shape[0]} test examples; budget: **{budget} per cell**; learning rate chosen per cell on the
+Model: `{cfg.model}`; {n_train} training / {sw.val_examples} validation (carved from the training set) /
+{sw.test_examples} test examples; budget: **{budget} per cell**; learning rate chosen per cell on the
 validation split from a {cfg.lr_points}-point grid, widened by up to {cfg.widen} point(s) where the winner sat at
 its edge (see `config.json`, `grid.csv`); {cfg.seeds} training seeds for {', '.join(LABELS[m] for m in
 cfg.seed_methods)} at batch >= {cfg.seed_from_batch}, else seed {cfg.seed}; device `{cfg.device}`.

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data import ImageDataset
-from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 from .contract import ExperimentResult
-from .sweep import MATCH_TOL, Cell, GridStore, SweepConfig, fmt_acc, fmt_mean_std, lr_grid, lr_ladder, prepare_split, run_cells
+from .sweep import MATCH_TOL, Cell, SweepConfig, fmt_acc, fmt_mean_std, lr_grid, lr_ladder, run_sweep
 from .table2 import LABELS
 
 __all__ = ["Table6Config", "summarize_table6", "METHODS6", "PAPER_TABLE6", "cells_of", "results_markdown"]
@@ -173,28 +173,13 @@ def _run(cfg: Table6Config, run_dir: Path, *, resume: bool, progress: bool,
          data: ImageDataset | None) -> ExperimentResult:
     """Run the m x n sweep; writes config.json, grid.json/csv, table6.json (after every cell), table6.csv/md,
     accuracy_vs_batch.png, report.md, summary.json."""
-    cfg.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    train_part, val = prepare_split(cfg, data)
-    n_train = train_part.x_train.shape[0]
-    config = {**cfg.to_dict(), "train_examples": n_train, "val_examples": val.x_test.shape[0],
-              "test_examples": train_part.x_test.shape[0], "laplace_scale": 1.0 / cfg.noise_eps, "sensitivity": 1.0}
-    if resume:
-        check_saved_config(run_dir, config)
-    write_json(run_dir / "config.json", config)
-    store = GridStore(run_dir / "grid.json", resume)
-    cells = cells_of(cfg)
-    results_path = run_dir / "table6.json"
-    best = run_cells(cells, train_part, val, cfg, store, progress=progress, desc="table6",
-                     on_cell=lambda done: write_json(results_path, _results_json(cfg, cells, done)))
-    results = _results_json(cfg, cells, best)
-    write_json(results_path, results)
-    write_csv(run_dir / "grid.csv", store.rows)
-    write_csv(run_dir / "table6.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried")}
-                                       for r in best])
-    table = results_markdown(results)
-    atomic_write_text(run_dir / "table6.md", table + "\n")
+    sw = run_sweep(cfg, run_dir, "table6", make_cells=lambda n: cells_of(cfg),
+                   make_results=lambda cells, done: _results_json(cfg, cells, done),
+                   config_extra=lambda cells: {"laplace_scale": 1.0 / cfg.noise_eps, "sensitivity": 1.0},
+                   markdown=results_markdown, resume=resume, progress=progress, data=data)
+    best, results, store, n_train = sw.cells, sw.results, sw.store, sw.train_examples
+    table = (run_dir / "table6.md").read_text().rstrip("\n")
     summary = summarize_table6(best, epochs=cfg.epochs, eps=cfg.noise_eps)
     fig = run_dir / "accuracy_vs_batch.png"
     _plot(best, cfg, fig)
@@ -203,7 +188,7 @@ def _run(cfg: Table6Config, run_dir: Path, *, resume: bool, progress: bool,
 
 Training images (and the validation split carved from them) carry per-pixel Laplace noise of scale
 1/eps = {1 / cfg.noise_eps:.3g} (sensitivity 1, pixels in [0, 1]); the test set is clean. Model `{cfg.model}`;
-{n_train} train / {val.x_test.shape[0]} validation / {train_part.x_test.shape[0]} test examples; {cfg.epochs}
+{n_train} train / {sw.val_examples} validation / {sw.test_examples} test examples; {cfg.epochs}
 epoch(s) per cell; lr per cell from a {cfg.lr_points}-point validation grid widened by up to {cfg.widen} point(s) at
 its edge; seed {cfg.seed}; device `{cfg.device}`. m = nodes (shards), n = examples per shard: SGDm/Adam train on
 the pooled batch m·n, SSGD(m) sums the m unit vectors.

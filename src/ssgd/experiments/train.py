@@ -102,7 +102,8 @@ class TrainConfig:
         if self.epochs < 0:
             raise ValueError(f"Invalid epochs={self.epochs}; must be >= 0")
         if self.shards > self.batch_size:
-            raise ValueError(f"shards={self.shards} exceeds batch_size={self.batch_size}; each shard needs >= 1 example")
+            raise ValueError(f"shards={self.shards} exceeds batch_size={self.batch_size}; "
+                             "each shard needs >= 1 example")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"Invalid scope={self.scope!r}; expected 'global' or 'layer'")
         if self.schedule is not None and self.schedule not in SCHEDULES:

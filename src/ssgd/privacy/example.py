@@ -24,7 +24,8 @@ holds by construction -- this is Opacus's DP-SGD with ``max_grad_norm=1`` where 
 gradient is scaled *onto* (or just inside) the sphere instead of into the ball. The
 division by the expected batch size :math:`qN` (not the realised one, which would
 leak the batch size) is Opacus's convention. Per-example gradients come from
-``torch.func`` (``vmap(grad(...))``), in chunks to bound memory.
+``torch.func`` (``vmap(grad(...))``), in chunks to bound memory; the normalisation is
+:func:`ssgd.batched_unit`, the library's one home of the unit-vector numerics.
 
 The model must not mix examples in a batch: BatchNorm in training mode is refused
 (use GroupNorm/LayerNorm, as Opacus requires).
@@ -38,7 +39,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_scope
+from ..transform import DEFAULT_EPS, NonFiniteGradientError, batched_unit, check_eps, check_scope
 from .noise import GaussianNoise
 
 __all__ = ["DEFAULT_GAMMA", "NonFiniteExampleError", "PoissonSampler", "check_gamma", "check_per_example_model",
@@ -149,18 +150,11 @@ def _per_example(model, loss_fn, inputs, targets, scope, eps, gamma, offset=0):
 
     g, losses = vmap(grad_and_value(one_loss), in_dims=(None, 0, 0), randomness="different")(params, inputs, targets)
     b = inputs.shape[0]
-    per_tensor = torch.stack([g[n].reshape(b, -1).norm(dim=1, dtype=torch.float32) for n in names], dim=1)
-    if not bool(torch.isfinite(per_tensor).all()):
-        bad = int(torch.nonzero(~torch.isfinite(per_tensor).all(dim=1))[0])
-        raise NonFiniteExampleError(offset + bad)
-    if scope == "global":
-        norms = per_tensor.norm(dim=1)
-        scale = 1.0 / (norms.clamp_min(eps) + gamma)
-        out = {n: g[n] * scale.view(-1, *([1] * (g[n].ndim - 1))).to(g[n].dtype) for n in names}
-    else:
-        norms = per_tensor
-        scale = 1.0 / (per_tensor.clamp_min(eps) + gamma)
-        out = {n: g[n] * scale[:, j].view(-1, *([1] * (g[n].ndim - 1))).to(g[n].dtype) for j, n in enumerate(names)}
+    units, norms = batched_unit([g[n] for n in names], scope=scope, eps=eps, batch_dims=1, gamma=gamma)
+    finite = torch.isfinite(norms).reshape(b, -1).all(dim=1)
+    if not bool(finite.all()):
+        raise NonFiniteExampleError(offset + int(torch.nonzero(~finite)[0]))
+    out = dict(zip(names, units))
     return out, norms, losses.detach()
 
 

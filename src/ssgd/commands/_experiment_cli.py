@@ -1,0 +1,59 @@
+"""What the reproduction commands share: the sweep options of Table 2 and Table 6, and the
+validate -> run folder -> run -> print tail of every command that runs an experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ._options import check_device, user_errors
+
+__all__ = ["TrainSize", "TestSize", "ValFraction", "Dataset", "DataDir", "Model", "Seed", "Device", "Out", "Resume",
+           "Progress", "LrPoints", "Widen", "apply_options", "run_experiment"]
+
+TrainSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many training examples")]
+TestSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many test examples")]
+ValFraction = Annotated[float, typer.Option(help="fraction of the training set held out for choosing the lr")]
+Dataset = Annotated[str, typer.Option(help="dataset (fashion-mnist is the paper's)")]
+DataDir = Annotated[Optional[Path], typer.Option(help="folder with the dataset's files")]
+Model = Annotated[str, typer.Option(help="model: mlp (784-256-256-10, default) | convnet | lenet")]
+Seed = Annotated[int, typer.Option(help="base seed (data split, first training seed)")]
+Device = Annotated[str, typer.Option(help="cpu | cuda")]
+Out = Annotated[Optional[Path], typer.Option(help="run folder (default runs/<experiment>-<time>)")]
+Resume = Annotated[bool, typer.Option(help="continue the run in --out: finished runs are kept; a changed "
+                                           "config is refused")]
+Progress = Annotated[bool, typer.Option(help="show progress bars")]
+LrPoints = Annotated[Optional[int], typer.Option(help="learning rates per cell in the validation grid (default 3)")]
+Widen = Annotated[Optional[int], typer.Option(help="points added at most beyond a grid edge that wins (default 2)")]
+
+
+def apply_options(cfg: Any, overrides: dict[str, Any], **always: Any) -> Any:
+    """Set ``overrides`` whose value is not ``None`` and every ``always`` on ``cfg``; ``device`` is checked
+    and ``data_dir`` made a string."""
+    for key, val in overrides.items():
+        if val is not None:
+            setattr(cfg, key, val)
+    if "device" in always:
+        always["device"] = check_device(always["device"])
+    if "data_dir" in always:
+        always["data_dir"] = str(always["data_dir"]) if always["data_dir"] else None
+    for key, val in always.items():
+        setattr(cfg, key, val)
+    return cfg
+
+
+def run_experiment(cfg: Any, out: Path | None, prefix: str, *, resume: bool, progress: bool) -> None:
+    """Validate (bad values: a one-line usage error), make the run folder, run, print the result."""
+    from ..report.io import make_run_dir
+
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    with user_errors((ValueError,)):
+        run_dir = make_run_dir(out, prefix, resume=resume)
+        res = cfg.run(run_dir, progress=progress, resume=resume)
+    typer.echo(res.text)
+    typer.echo(f"\nrun folder: {run_dir}  ({res.seconds:.0f} s)")
