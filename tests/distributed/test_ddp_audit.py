@@ -2,7 +2,7 @@
 
 Two gloo ranks train for one epoch (``ssgd.experiments.ddp_train.train_ddp``, the code
 ``ssgd train --nodes 2`` runs) with every Python-level collective wrapped, so the test sees
-each payload a rank hands to the network. docs/threat-model-ddp.md lists what may leave:
+each payload a rank hands to the network. docs/threat-model.md lists what may leave:
 
 * in a training step: the SSGD hook's all-reduce of this rank's unit vector (norm 1 over the
   model, or per tensor in layer scope) -- under ``--dp`` that vector plus this rank's noise

@@ -157,6 +157,16 @@ def test_grid_resumes_at_cell_granularity(tmp_path):
                           accuracy_epochs=0, dlg_iters=5), tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("text,expected", [("none;ssgd-global", ["none", "ssgd-global"]),
+                                           ("none,sign", ["none", "sign"]),
+                                           ("dp:clip=1,sigma=1", ["dp:clip=1,sigma=1"]),
+                                           ("none;dp:clip=1,sigma=1;", ["none", "dp:clip=1,sigma=1"])])
+def test_cli_spec_lists(text, expected):
+    from ssgd.commands.reproduce_leakage import _specs
+
+    assert _specs(text, "--defenses", "none") == expected
+
+
 def test_cli_resume_needs_an_existing_folder_and_refuses_overwrite(tmp_path):
     args = ["reproduce", "leakage", "--datasets", "digits", "--images", "1", "--other-images", "1", "--batch-sizes",
             "1", "--states", "untrained", "--attacks", "idlg", "--defenses", "none", "--dlg-iters", "1",

@@ -205,7 +205,7 @@ def test_invalid_settings_are_refused_before_any_file_is_written(tmp_path):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_shard_audit_each_simulated_node_contributes_only_its_unit_vector(digits, scope):
     """SSGD(m) in one process: the update is the sum of the m shards' unit vectors and nothing else
-    (docs/threat-model-ddp.md). Each u_j has norm 1 (per tensor in layer scope), and scaling a shard's
+    (docs/threat-model.md). Each u_j has norm 1 (per tensor in layer scope), and scaling a shard's
     gradient by any factor -- its modulus -- leaves the update unchanged."""
     from torch.nn import functional as F
 

@@ -42,7 +42,7 @@ def step_cmd(
 ) -> None:
     """SSGD vs torch.optim.SGD(foreach=True): the isolated step (global, layer, each also with the
     norms taken in backward; momentum 0 and 0.9) and the whole training step, with host syncs per step."""
-    from ..experiments.bench_step import (SIZES, TRAIN_MODELS, StepBenchConfig, TrainBenchConfig, config_dict,
+    from ..experiments.bench_step import (TRAIN_MODELS, StepBenchConfig, TrainBenchConfig, config_dict,
                                           format_table, format_train_table, run_step_bench, run_train_bench)
 
     if quick:

@@ -13,10 +13,11 @@ __all__ = ["command"]
 
 
 def _specs(text: Optional[str], option: str, example: str) -> Optional[list[str]]:
-    """Spec lists: ';'-separated when a spec carries parameters (they contain ','), else ','-separated."""
+    """Spec lists: ';'-separated (needed when a spec carries several parameters, 'dp:clip=1,sigma=1'); without
+    ';' a text with ':' is one spec, anything else a ','-separated list of names."""
     if text is None:
         return None
-    if ":" in text:
+    if ";" in text or ":" in text:
         items = [t.strip() for t in text.split(";") if t.strip()]
         if not items:
             raise typer.BadParameter(f"{option} is empty; give a list, e.g. {example}")

@@ -21,7 +21,7 @@ so each rank mirrors single-process training step for step:
   ``checkpoint.pt`` after every epoch; ``resume=True`` continues from it on every rank
   and reaches the same weights as an uninterrupted run.
 
-What leaves a rank (docs/threat-model-ddp.md): its (noised, under ``--dp``) unit vectors,
+What leaves a rank (docs/threat-model.md): its (noised, under ``--dp``) unit vectors,
 and control values that carry no training data -- DDP's start-up parameter-shape check
 and rank 0's initial model, rank 0's public evaluation row each epoch (a float tensor,
 never a pickle), and at the end rank 0's final parameters plus one "replicas identical"

@@ -12,8 +12,8 @@ with no clipping threshold. Two levels:
 ε comes from Opacus (:class:`PrivacyAccountant`, :func:`compute_epsilon`,
 :func:`solve_noise_multiplier`); ssgd has no accountant of its own. Engines: the DDP hook
 takes a :class:`NodePrivacy` (``ssgd.distributed.register(..., noise=)``, :func:`ddp_privacy`);
-Flower has :class:`ssgd.privacy.flower.PrivateSSGDStrategy` (imported from its module: it needs
-``flwr``). See docs/privacy.md.
+Flower has :class:`ssgd.distributed.flower.PrivateSSGDStrategy` and
+:class:`ssgd.distributed.flower.LocalNoiseMod` (they need ``flwr``). See docs/privacy.md.
 """
 
 from .accountant import (

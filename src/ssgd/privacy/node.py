@@ -114,6 +114,20 @@ class NodeNoise:
     def __call__(self, tensors, scale: float = 1.0):
         return self.add_(tensors, scale)
 
+    def reseed(self, *salt) -> None:
+        """Restart this node's noise stream at a point derived from its first seed and ``salt``
+        (e.g. the epoch), so a resumed run draws the same noise as an uninterrupted one."""
+        if not hasattr(self, "_base_seed"):
+            self._base_seed = self._noise.seed
+        self._noise.reseed(derive_seed(self._base_seed, "reseed", *salt))
+
+    def state_dict(self) -> dict:
+        """The noise stream's state (for bit-identical resume)."""
+        return self._noise.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._noise.load_state_dict(state)
+
     def __repr__(self) -> str:
         return (f"NodeNoise(noise_multiplier={self.noise_multiplier:g}, mode={self.mode!r}, split={self.split!r}, "
                 f"num_nodes={self.num_nodes}, rank={self.rank}, std={self.std:g})")
@@ -197,11 +211,7 @@ class NodePrivacy:
     def reseed(self, *salt) -> None:
         """Restart this node's noise stream at a point derived from its seed and ``salt`` (e.g. the
         epoch), so a resumed run draws the same noise as an uninterrupted one."""
-        base = self.noise._noise
-        if not hasattr(self, "_base_seed"):
-            self._base_seed = base.seed
-        base.seed = derive_seed(self._base_seed, "reseed", *salt)
-        base._gens = {}
+        self.noise.reseed(*salt)
 
     def state_dict(self) -> dict:
         return {"accountant": self.accountant.state_dict()}

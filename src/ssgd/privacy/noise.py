@@ -135,6 +135,11 @@ class GaussianNoise:
             t.add_(self.sample(t.shape, dtype=t.dtype, device=t.device))
         return ts
 
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream from ``seed`` (every device's generator is derived from it anew)."""
+        self.seed = int(seed)
+        self._gens = {}
+
     def state_dict(self) -> dict:
         return {"noise_multiplier": self.noise_multiplier, "sensitivity": self.sensitivity, "seed": self.seed,
                 "calls": self.calls, "generators": {str(d): g.get_state() for d, g in self._gens.items()}}

@@ -211,7 +211,7 @@ class DPTraining:
         return {"accountant": self.accountant.state_dict(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "noise": self.noise.state_dict() if self.noise is not None else None,
-                "node_noises": [nn_._noise.state_dict() for nn_ in self.node_noises]}
+                "node_noises": [nn_.state_dict() for nn_ in self.node_noises]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.accountant.load_state_dict(state["accountant"])
@@ -220,7 +220,7 @@ class DPTraining:
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])
         for nn_, st in zip(self.node_noises, state.get("node_noises", [])):
-            nn_._noise.load_state_dict(st)
+            nn_.load_state_dict(st)
 
 
 def check_ddp_config(cfg: Any, nodes: int) -> None:
