@@ -120,6 +120,10 @@ def test_grid_writes_consistent_tables(tmp_path):
     assert {c["defense"] for c in curve} == {"ssgd-global", "ssgd-layer"}  # shards: no batch fits m=4
     assert sorted({int(c["iterations"]) for c in curve}) == [1, 2]
     assert "| ssgd-global |" in text and "Worst case per defence" in text
+    # ε of the DP rows comes from the privacy layer's accountant, not from the defence
+    from ssgd.privacy import compute_epsilon
+
+    assert f"`dp:clip=1,sigma=1`: noise multiplier 1, ε = {compute_epsilon(1.0, 1.0, 1, 1e-5):.3g}" in text
 
 
 def test_low_cells_are_rerun_at_twice_the_budget(tmp_path):

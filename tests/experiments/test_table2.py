@@ -147,6 +147,11 @@ def test_summary_is_generated_from_the_numbers():
     assert "partly holds" in s and "2 epoch(s)" in s and "14 steps" in s
     s2 = summarize_table2(rows({16: 0.02, 1024: -0.02, 8192: -0.03}), epochs=2)
     assert "does not hold" in s2 and "same ordering at 0 of 3" in s2
+    s3 = summarize_table2(rows({1024: 0.001, 8192: -0.004}), epochs=20)
+    assert "is not confirmed beyond seed noise" in s3 and "matched at batch 1024, 8192" in s3
+    # a partial sweep (SSGD missing at one batch size) still compares where both are finished
+    partial = [r for r in rows({4096: 0.0, 8192: 0.03}) if not (r["batch"] == 4096 and r["method"] == "ssgd")]
+    assert "beat at batch 8192" in summarize_table2(partial, epochs=20)
 
 
 def test_config_errors_name_the_value():

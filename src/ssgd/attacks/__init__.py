@@ -12,5 +12,5 @@ from .labels import last_layer_signal, recover_labels
 from .optimization import DLG, IDLG, DLGUnit, Inverting, InvertingLayer
 
 __all__ = ["ATTACKS", "Analytic", "Attack", "AttackMeta", "DLG", "DLGUnit", "DummyGradients", "IDLG", "INITS",
-           "Inverting", "InvertingLayer", "Reconstruction", "get_attack", "initial_images", "last_layer_signal", "lbfgs",
-           "list_attacks", "recover_labels", "register_attack", "signed_adam"]
+           "Inverting", "InvertingLayer", "Reconstruction", "get_attack", "initial_images", "last_layer_signal",
+           "lbfgs", "list_attacks", "recover_labels", "register_attack", "signed_adam"]

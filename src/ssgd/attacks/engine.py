@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INITS", "DummyGradients", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer", "total_variation",
-           "lbfgs", "signed_adam", "stack_targets", "target_norms"]
+__all__ = ["INITS", "DummyGradients", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer",
+           "total_variation", "lbfgs", "signed_adam", "stack_targets", "target_norms"]
 
 
 def stack_targets(shared: list[list[Tensor]], dtype: torch.dtype = torch.float32) -> list[Tensor]:

@@ -93,7 +93,8 @@ def attack_cmd(
         "| PSNR (dB) | SSIM | MSE | label acc. | iterations x restarts | init | seconds |",
         "|---|---|---|---|---|---|---|",
         f"| {result['psnr']:.2f} | {result['ssim']:.3f} | {result['mse']:.4f} | {result['label_acc']:.2f} | "
-        f"{result['iterations']} x {result['restarts']} | {result['init']} | {result['seconds']:.2f} |", "", "![original vs reconstruction](reconstruction.png)", "",
+        f"{result['iterations']} x {result['restarts']} | {result['init']} | {result['seconds']:.2f} |", "",
+        "![original vs reconstruction](reconstruction.png)", "",
         "[result.json](result.json)", ""]))
     typer.echo(f"{result['attack']} vs {result['defense']}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.3f}, "
                f"label acc {result['label_acc']:.2f}, {result['iterations']} iterations x {result['restarts']} "

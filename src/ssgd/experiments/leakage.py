@@ -506,6 +506,19 @@ def _cell_table(cells: list[dict]) -> list[dict]:
     return out
 
 
+def _epsilons(defenses: list[str], delta: float = 1e-5) -> list[str]:
+    """ε of one release for every defence with a noise multiplier (the privacy layer's accountant)."""
+    from ..privacy import compute_epsilon
+
+    out = []
+    for dspec in defenses:
+        nm = getattr(get_defense(dspec), "noise_multiplier", None)
+        if nm is not None:
+            eps = compute_epsilon(nm, 1.0, 1, delta) if nm > 0 else math.inf
+            out.append(f"- `{dspec}`: noise multiplier {nm:g}, ε = {eps:.3g}")
+    return out
+
+
 def _fmt(row: dict | None, na: bool = False) -> str:
     if row is None:
         return "n/a" if na else "–"
@@ -534,6 +547,10 @@ def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy
              "is in `leakage.csv`.", "", "Budgets (iterations actually run per restart x restarts, init):", ""]
     lines += [f"- `{a}`: closed form (`{spec}`)" if a == "analytic" else
               f"- `{a}`: {it} x {r}, init {ini} (`{spec}`)" for a, spec, it, r, ini in budgets] + [""]
+    dp_lines = _epsilons(cfg.defenses)
+    if dp_lines:
+        lines += ["Privacy of the noise defences (one release, δ = 1e-5, Opacus RDP via "
+                  "`ssgd.privacy.compute_epsilon`; the defence states its noise multiplier):", ""] + dp_lines + [""]
     if stopped:
         lines += ["**The time budget ran out: cells marked – were not run.**", ""]
     index = {(r["dataset"], r["state"], r["batch"], r["attack"], r["defense"]): r for r in table}
