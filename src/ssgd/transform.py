@@ -58,6 +58,7 @@ __all__ = [
     "NonFiniteGradientError",
     "batched_unit",
     "check_eps",
+    "check_gamma",
     "check_nonfinite",
     "check_scope",
     "grad_norms",
@@ -248,10 +249,11 @@ def unit(
     return out
 
 
-def _check_gamma(gamma: float) -> float:
+def check_gamma(gamma: float) -> float:
+    """Return ``gamma`` as a float if it is a finite number >= 0, else a ValueError naming it and the fix."""
     if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
-        raise ValueError(f"Invalid gamma value: {gamma!r}; must be a finite number >= 0 "
-                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma))")
+        raise ValueError(f"Invalid gamma={gamma!r}; must be a finite number >= 0 "
+                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma), e.g. 0.01)")
     return float(gamma)
 
 
@@ -294,7 +296,7 @@ def batched_unit(
     """
     check_scope(scope)
     eps = check_eps(eps)
-    gamma = _check_gamma(gamma)
+    gamma = check_gamma(gamma)
     if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
         raise ValueError(f"Invalid batch_dims={batch_dims!r}; must be an int >= 0 (the number of leading "
                          "dimensions that index independent gradients)")

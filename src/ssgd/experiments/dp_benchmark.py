@@ -51,7 +51,8 @@ from torch.nn import functional as F
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
 from ..models import build_model, evaluate
 from ..privacy import DPConfig, DPTraining, compute_epsilon, private_unit_grad_, solve_noise_multiplier
-from ..privacy.example import DEFAULT_GAMMA, check_gamma
+from ..privacy import DEFAULT_GAMMA
+from ..transform import check_gamma
 from ..report.checkpoint import load_checkpoint, save_checkpoint
 from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
 from .contract import ExperimentResult

@@ -23,13 +23,16 @@ from .accountant import (
     compute_epsilon,
     solve_noise_multiplier,
 )
-from .example import PoissonSampler, check_per_example_model, per_example_unit_grads, private_unit_grad_
+from .example import (DEFAULT_GAMMA, NonFiniteExampleError, PoissonSampler, check_per_example_model,
+                      per_example_unit_grads, private_unit_grad_)
 from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
 from .training import DP_LEVELS, DPConfig, DPTraining, check_ddp_config, ddp_privacy
 
 __all__ = [
     "ACCOUNTANTS",
+    "DEFAULT_GAMMA",
+    "NonFiniteExampleError",
     "DPConfig",
     "DPTraining",
     "DP_LEVELS",

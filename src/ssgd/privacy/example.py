@@ -39,10 +39,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..transform import DEFAULT_EPS, NonFiniteGradientError, batched_unit, check_eps, check_scope
+from ..transform import DEFAULT_EPS, NonFiniteGradientError, batched_unit, check_eps, check_gamma, check_scope
 from .noise import GaussianNoise
 
-__all__ = ["DEFAULT_GAMMA", "NonFiniteExampleError", "PoissonSampler", "check_gamma", "check_per_example_model",
+__all__ = ["DEFAULT_GAMMA", "NonFiniteExampleError", "PoissonSampler", "check_per_example_model",
            "per_example_unit_grads", "private_unit_grad_"]
 
 DEFAULT_GAMMA = 0.01
@@ -50,14 +50,6 @@ DEFAULT_GAMMA = 0.01
 
 # per-example gradients held at once: chunk = this many floats / number of trainable entries
 _CHUNK_FLOATS = 1 << 26
-
-
-def check_gamma(gamma: float) -> float:
-    """Return ``gamma`` if it is a finite number >= 0, else a ValueError naming it and the fix."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"Invalid gamma={gamma!r}; must be a finite number >= 0 (0 = pure unit vectors, "
-                         f"default {DEFAULT_GAMMA}: g/(||g|| + gamma))")
-    return float(gamma)
 
 
 class NonFiniteExampleError(NonFiniteGradientError):
