@@ -51,3 +51,15 @@ def test_config_mismatch_names_every_key(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigMismatchError, match="unreadable"):
         check_saved_config(tmp_path, {"lr": 0.1})
+
+
+def test_read_csv_round_trips_write_csv_numbers(tmp_path):
+    import math
+
+    from ssgd.report import read_csv, write_csv
+
+    path = tmp_path / "rows.csv"
+    assert read_csv(path) == []
+    write_csv(path, [{"method": "ssgd", "lr": 0.5, "acc": float("nan"), "eps": float("inf")}])
+    (row,) = read_csv(path)
+    assert row["method"] == "ssgd" and row["lr"] == 0.5 and math.isnan(row["acc"]) and row["eps"] == math.inf

@@ -54,7 +54,7 @@ from ..privacy import DPConfig, DPTraining, compute_epsilon, private_unit_grad_,
 from ..privacy import DEFAULT_GAMMA
 from ..transform import check_gamma
 from ..report.checkpoint import load_checkpoint, save_checkpoint
-from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
 
 __all__ = ["ANCHOR", "BENCHMARK_METHODS", "NORMALISATIONS", "DPBenchmarkConfig", "fit_private", "run_dp_benchmark"]
@@ -274,22 +274,6 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     return history
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    if not path.is_file():
-        return []
-
-    def conv(v: str) -> Any:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-
-    with path.open() as fh:
-        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
 def _load_data(cfg: DPBenchmarkConfig) -> ImageDataset:
     data = load_dataset(cfg.dataset)
     if cfg.n_train is not None or cfg.n_test is not None:
@@ -303,7 +287,7 @@ def _pilot(run_dir: Path, cfg: DPBenchmarkConfig, data: ImageDataset, sigma: flo
     part, val = train_val_split(data, cfg.val_fraction, seed=cfg.seed)
     tune = ImageDataset(part.name, part.x_train, part.y_train, val.x_test, val.y_test, part.num_classes)
     path = run_dir / "pilot.csv"
-    rows = _read_rows(path) if resume else []
+    rows = read_csv(path) if resume else []
 
     def done(method: str, norm: str, lr: float) -> dict[str, Any] | None:
         return next((r for r in rows if r["method"] == method and r["normalisation"] == norm

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from ..data import ImageDataset, load_dataset, subsample
 from ..models import build_model, build_optimizer, build_scheduler, evaluate
 from ..privacy import DPConfig, DPTraining, compute_epsilon, derive_seed, solve_noise_multiplier
-from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
 
 __all__ = ["PrivacyReproConfig", "METHODS", "train_private", "run_accuracy_grid", "run_attack_grid",
@@ -107,9 +107,9 @@ class PrivacyReproConfig:
         report = run_privacy_repro(run_dir, self, progress=progress, log=log, resume=resume,
                                    attack=bool(self.attacks))
         run_dir = Path(run_dir)
-        tables = {"accuracy": _read_csv(run_dir / "accuracy.csv")}
+        tables = {"accuracy": read_csv(run_dir / "accuracy.csv")}
         if (run_dir / "attack.csv").is_file() and self.attacks:
-            tables["attack"] = _read_csv(run_dir / "attack.csv")
+            tables["attack"] = read_csv(run_dir / "attack.csv")
         figures = {p.stem: p for p in sorted(run_dir.glob("*.png"))}
         return ExperimentResult(run_dir=run_dir, report=report, tables=tables, figures=figures,
                                 text=report.read_text(), seconds=time.perf_counter() - t0)
@@ -219,23 +219,6 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
             "seconds": time.perf_counter() - t0, "history": history}
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a result CSV with numbers parsed back (``inf`` included)."""
-    import csv
-
-    if not path.is_file():
-        return []
-
-    def conv(v: str) -> Any:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-
-    with path.open() as fh:
-        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
 def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
             log: Callable[[str], None] = print, resume: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Pick each method's learning rate from ``cfg.lr_grid`` by *validation* accuracy.
@@ -249,7 +232,7 @@ def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
     if len(cfg.lr_grid) <= 1:
         lr = cfg.lr_grid[0] if cfg.lr_grid else cfg.lr
         return {m: lr for m in cfg.methods}, []
-    done = _read_csv(run_dir / "lr_tuning.csv") if resume else []
+    done = read_csv(run_dir / "lr_tuning.csv") if resume else []
     if done and {(r["method"], r["lr"]) for r in done} >= {(m, lr) for m in cfg.methods for lr in cfg.lr_grid}:
         best = {m: max((r for r in done if r["method"] == m), key=lambda r: r["val_acc"])["lr"] for m in cfg.methods}
         log(f"resume: learning rates from lr_tuning.csv: {best}")
@@ -275,7 +258,7 @@ def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool 
                       log: Callable[[str], None] = print,
                       lrs: dict[str, float] | None = None, resume: bool = False) -> list[dict[str, Any]]:
     """Every (dataset, ε, method) run; with ``resume`` the rows already in accuracy.csv are kept, not rerun."""
-    rows: list[dict[str, Any]] = _read_csv(run_dir / "accuracy.csv") if resume else []
+    rows: list[dict[str, Any]] = read_csv(run_dir / "accuracy.csv") if resume else []
     done = {(r["dataset"], float(r["target_epsilon"]), r["method"]) for r in rows}
     for ds in cfg.datasets:
         data = _load(ds, cfg)

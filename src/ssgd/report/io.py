@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 __all__ = ["make_run_dir", "atomic_write_text", "atomic_write_bytes", "write_json", "write_csv", "save_figure",
-           "new_figure", "jsonable", "RunDirError", "ConfigMismatchError", "check_saved_config",
+           "new_figure", "jsonable", "read_csv", "RunDirError", "ConfigMismatchError", "check_saved_config",
            "check_same_config", "config_diff"]
 
 
@@ -127,6 +127,23 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Pat
     for r in rows:
         w.writerow({k: _csv_value(v) for k, v in r.items()})
     return atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back (``nan``/``inf`` included);
+    ``[]`` when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+
+    def conv(v: str) -> Any:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return v
+
+    with path.open(newline="") as fh:
+        return [{k: conv(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 def _csv_value(v: Any) -> Any:
