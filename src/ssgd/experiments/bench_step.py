@@ -75,7 +75,7 @@ SIZES = {
     "gpt2": _gpt2_small_shapes,
     "gpt1b": lambda: _gpt2_small_shapes(d=2048, layers=18),
 }
-# the sizes by parameter count, as the issue names them
+# the sizes by parameter count (the common 11.7M, 124M and 1B model sizes)
 SIZES["11.7M"], SIZES["124M"], SIZES["1B"] = SIZES["resnet18"], SIZES["gpt2"], SIZES["gpt1b"]
 
 

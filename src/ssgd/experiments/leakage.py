@@ -724,7 +724,10 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         if i == curve_after:
             points, curve_done = _curve(grid, table, resume), True
             _write_curve(run_dir, points, cfg)
-        _write_report(grid, {}, _grid_figures(grid, only=(ds, st, b)), resume_note=True)
+        # the mid-run report: tables after every job, a group's image grid once the group is finished
+        group_done = i + 1 == len(jobs) or jobs[i + 1][:3] != (ds, st, b)
+        figs = _grid_figures(grid, only=(ds, st, b)) if group_done else _existing_grid_figures(run_dir)
+        _write_report(grid, {}, figs, resume_note=True)
     cells = _load_cells(run_dir)
     table = _write_tables(run_dir, cells)
     if not curve_done and not grid.stopped:
@@ -748,6 +751,10 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
                             figures={f: run_dir / f for f in figures},
                             summary={"cells": len(table), "stopped_early": grid.stopped, "accuracy": accuracy},
                             text=md, seconds=elapsed)
+
+
+def _existing_grid_figures(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("grid_*.png"))
 
 
 def _grid_figures(grid: _Grid, only: tuple | None = None) -> list[str]:
