@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +55,7 @@ from ..transform import check_gamma
 from ..report.checkpoint import load_checkpoint, save_checkpoint
 from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
+from .opacus_baseline import make_private, train_epoch
 
 __all__ = ["ANCHOR", "BENCHMARK_METHODS", "NORMALISATIONS", "DPBenchmarkConfig", "fit_private", "run_dp_benchmark"]
 
@@ -188,32 +188,17 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         def engine_eps() -> float:
             return dp.accountant.epsilon()
     else:
-        from opacus import PrivacyEngine
-        from torch.utils.data import DataLoader, TensorDataset
-
         from ..privacy import derive_seed
 
         loader_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader"))
         noise_gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "opacus-noise"))
-        loader = DataLoader(TensorDataset(xtr, ytr), batch_size=cfg.batch_size, generator=loader_gen)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-            engine = PrivacyEngine(accountant=cfg.accountant)
-            pmodel, popt, ploader = engine.make_private(
-                module=model, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=cfg.clip,
-                poisson_sampling=True, noise_generator=noise_gen)
+        engine, pmodel, popt, ploader = make_private(
+            model, opt, xtr, ytr, batch_size=cfg.batch_size, noise_multiplier=sigma, max_grad_norm=cfg.clip,
+            accountant=cfg.accountant, loader_generator=loader_gen, noise_generator=noise_gen)
         sampler_gen = ploader.batch_sampler.generator or loader_gen
 
         def one_epoch(bar) -> None:
-            pmodel.train()
-            for xb, yb in ploader:
-                popt.zero_grad(set_to_none=True)
-                if xb.shape[0] > 0:
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        F.cross_entropy(pmodel(xb), yb).backward()
-                popt.step()
-                bar.update(1)
+            train_epoch(pmodel, popt, ploader, after_step=lambda: bar.update(1))
 
         def state() -> dict[str, Any]:
             return {"opacus_accountant": engine.accountant.state_dict(), "sampler_gen": sampler_gen.get_state(),

@@ -33,13 +33,13 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample
 from ..models import build_model, build_optimizer, build_scheduler, evaluate
 from ..privacy import DPConfig, DPTraining, compute_epsilon, derive_seed, solve_noise_multiplier
 from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
+from .opacus_baseline import make_private, train_epoch
 
 __all__ = ["PrivacyReproConfig", "METHODS", "train_private", "run_accuracy_grid", "run_attack_grid",
            "run_privacy_repro", "format_eps"]
@@ -173,35 +173,21 @@ def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyRep
         eps_ours = dp.accountant.epsilon()
         eps_opacus = compute_epsilon(sigma, q, dp.accountant.steps, cfg.delta, cfg.accountant)
     elif method == "opacus":
-        import warnings
-
-        from opacus import PrivacyEngine
-        from torch.utils.data import DataLoader, TensorDataset
-
         opt = _optimizer(model.parameters(), cfg)
-        loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.batch_size,
-                            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader")))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-            engine = PrivacyEngine(accountant=cfg.accountant)
-            pmodel, popt, ploader = engine.make_private(
-                module=model, optimizer=opt, data_loader=loader, noise_multiplier=sigma, max_grad_norm=cfg.clip,
-                poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-noise")))
+        engine, pmodel, popt, ploader = make_private(
+            model, opt, data.x_train, data.y_train, batch_size=cfg.batch_size, noise_multiplier=sigma,
+            max_grad_norm=cfg.clip, accountant=cfg.accountant,
+            loader_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader")),
+            noise_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-noise")))
         sched = _scheduler(popt.original_optimizer, steps_per_epoch * cfg.epochs, cfg)
         steps = 0
+
+        def after_step() -> None:
+            sched.step()
+            bar.update(1)
+
         for epoch in range(1, cfg.epochs + 1):
-            pmodel.train()
-            for xb, yb in ploader:
-                popt.zero_grad(set_to_none=True)
-                if xb.shape[0] > 0:
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        F.cross_entropy(pmodel(xb), yb).backward()
-                popt.step()
-                sched.step()
-                steps += 1
-                bar.update(1)
+            steps += train_epoch(pmodel, popt, ploader, after_step=after_step)
             test_acc, _ = evaluate(model, data.x_test, data.y_test)
             eps = math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
             row = {"epoch": epoch, "test_acc": test_acc, "epsilon": eps, "steps": steps,

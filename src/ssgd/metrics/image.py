@@ -11,7 +11,6 @@ reconstruction would give infinity, so the MSE is floored at ``1e-10`` (PSNR at 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["PSNR_MAX", "mse", "mse_per_image", "psnr", "psnr_per_image", "ssim", "ssim_per_image"]

@@ -24,7 +24,6 @@ import math
 from typing import Iterable
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
 from ..optim import SSGD

@@ -33,7 +33,6 @@ The model must not mix examples in a batch: BatchNorm in training mode is refuse
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
