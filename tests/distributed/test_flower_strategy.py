@@ -9,11 +9,17 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flower_helpers import model_arrays, norm, record, reply_message, request  # noqa: E402
+from flower_helpers import identity, model_arrays, norm, record, reply_message, request  # noqa: E402
 
 from ssgd.distributed.flower import SSGDStrategy, UpdateSpec, validate_update  # noqa: E402
 from ssgd.distributed.flower.faults import FAULTS, corrupt_arrays  # noqa: E402
 from ssgd.distributed.flower.validation import arrays_from_record  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Flower's Message constructors need a task identity; every test sets it itself (no order dependence)."""
+    identity()
 
 
 def _unit(seed: int) -> dict[str, np.ndarray]:
