@@ -45,6 +45,28 @@ def test_summary_counts_cells():
     assert "SSGD(m) vs Adam: beat in 3" in s and "1/2 = 0.50" in s
 
 
+def test_paper_table6_is_the_published_grid():
+    from ssgd.experiments.table6 import METHODS6, PAPER_TABLE6
+
+    sizes = (4, 8, 16, 32, 64)
+    assert set(PAPER_TABLE6) == {(m, n) for m in sizes for n in sizes}
+    assert all(set(v) == set(METHODS6) and all(0.70 < a < 0.87 for a in v.values()) for v in PAPER_TABLE6.values())
+    # spot checks against the published table: the corners and one middle cell
+    assert PAPER_TABLE6[(4, 4)] == dict(sgdm=0.7089, adam=0.7177, ssgd=0.7732)
+    assert PAPER_TABLE6[(64, 64)] == dict(sgdm=0.8283, adam=0.8663, ssgd=0.8655)
+    assert PAPER_TABLE6[(16, 16)] == dict(sgdm=0.7724, adam=0.8173, ssgd=0.8389)
+    # the paper's own claim in it: SSGD at least as good as SGDm everywhere
+    assert all(v["ssgd"] > v["sgdm"] for v in PAPER_TABLE6.values())
+
+
+def test_summary_compares_with_the_paper():
+    best = [dict(m=4, n=4, method="sgdm", test_acc=0.7089 + 0.05), dict(m=4, n=4, method="ssgd", test_acc=0.7732),
+            dict(m=64, n=64, method="sgdm", test_acc=0.8283 - 0.01), dict(m=64, n=64, method="ssgd", test_acc=0.80)]
+    s = summarize_table6(best, epochs=20, eps=2.0)
+    assert "SGDm matched in 1, beat in 1, trailed in 0 of 2" in s
+    assert "SSGD(m) matched in 1, beat in 0, trailed in 1 of 2" in s
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="'sgd'"):
         Table6Config(methods=("sgd",)).validate()
@@ -63,7 +85,7 @@ def test_markdown_from_the_json_and_the_contract():
     cells = [dict(m=4, n=16, batch=64, method="ssgd", test_acc_mean=0.7, test_acc_std=None, steps=844,
                   lr_at_grid_edge=True)]
     md = results_markdown({"epochs": 20, "partial": True, "cells_done": 1, "cells_total": 27, "cells": cells})
-    assert "| 4 | 16 | 64 | 844 | 0.7000† / — |" in md and "1 of 27 cells" in md
+    assert "| 4 | 16 | 64 | 844 | 0.7000† / 0.7947 |" in md and "1 of 27 cells" in md
     assert isinstance(Table6Config.quick(), Experiment) and Table6Config.quick().validate().epochs == 1
 
 

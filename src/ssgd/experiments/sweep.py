@@ -35,7 +35,8 @@ from ..report.io import atomic_write_text, check_saved_config, write_csv, write_
 from .train import TrainConfig, train
 
 __all__ = ["LR_CENTER", "MATCH_TOL", "PAPER_TOL", "SweepConfig", "Cell", "GridStore", "lr_grid", "select_best",
-           "lr_ladder", "next_run", "run_cells", "SweepRun", "run_sweep", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch"]
+           "lr_ladder", "next_run", "run_cells", "SweepRun", "run_sweep", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch",
+           "load_results"]
 
 # Grid centres, calibrated on validation accuracy only in two pilots (batch 64, 3 epochs; batch 4096,
 # 2 epochs; see docs/reproductions.md). ssgd/nsgd: the step length in weight space (SSGD(m): when all m
@@ -346,3 +347,18 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, name: str, *, make_cells, make_re
                                         for r in best])
     atomic_write_text(run_dir / f"{name}.md", markdown(results) + "\n")
     return SweepRun(best, results, store, n_train, val.x_test.shape[0], train_part.x_test.shape[0])
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a sweep's results file (``table2.json`` or ``table6.json``), refusing anything that is not one."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable results JSON ({e.__class__.__name__}: {e}); "
+                         "give the table2.json/table6.json a run wrote") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("cells"), list):
+        raise ValueError(f"{path}: no 'cells' list; give the table2.json/table6.json a run wrote")
+    if not all(isinstance(c, dict) for c in obj["cells"]):
+        raise ValueError(f"{path}: every entry of 'cells' must be an object")
+    return obj

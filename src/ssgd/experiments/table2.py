@@ -31,7 +31,7 @@ from ..data import ImageDataset
 from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 from .contract import ExperimentResult
 from .sweep import (LR_CENTER, MATCH_TOL, PAPER_TOL, Cell, GridStore, SweepConfig, fmt_acc, fmt_mean_std, lr_grid,
-                    lr_ladder, run_sweep, select_best, welch)
+                    lr_ladder, load_results, run_sweep, select_best, welch)
 
 __all__ = ["PAPER_BATCHES", "PAPER_TABLE2", "METHODS", "LABELS", "LR_CENTER", "Table2Config", "paper_m",
            "lr_grid", "GridStore", "select_best", "summarize_table2", "fmt_acc", "verdicts", "results_markdown",
@@ -364,16 +364,4 @@ Files: [table2.json](table2.json) (the cells), [table2.csv](table2.csv), [grid.c
                             figures={"accuracy_vs_batch": fig}, summary={"summary": summary,
                                                                          "partial": results["partial"]},
                             text=table + "\n\n" + summary, seconds=seconds)
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a ``table2.json`` (refusing anything that is not one) for :func:`results_markdown`."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable table2.json ({e.__class__.__name__})") from e
-    if not isinstance(obj, dict) or not isinstance(obj.get("cells"), list):
-        raise ValueError(f"{path}: no 'cells' list; give the table2.json a run wrote")
-    return obj
 

@@ -1,0 +1,85 @@
+"""Regenerate the README's result tables from the committed results under ``docs/results/``.
+
+The README never holds a hand-typed number for Table 2, its fixed-steps view or Table 6: each
+sits between a pair of markers naming the JSON it comes from::
+
+    <!-- ssgd:generated table2 docs/results/table2.json -->
+    ... (replaced by :func:`update_readme`) ...
+    <!-- ssgd:end table2 -->
+
+``python scripts/update_readme.py`` rewrites the sections; ``--check`` exits non-zero when the
+README is out of date (a test runs the check, so a README that drifts from its JSON fails CI).
+A section whose JSON is missing is left as it is and reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..report.io import atomic_write_text
+from . import table2, table6
+from .sweep import load_results
+
+__all__ = ["SECTIONS", "Section", "render_section", "update_readme"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One generated README section: its name, the JSON (relative to the repository root), the renderer."""
+
+    name: str
+    source: str
+    render: Callable[[dict[str, Any]], str]
+
+
+SECTIONS: dict[str, Section] = {s.name: s for s in (
+    Section("table2", "docs/results/table2.json", table2.results_markdown),
+    Section("table2-fixed-steps", "docs/results/table2_fixed_steps.json", table2.results_markdown),
+    Section("table6", "docs/results/table6.json", table6.results_markdown),
+)}
+
+_BLOCK = re.compile(r"(<!-- ssgd:generated (?P<name>[\w-]+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- ssgd:end (?P=name) -->)",
+                    re.S)
+
+
+def render_section(section: Section, root: Path) -> str | None:
+    """The section's Markdown from its JSON under ``root``, or None when the JSON does not exist yet."""
+    path = root / section.source
+    if not path.exists():
+        return None
+    return section.render(load_results(path)).rstrip("\n") + "\n"
+
+
+def update_readme(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:
+    """Rewrite every generated section of ``readme`` from its JSON (relative to ``root``, default the
+    README's folder). Returns ``{section: status}`` with status ``"updated"``, ``"current"`` or
+    ``"missing <path>"``. With ``check=True`` nothing is written.
+
+    Raises ``ValueError`` for a marker naming an unknown section or a JSON other than the section's own.
+    """
+    readme = Path(readme)
+    root = Path(root) if root is not None else readme.parent
+    text = readme.read_text()
+    status: dict[str, str] = {}
+
+    def replace(mt: re.Match) -> str:
+        name, src = mt["name"], mt["src"]
+        section = SECTIONS.get(name)
+        if section is None:
+            raise ValueError(f"{readme}: unknown generated section {name!r}; known: {sorted(SECTIONS)}")
+        if src != section.source:
+            raise ValueError(f"{readme}: section {name!r} names {src}; it is generated from {section.source}")
+        body = render_section(section, root)
+        if body is None:
+            status[name] = f"missing {section.source}"
+            return mt.group(0)
+        status[name] = "current" if body == mt["body"] else "updated"
+        return mt.group(1) + body + mt.group(5)
+
+    new = _BLOCK.sub(replace, text)
+    if new != text and not check:
+        atomic_write_text(readme, new)
+    return status
