@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ssgd.experiments import table2
-from ssgd.experiments.readme import SECTIONS, render_section, update_readme
+from ssgd.experiments.readme import GENERATED_FILES, SECTIONS, render_section, update_generated
 from ssgd.experiments.sweep import load_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,37 +29,38 @@ def _repo(tmp_path: Path, cells) -> Path:
     return readme
 
 
-def test_committed_readme_matches_its_json():
-    status = update_readme(ROOT / "README.md", ROOT, check=True)
-    assert "table2" in status, "the README lost its generated Table 2 section"
+@pytest.mark.parametrize("rel", GENERATED_FILES)
+def test_committed_documents_match_their_json(rel):
+    status = update_generated(ROOT / rel, ROOT, check=True)
+    assert "table2" in status, f"{rel} lost its generated Table 2 section"
     stale = [name for name, s in status.items() if s == "updated"]
-    assert not stale, f"README sections {stale} are out of date: run python scripts/update_readme.py"
+    assert not stale, f"{rel}: sections {stale} are out of date: run python scripts/update_tables.py"
 
 
 def test_update_rewrites_only_between_markers(tmp_path):
     cells = [_cell(8192, "sgd", 0.80), _cell(8192, "ssgd", 0.85)]
     readme = _repo(tmp_path, cells)
     before = readme.read_text()
-    assert update_readme(readme, tmp_path, check=True)["table2"] == "updated"
+    assert update_generated(readme, tmp_path, check=True)["table2"] == "updated"
     assert readme.read_text() == before, "check mode must not write"
-    status = update_readme(readme, tmp_path)
+    status = update_generated(readme, tmp_path)
     assert status == {"table2": "updated", "table6": "missing docs/results/table6.json"}
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and "outro\n" in text
     assert "old 6" in text, "a section without its JSON is left alone"
     assert table2.results_markdown({"epochs": 20, "cells": cells}) in text
     assert "0.8500" in text
-    assert update_readme(readme, tmp_path) == {"table2": "current", "table6": "missing docs/results/table6.json"}
+    assert update_generated(readme, tmp_path) == {"table2": "current", "table6": "missing docs/results/table6.json"}
 
 
 def test_unknown_section_and_wrong_source_are_refused(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- ssgd:generated nope docs/x.json -->\n<!-- ssgd:end nope -->\n")
     with pytest.raises(ValueError, match="unknown generated section 'nope'"):
-        update_readme(readme, tmp_path)
+        update_generated(readme, tmp_path)
     readme.write_text("<!-- ssgd:generated table2 docs/other.json -->\n<!-- ssgd:end table2 -->\n")
     with pytest.raises(ValueError, match="generated from docs/results/table2.json"):
-        update_readme(readme, tmp_path)
+        update_generated(readme, tmp_path)
 
 
 @pytest.mark.parametrize("content, match", [("{not json", "not a readable results JSON"),
@@ -82,3 +83,12 @@ def test_every_section_renders_from_a_minimal_json(tmp_path):
     (tmp_path / SECTIONS["table6"].source).write_text(json.dumps(six))
     md = render_section(SECTIONS["table6"], tmp_path)
     assert "| 4 | 4 | 16 | 10 |" in md and "0.7000†" in md
+    summary = render_section(SECTIONS["table6-summary"], tmp_path)
+    assert summary.startswith("Generated summary: ") and "1/2 = 0.50" in summary
+    two = {"epochs": 20, "train_examples": 54000, "model": "mlp",
+           "cells": [_cell(1024, "sgd", 0.80), _cell(1024, "ssgd", 0.85), _cell(8192, "sgd", 0.80),
+                     _cell(8192, "ssgd", 0.70)]}
+    (tmp_path / SECTIONS["table2"].source).write_text(json.dumps(two))
+    summary = render_section(SECTIONS["table2-summary"], tmp_path)
+    assert "beat at batch 1024; trailed at batch 8192" in summary
+    assert "batch 8192 got 140 steps against 1060 at batch 1024" in summary

@@ -1,14 +1,16 @@
-"""Regenerate the README's result tables from the committed results under ``docs/results/``.
+"""Regenerate the result tables in the README and the docs from the committed JSON under ``docs/results/``.
 
-The README never holds a hand-typed number for Table 2, its fixed-steps view or Table 6: each
-sits between a pair of markers naming the JSON it comes from::
+Neither the README nor ``docs/reproductions.md`` holds a hand-typed number for Table 2, its
+fixed-steps view or Table 6: each table sits between a pair of markers naming the JSON it comes
+from::
 
     <!-- ssgd:generated table2 docs/results/table2.json -->
-    ... (replaced by :func:`update_readme`) ...
+    ... (replaced by :func:`update_generated`) ...
     <!-- ssgd:end table2 -->
 
-``python scripts/update_readme.py`` rewrites the sections; ``--check`` exits non-zero when the
-README is out of date (a test runs the check, so a README that drifts from its JSON fails CI).
+``python scripts/update_tables.py`` rewrites the sections of every file in :data:`GENERATED_FILES`;
+``--check`` exits non-zero when one is out of date (a test runs the check, so a document that drifts
+from its JSON fails CI).
 A section whose JSON is missing is left as it is and reported.
 """
 
@@ -23,7 +25,7 @@ from ..report.io import atomic_write_text
 from . import table2, table6
 from .sweep import load_results
 
-__all__ = ["SECTIONS", "Section", "render_section", "update_readme"]
+__all__ = ["GENERATED_FILES", "SECTIONS", "Section", "render_section", "update_generated"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,15 @@ class Section:
 
 SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("table2", "docs/results/table2.json", table2.results_markdown),
+    Section("table2-summary", "docs/results/table2.json", table2.summary_markdown),
     Section("table2-fixed-steps", "docs/results/table2_fixed_steps.json", table2.results_markdown),
+    Section("table2-fixed-steps-summary", "docs/results/table2_fixed_steps.json", table2.summary_markdown),
     Section("table6", "docs/results/table6.json", table6.results_markdown),
+    Section("table6-summary", "docs/results/table6.json", table6.summary_markdown),
 )}
+
+# the documents (relative to the repository root) whose generated sections the script keeps current
+GENERATED_FILES = ("README.md", "docs/reproductions.md")
 
 _BLOCK = re.compile(r"(<!-- ssgd:generated (?P<name>[\w-]+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- ssgd:end (?P=name) -->)",
                     re.S)
@@ -53,9 +61,9 @@ def render_section(section: Section, root: Path) -> str | None:
     return section.render(load_results(path)).rstrip("\n") + "\n"
 
 
-def update_readme(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:
-    """Rewrite every generated section of ``readme`` from its JSON (relative to ``root``, default the
-    README's folder). Returns ``{section: status}`` with status ``"updated"``, ``"current"`` or
+def update_generated(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:
+    """Rewrite every generated section of the Markdown file ``readme`` from its JSON (relative to ``root``,
+    the repository root; default the file's folder). Returns ``{section: status}`` with status ``"updated"``, ``"current"`` or
     ``"missing <path>"``. With ``check=True`` nothing is written.
 
     Raises ``ValueError`` for a marker naming an unknown section or a JSON other than the section's own.

@@ -35,6 +35,7 @@ from .sweep import (LR_CENTER, MATCH_TOL, PAPER_TOL, Cell, GridStore, SweepConfi
 
 __all__ = ["PAPER_BATCHES", "PAPER_TABLE2", "METHODS", "LABELS", "LR_CENTER", "Table2Config", "paper_m",
            "lr_grid", "GridStore", "select_best", "summarize_table2", "fmt_acc", "verdicts", "results_markdown",
+           "summary_markdown",
            "cells_of", "load_results"]
 
 PAPER_BATCHES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -288,6 +289,13 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The generated 'what matched' paragraph from a ``table2.json`` (:func:`summarize_table2` on its cells)."""
+    return "Generated summary: " + summarize_table2(
+        results["cells"], epochs=results["epochs"], train_examples=results.get("train_examples"),
+        model=results.get("model") or "mlp", steps=results.get("steps_target"))
+
+
 def _plot(best: list[dict[str, Any]], methods: Iterable[str], path: Path, title: str) -> None:
     fig, ax = new_figure(figsize=(7, 4.5))
     colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
@@ -310,10 +318,11 @@ def _plot(best: list[dict[str, Any]], methods: Iterable[str], path: Path, title:
     save_figure(fig, path)
 
 
-def _results_json(cfg: Table2Config, cells: list[Cell], done: list[dict[str, Any]]) -> dict[str, Any]:
+def _results_json(cfg: Table2Config, cells: list[Cell], done: list[dict[str, Any]],
+                  train_examples: int | None = None) -> dict[str, Any]:
     keep = ("batch", "method", "m", "test_acc_mean", "test_acc_std", "lr", "steps", "epochs", "lr_at_grid_edge",
             "seeds", "test_accs", "val_acc", "paper_test_acc", "lrs_tried")
-    return {"epochs": cfg.epochs, "steps_target": cfg.steps, "seeds": cfg.seeds,
+    return {"epochs": cfg.epochs, "steps_target": cfg.steps, "seeds": cfg.seeds, "train_examples": train_examples,
             "partial": len(done) < len(cells), "cells_done": len(done), "cells_total": len(cells),
             "model": cfg.model, "dataset": cfg.dataset,
             "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["batch"],
@@ -325,8 +334,14 @@ def _run(cfg: Table2Config, run_dir: Path, *, resume: bool, progress: bool,
     """Write config.json, grid.json/grid.csv (every run), table2.json (after every finished cell, with
     ``partial`` until the last), table2.csv, table2.md, accuracy_vs_batch.png, report.md, summary.json."""
     t0 = time.perf_counter()
-    sw = run_sweep(cfg, run_dir, "table2", make_cells=lambda n: cells_of(cfg, n),
-                   make_results=lambda cells, done: _results_json(cfg, cells, done),
+    n_seen: dict[str, int] = {}
+
+    def make_cells(n: int) -> list[Cell]:
+        n_seen["train_examples"] = n
+        return cells_of(cfg, n)
+
+    sw = run_sweep(cfg, run_dir, "table2", make_cells=make_cells,
+                   make_results=lambda cells, done: _results_json(cfg, cells, done, n_seen.get("train_examples")),
                    config_extra=lambda cells: {"lr_grids": {c.method + "@" + str(c.batch): c.grid for c in cells}},
                    markdown=results_markdown, resume=resume, progress=progress, data=data)
     best, results, store, n_train = sw.cells, sw.results, sw.store, sw.train_examples

@@ -25,7 +25,8 @@ from .contract import ExperimentResult
 from .sweep import MATCH_TOL, PAPER_TOL, Cell, SweepConfig, fmt_acc, fmt_mean_std, lr_grid, lr_ladder, run_sweep
 from .table2 import LABELS
 
-__all__ = ["Table6Config", "summarize_table6", "METHODS6", "PAPER_TABLE6", "cells_of", "results_markdown"]
+__all__ = ["Table6Config", "summarize_table6", "METHODS6", "PAPER_TABLE6", "cells_of", "results_markdown",
+           "summary_markdown"]
 
 METHODS6 = ("sgdm", "adam", "ssgd")
 # The paper's Table 6 (test accuracy with eps = 2 on Fashion-MNIST; SGDm / Adam / SSGD per (m, n)), as
@@ -166,6 +167,12 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("partial"):
         lines.append(f"**Partial**: {results['cells_done']} of {results['cells_total']} cells finished.")
     return "\n".join(lines)
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The generated 'what matched' paragraph from a ``table6.json`` (:func:`summarize_table6` on its cells)."""
+    return "Generated summary: " + summarize_table6(results["cells"], epochs=results["epochs"],
+                                                    eps=results.get("noise_eps") or 2.0)
 
 
 def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
