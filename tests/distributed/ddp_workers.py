@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import os
 import traceback
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 __all__ = ["WORLD", "AUDIT_WORLD", "make_model", "make_data", "local_batch", "train_configs", "audit_configs",
-           "run_all", "run_audit"]
+           "spawn", "run_all", "run_audit"]
 
 WORLD = 3
 SMALL_CAP_MB = 0.001  # ~1 KB buckets: after its first step DDP spreads the model below over 4 buckets
@@ -162,51 +165,74 @@ def _train_pair_cases(rank, pair, tmp: Path):
             "resumed": {k: v.detach().clone() for k, v in res.model.state_dict().items()}}
 
 
-def run_all(rank: int, world: int, store: str, out_dir: str) -> None:
+def spawn(worker: Callable[[int, int, str, str], None], world: int, out: Path, name: str) -> list[dict]:
+    """``worker(rank, world, store, out_dir)`` in ``world`` spawned processes (gloo over the loopback unless
+    GLOO_SOCKET_IFNAME says otherwise); what each rank saved, ``out/<name><rank>.pt``, by rank."""
+    env_before = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    try:
+        mp.spawn(worker, args=(world, str(out / "store"), str(out)), nprocs=world, join=True)
+    finally:
+        if env_before is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+    return [torch.load(out / f"{name}{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _as_rank(rank: int, world: int, store: str, saved: Path, cases: Callable[[dict], None]) -> None:
+    """Join the gloo group (one thread), let ``cases`` fill the results, save them to ``saved`` (also after a
+    crash, with its traceback, before re-raising it), leave the group."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    out_dir = Path(out_dir)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     res: dict = {}
     try:
-        # a fresh interpreter: importing ssgd.distributed must stay lazy and never pull in flwr
-        import sys
-
-        import ssgd.distributed as sd
-
-        imp = {"lazy": "ssgd.distributed.ddp" not in sys.modules, "flwr_after_import": "flwr" in sys.modules,
-               "all": list(sd.__all__)}
-        sd.register, sd.allreduce_unit_, sd.launch_training  # noqa: B018 - resolve the lazy exports
-        imp["flwr_after_use"] = "flwr" in sys.modules
-        res["import"] = imp
-        pair = dist.new_group([0, 1])
-        groups = {3: None, 2: pair}
-        for size, group in groups.items():
-            if rank >= size:
-                continue
-            for scope in ("global", "layer"):
-                for cap_name, cap in (("one", 25.0), ("many", SMALL_CAP_MB)):
-                    res[("hook", size, scope, "mean", cap_name, False)] = _hook_case(rank, group, scope, "mean",
-                                                                                     cap, False)
-                res[("hook", size, scope, "sum", "many", True)] = _hook_case(rank, group, scope, "sum",
-                                                                             SMALL_CAP_MB, True)
-                res[("allreduce", size, scope, "mean")] = _allreduce_case(rank, group, scope, "mean")
-        res["train"] = _train_cases(rank, out_dir)
-        if rank < 2:
-            res["train_pair"] = _train_pair_cases(rank, pair, out_dir)
-        # non-finite: skip, then raise (last, since a raise leaves that DDP model unusable)
-        for scope in ("global", "layer"):
-            res[("nan", scope, "skip")] = _nan_case(rank, 2, scope, "skip", param_index=2)
-        for scope in ("global", "layer"):
-            res[("nan", scope, "raise")] = _nan_case(rank, 1, scope, "raise", param_index=2)
-        res[("nan", "allreduce", "raise")] = _nan_case(rank, 1, "global", "raise", 2, use_ddp=False)
+        cases(res)
     except Exception:  # noqa: BLE001 - saved for the test to print, then re-raised
         res["crash"] = traceback.format_exc()
-        torch.save(res, out_dir / f"rank{rank}.pt")
+        torch.save(res, saved)
         raise
-    torch.save(res, out_dir / f"rank{rank}.pt")
+    torch.save(res, saved)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def run_all(rank: int, world: int, store: str, out_dir: str) -> None:
+    _as_rank(rank, world, store, Path(out_dir) / f"rank{rank}.pt", partial(_all_cases, rank, Path(out_dir)))
+
+
+def _all_cases(rank: int, out_dir: Path, res: dict) -> None:
+    """Every multi-process check of test_ddp.py on this rank."""
+    # a fresh interpreter: importing ssgd.distributed must stay lazy and never pull in flwr
+    import sys
+
+    import ssgd.distributed as sd
+
+    imp = {"lazy": "ssgd.distributed.ddp" not in sys.modules, "flwr_after_import": "flwr" in sys.modules,
+           "all": list(sd.__all__)}
+    sd.register, sd.allreduce_unit_, sd.launch_training  # noqa: B018 - resolve the lazy exports
+    imp["flwr_after_use"] = "flwr" in sys.modules
+    res["import"] = imp
+    pair = dist.new_group([0, 1])
+    groups = {3: None, 2: pair}
+    for size, group in groups.items():
+        if rank >= size:
+            continue
+        for scope in ("global", "layer"):
+            for cap_name, cap in (("one", 25.0), ("many", SMALL_CAP_MB)):
+                res[("hook", size, scope, "mean", cap_name, False)] = _hook_case(rank, group, scope, "mean",
+                                                                                 cap, False)
+            res[("hook", size, scope, "sum", "many", True)] = _hook_case(rank, group, scope, "sum",
+                                                                         SMALL_CAP_MB, True)
+            res[("allreduce", size, scope, "mean")] = _allreduce_case(rank, group, scope, "mean")
+    res["train"] = _train_cases(rank, out_dir)
+    if rank < 2:
+        res["train_pair"] = _train_pair_cases(rank, pair, out_dir)
+    # non-finite: skip, then raise (last, since a raise leaves that DDP model unusable)
+    for scope in ("global", "layer"):
+        res[("nan", scope, "skip")] = _nan_case(rank, 2, scope, "skip", param_index=2)
+    for scope in ("global", "layer"):
+        res[("nan", scope, "raise")] = _nan_case(rank, 1, scope, "raise", param_index=2)
+    res[("nan", "allreduce", "raise")] = _nan_case(rank, 1, "global", "raise", 2, use_ddp=False)
 
 
 # ---------------------------------------------------------------- leak audit (tests/distributed/test_ddp_audit.py)
@@ -307,19 +333,10 @@ def _audit_case(rank, cfg, run_dir):
 
 
 def run_audit(rank: int, world: int, store: str, out_dir: str) -> None:
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    torch.set_num_threads(1)
-    out_dir = Path(out_dir)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    res: dict = {}
-    try:
-        _register_bn_model()
-        for name, cfg in audit_configs().items():
-            res[name] = _audit_case(rank, cfg, out_dir / f"audit-{name}")
-    except Exception:  # noqa: BLE001 - saved for the test to print, then re-raised
-        res["crash"] = traceback.format_exc()
-        torch.save(res, out_dir / f"audit{rank}.pt")
-        raise
-    torch.save(res, out_dir / f"audit{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    _as_rank(rank, world, store, Path(out_dir) / f"audit{rank}.pt", partial(_audit_cases, rank, Path(out_dir)))
+
+
+def _audit_cases(rank: int, out_dir: Path, res: dict) -> None:
+    _register_bn_model()
+    for name, cfg in audit_configs().items():
+        res[name] = _audit_case(rank, cfg, out_dir / f"audit-{name}")

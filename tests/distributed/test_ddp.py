@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import ssgd
 from ssgd.experiments.train import TrainConfig, train
@@ -40,15 +38,7 @@ def _assert_close(actual, expected, atol=2e-6):
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env_before = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    try:
-        mp.spawn(W.run_all, args=(W.WORLD, str(out / "store"), str(out)), nprocs=W.WORLD, join=True)
-    finally:
-        if env_before is None:
-            os.environ.pop("GLOO_SOCKET_IFNAME", None)
-    res = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(W.WORLD)]
-    return res, out
+    return W.spawn(W.run_all, W.WORLD, out, "rank"), out
 
 
 # ---------------------------------------------------------------- fast checks (no processes)

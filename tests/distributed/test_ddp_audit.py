@@ -18,26 +18,16 @@ initial model -- carry no training data and are documented there too.)
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import ddp_workers as W  # tests/distributed is on sys.path (pytest prepend import mode)
 
 
 @pytest.fixture(scope="module")
 def audit(tmp_path_factory):
-    out = tmp_path_factory.mktemp("audit")
-    env_before = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    try:
-        mp.spawn(W.run_audit, args=(W.AUDIT_WORLD, str(out / "store"), str(out)), nprocs=W.AUDIT_WORLD, join=True)
-    finally:
-        if env_before is None:
-            os.environ.pop("GLOO_SOCKET_IFNAME", None)
-    return [torch.load(out / f"audit{r}.pt", weights_only=False) for r in range(W.AUDIT_WORLD)]
+    return W.spawn(W.run_audit, W.AUDIT_WORLD, tmp_path_factory.mktemp("audit"), "audit")
 
 
 def _segments(log):

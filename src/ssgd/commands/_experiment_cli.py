@@ -8,10 +8,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._options import check_device, user_errors
+from ._options import Options, check_device, user_errors
 
 __all__ = ["TrainSize", "TestSize", "ValFraction", "Dataset", "DataDir", "Model", "Seed", "Device", "Out", "Resume",
-           "Progress", "LrPoints", "Widen", "apply_options", "run_experiment"]
+           "Progress", "LrPoints", "Widen", "sweep_options", "apply_options", "run_sweep", "run_experiment"]
 
 TrainSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many training examples")]
 TestSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many test examples")]
@@ -27,6 +27,31 @@ Resume = Annotated[bool, typer.Option(help="continue the run in --out: finished 
 Progress = Annotated[bool, typer.Option(help="show progress bars")]
 LrPoints = Annotated[Optional[int], typer.Option(help="learning rates per cell in the validation grid (default 3)")]
 Widen = Annotated[Optional[int], typer.Option(help="points added at most beyond a grid edge that wins (default 2)")]
+
+
+def sweep_options(
+    train_size: TrainSize = None,
+    test_size: TestSize = None,
+    val_fraction: ValFraction = 0.1,
+    dataset: Dataset = "fashion-mnist",
+    data_dir: DataDir = None,
+    model: Model = "mlp",
+    seed: Seed = 0,
+    device: Device = "cpu",
+    out: Out = None,
+    resume: Resume = False,
+    progress: Progress = True,
+) -> None:
+    """The options that end the option list of Table 2 and of Table 6 (an option group: ``with_options``)."""
+
+
+def run_sweep(cfg: Any, sweep: Options, prefix: str, **overrides: Any) -> None:
+    """Set ``overrides`` that are not ``None`` and the :func:`sweep_options` on ``cfg``, then run it
+    (:func:`run_experiment`) in the run folder ``sweep.out``."""
+    apply_options(cfg, dict(overrides, train_size=sweep.train_size, test_size=sweep.test_size),
+                  val_fraction=sweep.val_fraction, dataset=sweep.dataset, data_dir=sweep.data_dir, model=sweep.model,
+                  seed=sweep.seed, device=sweep.device)
+    run_experiment(cfg, sweep.out, prefix, resume=sweep.resume, progress=sweep.progress)
 
 
 def apply_options(cfg: Any, overrides: dict[str, Any], **always: Any) -> Any:

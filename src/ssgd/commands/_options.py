@@ -1,4 +1,5 @@
-"""Option parsing shared by every command: comma-separated lists, choices, devices.
+"""Option parsing shared by every command: comma-separated lists, choices, devices, and option
+groups that several commands take (:func:`with_options`).
 
 Each helper raises ``typer.BadParameter`` naming the option, the bad value and an
 example of a good one, so every command refuses bad input the same way."""
@@ -6,14 +7,20 @@ example of a good one, so every command refuses bad input the same way."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence, TypeVar
+import functools
+import inspect
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import typer
 
 __all__ = ["parse_list", "parse_int_list", "parse_float_list", "parse_choices", "check_device", "user_errors",
-           "USER_ERRORS"]
+           "USER_ERRORS", "Options", "with_options"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+Options = SimpleNamespace  # the values of one option group, as a command gets them (see with_options)
 
 
 def parse_list(text: str | None, option: str, cast: Callable[[str], T], example: str, *,
@@ -89,3 +96,40 @@ def user_errors(extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     except USER_ERRORS + tuple(extra) as e:
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def with_options(**groups: Callable[..., None]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Options written once for several commands.
+
+    Each ``name=group`` is a function whose parameters are Typer options (its body never runs). In the
+    signature Typer reads, the command's own parameter ``name`` is replaced, where it stands, by
+    ``group``'s parameters, so every command that takes the group has those options with the same
+    names, defaults, help and order; the command is called with ``name=`` an :data:`Options` of their
+    values."""
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        sig = inspect.signature(command, eval_str=True)
+        members = {name: list(inspect.signature(group, eval_str=True).parameters.values())
+                   for name, group in groups.items()}
+        missing = sorted(set(members) - set(sig.parameters))
+        if missing:
+            raise TypeError(f"{command.__name__} has no parameter {missing} to stand for its option group")
+        exposed = sig.replace(parameters=[q for p in sig.parameters.values() for q in members.get(p.name, [p])])
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            bound = exposed.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            for name, params in members.items():
+                values[name] = Options(**{p.name: values.pop(p.name) for p in params})
+            return command(**values)
+
+        wrapper.__signature__ = exposed  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in exposed.parameters.values()
+                                   if p.annotation is not p.empty}
+        if sig.return_annotation is not sig.empty:
+            wrapper.__annotations__["return"] = sig.return_annotation
+        return wrapper
+
+    return decorate

@@ -9,12 +9,13 @@ config: ``--node-set``), never to these run options; see docs/threat-model.md.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import typer
 
-from ._options import user_errors
+from ._options import Options, user_errors, with_options
 
 __all__ = ["app", "up", "local"]
 
@@ -34,21 +35,27 @@ def _known_keys() -> tuple[str, ...]:
     return FlowerRunConfig.run_config_keys()
 
 
-def _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
-                alpha, seed, strict, min_nodes, round_timeout, straggler_timeout, extra: list[str]) -> dict:
-    cfg = {"num-rounds": rounds, "mode": mode, "scope": scope, "server-lr": server_lr, "local-steps": local_steps,
-           "client-lr": client_lr, "batch-size": batch_size, "dataset": dataset, "model": model,
-           "partition": partition, "alpha": alpha, "seed": seed, "strict": strict, "round-timeout": round_timeout,
-           "straggler-timeout": straggler_timeout}
+def _key_value(item: str, option: str, example: str, known: Sequence[str], what: str,
+               known_as: str) -> tuple[str, str]:
+    """The key and value of ``option key=value``; the key must be one of ``known`` (a ``what``)."""
+    if "=" not in item:
+        raise typer.BadParameter(f"{option} {item!r}: expected key=value, e.g. {option} {example}")
+    k, v = (p.strip() for p in item.split("=", 1))
+    if k not in known:
+        raise typer.BadParameter(f"{option} {item!r}: unknown {what} {k!r}; {known_as}: {', '.join(known)}")
+    return k, v
+
+
+def _run_config(run: Options, min_nodes, round_timeout, straggler_timeout, extra: list[str]) -> dict:
+    cfg = {"num-rounds": run.rounds, "mode": run.mode, "scope": run.scope, "server-lr": run.server_lr,
+           "local-steps": run.local_steps, "client-lr": run.client_lr, "batch-size": run.batch_size,
+           "dataset": run.dataset, "model": run.model, "partition": run.partition, "alpha": run.alpha, "seed": run.seed,
+           "strict": run.strict, "round-timeout": round_timeout, "straggler-timeout": straggler_timeout}
     if min_nodes is not None:
         cfg["min-nodes"] = min_nodes
     known = _known_keys()
     for item in extra:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set {item!r}: expected key=value, e.g. --set test-size=500")
-        k, v = (p.strip() for p in item.split("=", 1))
-        if k not in known:
-            raise typer.BadParameter(f"--set {item!r}: unknown run-config key {k!r}; known keys: {', '.join(known)}")
+        k, v = _key_value(item, "--set", "test-size=500", known, "run-config key", "known keys")
         if k in ("out-dir", "resume", "overwrite"):
             raise typer.BadParameter(f"--set {k}: use --out / --resume / --overwrite instead")
         cfg[k] = v
@@ -79,11 +86,7 @@ def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int) -> l
     policy_keys = ("ssgd-scope", "ssgd-eps", "allowed-metrics", "min-batch-size", "min-noise-multiplier",
                    "allow-evaluate")
     for item in node_sets:
-        if "=" not in item:
-            raise typer.BadParameter(f"--node-set {item!r}: expected key=value, e.g. --node-set allowed-metrics=train-loss")
-        k, v = (p.strip() for p in item.split("=", 1))
-        if k not in policy_keys:
-            raise typer.BadParameter(f"--node-set {item!r}: unknown node setting {k!r}; known: {', '.join(policy_keys)}")
+        k, v = _key_value(item, "--node-set", "allowed-metrics=train-loss", policy_keys, "node setting", "known")
         value = _typed(v)
         try:
             NodePolicy.from_node_config({k: value})
@@ -139,6 +142,29 @@ def _opts():
 _OPTS = _opts()
 
 
+def _run_options(
+    rounds: int = _OPTS["rounds"], mode: str = _OPTS["mode"], scope: str = _OPTS["scope"],
+    server_lr: float = _OPTS["server_lr"], local_steps: int = _OPTS["local_steps"], client_lr: float = _OPTS["client_lr"],
+    batch_size: int = _OPTS["batch_size"], dataset: str = _OPTS["dataset"], model: str = _OPTS["model"],
+    partition: str = _OPTS["partition"], alpha: float = _OPTS["alpha"], seed: int = _OPTS["seed"],
+    strict: bool = _OPTS["strict"],
+) -> None:
+    """The run-config options of ``up`` and ``local`` (an option group: ``with_options``)."""
+
+
+def _output_options(prefix: str):
+    """The node, extra run-config and run-folder options of ``up`` and ``local`` (runs/<prefix>-<time>)."""
+
+    def options(
+        fault: list[str] = _OPTS["fault"], node_set: list[str] = _OPTS["node_set"], set_: list[str] = _OPTS["set_"],
+        out: Optional[Path] = typer.Option(None, help=f"run folder (default: runs/{prefix}-<time>)"),
+        resume: bool = _OPTS["resume"], overwrite: bool = _OPTS["overwrite"],
+    ) -> None:
+        """The options (an option group: ``with_options``)."""
+
+    return options
+
+
 def _run_dir(out: Optional[Path], prefix: str, resume: bool, overwrite: bool) -> Path:
     from ..report.io import make_run_dir
 
@@ -148,46 +174,6 @@ def _run_dir(out: Optional[Path], prefix: str, resume: bool, overwrite: bool) ->
         raise typer.BadParameter("--resume needs --out naming the run folder to continue")
     with user_errors():
         return make_run_dir(out, prefix, resume=resume, overwrite=overwrite)
-
-
-@app.command("up")
-def up(
-    nodes: int = typer.Option(3, "--nodes", "-n", help="number of SuperNodes"),
-    rounds: int = _OPTS["rounds"], mode: str = _OPTS["mode"], scope: str = _OPTS["scope"],
-    server_lr: float = _OPTS["server_lr"], local_steps: int = _OPTS["local_steps"], client_lr: float = _OPTS["client_lr"],
-    batch_size: int = _OPTS["batch_size"], dataset: str = _OPTS["dataset"], model: str = _OPTS["model"],
-    partition: str = _OPTS["partition"], alpha: float = _OPTS["alpha"], seed: int = _OPTS["seed"],
-    strict: bool = _OPTS["strict"], round_timeout: float = _OPTS["round_timeout"],
-    straggler_timeout: float = _OPTS["straggler_timeout"],
-    min_nodes: Optional[int] = typer.Option(None, help="nodes needed per round (default: half of --nodes, rounded "
-                                                       "up, so the run survives losing a node)"),
-    fault: list[str] = _OPTS["fault"], node_set: list[str] = _OPTS["node_set"], set_: list[str] = _OPTS["set_"],
-    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/flower-<time>)"),
-    resume: bool = _OPTS["resume"], overwrite: bool = _OPTS["overwrite"],
-    timeout: float = typer.Option(1800.0, help="give up (and shut everything down) after this many seconds"),
-) -> None:
-    """Start a SuperLink and N SuperNodes on 127.0.0.1 (free ports), run the SSGD app, shut everything down."""
-    from ..distributed.flower import CheckpointMismatchError, Deployment, DeploymentError
-
-    if nodes < 1:
-        raise typer.BadParameter(f"--nodes {nodes}: need at least 1 SuperNode")
-    cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
-                      alpha, seed, strict, min_nodes, round_timeout, straggler_timeout, set_)
-    node_configs = _node_configs(fault, node_set, nodes)
-    _check_nodes(cfg, nodes)
-    run_dir = _run_dir(out, "flower", resume, overwrite)
-    cfg.update({"out-dir": str(run_dir.absolute()), "resume": resume, "overwrite": overwrite})
-    typer.echo(f"starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1; logs in {run_dir / 'deployment' / 'logs'}")
-    try:
-        with Deployment(nodes, run_dir / "deployment", node_configs=node_configs, dataset=cfg["dataset"],
-                        data_dir=str(cfg.get("data-dir", ""))) as dep:
-            typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
-            summary = dep.run(cfg, timeout=timeout)
-    except (DeploymentError, CheckpointMismatchError, ValueError) as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo((run_dir / "report.md").read_text())
-    typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")
 
 
 def _check_nodes(cfg: dict, nodes: int) -> None:
@@ -200,35 +186,73 @@ def _check_nodes(cfg: dict, nodes: int) -> None:
         raise typer.BadParameter(str(e)) from None
 
 
+def _prepare(nodes: int, noun: str, run: Options, output: Options, prefix: str, *, min_nodes: Optional[int],
+             round_timeout: float, straggler_timeout: float) -> tuple[dict, list[dict], Path]:
+    """Check the options (nothing starts on a bad one), make the run folder: the run config, node configs, folder."""
+    if nodes < 1:
+        raise typer.BadParameter(f"--nodes {nodes}: need at least 1 {noun}")
+    cfg = _run_config(run, min_nodes, round_timeout, straggler_timeout, output.set_)
+    node_configs = _node_configs(output.fault, output.node_set, nodes)
+    _check_nodes(cfg, nodes)
+    run_dir = _run_dir(output.out, prefix, output.resume, output.overwrite)
+    cfg.update({"out-dir": str(run_dir.absolute()), "resume": output.resume, "overwrite": output.overwrite})
+    return cfg, node_configs, run_dir
+
+
+@contextlib.contextmanager
+def _exit_on(*errors: type[BaseException]) -> Iterator[None]:
+    """``errors`` raised in the block become one line on stderr and exit status 1."""
+    try:
+        yield
+    except errors as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_result(run_dir: Path, summary: dict) -> None:
+    typer.echo((run_dir / "report.md").read_text())
+    typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")
+
+
+@app.command("up")
+@with_options(run=_run_options, output=_output_options("flower"))
+def up(
+    nodes: int = typer.Option(3, "--nodes", "-n", help="number of SuperNodes"),
+    run: Options = None,  # --rounds ... --strict: _run_options
+    round_timeout: float = _OPTS["round_timeout"], straggler_timeout: float = _OPTS["straggler_timeout"],
+    min_nodes: Optional[int] = typer.Option(None, help="nodes needed per round (default: half of --nodes, rounded "
+                                                       "up, so the run survives losing a node)"),
+    output: Options = None,  # --fault ... --overwrite: _output_options
+    timeout: float = typer.Option(1800.0, help="give up (and shut everything down) after this many seconds"),
+) -> None:
+    """Start a SuperLink and N SuperNodes on 127.0.0.1 (free ports), run the SSGD app, shut everything down."""
+    from ..distributed.flower import CheckpointMismatchError, Deployment, DeploymentError
+
+    cfg, node_configs, run_dir = _prepare(nodes, "SuperNode", run, output, "flower", min_nodes=min_nodes,
+                                          round_timeout=round_timeout, straggler_timeout=straggler_timeout)
+    typer.echo(f"starting a SuperLink and {nodes} SuperNode(s) on 127.0.0.1; logs in {run_dir / 'deployment' / 'logs'}")
+    with _exit_on(DeploymentError, CheckpointMismatchError, ValueError):
+        with Deployment(nodes, run_dir / "deployment", node_configs=node_configs, dataset=cfg["dataset"],
+                        data_dir=str(cfg.get("data-dir", ""))) as dep:
+            typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
+            summary = dep.run(cfg, timeout=timeout)
+    _print_result(run_dir, summary)
+
+
 @app.command("local")
+@with_options(run=_run_options, output=_output_options("flower-local"))
 def local(
     nodes: int = typer.Option(10, "--nodes", "-n", help="number of in-process nodes"),
-    rounds: int = _OPTS["rounds"], mode: str = _OPTS["mode"], scope: str = _OPTS["scope"],
-    server_lr: float = _OPTS["server_lr"], local_steps: int = _OPTS["local_steps"], client_lr: float = _OPTS["client_lr"],
-    batch_size: int = _OPTS["batch_size"], dataset: str = _OPTS["dataset"], model: str = _OPTS["model"],
-    partition: str = _OPTS["partition"], alpha: float = _OPTS["alpha"], seed: int = _OPTS["seed"],
-    strict: bool = _OPTS["strict"],
-    fault: list[str] = _OPTS["fault"], node_set: list[str] = _OPTS["node_set"], set_: list[str] = _OPTS["set_"],
-    out: Optional[Path] = typer.Option(None, help="run folder (default: runs/flower-local-<time>)"),
-    resume: bool = _OPTS["resume"], overwrite: bool = _OPTS["overwrite"],
+    run: Options = None,  # --rounds ... --strict: _run_options
+    output: Options = None,  # --fault ... --overwrite: _output_options
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """The same ClientApp (mods included) and server logic with N nodes in this process (no SuperLink)."""
     from ..distributed.flower import CheckpointMismatchError, run_in_process
 
-    if nodes < 1:
-        raise typer.BadParameter(f"--nodes {nodes}: need at least 1 node")
     d = _defaults()
-    cfg = _run_config(rounds, mode, scope, server_lr, local_steps, client_lr, batch_size, dataset, model, partition,
-                      alpha, seed, strict, None, d.round_timeout, d.straggler_timeout, set_)
-    node_configs = _node_configs(fault, node_set, nodes)
-    _check_nodes(cfg, nodes)
-    run_dir = _run_dir(out, "flower-local", resume, overwrite)
-    cfg.update({"out-dir": str(run_dir.absolute()), "resume": resume, "overwrite": overwrite})
-    try:
+    cfg, node_configs, run_dir = _prepare(nodes, "node", run, output, "flower-local", min_nodes=None,
+                                          round_timeout=d.round_timeout, straggler_timeout=d.straggler_timeout)
+    with _exit_on(CheckpointMismatchError, ValueError):
         summary = run_in_process(nodes, cfg, node_configs=node_configs, progress=progress)
-    except (CheckpointMismatchError, ValueError) as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo((run_dir / "report.md").read_text())
-    typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")
+    _print_result(run_dir, summary)

@@ -34,7 +34,7 @@ import math
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -125,24 +125,17 @@ def param_shapes(size: str) -> list[tuple[int, ...]]:
     return SIZES[size]()
 
 
-@dataclass
-class StepBenchConfig:
-    sizes: tuple[str, ...] = ("resnet18", "gpt2")
-    momenta: tuple[float, ...] = (0.0, 0.9)
-    scopes: tuple[str, ...] = ("global", "layer")
+@dataclass(kw_only=True)
+class _TimingConfig:
+    """What both benchmarks take: where and how long to time, the seed, the threads, SSGD's device path."""
     device: str = "cpu"
     repeats: int = 20
     warmup: int = 3
-    lr: float = 1e-3
     seed: int = 0
     threads: int | None = None
-    hooks: bool = False  # also time each scope with its norms taken before the step (norm_hooks=True)
     capturable: bool | None = None  # SSGD's capturable (None: its default, the device path off CPU)
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "StepBenchConfig":
-        for s in self.sizes:
-            param_shapes(s)
+    def validate(self) -> "_TimingConfig":
         if self.repeats < 1:
             raise ValueError(f"Invalid repeats={self.repeats}; must be >= 1")
         if self.warmup < 0:
@@ -151,6 +144,30 @@ class StepBenchConfig:
             raise ValueError(f"device={self.device!r} requested but torch.cuda.is_available() is False; use --device cpu")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"Invalid device={self.device!r}; expected 'cpu' or 'cuda[:i]'")
+        return self
+
+    def _start(self) -> tuple[torch.device, torch.Generator]:
+        """Validate, set the threads; the device and the data generator of a run."""
+        self.validate()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        return torch.device(self.device), torch.Generator(device="cpu").manual_seed(self.seed)
+
+
+@dataclass
+class StepBenchConfig(_TimingConfig):
+    sizes: tuple[str, ...] = ("resnet18", "gpt2")
+    momenta: tuple[float, ...] = (0.0, 0.9)
+    scopes: tuple[str, ...] = ("global", "layer")
+    _: KW_ONLY
+    lr: float = 1e-3
+    hooks: bool = False  # also time each scope with its norms taken before the step (norm_hooks=True)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "StepBenchConfig":
+        for s in self.sizes:
+            param_shapes(s)
+        super().validate()
         return self
 
 
@@ -200,11 +217,7 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
     """Time the steps; one row per (size, momentum, scope) with both medians and the ratio."""
     from tqdm.auto import tqdm
 
-    cfg.validate()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    device, gen = cfg._start()
     rows: list[dict[str, Any]] = []
     total = len(cfg.sizes) * len(cfg.momenta) * (cfg.warmup + cfg.repeats)
     bar = tqdm(total=total, desc="bench step", disable=not progress, leave=False)
@@ -271,22 +284,17 @@ TRAIN_MODELS = {  # model -> (input shape, batch size)
 
 
 @dataclass
-class TrainBenchConfig:
+class TrainBenchConfig(_TimingConfig):
     models: tuple[str, ...] = ("mlp", "convnet", "resnet18")
     momentum: float = 0.9
-    device: str = "cpu"
-    repeats: int = 20
-    warmup: int = 3
+    _: KW_ONLY
     lr: float = 1e-2
-    seed: int = 0
-    threads: int | None = None
-    capturable: bool | None = None
 
     def validate(self) -> "TrainBenchConfig":
         for m in self.models:
             if m not in TRAIN_MODELS:
                 raise ValueError(f"Unknown model {m!r} for the whole-step benchmark; known: {sorted(TRAIN_MODELS)}")
-        StepBenchConfig(sizes=(), device=self.device, repeats=self.repeats, warmup=self.warmup).validate()
+        super().validate()
         return self
 
 
@@ -300,11 +308,7 @@ def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = True) -> list[dic
 
     from ..models import build_model
 
-    cfg.validate()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    device, gen = cfg._start()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(cfg.models) * (cfg.warmup + cfg.repeats), desc="bench train step", disable=not progress,
                leave=False)
