@@ -20,15 +20,29 @@ def test_sweep_grid_refuses_damaged_or_foreign_files(tmp_path, text, needle):
     assert path.read_text() == text  # left as it was
 
 
-@pytest.mark.parametrize("text, needle", [("\x00\x01", "unreadable"), ('{"rows": [{"k": 1}]}', "no list of poisoning"),
-                                          ('{"other": 1}', "unreadable")])
-def test_poisoning_resume_refuses_damaged_results(tmp_path, text, needle):
+def _poisoning_rows(path):
     from ssgd.experiments.poisoning import _saved_rows
 
+    return _saved_rows(path)
+
+
+def _sweep_results(path):
+    from ssgd.experiments.sweep import load_results
+
+    return load_results(path)
+
+
+@pytest.mark.parametrize("load, text, needle", [
+    (_poisoning_rows, "\x00\x01", "unreadable"), (_poisoning_rows, '{"rows": [{"k": 1}]}', "no list of poisoning"),
+    (_poisoning_rows, '{"other": 1}', "unreadable"),
+    (_sweep_results, "{not json", "not a readable results JSON"), (_sweep_results, "[1, 2]", "no 'cells' list"),
+    (_sweep_results, '{"cells": [1]}', "must be an object")])
+def test_results_readers_refuse_damaged_or_foreign_files(tmp_path, load, text, needle):
     path = tmp_path / "results.json"
     path.write_text(text)
     with pytest.raises(ValueError, match=needle):
-        _saved_rows(path)
+        load(path)
+    assert path.read_text() == text  # left as it was
 
 
 def test_leakage_grid_recomputes_damaged_cells_instead_of_reading_them(tmp_path):
