@@ -3,14 +3,19 @@
 
     python scripts/update_tables.py           # rewrite the generated sections
     python scripts/update_tables.py --check   # exit 1 when a document is out of date
+    python scripts/update_tables.py --leakage-run results/leakage-grid/grid
+        # first export docs/results/leakage.json from that grid's run folder (finished or not), and its
+        # figures: budget_vs_psnr.png -> leakage_budget_vs_psnr.png, grid_*.png -> leakage_grid_*.png
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
+from ssgd.experiments.leakage import export_results
 from ssgd.experiments.readme import GENERATED_FILES, update_generated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a section is out of date")
+    ap.add_argument("--leakage-run", type=Path, metavar="DIR",
+                    help="export docs/results/leakage.json from this `ssgd reproduce leakage` run folder first")
     args = ap.parse_args()
+    if args.leakage_run is not None:
+        if args.check:
+            ap.error("--leakage-run writes docs/results/leakage.json; run it without --check")
+        try:
+            res = export_results(args.leakage_run, ROOT / "docs/results/leakage.json")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"docs/results/leakage.json: {res['cells_done']} of {res['cells_total']} cells from {args.leakage_run}")
+        for fig in sorted(args.leakage_run.glob("grid_*.png")) + [args.leakage_run / "budget_vs_psnr.png"]:
+            if fig.is_file() and not fig.is_symlink():
+                shutil.copyfile(fig, ROOT / "docs/results" / f"leakage_{fig.name}")
     stale = []
     for rel in GENERATED_FILES:
         for name, state in update_generated(ROOT / rel, ROOT, check=args.check).items():

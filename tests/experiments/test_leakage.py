@@ -114,8 +114,17 @@ def test_grid_writes_consistent_tables(tmp_path):
     for f in ("grid_digits_untrained_b1.png", "grid_digits_untrained_b2.png", "privacy_vs_accuracy.png",
               "budget_vs_psnr.png"):
         assert (tmp_path / f).stat().st_size > 0 and f"![{f}]({f})" in text, f
-    for f in ("config.json", "leakage.md", "summary.json", "curve.csv"):
+    for f in ("config.json", "leakage.md", "summary.json", "curve.csv", "leakage.json"):
         assert (tmp_path / f).exists(), f
+    # leakage.json: the same cells as leakage.csv, complete, with the accuracies; export rebuilds it exactly
+    results = json.loads((tmp_path / "leakage.json").read_text())
+    assert len(results["cells"]) == len(cells) and not results["partial"]
+    assert results["cells_done"] == results["cells_total"] == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES)
+    assert len(results["na"]) == 2 * len(DEFAULT_ATTACKS)
+    assert set(results["accuracy"]) == set(DEFAULT_DEFENSES)
+    from ssgd.experiments.leakage import export_results
+
+    assert export_results(tmp_path, tmp_path / "exported.json") == results
     curve = list(csv.DictReader((tmp_path / "curve.csv").open()))
     assert {c["defense"] for c in curve} == {"ssgd-global", "ssgd-layer"}  # shards: no batch fits m=4
     assert sorted({int(c["iterations"]) for c in curve}) == [1, 2]
@@ -235,3 +244,50 @@ def test_label_recovery_on_fashion_mnist():
             x, y = data.x_train[i:i + 1], data.y_train[i:i + 1]
             assert recover_labels(d.shared_update(model, x, y), 10, 1).tolist() == y.tolist()
     assert torch.unique(data.y_train[:10]).numel() > 3
+
+
+def _result_row(batch, attack, defense, psnr, psnr_2x=None, protects=False, dataset="mnist", state="untrained"):
+    return {"dataset": dataset, "state": state, "model": "lenet", "batch": batch, "attack": attack, "defense": defense,
+            "psnr_mean": psnr, "psnr_std": 0.5, "ssim_mean": 0.1, "label_acc_mean": 1.0, "images": 8,
+            "attack_spec": attack, "iterations": 300, "restarts": 2, "init": "mean", "psnr_2x_mean": psnr_2x,
+            "iterations_2x": 600 if psnr_2x is not None else 0, "protects": protects}
+
+
+def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
+    from ssgd.experiments.leakage import cells_markdown, worst_case_markdown
+
+    cells = [_result_row(1, "dlg", "ssgd-layer", 3.1, 3.1, True), _result_row(1, "idlg", "ssgd-layer", 3.2, 3.2, True),
+             _result_row(1, "dlg", "none", 48.0), _result_row(1, "idlg", "none", 49.0),
+             _result_row(4, "dlg", "ssgd-layer", 3.0, 3.0, True), _result_row(4, "idlg", "ssgd-layer", 8.0, 12.0),
+             _result_row(8, "dlg", "ssgd-layer", 3.0, 3.0, True)]
+    results = {"config": {"attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
+               "cells": cells, "na": [["mnist", "untrained", 1, a, "ssgd-shards:m=4"] for a in ("dlg", "idlg")],
+               "cells_done": 9, "cells_total": 18, "partial": True, "accuracy": {"none": 0.91},
+               "priors": {"mnist": 11.69, "fashion-mnist": 11.5}}
+    md = worst_case_markdown(results)
+    assert "| none | 49.0 (idlg) | – | – | 0.910 |" in md
+    # B=1: both attacks protected; B=4: idlg's 2x rerun rose above 10 dB; B=8: idlg has not run yet
+    assert "| ssgd-layer | 3.2 (idlg) ✓ | 8.0 (idlg) | 3.0 (dlg)⁺ | – |" in md
+    assert "| ssgd-shards:m=4 | n/a | – | – | – |" in md and "9 of 18 cells finished" in md
+    assert "scores 11.7 dB on mnist, 11.5 dB on fashion-mnist" in md
+    assert "11.5 dB on fashion-mnist" not in worst_case_markdown(results, "mnist")
+    full = cells_markdown(results)
+    assert full.count("## mnist, untrained model, batch") == 3
+    assert "| ssgd-layer | 3.1±0.5 / 0.10 (2×: 3.1 ✓) | 3.2±0.5 / 0.10 (2×: 3.2 ✓) |" in full
+    head = cells_markdown(results, only=("mnist", "untrained", 4), compact=True)
+    assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0 ✓)** | 8.0 (2×: 12.0) |" in head
+    assert "| ssgd-shards:m=4 | – | – |" in head
+    assert worst_case_markdown(results, "fashion-mnist").splitlines()[0] == "| defence | test acc. (trained with it) |"
+
+
+def test_prior_psnr_is_what_a_reconstruction_that_learned_nothing_scores():
+    """The reference line: the mean image scores far below a copy and above uninformed noise."""
+    from ssgd.experiments.leakage import cell_images, prior_psnr
+    from ssgd.metrics import psnr_per_image
+
+    data = load_dataset("digits")
+    prior = prior_psnr(data, 8, 0)
+    x, _ = cell_images(data, 8, 0)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    assert sum(psnr_per_image(noise, x)) / 8 + 3 < prior < 20
+    assert prior_psnr(data, 8, 1) != prior  # the evaluation images follow the seed

@@ -48,8 +48,9 @@ from ..report.io import atomic_write_text, check_saved_config, new_figure, save_
 from ..specs import format_spec, parse_spec
 from .contract import ExperimentResult
 
-__all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFENSES", "adapt_attack", "attack_once",
-           "build_state_model", "cell_images", "run_leakage", "summarize", "train_with_defense"]
+__all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFENSES", "RESULT_KEYS", "adapt_attack",
+           "attack_once", "build_state_model", "cell_images", "cells_markdown", "export_results", "prior_psnr", "results_json",
+           "run_leakage", "summarize", "train_with_defense", "worst_case_markdown"]
 
 DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic"]
 PRIMARY_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4"]
@@ -220,6 +221,15 @@ def cell_images(data: ImageDataset, n: int, seed: int) -> tuple[torch.Tensor, to
     return data.x_train[idx], data.y_train[idx]
 
 
+def prior_psnr(data: ImageDataset, n: int, seed: int) -> float:
+    """Mean PSNR of the attacker's prior alone -- the test split's mean image, the optimisation
+    attacks' ``mean`` init -- against the ``n`` evaluation images: what a reconstruction that
+    recovered nothing of the targets scores. Cells near it leaked nothing beyond the prior."""
+    x, _ = cell_images(data, n, seed)
+    prior = data.x_test.mean(0, keepdim=True).expand_as(x)
+    return float(statistics.fmean(psnr_per_image(prior, x)))
+
+
 def _score(rec, x, y) -> tuple[list[dict[str, float]], torch.Tensor]:
     perm = match(rec.images, x)
     r = rec.images.detach().float()[perm].clamp(0, 1)
@@ -359,6 +369,7 @@ class _Grid:
                 self.datasets[name] = load_dataset(name)
             except (ValueError, OSError) as e:
                 self.skipped.append(f"{name}: {e}")
+        self.priors = {name: prior_psnr(d, cfg.images, cfg.seed) for name, d in self.datasets.items()}
         self.models: dict[tuple[str, str, str], nn.Module] = {}
         self.model_acc: dict[str, float] = {}
         self.stopped = False
@@ -428,7 +439,8 @@ class _Grid:
                     write_json(path, {"dataset": ds, "state": st, "batch": b, "attack": aname, "defense": dspec,
                                       "status": "n/a", "reason": f"{dspec} needs a batch that is a multiple of m"})
                 continue
-            if resume and path.exists() and (_load_json(path) or {}).get("status") == "done":
+            if resume and path.exists() and (c := _load_json(path)) is not None and c.get("status") == "done" \
+                    and _valid_cell(c):
                 continue
             pending.append(dspec)
         if not pending:
@@ -472,11 +484,38 @@ def _jobs(cfg: LeakageConfig, datasets: list[str]) -> list[tuple[str, str, int, 
     return jobs
 
 
+_CELL_KEYS = {"dataset": str, "state": str, "batch": int, "attack": str, "defense": str}
+_DONE_KEYS = {"defense_spec": str, "model": str, "attack_spec": str, "iterations": int, "restarts": int,
+              "init": str, "psnr_mean": (int, float), "protects": bool, "rows": list}
+_ROW_KEYS = ("target", "image", "label", "psnr", "ssim", "mse", "label_acc", "seconds")
+
+
+def _valid_cell(c: dict | None) -> bool:
+    """A cell file as a run writes it: an n/a marker, or a finished cell whose fields have their
+    types (anything else -- damaged, foreign, crafted -- is recomputed, never half-read)."""
+    if c is None or not all(isinstance(c.get(k), t) for k, t in _CELL_KEYS.items()):
+        return False
+    if c.get("status") == "n/a":
+        return True
+    if c.get("status") != "done" or not all(isinstance(c.get(k), t) for k, t in _DONE_KEYS.items()):
+        return False
+    rows = c["rows"]
+    if not rows or not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in _ROW_KEYS)
+                           for r in rows):
+        return False
+    conf = c.get("confirm")
+    if conf is not None and not (isinstance(conf, dict) and isinstance(conf.get("psnr_mean"), (int, float))
+                                 and isinstance(conf.get("iterations"), int)):
+        return False
+    first = c.get("first_image")
+    return first is None or (isinstance(first, list) and all(isinstance(v, (int, float)) for v in first))
+
+
 def _load_cells(run_dir: Path) -> list[dict]:
     folder = run_dir / "cells"
     if not folder.is_dir():
         return []
-    return [c for c in (_load_json(p) for p in sorted(folder.glob("*.json"))) if c is not None]
+    return [c for c in (_load_json(p) for p in sorted(folder.glob("*.json"))) if _valid_cell(c)]
 
 
 def _image_rows(cells: list[dict]) -> list[dict]:
@@ -519,17 +558,152 @@ def _epsilons(defenses: list[str], delta: float = 1e-5) -> list[str]:
     return out
 
 
-def _fmt(row: dict | None, na: bool = False) -> str:
+# the per-cell fields a results JSON (leakage.json, docs/results/leakage.json) keeps
+RESULT_KEYS = ("dataset", "state", "model", "batch", "attack", "defense", "psnr_mean", "psnr_std", "ssim_mean",
+               "label_acc_mean", "images", "attack_spec", "iterations", "restarts", "init", "psnr_2x_mean",
+               "iterations_2x", "protects")
+
+
+def results_json(cells: list[dict], cfg: LeakageConfig, *, accuracy: dict[str, float] | None = None,
+                 model_acc: dict[str, float] | None = None, priors: dict[str, float] | None = None) -> dict[str, Any]:
+    """The grid as one JSON object (``leakage.json``): the config, one row per finished cell
+    (:data:`RESULT_KEYS`; ``psnr_2x_mean`` is ``None`` for a cell that needed no 2x rerun), the
+    cells that cannot run (``na``), progress (``cells_done`` of ``cells_total``), accuracies and,
+    per dataset, :func:`prior_psnr` (``priors``).
+    The renderers :func:`worst_case_markdown` and :func:`cells_markdown` read only this."""
+    rows = []
+    for r in _cell_table(cells):
+        row = {k: r[k] for k in RESULT_KEYS}
+        if not row["iterations_2x"]:
+            row["psnr_2x_mean"] = None
+        rows.append(row)
+    keys = ("dataset", "state", "batch", "attack", "defense")
+    na = sorted([c[k] for k in keys] for c in cells if c.get("status") == "n/a" and all(k in c for k in keys))
+    total = sum(len(j[4]) for j in _jobs(cfg, list(cfg.datasets)))
+    done = len(rows) + len(na)
+    return {"config": cfg.to_dict(), "cells": rows, "na": na, "cells_done": done, "cells_total": total,
+            "partial": done < total, "accuracy": dict(accuracy or {}), "model_acc": dict(model_acc or {}),
+            "priors": dict(priors or {})}
+
+
+def export_results(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+    """Write ``path`` (e.g. ``docs/results/leakage.json``) from a grid's run folder -- its
+    ``config.json``, ``cells/`` and ``accuracy.json`` -- finished or not; returns the object.
+
+    Raises ``ValueError`` (naming the file and the fix) when ``run_dir`` holds no grid."""
+    run_dir = Path(run_dir)
+    saved = _load_json(run_dir / "config.json")
+    names = {f.name for f in dataclasses.fields(LeakageConfig)}
+    if saved is None or not set(saved) <= names:
+        raise ValueError(f"{run_dir / 'config.json'}: not a leakage grid's config; give the --out folder of "
+                         "`ssgd reproduce leakage`")
+    try:
+        cfg = LeakageConfig(**saved).validate()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir / 'config.json'}: not a valid leakage grid config ({e})") from None
+    accuracy = (_load_json(run_dir / "accuracy.json") or {}).get("accuracy", {})
+    model_acc = (_load_json(run_dir / "summary.json") or {}).get("model_acc", {})
+    priors = {}
+    for name in cfg.datasets:
+        try:
+            priors[name] = prior_psnr(load_dataset(name), cfg.images, cfg.seed)
+        except (ValueError, OSError):
+            pass  # a dataset this machine lacks: no reference line for it
+    results = results_json(_load_cells(run_dir), cfg,
+                           accuracy={k: v for k, v in accuracy.items() if isinstance(v, (int, float))},
+                           model_acc={k: v for k, v in model_acc.items() if isinstance(v, (int, float))},
+                           priors=priors)
+    write_json(path, results)
+    return results
+
+
+def _checked(results: dict[str, Any]) -> tuple[dict[tuple, dict], set[tuple], list[str], list[str]]:
+    """Index a results JSON's cells; ``ValueError`` naming the problem for anything a run did not write."""
+    cfg = results.get("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("attacks"), list) or \
+            not isinstance(cfg.get("defenses"), list):
+        raise ValueError("leakage results: no 'config' with 'attacks' and 'defenses' lists; give the leakage.json a "
+                         "grid run wrote (ssgd.experiments.leakage.export_results)")
+    index = {}
+    for r in results["cells"]:
+        missing = [k for k in RESULT_KEYS if k not in r]
+        if missing or not isinstance(r["psnr_mean"], (int, float)):
+            raise ValueError(f"leakage results: a cell lacks {missing or ['a numeric psnr_mean']}; give the "
+                             "leakage.json a grid run wrote")
+        index[tuple(r[k] for k in ("dataset", "state", "batch", "attack", "defense"))] = r
+    na = {tuple(k) for k in results.get("na", []) if isinstance(k, list) and len(k) == 5}
+    attacks = [str(a).split(":")[0] for a in cfg["attacks"]]
+    return index, na, attacks, [str(d) for d in cfg["defenses"]]
+
+
+def _combos(index: dict[tuple, dict], dataset: str | None = None) -> list[tuple]:
+    return sorted({k[:3] for k in index if dataset in (None, k[0])}, key=lambda c: (c[0], c[1] != "untrained", c[2]))
+
+
+def _fmt(row: dict | None, na: bool = False, compact: bool = False) -> str:
     if row is None:
         return "n/a" if na else "–"
-    text = f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
+    text = f"{row['psnr_mean']:.1f}" if compact else \
+        f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
     if row["iterations_2x"]:
         text += f" (2×: {row['psnr_2x_mean']:.1f}{' ✓' if row['protects'] else ''})"
-    return text
+    return f"**{text}**" if compact and row["protects"] else text
+
+
+def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> str:
+    """One row per defence, one column per (dataset, model state, batch): the strongest attack's mean
+    PSNR and its name. ✓ = every attack of that column stayed below the threshold at 1x and 2x its
+    budget; ⁺ = some attacks of that column have not run yet (the max is over those that have)."""
+    index, na, attacks, defenses = _checked(results)
+    combos = _combos(index, dataset)
+    accuracy = results.get("accuracy") or {}
+    head = ["defence"] + [f"{d} {s} B={b}" for d, s, b in combos] + ["test acc. (trained with it)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in defenses:
+        row = []
+        for c in combos:
+            rs = [index[(*c, a, d)] for a in attacks if (*c, a, d) in index]
+            if not rs:
+                row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
+                continue
+            best = max(rs, key=lambda r: r["psnr_mean"])
+            mark = " ✓" if len(rs) == len(attacks) and all(r["protects"] for r in rs) else ""
+            pending = "⁺" if len(rs) + sum((*c, a, d) in na for a in attacks) < len(attacks) else ""
+            row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{mark}")
+        acc = accuracy.get(d)
+        lines.append(f"| {d} | " + " | ".join(row) + (f" | {acc:.3f} |" if isinstance(acc, (int, float)) else " | – |"))
+    priors = {k: v for k, v in (results.get("priors") or {}).items() if isinstance(v, (int, float))
+              and (dataset is None or k == dataset)}
+    if priors:
+        lines += ["", "Reference: the attacker's prior alone (the test split's mean image, the `mean` init) scores "
+                  + ", ".join(f"{v:.1f} dB on {k}" for k, v in priors.items())
+                  + " against these images; a cell near it recovered nothing beyond the prior."]
+    if results.get("partial"):
+        lines += ["", f"**Partial grid**: {results.get('cells_done')} of {results.get('cells_total')} cells finished; "
+                  "– = not run yet, ⁺ = some attacks of the column still pending."]
+    return "\n".join(lines)
+
+
+def cells_markdown(results: dict[str, Any], only: tuple[str, str, int] | None = None, compact: bool = False) -> str:
+    """Every attack x defence cell: one table per (dataset, model state, batch), headed ``## ...``;
+    ``only``: that group's table alone, without a heading. ``compact``: PSNR means only, protection in bold."""
+    index, na, attacks, defenses = _checked(results)
+    combos = [only] if only else _combos(index)
+    lines: list[str] = []
+    for c in combos:
+        if not only:
+            lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", ""]
+        lines += ["| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+        for d in defenses:
+            lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d)), (*c, a, d) in na, compact)
+                                                  for a in attacks) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
 
 
 def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy: dict[str, float],
-              figures: list[str], elapsed: float, stopped: bool, model_acc: dict[str, float]) -> str:
+              figures: list[str], elapsed: float, stopped: bool, model_acc: dict[str, float],
+              priors: dict[str, float] | None = None) -> str:
     budgets = sorted({(r["attack"], r["attack_spec"], r["iterations"], r["restarts"], r["init"]) for r in table})
     lines = ["# Gradient leakage: attacks x defences", "",
              f"{'Quick' if cfg.is_quick else 'Full'} mode, seed {cfg.seed}. Images per cell: {cfg.images} for `none` "
@@ -553,35 +727,12 @@ def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy
                   "`ssgd.privacy.compute_epsilon`; the defence states its noise multiplier):", ""] + dp_lines + [""]
     if stopped:
         lines += ["**The time budget ran out: cells marked – were not run.**", ""]
-    index = {(r["dataset"], r["state"], r["batch"], r["attack"], r["defense"]): r for r in table}
-    na = {(c["dataset"], c["state"], c["batch"], c["attack"], c["defense"]) for c in cells if c.get("status") == "n/a"}
-    combos = sorted({(r["dataset"], r["state"], r["batch"]) for r in table},
-                    key=lambda c: (c[0], c[1] != "untrained", c[2]))
-    attacks = [a.split(":")[0] for a in cfg.attacks]
-    lines += ["## Worst case per defence (max over attacks of mean PSNR, dB)", "",
-              "| defence | " + " | ".join(f"{d} {s} B={b}" for d, s, b in combos) + " | test acc. (trained with it) |",
-              "|---|" + "---|" * (len(combos) + 1)]
-    for d in cfg.defenses:
-        row = []
-        for c in combos:
-            rs = [index[(*c, a, d)] for a in attacks if (*c, a, d) in index]
-            if rs:
-                best = max(rs, key=lambda r: r["psnr_mean"])
-                row.append(f"{best['psnr_mean']:.1f} ({best['attack']})")
-            else:
-                row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
-        acc = accuracy.get(d)
-        lines.append(f"| {d} | " + " | ".join(row) + (f" | {acc:.3f} |" if acc is not None else " | – |"))
-    lines.append("")
-    for c in combos:
-        lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", "",
-                  "| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-        for d in cfg.defenses:
-            lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d)), (*c, a, d) in na) for a in attacks)
-                         + " |")
-        lines.append("")
+    results = results_json(cells, cfg, accuracy=accuracy, model_acc=model_acc, priors=priors)
+    lines += ["## Worst case per defence (max over attacks of mean PSNR, dB)", "", worst_case_markdown(results), "",
+              cells_markdown(results), ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [
-        "", "Files: `leakage.csv` (per cell, with budgets and the 2× reruns), `images.csv` (per image), "
+        "", "Files: `leakage.json` (every cell, with budgets and the 2× reruns; what `docs/results/leakage.json` "
+        "is exported from), `leakage.csv` (the same per cell), `images.csv` (per image), "
         "`accuracy.csv`, `curve.csv`, `cells/` (one JSON per finished cell), `config.json`.", ""]
     if model_acc:
         lines += ["Model test accuracies (attacked models): "
@@ -720,7 +871,7 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         if grid.out_of_time():
             break
         grid.run_job(ds, st, b, attack, defenses, resume)
-        table = _write_tables(run_dir, _load_cells(run_dir))
+        table = _write_tables(run_dir, _load_cells(run_dir), cfg, model_acc=grid.model_acc, priors=grid.priors)
         if i == curve_after:
             points, curve_done = _curve(grid, table, resume), True
             _write_curve(run_dir, points, cfg)
@@ -729,7 +880,7 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         figs = _grid_figures(grid, only=(ds, st, b)) if group_done else _existing_grid_figures(run_dir)
         _write_report(grid, {}, figs, resume_note=True)
     cells = _load_cells(run_dir)
-    table = _write_tables(run_dir, cells)
+    table = _write_tables(run_dir, cells, cfg, model_acc=grid.model_acc, priors=grid.priors)
     if not curve_done and not grid.stopped:
         points = _curve(grid, table, resume)
     elif not curve_done:
@@ -737,6 +888,9 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
     if _write_curve(run_dir, points, cfg):
         figures.append("budget_vs_psnr.png")
     accuracy = _accuracy(grid, resume) if not grid.stopped else {}
+    if accuracy:
+        write_json(run_dir / "leakage.json", results_json(cells, cfg, accuracy=accuracy, model_acc=grid.model_acc,
+                                                          priors=grid.priors))
     figures += _grid_figures(grid)
     if accuracy and table and _privacy_figure(run_dir / "privacy_vs_accuracy.png", table, accuracy, cfg):
         figures.append("privacy_vs_accuracy.png")
@@ -773,7 +927,8 @@ def _grid_figures(grid: _Grid, only: tuple | None = None) -> list[str]:
         data = grid.datasets[ds]
         x, _ = cell_images(data, b, cfg.seed)
         recs = {(c["attack"], c["defense"]): torch.tensor(c["first_image"]).reshape(1, *data.shape)
-                for c in cells if (c["dataset"], c["state"], c["batch"]) == (ds, st, b)}
+                for c in cells if (c["dataset"], c["state"], c["batch"]) == (ds, st, b)
+                and len(c["first_image"]) == math.prod(data.shape)}  # a crafted length is left out
         _grid_figure(grid.run_dir / fname, x, recs, attacks, cfg.defenses,
                      f"{ds}, {st} model, batch {b}: first image of target 0 (matched, clipped to [0,1])")
         names.append(fname)
@@ -796,7 +951,7 @@ def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], r
     if not figs and (grid.run_dir / "budget_vs_psnr.png").exists():
         figs.append("budget_vs_psnr.png")
     md = _markdown(table, cells, grid.cfg, accuracy, figs, time.perf_counter() - grid.t0, grid.stopped,
-                   grid.model_acc)
+                   grid.model_acc, grid.priors)
     if resume_note:
         md += "\n**Run in progress: the tables hold the cells finished so far.**\n"
     if grid.skipped:
@@ -806,10 +961,13 @@ def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], r
     return md
 
 
-def _write_tables(run_dir: Path, cells: list[dict]) -> list[dict]:
+def _write_tables(run_dir: Path, cells: list[dict], cfg: LeakageConfig, accuracy: dict[str, float] | None = None,
+                  model_acc: dict[str, float] | None = None, priors: dict[str, float] | None = None) -> list[dict]:
     table = _cell_table(cells)
     write_csv(run_dir / "images.csv", _image_rows(cells))
     write_csv(run_dir / "leakage.csv", table)
+    write_json(run_dir / "leakage.json", results_json(cells, cfg, accuracy=accuracy, model_acc=model_acc,
+                                                      priors=priors))
     return table
 
 

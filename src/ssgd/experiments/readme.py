@@ -1,8 +1,8 @@
 """Regenerate the result tables in the README and the docs from the committed JSON under ``docs/results/``.
 
-Neither the README nor ``docs/reproductions.md`` holds a hand-typed number for Table 2, its
-fixed-steps view or Table 6: each table sits between a pair of markers naming the JSON it comes
-from::
+No document in :data:`GENERATED_FILES` holds a hand-typed number for Table 2, its fixed-steps
+view, Table 6 or the leakage grid: each table sits between a pair of markers naming the JSON it
+comes from::
 
     <!-- ssgd:generated table2 docs/results/table2.json -->
     ... (replaced by :func:`update_generated`) ...
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..report.io import atomic_write_text
-from . import table2, table6
+from . import leakage, table2, table6
 from .sweep import load_results
 
-__all__ = ["GENERATED_FILES", "SECTIONS", "Section", "render_section", "update_generated"]
+__all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "SECTIONS", "Section", "render_section", "update_generated"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class Section:
     render: Callable[[dict[str, Any]], str]
 
 
+# the README's per-attack leakage table: the paper's setting (MNIST, untrained LeNet, one image per update)
+HEADLINE_LEAKAGE = ("mnist", "untrained", 1)
+
 SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("table2", "docs/results/table2.json", table2.results_markdown),
     Section("table2-summary", "docs/results/table2.json", table2.summary_markdown),
@@ -44,10 +47,18 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("table2-fixed-steps-summary", "docs/results/table2_fixed_steps.json", table2.summary_markdown),
     Section("table6", "docs/results/table6.json", table6.results_markdown),
     Section("table6-summary", "docs/results/table6.json", table6.summary_markdown),
+    # the leakage grid (exported from its run folder by ``scripts/update_tables.py --leakage-run DIR``)
+    Section("leakage-headline", "docs/results/leakage.json",
+            lambda r: leakage.cells_markdown(r, only=HEADLINE_LEAKAGE, compact=True)),
+    Section("leakage-worst", "docs/results/leakage.json", leakage.worst_case_markdown),
+    Section("leakage-worst-mnist", "docs/results/leakage.json", lambda r: leakage.worst_case_markdown(r, "mnist")),
+    Section("leakage-worst-fashion-mnist", "docs/results/leakage.json",
+            lambda r: leakage.worst_case_markdown(r, "fashion-mnist")),
+    Section("leakage-cells", "docs/results/leakage.json", leakage.cells_markdown),
 )}
 
 # the documents (relative to the repository root) whose generated sections the script keeps current
-GENERATED_FILES = ("README.md", "docs/reproductions.md")
+GENERATED_FILES = ("README.md", "docs/reproductions.md", "docs/protection.md", "docs/results/leakage_full_table.md")
 
 _BLOCK = re.compile(r"(<!-- ssgd:generated (?P<name>[\w-]+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- ssgd:end (?P=name) -->)",
                     re.S)
