@@ -49,6 +49,9 @@ def command(
     seed: int = typer.Option(0, help="random seed"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/leakage-<time>)"),
     resume: bool = typer.Option(False, help="continue the grid in --out: finished cells (cells/*.json) are kept"),
+    shard: Optional[str] = typer.Option(None, help="K/N: run only every N-th job from the K-th (0-based), to split "
+                                                   "the grid over N processes sharing --out (each skips finished "
+                                                   "cells; the folder is created or joined, its config must match)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Gradient leakage: every attack against every defence; tables, image grids, budget curve, privacy vs accuracy."""
@@ -71,12 +74,29 @@ def command(
     kw.update(seed=seed, budget_minutes=budget_minutes)
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder>")
+    part = _shard(shard)
+    if part[1] > 1 and out is None:
+        raise typer.BadParameter("--shard needs --out <run folder> shared by the shards")
     try:
         cfg = (LeakageConfig.quick(**kw) if quick else LeakageConfig(**kw)).validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     with user_errors():
-        run_dir = make_run_dir(out, "leakage", resume=resume)
-        res = cfg.run(run_dir, resume=resume, progress=progress)
+        shared = part[1] > 1
+        run_dir = make_run_dir(out, "leakage", resume=resume or (shared and out.is_dir()))
+        res = cfg.run(run_dir, resume=resume or shared, progress=progress, shard=part)
     typer.echo(res.text)
     typer.echo(f"run folder: {run_dir}  ({res.seconds:.0f} s)")
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with 0 <= K < N; ``None`` -> ``(0, 1)`` (the whole grid)."""
+    if text is None:
+        return 0, 1
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {text!r}: give K/N, e.g. 0/2 and 1/2 for two processes") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise typer.BadParameter(f"--shard {text!r}: K must be in 0..N-1 and N >= 1, e.g. 0/2 and 1/2")
+    return k, n

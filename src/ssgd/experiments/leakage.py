@@ -154,8 +154,16 @@ class LeakageConfig:
         n = self.images if _is_primary(defense) else self.other_images
         return -(-n // batch) * batch
 
-    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> ExperimentResult:
-        return _run_grid(self, Path(run_dir), resume=resume, progress=progress)
+    def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+            shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
+        """Run the grid in ``run_dir``. ``shard=(k, n)``: only every n-th job from the k-th (0-based), so
+        n processes with the same config and folder split the grid between them without running a cell
+        twice; shard 0 also runs the budget curve (after its jobs) and the accuracy runs."""
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard={shard!r}: give (k, n) with 0 <= k < n, e.g. (0, 2) and (1, 2) for two "
+                             "processes")
+        return _run_grid(self, Path(run_dir), resume=resume, progress=progress, shard=(k, n))
 
 
 def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) -> Attack:
@@ -812,12 +820,15 @@ def _curve_figure(path: Path, points: list[dict], threshold: float) -> None:
     save_figure(fig, path)
 
 
-def _accuracy(grid: _Grid, resume: bool) -> dict[str, float]:
+def _accuracy(grid: _Grid, resume: bool, compute: bool = True) -> dict[str, float]:
+    """Test accuracy of a model trained with each defence (``accuracy.json``); ``compute=False``: only
+    what is saved (another shard computes it)."""
     cfg = grid.cfg
     ds = "mnist" if "mnist" in grid.datasets else next(iter(grid.datasets), None)
     path = grid.run_dir / "accuracy.json"
-    acc: dict[str, float] = dict((_load_json(path) or {}).get("accuracy", {})) if resume else {}
-    if ds is None or cfg.accuracy_epochs <= 0:
+    saved = (_load_json(path) or {}).get("accuracy", {}) if resume or not compute else {}
+    acc: dict[str, float] = {d: v for d, v in saved.items() if d in cfg.defenses and isinstance(v, (int, float))}
+    if ds is None or cfg.accuracy_epochs <= 0 or not compute:
         return acc
     for d in cfg.defenses:
         if d in acc or grid.out_of_time():
@@ -851,7 +862,8 @@ def _privacy_figure(path: Path, table: list[dict], accuracy: dict[str, float], c
     return True
 
 
-def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool) -> ExperimentResult:
+def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool,
+              shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -860,14 +872,18 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         check_saved_config(run_dir, cfg.to_dict(), ignore=("budget_minutes",))
     write_json(run_dir / "config.json", cfg.to_dict())
     grid = _Grid(cfg, run_dir, progress)
+    k, n = shard
     jobs = _jobs(cfg, list(grid.datasets))
     figures: list[str] = []
     points: list[dict] = []
+    # the budget curve needs the untrained SSGD cells of the first dataset: run it right after them (split
+    # over several processes, shard 0 runs it after its own jobs, when the others' cells are there too)
     curve_done = False
-    # the budget curve needs the untrained SSGD cells of the first dataset: run it right after them
     curve_after = max((i for i, j in enumerate(jobs) if j[0] == next(iter(grid.datasets), None)
-                       and j[1] == "untrained" and any(_is_primary(d) for d in j[4])), default=-1)
-    for i, (ds, st, b, attack, defenses) in enumerate(tqdm(jobs, desc="leakage grid", disable=not progress)):
+                       and j[1] == "untrained" and any(_is_primary(d) for d in j[4])), default=-1) if n == 1 else -1
+    mine = [i for i in range(len(jobs)) if i % n == k]
+    for i in tqdm(mine, desc="leakage grid" + (f" (shard {k}/{n})" if n > 1 else ""), disable=not progress):
+        ds, st, b, attack, defenses = jobs[i]
         if grid.out_of_time():
             break
         grid.run_job(ds, st, b, attack, defenses, resume)
@@ -881,13 +897,13 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         _write_report(grid, {}, figs, resume_note=True)
     cells = _load_cells(run_dir)
     table = _write_tables(run_dir, cells, cfg, model_acc=grid.model_acc, priors=grid.priors)
-    if not curve_done and not grid.stopped:
+    if not curve_done and not grid.stopped and k == 0:
         points = _curve(grid, table, resume)
     elif not curve_done:
         points = (_load_json(run_dir / "curve.json") or {}).get("points", [])
     if _write_curve(run_dir, points, cfg):
         figures.append("budget_vs_psnr.png")
-    accuracy = _accuracy(grid, resume) if not grid.stopped else {}
+    accuracy = _accuracy(grid, resume, compute=k == 0) if not grid.stopped else {}
     if accuracy:
         write_json(run_dir / "leakage.json", results_json(cells, cfg, accuracy=accuracy, model_acc=grid.model_acc,
                                                           priors=grid.priors))
