@@ -5,7 +5,7 @@
     python scripts/update_tables.py --check   # exit 1 when a document is out of date
     python scripts/update_tables.py --leakage-run results/leakage-grid/grid
         # first export docs/results/leakage.json from that grid's run folder (finished or not), and its
-        # figures: budget_vs_psnr.png -> leakage_budget_vs_psnr.png, grid_*.png -> leakage_grid_*.png
+        # figures: budget_vs_psnr.png, privacy_vs_accuracy.png, grid_*.png -> leakage_<name>
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def main() -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"docs/results/leakage.json: {res['cells_done']} of {res['cells_total']} cells from {args.leakage_run}")
-        for fig in sorted(args.leakage_run.glob("grid_*.png")) + [args.leakage_run / "budget_vs_psnr.png"]:
+        for fig in sorted(args.leakage_run.glob("grid_*.png")) + [args.leakage_run / n for n in (
+                "budget_vs_psnr.png", "privacy_vs_accuracy.png")]:
             if fig.is_file() and not fig.is_symlink():
                 shutil.copyfile(fig, ROOT / "docs/results" / f"leakage_{fig.name}")
     stale = []

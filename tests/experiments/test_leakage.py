@@ -147,7 +147,9 @@ def test_low_cells_are_rerun_at_twice_the_budget(tmp_path):
         assert c["iterations"] == 3 and c["confirm"]["iterations"] == 6
         assert c["protects"] == (c["psnr_mean"] < 100 and c["confirm"]["psnr_mean"] < 100)
         assert len(c["confirm"]["rows"]) == len(c["rows"]) == 2
-    assert "confirm" not in cells[("analytic", "none")]  # closed form: no budget to double
+    a = cells[("analytic", "none")]
+    assert "confirm" not in a  # closed form: no budget to double, its one result decides
+    assert a["iterations"] == 0 and a["protects"] == (a["psnr_mean"] < 100)
     rows = {(r["attack"], r["defense"]): r for r in csv.DictReader((tmp_path / "leakage.csv").open())}
     assert int(rows[("dlg", "none")]["iterations_2x"]) == 6
 
@@ -263,6 +265,7 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     results = {"config": {"attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
                "cells": cells, "na": [["mnist", "untrained", 1, a, "ssgd-shards:m=4"] for a in ("dlg", "idlg")],
                "cells_done": 9, "cells_total": 18, "partial": True, "accuracy": {"none": 0.91},
+               "accuracy_dataset": "mnist",
                "priors": {"mnist": 11.69, "fashion-mnist": 11.5}}
     md = worst_case_markdown(results)
     assert "| none | 49.0 (idlg) | – | – | 0.910 |" in md
@@ -277,7 +280,17 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     head = cells_markdown(results, only=("mnist", "untrained", 4), compact=True)
     assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0 ✓)** | 8.0 (2×: 12.0) |" in head
     assert "| ssgd-shards:m=4 | – | – |" in head
-    assert worst_case_markdown(results, "fashion-mnist").splitlines()[0] == "| defence | test acc. (trained with it) |"
+    # the accuracies were measured on MNIST: never printed beside another dataset's columns
+    assert worst_case_markdown(results, "fashion-mnist").splitlines()[0] == "| defence |"
+    assert md.splitlines()[0].endswith("| test acc. (mnist, trained with it) |")
+    # a closed-form attack has no budget to double: below the threshold once is final
+    results["cells"] = [_result_row(1, "dlg", "sign", 3.0, 3.1, True), _result_row(1, "analytic", "sign", 8.5,
+                                                                                    protects=True)]
+    results["config"] = {"attacks": ["dlg", "analytic"], "defenses": ["sign"]}
+    assert "| sign | 8.5 (analytic) ✓ | 0.910 |" not in worst_case_markdown(results)  # no accuracy for sign
+    assert "| sign | 8.5 (analytic) ✓ | – |" in worst_case_markdown(results)
+    assert "| sign | **3.0 (2×: 3.1 ✓)** | **8.5 ✓** |" in cells_markdown(results, only=("mnist", "untrained", 1),
+                                                                         compact=True)
 
 
 def test_prior_psnr_is_what_a_reconstruction_that_learned_nothing_scores():

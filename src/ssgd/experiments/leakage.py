@@ -436,7 +436,8 @@ class _Grid:
                                          "seconds": rec.seconds})
         return out
 
-    def run_job(self, ds: str, st: str, b: int, attack: str, defenses: list[str], resume: bool) -> None:
+    def run_job(self, ds: str, st: str, b: int, attack: str, defenses: list[str], resume: bool) -> bool:
+        """Run the job's pending cells; False when there was nothing to run (all finished or n/a)."""
         cfg = self.cfg
         aname = parse_spec(attack)[0]
         pending = []
@@ -452,7 +453,7 @@ class _Grid:
                 continue
             pending.append(dspec)
         if not pending:
-            return
+            return False
         first = self.attack_cells(ds, st, b, attack, pending)
         low = [d for d in pending if aname in OPT_ATTACKS + INV_ATTACKS
                and statistics.fmean(r["psnr"] for r in first[d]["rows"]) < cfg.confirm_below]
@@ -468,11 +469,11 @@ class _Grid:
                 cell["confirm"] = {**c2["budget"], "rows": c2["rows"],
                                    "psnr_mean": statistics.fmean(r["psnr"] for r in c2["rows"])}
             # protection: below the threshold at the default budget and at twice that budget
-            cell["protects"] = bool(psnr < cfg.confirm_below and "confirm" in cell
-                                    and cell["confirm"]["psnr_mean"] < cfg.confirm_below)
+            cell["protects"] = _protects(cell, cfg.confirm_below)
             # the first image of target 0 as reconstructed (matched), for the image grid
             cell["first_image"] = [round(v, 4) for v in c["first"][0].flatten().tolist()]
             write_json(_cell_path(self.run_dir, ds, st, b, attack, dspec), cell)
+        return True
 
 
 def _jobs(cfg: LeakageConfig, datasets: list[str]) -> list[tuple[str, str, int, str, list[str]]]:
@@ -539,8 +540,21 @@ def _image_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def _cell_table(cells: list[dict]) -> list[dict]:
-    """leakage.csv: one row per cell, with its budget and the double-budget confirmation."""
+def _protects(cell: dict, threshold: float) -> bool:
+    """Protection: below ``threshold`` at the default budget and -- for an attack with a budget -- again
+    at twice that budget. A closed-form attack (0 iterations) has no budget to double: its one result
+    is final."""
+    if not cell["psnr_mean"] < threshold:
+        return False
+    if cell["iterations"] == 0:
+        return True
+    conf = cell.get("confirm")
+    return conf is not None and conf["psnr_mean"] < threshold
+
+
+def _cell_table(cells: list[dict], threshold: float) -> list[dict]:
+    """leakage.csv: one row per cell, with its budget, the double-budget confirmation and the verdict
+    (:func:`_protects`, derived here from the numbers, not read from the file)."""
     out = []
     for s in summarize(_image_rows(cells)):
         c = next(c for c in cells if c.get("status") == "done" and all(
@@ -548,7 +562,7 @@ def _cell_table(cells: list[dict]) -> list[dict]:
         conf = c.get("confirm")
         s["psnr_2x_mean"] = conf["psnr_mean"] if conf else float("nan")
         s["iterations_2x"] = conf["iterations"] if conf else 0
-        s["protects"] = c["protects"]
+        s["protects"] = _protects(c, threshold)
         out.append(s)
     return out
 
@@ -580,7 +594,7 @@ def results_json(cells: list[dict], cfg: LeakageConfig, *, accuracy: dict[str, f
     per dataset, :func:`prior_psnr` (``priors``).
     The renderers :func:`worst_case_markdown` and :func:`cells_markdown` read only this."""
     rows = []
-    for r in _cell_table(cells):
+    for r in _cell_table(cells, cfg.confirm_below):
         row = {k: r[k] for k in RESULT_KEYS}
         if not row["iterations_2x"]:
             row["psnr_2x_mean"] = None
@@ -590,7 +604,8 @@ def results_json(cells: list[dict], cfg: LeakageConfig, *, accuracy: dict[str, f
     total = sum(len(j[4]) for j in _jobs(cfg, list(cfg.datasets)))
     done = len(rows) + len(na)
     return {"config": cfg.to_dict(), "cells": rows, "na": na, "cells_done": done, "cells_total": total,
-            "partial": done < total, "accuracy": dict(accuracy or {}), "model_acc": dict(model_acc or {}),
+            "partial": done < total, "accuracy": dict(accuracy or {}),
+            "accuracy_dataset": _accuracy_dataset(list(cfg.datasets)), "model_acc": dict(model_acc or {}),
             "priors": dict(priors or {})}
 
 
@@ -655,6 +670,8 @@ def _fmt(row: dict | None, na: bool = False, compact: bool = False) -> str:
         f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
     if row["iterations_2x"]:
         text += f" (2×: {row['psnr_2x_mean']:.1f}{' ✓' if row['protects'] else ''})"
+    elif row["protects"]:  # closed form: nothing to double
+        text += " ✓"
     return f"**{text}**" if compact and row["protects"] else text
 
 
@@ -664,8 +681,11 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
     budget; ⁺ = some attacks of that column have not run yet (the max is over those that have)."""
     index, na, attacks, defenses = _checked(results)
     combos = _combos(index, dataset)
-    accuracy = results.get("accuracy") or {}
-    head = ["defence"] + [f"{d} {s} B={b}" for d, s, b in combos] + ["test acc. (trained with it)"]
+    acc_ds = results.get("accuracy_dataset")
+    accuracy = (results.get("accuracy") or {}) if dataset in (None, acc_ds) else {}
+    head = ["defence"] + [f"{d} {s} B={b}" for d, s, b in combos]
+    if accuracy:  # the accuracy runs are on one dataset: shown beside that dataset's columns only
+        head.append(f"test acc. ({acc_ds}, trained with it)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in defenses:
         row = []
@@ -678,8 +698,10 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
             mark = " ✓" if len(rs) == len(attacks) and all(r["protects"] for r in rs) else ""
             pending = "⁺" if len(rs) + sum((*c, a, d) in na for a in attacks) < len(attacks) else ""
             row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{mark}")
-        acc = accuracy.get(d)
-        lines.append(f"| {d} | " + " | ".join(row) + (f" | {acc:.3f} |" if isinstance(acc, (int, float)) else " | – |"))
+        if accuracy:
+            acc = accuracy.get(d)
+            row.append(f"{acc:.3f}" if isinstance(acc, (int, float)) else "–")
+        lines.append(f"| {d} | " + " | ".join(row) + " |")
     priors = {k: v for k, v in (results.get("priors") or {}).items() if isinstance(v, (int, float))
               and (dataset is None or k == dataset)}
     if priors:
@@ -820,11 +842,16 @@ def _curve_figure(path: Path, points: list[dict], threshold: float) -> None:
     save_figure(fig, path)
 
 
+def _accuracy_dataset(datasets: list[str]) -> str | None:
+    """The dataset of the per-defence accuracy runs: MNIST when the grid has it, else the first."""
+    return "mnist" if "mnist" in datasets else next(iter(datasets), None)
+
+
 def _accuracy(grid: _Grid, resume: bool, compute: bool = True) -> dict[str, float]:
     """Test accuracy of a model trained with each defence (``accuracy.json``); ``compute=False``: only
     what is saved (another shard computes it)."""
     cfg = grid.cfg
-    ds = "mnist" if "mnist" in grid.datasets else next(iter(grid.datasets), None)
+    ds = _accuracy_dataset(list(grid.datasets))
     path = grid.run_dir / "accuracy.json"
     saved = (_load_json(path) or {}).get("accuracy", {}) if resume or not compute else {}
     acc: dict[str, float] = {d: v for d, v in saved.items() if d in cfg.defenses and isinstance(v, (int, float))}
@@ -886,7 +913,8 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         ds, st, b, attack, defenses = jobs[i]
         if grid.out_of_time():
             break
-        grid.run_job(ds, st, b, attack, defenses, resume)
+        if not grid.run_job(ds, st, b, attack, defenses, resume) and i != curve_after:
+            continue  # nothing new: the tables and the report are rewritten once after the loop
         table = _write_tables(run_dir, _load_cells(run_dir), cfg, model_acc=grid.model_acc, priors=grid.priors)
         if i == curve_after:
             points, curve_done = _curve(grid, table, resume), True
@@ -962,7 +990,7 @@ def _write_curve(run_dir: Path, points: list[dict], cfg: LeakageConfig) -> bool:
 def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], resume_note: bool = False) -> str:
     """report.md (= leakage.md) from every finished cell in the folder; also written mid-run."""
     cells = _load_cells(grid.run_dir)
-    table = _cell_table(cells)
+    table = _cell_table(cells, grid.cfg.confirm_below)
     figs = list(figures)
     if not figs and (grid.run_dir / "budget_vs_psnr.png").exists():
         figs.append("budget_vs_psnr.png")
@@ -979,7 +1007,7 @@ def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], r
 
 def _write_tables(run_dir: Path, cells: list[dict], cfg: LeakageConfig, accuracy: dict[str, float] | None = None,
                   model_acc: dict[str, float] | None = None, priors: dict[str, float] | None = None) -> list[dict]:
-    table = _cell_table(cells)
+    table = _cell_table(cells, cfg.confirm_below)
     write_csv(run_dir / "images.csv", _image_rows(cells))
     write_csv(run_dir / "leakage.csv", table)
     write_json(run_dir / "leakage.json", results_json(cells, cfg, accuracy=accuracy, model_acc=model_acc,
