@@ -105,6 +105,14 @@ def test_leakage_renderers_refuse_foreign_results(results, needle):
             render(results)
 
 
+def test_leakage_renderers_drop_foreign_side_tables():
+    from ssgd.experiments.leakage import worst_case_markdown
+
+    results = {"config": {"attacks": ["dlg"], "defenses": ["none"]}, "cells": [],
+               "accuracy": [0.9], "priors": "11.7", "accuracy_dataset": None}
+    assert worst_case_markdown(results).splitlines()[:2] == ["| defence |", "|---|"]
+
+
 def test_leakage_export_refuses_a_folder_that_is_no_grid(tmp_path):
     from ssgd.experiments.leakage import export_results
 

@@ -624,8 +624,8 @@ def export_results(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         cfg = LeakageConfig(**saved).validate()
     except (TypeError, ValueError) as e:
         raise ValueError(f"{run_dir / 'config.json'}: not a valid leakage grid config ({e})") from None
-    accuracy = (_load_json(run_dir / "accuracy.json") or {}).get("accuracy", {})
-    model_acc = (_load_json(run_dir / "summary.json") or {}).get("model_acc", {})
+    accuracy = _numbers((_load_json(run_dir / "accuracy.json") or {}).get("accuracy"))
+    model_acc = _numbers((_load_json(run_dir / "summary.json") or {}).get("model_acc"))
     priors = {}
     for name in cfg.datasets:
         try:
@@ -633,11 +633,16 @@ def export_results(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
         except (ValueError, OSError):
             pass  # a dataset this machine lacks: no reference line for it
     results = results_json(_load_cells(run_dir), cfg,
-                           accuracy={k: v for k, v in accuracy.items() if isinstance(v, (int, float))},
-                           model_acc={k: v for k, v in model_acc.items() if isinstance(v, (int, float))},
-                           priors=priors)
+                           accuracy=accuracy, model_acc=model_acc, priors=priors)
     write_json(path, results)
     return results
+
+
+def _numbers(obj: Any) -> dict[str, float]:
+    """The name -> number entries of a JSON object read from disk (anything else dropped)."""
+    if not isinstance(obj, dict):
+        return {}
+    return {str(k): v for k, v in obj.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _checked(results: dict[str, Any]) -> tuple[dict[tuple, dict], set[tuple], list[str], list[str]]:
@@ -682,7 +687,7 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
     index, na, attacks, defenses = _checked(results)
     combos = _combos(index, dataset)
     acc_ds = results.get("accuracy_dataset")
-    accuracy = (results.get("accuracy") or {}) if dataset in (None, acc_ds) else {}
+    accuracy = _numbers(results.get("accuracy")) if dataset in (None, acc_ds) else {}
     head = ["defence"] + [f"{d} {s} B={b}" for d, s, b in combos]
     if accuracy:  # the accuracy runs are on one dataset: shown beside that dataset's columns only
         head.append(f"test acc. ({acc_ds}, trained with it)")
@@ -702,8 +707,7 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
             acc = accuracy.get(d)
             row.append(f"{acc:.3f}" if isinstance(acc, (int, float)) else "–")
         lines.append(f"| {d} | " + " | ".join(row) + " |")
-    priors = {k: v for k, v in (results.get("priors") or {}).items() if isinstance(v, (int, float))
-              and (dataset is None or k == dataset)}
+    priors = {k: v for k, v in _numbers(results.get("priors")).items() if dataset is None or k == dataset}
     if priors:
         lines += ["", "Reference: the attacker's prior alone (the test split's mean image, the `mean` init) scores "
                   + ", ".join(f"{v:.1f} dB on {k}" for k, v in priors.items())
