@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,15 +30,11 @@ def main() -> int:
         if args.check:
             ap.error("--leakage-run writes docs/results/leakage.json; run it without --check")
         try:
-            res = export_results(args.leakage_run, ROOT / "docs/results/leakage.json")
+            res = export_results(args.leakage_run, ROOT / "docs/results/leakage.json", figures_to=ROOT / "docs/results")
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"docs/results/leakage.json: {res['cells_done']} of {res['cells_total']} cells from {args.leakage_run}")
-        for fig in sorted(args.leakage_run.glob("grid_*.png")) + [args.leakage_run / n for n in (
-                "budget_vs_psnr.png", "privacy_vs_accuracy.png")]:
-            if fig.is_file() and not fig.is_symlink():
-                shutil.copyfile(fig, ROOT / "docs/results" / f"leakage_{fig.name}")
     stale = []
     for rel in GENERATED_FILES:
         for name, state in update_generated(ROOT / rel, ROOT, check=args.check).items():

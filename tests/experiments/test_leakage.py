@@ -124,7 +124,11 @@ def test_grid_writes_consistent_tables(tmp_path):
     assert set(results["accuracy"]) == set(DEFAULT_DEFENSES)
     from ssgd.experiments.leakage import export_results
 
-    assert export_results(tmp_path, tmp_path / "exported.json") == results
+    out = tmp_path / "published"
+    out.mkdir()
+    assert export_results(tmp_path, out / "leakage.json", figures_to=out) == results
+    assert (out / "leakage_budget_vs_psnr.png").read_bytes() == (tmp_path / "budget_vs_psnr.png").read_bytes()
+    assert (out / "leakage_grid_digits_untrained_b1.png").exists() and (out / "leakage_privacy_vs_accuracy.png").exists()
     curve = list(csv.DictReader((tmp_path / "curve.csv").open()))
     assert {c["defense"] for c in curve} == {"ssgd-global", "ssgd-layer"}  # shards: no batch fits m=4
     assert sorted({int(c["iterations"]) for c in curve}) == [1, 2]

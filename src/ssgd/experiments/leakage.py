@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -609,9 +610,11 @@ def results_json(cells: list[dict], cfg: LeakageConfig, *, accuracy: dict[str, f
             "priors": dict(priors or {})}
 
 
-def export_results(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
+def export_results(run_dir: str | Path, path: str | Path, figures_to: str | Path | None = None) -> dict[str, Any]:
     """Write ``path`` (e.g. ``docs/results/leakage.json``) from a grid's run folder -- its
     ``config.json``, ``cells/`` and ``accuracy.json`` -- finished or not; returns the object.
+    ``figures_to``: also copy the folder's figures there as ``leakage_<name>.png`` (image grids,
+    ``budget_vs_psnr.png``, ``privacy_vs_accuracy.png``; links are not followed).
 
     Raises ``ValueError`` (naming the file and the fix) when ``run_dir`` holds no grid."""
     run_dir = Path(run_dir)
@@ -635,6 +638,11 @@ def export_results(run_dir: str | Path, path: str | Path) -> dict[str, Any]:
     results = results_json(_load_cells(run_dir), cfg,
                            accuracy=accuracy, model_acc=model_acc, priors=priors)
     write_json(path, results)
+    if figures_to is not None:
+        for fig in sorted(run_dir.glob("grid_*.png")) + [run_dir / "budget_vs_psnr.png",
+                                                         run_dir / "privacy_vs_accuracy.png"]:
+            if fig.is_file() and not fig.is_symlink():
+                shutil.copyfile(fig, Path(figures_to) / f"leakage_{fig.name}")
     return results
 
 
