@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("nccl" if use_cuda else "gloo")
         try:
             train_ddp(cfg, args.run_dir, progress=not args.no_progress, resume=args.resume)
+            # every rank done with every collective before any tears the group down: a rank that
+            # destroys gloo while a peer still finishes (rank 0 writes the report) can abort at exit
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         return 0
