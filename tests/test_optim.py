@@ -250,9 +250,79 @@ def test_nonfinite_raise_under_compile_is_read_by_check_finite(scope):
     before = {n: _bits(p) for n, p in model.named_parameters()}
     step()  # compiled: nothing is read on the host, nothing moves ...
     assert all(torch.equal(_bits(p), before[n]) for n, p in model.named_parameters())
+    model[2].bias.grad[1] = 1.0
+    step()  # a good step after it: the first failing step is still the one reported
+    assert not torch.equal(_bits(model[0].weight), before["0.weight"])
     with pytest.raises(ssgd.NonFiniteGradientError, match=r"parameter '2\.bias' \(shape \(2,\)\)"):
         opt.check_finite()  # ... and the flag names the parameter when read
     opt.check_finite()  # read once
+
+
+class _Event:
+    """Stands in for a CUDA event: not complete until ``done``."""
+
+    def __init__(self):
+        self.done = False
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.done = True
+
+
+def test_lazy_raise_waits_for_the_event_and_loses_no_step():
+    ps = _params()
+    opt = ssgd.SSGD(ps, lr=0.1)
+    spans = [(0, 0, 3, "global", ps)]
+    late, ok = _Event(), _Event()
+    opt._flags["pending"] = [(torch.tensor([1.0, float("nan"), 1.0]), late, spans),
+                             (torch.tensor([1.0, 1.0, 1.0]), ok, spans)]
+    _set_grads(ps, 1)
+    opt.step()  # the failing step's event has not completed: no wait, no raise, nothing dropped
+    assert len(opt._flags["pending"]) == 3  # this step's own flag queues behind them
+    late.done = True
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        opt.step()  # read at the next step once it is known
+    opt.check_finite()  # waits for the rest: all finite
+    assert opt._flags["pending"] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("device", ["cuda"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_cuda_graph_capture_replays_the_step(device, scope):
+    ps = _params(device)
+    ref = [p.detach().clone().requires_grad_() for p in ps]
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, nonfinite="skip")
+    eager = ssgd.SSGD(ref, lr=0.1, scope=scope, momentum=0.9, nonfinite="skip")
+    _set_grads(ps, 1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up eagerly: buffers and counters exist before capture
+        for _ in range(2):
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(2):
+        _set_grads(ref, 1)
+        eager.step()
+    for k in range(3):
+        _set_grads(ref, 10 + k)
+        g = torch.Generator().manual_seed(10 + k)
+        for p in ps:  # new gradients into the captured tensors
+            p.grad.copy_(torch.randn(p.shape, generator=g).to(device))
+        if k == 1:
+            ps[0].grad[0, 0] = float("nan")
+            ref[0].grad[0, 0] = float("nan")
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+    assert opt.skipped_steps == eager.skipped_steps == 1
 
 
 # ----------------------------------------------------------------------------- dtypes and scales

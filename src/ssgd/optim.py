@@ -174,7 +174,7 @@ class SSGD(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_flags"] = {"base": self.skipped_steps}  # a pending flag (CUDA event) stays with the original
+        state["_flags"] = {"base": self.skipped_steps}  # pending flags (CUDA events) stay with the original
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -199,31 +199,57 @@ class SSGD(Optimizer):
     def check_finite(self) -> None:
         """Raise the :class:`~ssgd.NonFiniteGradientError` of an earlier step now, if any (waits
         for the device: one host read). ``step()`` raises it by itself once it can read the flag
-        without waiting; call this in a compiled training loop (e.g. once per epoch)."""
+        without waiting; a compiled or CUDA-graph-captured step cannot, so call this in such a
+        training loop (e.g. once per epoch): it reports the first failing step since the last call."""
         self._raise_pending(wait=True)
 
     def _raise_pending(self, wait: bool) -> None:
-        pending = self._flags.get("pending")
-        if pending is None:
-            return
-        norms, event, spans = pending
-        if not wait and (not event.query() if event is not None else norms.device.type != "cpu"):
-            return  # not known without waiting: a later step() reads it
-        if event is not None:
-            event.synchronize()
-        self._flags["pending"] = None
-        vals = norms.cpu().numpy().tolist()  # host memory by now (CPU, or pinned after the event)
+        queue = self._flags.get("pending") or []
+        while queue:  # eager steps, oldest first: host memory once its event has completed
+            norms, event, spans = queue[0]
+            if event is not None and not event.query():
+                if not wait:
+                    return  # not known yet: a later step() reads it
+                event.synchronize()
+            queue.pop(0)
+            self._check(norms.numpy().tolist(), spans)
+        kept = self._flags.get("kept")
+        if wait and kept is not None:  # compiled or captured steps: the first failing one, on the device
+            vals = kept.cpu().numpy().tolist()
+            kept.zero_()
+            self._check(vals, self._flags["kept_spans"])
+
+    def _check(self, vals: list[float], spans: list) -> None:
+        """Raise for the first non-finite norm of a ``nonfinite="raise"`` group, naming its parameter."""
         joint = [v for gi, off, n, scope, _ in spans if scope == "global" for v in vals[off:off + n]]
         for gi, off, n, scope, params in spans:
-            group = self.param_groups[gi]
-            if group["nonfinite"] != "raise":
+            if self.param_groups[gi]["nonfinite"] != "raise":
                 continue
             bad = [i for i in range(n) if not math.isfinite(vals[off + i])]
             if not bad and scope == "global" and joint and math.hypot(*joint) > _F32_MAX:
                 bad = [max(range(n), key=lambda i: vals[off + i])]  # the joint norm overflowed
             if bad:
-                pi = next(j for j, q in enumerate(group["params"]) if q is params[bad[0]])
+                pi = next(j for j, q in enumerate(self.param_groups[gi]["params"]) if q is params[bad[0]])
                 raise NonFiniteGradientError(off + bad[0], self._name(gi, pi), tuple(params[bad[0]].shape))
+
+    def _remember(self, norms: Tensor, found: Tensor, spans: list, traced: bool) -> None:
+        """Keep this step's norms for the lazy raise, without reading them."""
+        if traced:  # compiled or captured: keep the first failing step's norms on the device
+            kept = self._flags.get("kept")
+            if kept is None or kept.shape != norms.shape or kept.dtype != norms.dtype:
+                kept = self._flags["kept"] = torch.zeros_like(norms)
+            first = found.bool() & (kept == 0).all()
+            kept.copy_(torch.where(first, norms, kept))
+            self._flags["kept_spans"] = spans
+            return
+        event = None
+        if norms.is_cuda:  # read later from pinned memory, once the event has completed
+            host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
+            host.copy_(norms, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            norms = host
+        self._flags.setdefault("pending", []).append((norms, event, spans))
 
     def _name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
@@ -236,9 +262,6 @@ class SSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        compiling = torch.compiler.is_compiling()
-        if not compiling:
-            self._raise_pending(wait=False)
         work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         spans: list[tuple[int, int, int, str, list[Tensor]]] = []  # (group index, offset, count, scope, params)
         grads: list[Tensor] = []
@@ -258,6 +281,9 @@ class SSGD(Optimizer):
             grads.extend(gs)
         if not grads:
             return loss
+        traced = torch.compiler.is_compiling() or (grads[0].is_cuda and torch.cuda.is_current_stream_capturing())
+        if not traced:
+            self._raise_pending(wait=False)
 
         norms = grad_norms(grads)  # (K,) on grads[0]'s device: the one extra read of the gradients
         glob = [(off, n) for _, off, n, scope, _ in spans if scope == "global"]
@@ -285,17 +311,13 @@ class SSGD(Optimizer):
 
         if any(self.param_groups[gi]["nonfinite"] == "skip" for gi, *_ in spans):
             count = self._flags.get("skipped")
-            self._flags["skipped"] = found.double() if count is None else count + found.to(count.device)
+            if count is None:
+                self._flags["skipped"] = found.double()
+            else:  # in place: a captured CUDA graph keeps counting on replay
+                count.add_(found.to(count.device))
         if any(self.param_groups[gi]["nonfinite"] == "raise" for gi, *_ in spans):
-            event = None
-            if norms.is_cuda and not compiling:  # read later from pinned memory, once the event completed
-                host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
-                host.copy_(norms, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                norms = host
-            self._flags["pending"] = (norms, event, spans)
-            if not compiling:
+            self._remember(norms, found, spans, traced)
+            if not traced:
                 self._raise_pending(wait=False)
         return loss
 
