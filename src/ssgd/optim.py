@@ -25,7 +25,9 @@ the update is torch's own fused SGD kernel (``torch._fused_sgd_``, what
 * otherwise the denominator is the kernel's ``grad_scale`` (how AMP folds unscaling into the
   step). The kernel then leaves the unit vector in ``.grad``, as it leaves unscaled
   gradients under AMP;
-* layer scope divides each gradient by its own norm first (``torch._foreach_div``), then steps.
+* layer scope divides each gradient by its own norm first, in place (``torch._foreach_div_``;
+  ``.grad`` holds the unit vector, also on a skipped step, except for the non-finite tensors,
+  which are left as they are), then steps.
 
 Weight decay is *coupled* by default (added to the unit vector, like ``torch.optim.SGD`` adds
 it to the gradient: the decay is then relative to a step of length 1); pass
@@ -298,13 +300,17 @@ class SSGD(Optimizer):
             total = norms.sum(dtype=torch.float32)
             found = _nonfinite(total if joint is None else total + joint)
         for (group, ps, gs), (_, off, n, scope, _) in zip(work, spans):
-            den = joint if scope == "global" else norms[off:off + n].clamp_min(group["eps"]).unbind(0)
+            if scope == "global":
+                den = joint
+            else:  # a non-finite norm divides by 1: that gradient is left as it is
+                den = norms[off:off + n].clamp_min(group["eps"]).nan_to_num_(1.0, 1.0, 1.0).unbind(0)
             for (dev, dtype), idx in _buckets(ps).items():
                 p_, g_, f = [ps[i] for i in idx], [gs[i] for i in idx], found.to(dev)
                 if scope == "global":
                     self._update(group, p_, g_, den.to(dev), f)
-                elif dtype in (torch.float32, torch.float64):
-                    self._update(group, p_, torch._foreach_div(g_, [den[i].to(dev, dtype) for i in idx]), None, f)
+                elif dtype in (torch.float32, torch.float64):  # .grad becomes the unit vector (no allocation)
+                    torch._foreach_div_(g_, [den[i].to(dev, dtype) for i in idx])
+                    self._update(group, p_, g_, None, f)
                 else:  # half precision: the kernel divides in float32, one tensor at a time
                     for i, p, g in zip(idx, p_, g_):
                         self._update(group, [p], [g], den[i].to(dev, torch.float32), f)
