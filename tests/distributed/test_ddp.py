@@ -128,6 +128,17 @@ def test_normalise_local_never_sends_a_nonfinite_sentinel():
     assert math.hypot(*(float(t.norm()) for t in g)) == pytest.approx(1.0)
 
 
+def test_launcher_takes_its_entry_point_from_the_caller(tmp_path):
+    import inspect
+
+    from ssgd.distributed import launch
+
+    assert inspect.signature(launch.launch_training).parameters["module"].default is inspect.Parameter.empty
+    assert "ssgd.experiments" not in inspect.getsource(launch)  # the lower layer names no upper module
+    with pytest.raises(TypeError, match="module"):
+        launch.launch_training({}, tmp_path, 1)
+
+
 def test_torchrun_command():
     from ssgd.distributed.launch import torchrun_command
 
