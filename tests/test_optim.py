@@ -657,6 +657,27 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(scope, momentum, nonf
                                        rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("device", ["cuda"])
+def test_compiled_step_on_cuda_equals_eager(device):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
+    twin = copy.deepcopy(model)
+    opt = ssgd.SSGD(model.parameters(), lr=0.1, momentum=0.9)
+    ref = ssgd.SSGD(twin.parameters(), lr=0.1, momentum=0.9)
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 6, device=device)
+    for k in range(3):
+        for m in (model, twin):
+            m.zero_grad()
+            m(x * (k + 1)).sum().backward()
+        step()
+        ref.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_skip_counter_survives_reloads_and_copies():
     ps = _params()
     opt = ssgd.SSGD(ps, lr=0.1, nonfinite="skip")
