@@ -122,10 +122,10 @@ def count_host_reads(device: torch.device):
 
 
 class count_ops(TorchDispatchMode):
-    """Context manager: the aten ops dispatched inside it that compute (``.ops``); views and
-    profiler markers launch no kernel and are not counted."""
+    """Context manager: the aten ops dispatched inside it that compute (``.ops``); views,
+    allocations and profiler markers launch no kernel and are not counted."""
 
-    FREE = ("aten.detach.", "aten.slice.", "aten.unbind.", "aten.view.", "aten.alias.", "profiler.")
+    FREE = ("aten.detach.", "aten.slice.", "aten.unbind.", "aten.view.", "aten.alias.", "aten.empty.", "profiler.")
 
     def __init__(self) -> None:
         super().__init__()
