@@ -56,8 +56,8 @@ from torch.optim import Optimizer
 from torch.optim.sgd import sgd
 
 from ._state import attach_skip_counter
-from .transform import (DEFAULT_EPS, NonFiniteGradientError, _buckets, check_eps, check_nonfinite, check_scope,
-                        grad_norms, unit_denominator)
+from .transform import (DEFAULT_EPS, NonFiniteGradientError, check_eps, check_nonfinite, check_scope, grad_norms,
+                        group_by_device_and_dtype, unit_denominator)
 
 __all__ = ["SSGD"]
 
@@ -304,7 +304,7 @@ class SSGD(Optimizer):
                 den = joint
             else:  # a non-finite norm divides by 1: that gradient is left as it is
                 den = norms[off:off + n].clamp_min(group["eps"]).nan_to_num_(1.0, 1.0, 1.0).unbind(0)
-            for (dev, dtype), idx in _buckets(ps).items():
+            for (dev, dtype), idx in group_by_device_and_dtype(ps).items():
                 p_, g_, f = [ps[i] for i in idx], [gs[i] for i in idx], found.to(dev)
                 if scope == "global":
                     self._update(group, p_, g_, den.to(dev), f)

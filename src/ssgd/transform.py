@@ -54,7 +54,9 @@ __all__ = [
     "check_gamma",
     "check_nonfinite",
     "check_scope",
+    "divide_",
     "grad_norms",
+    "group_by_device_and_dtype",
     "unit",
     "unit_",
     "unit_denominator",
@@ -135,7 +137,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _buckets(ts: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+def group_by_device_and_dtype(ts: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     """Positions of ``ts`` by (device, dtype), in order: one multi-tensor kernel each."""
     out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(ts):
@@ -153,7 +155,7 @@ def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
         return torch.zeros(0)
     dev = ts[0].device
     out = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-    buckets = _buckets(ts)
+    buckets = group_by_device_and_dtype(ts)
     norms: list[Tensor] = [ts[0]] * len(ts)
     for (d, dtype), idx in buckets.items():
         part = torch._foreach_norm([ts[i] for i in idx], 2, dtype=None if dtype in (torch.float32, torch.float64)
@@ -185,7 +187,7 @@ def divide_(tensors: Sequence[Tensor], denom: Tensor) -> None:
     divided in float32 and rounded once; the rest with one ``torch._foreach_div_`` per device and dtype."""
     ts = list(tensors)
     per = denom.unbind(0) if denom.ndim else None
-    for (dev, dtype), idx in _buckets(ts).items():
+    for (dev, dtype), idx in group_by_device_and_dtype(ts).items():
         group = [ts[i] for i in idx]
         if dtype in (torch.float32, torch.float64):
             if per is None:
