@@ -223,6 +223,8 @@ class SSGD(Optimizer):
 
     def _check(self, vals: list[float], spans: list) -> None:
         """Raise for the first non-finite norm of a ``nonfinite="raise"`` group, naming its parameter."""
+        if math.isfinite(sum(vals)) and math.fsum(v * v for v in vals) <= _F32_MAX**2:
+            return  # the usual case, quickly
         joint = [v for gi, off, n, scope, _ in spans if scope == "global" for v in vals[off:off + n]]
         for gi, off, n, scope, params in spans:
             if self.param_groups[gi]["nonfinite"] != "raise":
@@ -349,15 +351,13 @@ class SSGD(Optimizer):
             return
         bufs = [self.state[p].get("momentum_buffer") for p in params]
         new = [i for i, b in enumerate(bufs) if b is None]
-        if new:  # zeros, not torch's empty_like: a skipped first step must leave a defined buffer
-            for i in new:
-                bufs[i] = self.state[params[i]]["momentum_buffer"] = torch.zeros_like(grads[i])
-            _fused_sgd_([params[i] for i in new], [grads[i] for i in new], [bufs[i] for i in new],
-                              is_first_step=True, **kw)
-        if len(new) < len(params):
-            old = [i for i in range(len(params)) if i not in set(new)] if new else range(len(params))
-            _fused_sgd_([params[i] for i in old], [grads[i] for i in old], [bufs[i] for i in old],
-                              is_first_step=False, **kw)
+        for i in new:  # zeros, not torch's empty_like: a skipped first step must leave a defined buffer
+            bufs[i] = self.state[params[i]]["momentum_buffer"] = torch.zeros_like(grads[i])
+        old = [i for i in range(len(params)) if i not in new] if new else list(range(len(params)))
+        for idx, first in ((new, True), (old, False)):
+            if idx:
+                _fused_sgd_([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
+                            is_first_step=first, **kw)
 
     def _traced_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                        denom: Tensor | None, found: Tensor) -> None:
