@@ -1,12 +1,8 @@
 """GPU checks that ``ssgd bench step`` does not cover, for ``benchmarks/gpu.sh``.
 
-* ``step-1b``: the isolated optimizer step at about 1.1B parameters (GPT-like shapes,
-  d = 2048, 20 blocks): ``torch.optim.SGD(foreach=True)`` against ``ssgd.SSGD`` (global
-  scope), momentum 0.9, alternating, the fastest of many samples (``gpu.sh`` uses
-  ``ssgd bench step --sizes 1B`` instead, which also counts ops);
 * ``whole-step``: forward + backward + step on a real model (ResNet-18 on 32x32 images,
   batch 256; the MLP of Table 2, batch 1024), SGD against SSGD, alternating, fastest of
-  many samples; plus the number of host synchronisations inside one SSGD ``step()``,
+  many samples; plus the host synchronisations of one whole SSGD training step,
   counted with ``torch.cuda.set_sync_debug_mode("warn")``;
 * ``ddp``: the SSGD DDP communication hook over NCCL with two processes on GPU 0 (NCCL
   usually refuses two ranks on one device: then the reason is recorded, and the check is
@@ -17,7 +13,6 @@
 Each writes one JSON object to stdout's last line and to ``--json`` (merged into the file
 under the check's name). Usage::
 
-    python benchmarks/gpu_checks.py step-1b --json out.json
     python benchmarks/gpu_checks.py whole-step --json out.json
     python benchmarks/gpu_checks.py ddp --json out.json
 """
@@ -35,14 +30,7 @@ from pathlib import Path
 
 import torch
 
-CHECKS = ("step-1b", "whole-step", "ddp", "summary")
-
-
-def _gpt_shapes(vocab: int = 50257, d: int = 2048, layers: int = 20) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = [(vocab, d), (2048, d)]
-    for _ in range(layers):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
-    return shapes + [(d,), (d,)]
+CHECKS = ("whole-step", "ddp", "summary")
 
 
 def _sync(dev: torch.device) -> None:
@@ -87,25 +75,6 @@ def _count_syncs(fn, dev: torch.device) -> int | None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message).lower() for w in caught)
-
-
-def step_1b(samples: int, dev: torch.device, small: bool = False) -> dict:
-    from ssgd import SSGD
-
-    g = torch.Generator(device=dev).manual_seed(0)
-    shapes = _gpt_shapes(vocab=64, d=16, layers=2) if small else _gpt_shapes()
-    params = [torch.zeros(s, device=dev, requires_grad=True) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, device=dev, generator=g)
-    opts = {"sgd": torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True), **_ssgd_variants(params, SSGD)}
-    best = _fastest({k: o.step for k, o in opts.items()}, samples, dev)
-    res = {"parameters": sum(p.numel() for p in params), "tensors": len(shapes), "goal": "ratio <= 1.25, 0 syncs"}
-    for k, o in opts.items():
-        res[f"{k}_ms"] = best[k]
-        if k != "sgd":
-            res[f"{k}_ratio"] = best[k] / best["sgd"]
-            res[f"{k}_syncs_per_step"] = _count_syncs(o.step, dev)
-    return res
 
 
 def whole_step(samples: int, dev: torch.device, small: bool = False) -> dict:
@@ -275,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     else:
         dev = torch.device("cuda")
-    fn = {"step-1b": lambda: step_1b(args.samples, dev, args.cpu_smoke),
-          "whole-step": lambda: whole_step(args.samples, dev, args.cpu_smoke),
+    fn = {"whole-step": lambda: whole_step(args.samples, dev, args.cpu_smoke),
           "ddp": lambda: ddp(args.samples)}[args.check]
     res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            **fn()}
