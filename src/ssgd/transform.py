@@ -57,6 +57,7 @@ __all__ = [
     "divide_",
     "grad_norms",
     "group_by_device_and_dtype",
+    "nonfinite_positions",
     "unit",
     "unit_",
     "unit_denominator",
@@ -174,12 +175,15 @@ def unit_denominator(norms: Tensor, scope: str, eps: float) -> Tensor:
     return n.clamp_min(eps)
 
 
-def _first_bad(norms: Tensor, denom: Tensor) -> int | None:
-    """Index of the first tensor with a non-finite norm (one host read); -1 if only the joint norm overflowed."""
-    if bool(torch.isfinite(norms).all() & torch.isfinite(denom).all()):
-        return None
-    bad = (~torch.isfinite(norms)).nonzero()
-    return int(bad[0, 0]) if bad.numel() else int(norms.argmax())
+def nonfinite_positions(norms: Tensor, denom: Tensor) -> tuple[list[float], list[int]]:
+    """The norms as floats (one host read) and the positions of the non-finite ones -- the largest
+    norm's if only the joint norm (``denom``) overflowed. What raises, or skips, on the host."""
+    vals = torch.cat([norms.reshape(-1), denom.reshape(-1)]).tolist()
+    norms_f, rest = vals[:norms.numel()], vals[norms.numel():]
+    bad = [i for i, n in enumerate(norms_f) if not math.isfinite(n)]
+    if not bad and not all(math.isfinite(d) for d in rest):
+        bad = [max(range(len(norms_f)), key=norms_f.__getitem__)]
+    return norms_f, bad
 
 
 def divide_(tensors: Sequence[Tensor], denom: Tensor) -> None:
@@ -230,9 +234,9 @@ def unit_(
     with torch.no_grad():
         norms = grad_norms(ts)
         denom = unit_denominator(norms, scope, eps)
-        i = _first_bad(norms, denom)
-        if i is not None:
-            i = max(i, 0)
+        _, bad = nonfinite_positions(norms, denom)
+        if bad:
+            i = bad[0]
             raise NonFiniteGradientError(i, names[i] if names else None, tuple(ts[i].shape))
         divide_(ts, denom)
     return (torch.linalg.vector_norm(norms) if scope == "global" else norms).double()

@@ -8,13 +8,12 @@ all-reduce factor folded into the division.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ..transform import NONFINITE_POLICIES, check_nonfinite, divide_, grad_norms, unit_denominator
+from ..transform import NONFINITE_POLICIES, check_nonfinite, divide_, grad_norms, nonfinite_positions, unit_denominator
 
 __all__ = ["REDUCES", "NONFINITE", "check_reduce", "check_nonfinite", "raise_if_failed", "normalise_local_",
            "nonfinite_message", "LocalNonFiniteError", "log"]
@@ -44,17 +43,6 @@ def nonfinite_message(rank: int, name: str | None, shape: tuple[int, ...] | None
             "with nonfinite='skip' to let this rank contribute zeros for such steps.")
 
 
-def first_nonfinite(norms: Tensor, denom: Tensor) -> tuple[list[float], list[int]]:
-    """The norms as floats (the one host read) and the positions of the non-finite ones (the largest
-    norm if only the joint norm overflowed)."""
-    vals = torch.cat([norms.reshape(-1), denom.reshape(-1)]).tolist()
-    norms_f, rest = vals[:norms.numel()], vals[norms.numel():]
-    bad = [i for i, n in enumerate(norms_f) if not math.isfinite(n)]
-    if not bad and not all(math.isfinite(d) for d in rest):
-        bad = [max(range(len(norms_f)), key=norms_f.__getitem__)]
-    return norms_f, bad
-
-
 def normalise_local_(grads: Sequence[Tensor], name_of: Callable[[int], str | None], scope: str, eps: float,
                      factor: float, nonfinite: str, rank: int) -> tuple[list[float], str | None]:
     """Turn ``grads`` in place into ``factor`` times their unit vector (global or per tensor).
@@ -69,7 +57,7 @@ def normalise_local_(grads: Sequence[Tensor], name_of: Callable[[int], str | Non
         return [], None
     norms_t = grad_norms(grads)
     denom = unit_denominator(norms_t, scope, eps)
-    norms, bad = first_nonfinite(norms_t, denom)
+    norms, bad = nonfinite_positions(norms_t, denom)
     if not bad:
         divide_(grads, denom / factor)
         return norms, None

@@ -82,11 +82,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..transform import DEFAULT_EPS, check_eps, check_nonfinite, check_scope, divide_, grad_norms, unit_denominator
+from ..transform import (DEFAULT_EPS, check_eps, check_nonfinite, check_scope, divide_, grad_norms,
+                         nonfinite_positions, unit_denominator)
 from ._common import (
     LocalNonFiniteError,
     check_reduce,
-    first_nonfinite,
     log,
     nonfinite_message,
     normalise_local_,
@@ -212,7 +212,7 @@ def _global_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures
     dev = state._buffers[-1].device
     norms = torch.stack([state._norms[k][1].to(dev, torch.float64) for k in order])
     denom = unit_denominator(norms, "global", state.eps)
-    state.last_norms, bad = first_nonfinite(norms, denom)  # the one host read of the step
+    state.last_norms, bad = nonfinite_positions(norms, denom)  # the one host read of the step
     if bad:
         _, bi, i = state._where[order[bad[0]]]
         b = state._buckets[bi]
