@@ -83,7 +83,7 @@ if [ -z "$DATA_DIR" ]; then
 fi
 
 # the optimizer's steps: 240 s in all
-T_TESTS=60; T_BENCH=75; T_WHOLE=60; T_DDP=45
+T_TESTS=60; T_BENCH=75; T_WHOLE=55; T_DDP=50
 SIZES="11.7M,124M,1B"
 plan() {
   echo "gpu.sh plan (results in ${OUTDIR:-<not set>}):"
