@@ -223,8 +223,8 @@ class SSGD(Optimizer):
 
     def _check(self, vals: list[float], spans: list) -> None:
         """Raise for the first non-finite norm of a ``nonfinite="raise"`` group, naming its parameter."""
-        if math.isfinite(sum(vals)) and math.fsum(v * v for v in vals) <= _F32_MAX**2:
-            return  # the usual case, quickly
+        if math.isfinite(sum(vals)) and max(vals, default=0.0) * math.sqrt(len(vals)) <= _F32_MAX:
+            return  # the usual case: every norm finite, no joint norm can overflow
         joint = [v for gi, off, n, scope, _ in spans if scope == "global" for v in vals[off:off + n]]
         for gi, off, n, scope, params in spans:
             if self.param_groups[gi]["nonfinite"] != "raise":
@@ -289,7 +289,8 @@ class SSGD(Optimizer):
         if not traced:
             self._raise_pending(wait=False)
 
-        norms = grad_norms(grads)  # (K,) on grads[0]'s device: the one extra read of the gradients
+        groups = group_by_device_and_dtype(grads)
+        norms = grad_norms(grads, groups)  # (K,) on grads[0]'s device: the one extra read of the gradients
         glob = [(off, n) for _, off, n, scope, _ in spans if scope == "global"]
         joint = None
         if glob:
@@ -306,8 +307,16 @@ class SSGD(Optimizer):
                 den = joint
             else:  # a non-finite norm divides by 1: that gradient is left as it is
                 den = norms[off:off + n].clamp_min(group["eps"]).nan_to_num_(1.0, 1.0, 1.0).unbind(0)
-            for (dev, dtype), idx in group_by_device_and_dtype(ps).items():
-                p_, g_, f = [ps[i] for i in idx], [gs[i] for i in idx], found.to(dev)
+            mine = groups if len(spans) == 1 else {k: [i - off for i in idx if off <= i < off + n]
+                                                   for k, idx in groups.items()}
+            for (dev, dtype), idx in mine.items():
+                if not idx:
+                    continue
+                if len(idx) == len(ps):  # one device and dtype: the lists as they are
+                    p_, g_ = ps, gs
+                else:
+                    p_, g_ = [ps[i] for i in idx], [gs[i] for i in idx]
+                f = found.to(dev)
                 if scope == "global":
                     self._update(group, p_, g_, den.to(dev), f)
                 elif dtype in (torch.float32, torch.float64):  # .grad becomes the unit vector (no allocation)

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
     "DEFAULT_EPS",
@@ -139,24 +140,25 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def group_by_device_and_dtype(ts: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Positions of ``ts`` by (device, dtype), in order: one multi-tensor kernel each."""
-    out: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(ts):
-        out.setdefault((t.device, t.dtype), []).append(i)
-    return out
+    """Positions of ``ts`` by (device, dtype), ascending: one multi-tensor kernel each (torch's
+    own grouping, in C++, what its optimizers use)."""
+    groups = _group_tensors_by_device_and_dtype([list(ts)], with_indices=True)
+    return {key: idx for key, (_, idx) in groups.items()}
 
 
-def grad_norms(tensors: Sequence[Tensor]) -> Tensor:
+def grad_norms(tensors: Sequence[Tensor],
+               groups: dict[tuple[torch.device, torch.dtype], list[int]] | None = None) -> Tensor:
     """Per-tensor L2 norms, a vector on the first tensor's device; no host read.
 
     float32 (float64 if a tensor is float64); one ``torch._foreach_norm`` per device and
-    dtype. A tensor holding NaN/inf, or whose norm overflows, gets a non-finite norm."""
+    dtype (``groups``: :func:`group_by_device_and_dtype` of ``tensors``, if the caller has it).
+    A tensor holding NaN/inf, or whose norm overflows, gets a non-finite norm."""
     ts = list(tensors)
     if not ts:
         return torch.zeros(0)
     dev = ts[0].device
-    out = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-    buckets = group_by_device_and_dtype(ts)
+    buckets = group_by_device_and_dtype(ts) if groups is None else groups
+    out = torch.float64 if any(dtype == torch.float64 for _, dtype in buckets) else torch.float32
     norms: list[Tensor] = [ts[0]] * len(ts)
     for (d, dtype), idx in buckets.items():
         part = torch._foreach_norm([ts[i] for i in idx], 2, dtype=None if dtype in (torch.float32, torch.float64)
