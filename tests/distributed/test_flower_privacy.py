@@ -84,7 +84,9 @@ def test_layer_scope_noise_is_calibrated_to_sqrt_l():
 
     def step(strategy):
         msgs = strategy.configure_train(1, record_from_arrays(w), ConfigRecord(), _Grid(n))
-        replies = [Message(RecordDict({"arrays": record_from_arrays(u)}), reply_to=with_message_id(m, f"m{j}"))
+        from flower_helpers import pushed
+
+        replies = [Message(RecordDict({"arrays": record_from_arrays(u)}), reply_to=pushed(m, f"m{j}"))
                    for j, (m, u) in enumerate(zip(msgs, units))]
         return arrays_from_record(strategy.aggregate_train(1, replies)[0])
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...transform import SCOPES
+from ...transform import SCOPES, check_scope
 from . import keys
 
 __all__ = ["FlowerRunConfig", "ROUND_TIMEOUT", "default_min_nodes", "FLOWER_MODELS"]
@@ -111,7 +111,9 @@ class FlowerRunConfig:
             bad("num_rounds", "must be >= 1")
         if self.mode not in keys.MODES:
             bad("mode", f"expected one of {keys.MODES}")
-        if self.scope not in SCOPES:
+        try:
+            check_scope(self.scope)
+        except ValueError:
             bad("scope", f"expected one of {SCOPES}")
         for name in ("server_lr", "client_lr", "norm_tol", "round_timeout", "node_wait_timeout", "alpha"):
             if not getattr(self, name) > 0:
