@@ -65,7 +65,6 @@ def test_layer_scope_noise_is_calibrated_to_sqrt_l():
     from flwr.app import ConfigRecord, Message, RecordDict
 
     from ssgd.distributed.flower import PrivateSSGDStrategy, SSGDStrategy
-    from ssgd.distributed.flower.local import with_message_id
     from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
     from ssgd.privacy import NodePrivacy
 

@@ -77,9 +77,8 @@ import torch
 from ...privacy import NodePrivacy, derive_seed, sensitivity
 from ...privacy.accountant import check_noise_multiplier
 from . import keys
-from ...transform import grad_norms
-from .mod import NOT_SENT, REFUSED, SSGDMod, error_reply
-from .policy import NodePolicy, PolicyError, check_outgoing
+from .mod import REFUSED, SSGDMod, error_reply
+from .policy import NodePolicy, check_outgoing
 from .request import ARRAYS, read_fields
 from .strategy import SSGDStrategy
 
@@ -128,10 +127,14 @@ class LocalNoiseMod:
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
 
     The reply that leaves the node holds the noisy vector and nothing else (no metric: a
-    loss or a count would be released outside the accountant). A bad setting, or a reply
-    that is not a unit vector (the mod is listed inside SSGDMod), becomes an error reply
-    (``MOD_FAILED_PRECONDITION``) whose reason says what to fix -- and carries no number
-    computed from the node's data; the node never sends an un-noised vector.
+    loss or a count would be released outside the accountant). A request refused from its
+    own content (a bad or too small σ, another scope, a malformed message) becomes an error
+    reply with the fixed text :data:`~.mod.REFUSED`. **Anything that fails after that** -- a
+    non-finite step, a raising ClientApp, an inner error reply, a reply that is not a unit
+    vector (the mod listed inside SSGDMod) -- could depend on the data, so no error leaves:
+    the node releases the mechanism's output on a zero vector (the same kind of noisy vector,
+    counted by the strategy as a release) and logs the reason locally. The node never sends
+    an un-noised vector or a data-dependent error.
     """
 
     def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float | None = None,
