@@ -419,12 +419,17 @@ class Deployment:
         return subprocess.run(["flwr", *args], env=self.env, cwd=self.workdir, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def publish(self, fab: bytes, verifications: list[dict[str, Any]] | None = None) -> str:
-        """Serve ``fab`` from this deployment's app registry, signed with its key unless
-        ``verifications`` are given; return the app spec for ``flwr run``."""
+    def publish(self, fab: bytes, verifications: list[dict[str, Any]] | None = None, *,
+                app_id: str | None = None, version: str | None = None) -> str:
+        """Serve ``fab`` from this deployment's app registry as ``app_id==version`` (default: the
+        packaged app's), signed with its key unless ``verifications`` are given; return the app spec
+        for ``flwr run``."""
+        from .trust import APP_ID, APP_VERSION
+
         if self.registry is None or self.signer is None:
             raise DeploymentError("this deployment was started with signed=False: it has no app registry")
-        return self.registry.publish(fab, [self.signer.sign(fab)] if verifications is None else verifications)
+        return self.registry.publish(fab, [self.signer.sign(fab)] if verifications is None else verifications,
+                                     app_id or APP_ID, version or APP_VERSION)
 
     def submit(self, run_config: Mapping[str, Any], app_dir: str | Path | None = None, *,
                app_spec: str | None = None, sign: bool | None = None) -> int:
@@ -436,9 +441,13 @@ class Deployment:
         directory as it is (``flwr run <dir>``)."""
         app_dir = Path(app_dir) if app_dir is not None else write_app_dir(self.workdir / "app")
         if app_spec is None and (self.signed if sign is None else sign):
+            import tomllib
+
             from .trust import build_fab
 
-            app_spec = self.publish(build_fab(app_dir))
+            meta = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+            app_id = f"@{meta['tool']['flwr']['app']['publisher']}/{meta['project']['name']}"
+            app_spec = self.publish(build_fab(app_dir), app_id=app_id, version=meta["project"]["version"])
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
         args = ["run", app_spec or str(app_dir), CONNECTION, "--format", "json"]
         if overrides:

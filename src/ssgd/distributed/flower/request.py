@@ -35,7 +35,8 @@ from . import keys
 from .policy import ALLOW_EVALUATE, ALLOWED_METRICS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER, NodePolicy, PolicyError
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "parse_request", "put", "get",
-           "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config"]
+           "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config",
+           "current_request"]
 
 #: the record names of a train request (the strategy's ``arrayrecord_key`` / ``configrecord_key``)
 ARRAYS, CONFIG = "arrays", "config"
@@ -184,10 +185,13 @@ def drop(ctxt) -> None:
         del ctxt.state[STATE_KEY]
 
 
-def get(ctxt) -> NodeRequest:
+def current_request(ctxt) -> NodeRequest:
     """The request :class:`SSGDMod` resolved for this message; :class:`PolicyError` without one
     (the ClientApp runs without SSGDMod)."""
     state = getattr(ctxt, "state", None)
     if state is None or STATE_KEY not in state.config_records:
         raise PolicyError("no resolved request: this ClientApp trains only under SSGDMod (mods=[..., SSGDMod()])")
     return NodeRequest.from_record(state.config_records[STATE_KEY])
+
+
+get = current_request
