@@ -192,3 +192,28 @@ def test_the_strategy_counts_the_release_of_a_non_finite_step():
     reply = app(msg, _context(RUN))
     strategy.aggregate_train(1, [reply])
     assert strategy.releases == {1001: 1} and strategy.privacy.accountant.steps == 1
+
+
+def test_seeded_node_noise_is_not_repeated_for_a_replayed_round():
+    """Another route: seeded noise is a function of (seed, node, round). A server asking for round 1
+    twice, at two models, got the same noise twice: the difference of the replies is noise-free."""
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import FaultMod, InProcessGrid, LocalNoiseMod, ssgd_mod
+    from ssgd.distributed.flower.client_app import train
+
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0), ssgd_mod])
+    app.train()(train)
+    arrays = _setup(RUN)
+    other = {k: v * 0.5 for k, v in arrays.items()}
+    grid = InProcessGrid(app, 1, RUN)
+    assert grid.get_node_ids() == [1001]  # the node _message addresses
+    request = {"batch-size": 32, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0}
+
+    def ask(model, config):
+        return list(grid.send_and_receive([_message(model, config)]))[0]
+
+    assert not ask(arrays, request).has_error()
+    _refused(ask(other, request))                                        # the same round again: refused
+    assert not ask(other, {**request, "server-round": 2}).has_error()    # the next round: served
+    _refused(ask(arrays, {k: v for k, v in request.items() if k != "server-round"}))  # no round: refused

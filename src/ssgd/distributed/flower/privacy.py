@@ -123,7 +123,9 @@ class LocalNoiseMod:
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
         seed: ``None`` draws each call's noise from OS entropy; an int derives it from
-            (seed, node id, round) -- reproducible, fresh every round, different on every node.
+            (seed, node id, round) -- reproducible, fresh every round, different on every node. A
+            seeded mod noises each round once per node (recorded in the node's ``Context.state``)
+            and refuses a repeated round: the same noise twice would cancel in the difference.
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
 
     The reply that leaves the node holds the noisy vector and nothing else (no metric: a
@@ -155,6 +157,27 @@ class LocalNoiseMod:
         policy.check_request({k: v for k, v in cfg.items() if k == keys.SCOPE})
         return sigma, policy.scope
 
+    #: where a seeded mod records the rounds it has noised (the node's own Context.state, kept across messages)
+    ROUNDS_KEY = "ssgd-noised-rounds"
+
+    def _claim_round(self, ctxt, rnd: int | None) -> None:
+        """Seeded noise is a function of (seed, node, round): a server that asks for the same round twice
+        (at another model) would get the same noise twice and cancel it in the difference. A seeded mod
+        therefore noises each round once per node and refuses a repeat (and a request without a round)."""
+        if self.seed is None:
+            return
+        if rnd is None:
+            raise _NoiseModError("a seeded LocalNoiseMod needs the request's server-round")
+        state = getattr(ctxt, "state", None)
+        if state is None:
+            return
+        from flwr.app import ConfigRecord
+
+        used = list(state.config_records[self.ROUNDS_KEY]["rounds"]) if self.ROUNDS_KEY in state.config_records else []
+        if int(rnd) in used:
+            raise _NoiseModError(f"round {rnd} was already noised by this node: seeded noise would repeat")
+        state[self.ROUNDS_KEY] = ConfigRecord({"rounds": used + [int(rnd)]})
+
     def _generator(self, ctxt, rnd: int | None) -> torch.Generator:
         self.calls += 1
         if self.seed is None:
@@ -175,6 +198,7 @@ class LocalNoiseMod:
             if not model or any(not np.issubdtype(a.dtype, np.floating) for a in model.values()):
                 raise _NoiseModError("the request's model is empty or not floating point")
             rnd = read_fields(msg).get(keys.ROUND)
+            self._claim_round(ctxt, rnd)
         except (_NoiseModError, ValueError, TypeError, KeyError) as e:  # decided from the request alone
             return error_reply(msg, REFUSED, f"LocalNoiseMod: {e}")
         try:
