@@ -217,3 +217,40 @@ def test_every_node_setting_the_threat_model_documents_is_one_the_node_honours()
     default = NodePolicy()
     for key, value in probe.items():
         assert NodePolicy.from_node_config({key: value}) != default, f"node config {key} changes nothing"
+
+
+def test_every_error_a_default_node_sends_is_one_of_the_fixed_texts():
+    """Audit of error replies (issue 19, finding 2): whatever the server sends -- a refused setting, another
+    record, a model that makes the step non-finite, arrays of another model -- the only text that leaves
+    is one of the two fixed strings (no parameter name, no value)."""
+    from flwr.app import ConfigRecord
+
+    from ssgd.distributed.flower import keys
+    from ssgd.distributed.flower.client_app import app
+    from ssgd.distributed.flower.mod import PUBLIC_REASONS
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    def hostile():
+        m = _train_message(_strategy("plain"))
+        m.content["config"][keys.EPS] = 1e6
+        yield m
+        m = _train_message(_strategy("plain"))
+        m.content["cfg"] = ConfigRecord({"ssgd-mode": "delta"})
+        yield m
+        m = _train_message(_strategy("plain"))
+        arrays = {k: np.asarray(a.numpy()).copy() for k, a in m.content["arrays"].items()}
+        first = next(iter(arrays))
+        arrays[first][:] = np.inf  # the step is non-finite
+        m.content["arrays"] = record_from_arrays(arrays)
+        yield m
+        m = _train_message(_strategy("plain"))
+        arrays = {k + "_x": np.asarray(a.numpy()) for k, a in m.content["arrays"].items()}
+        m.content["arrays"] = record_from_arrays(arrays)  # another model's names
+        yield m
+
+    reasons = []
+    for msg in hostile():
+        reply = app(msg, _context())
+        assert reply.has_error() and not reply.has_content()
+        reasons.append(reply.error.reason)
+    assert set(reasons) <= set(PUBLIC_REASONS) and len(set(reasons)) == 2, reasons
