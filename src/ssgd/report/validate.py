@@ -33,7 +33,7 @@ class ResultFileError(ValueError):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
 
 
 def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
