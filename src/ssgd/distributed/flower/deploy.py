@@ -330,6 +330,8 @@ class Deployment:
             self.registry = AppRegistry(HOST)
             # the SuperLink fetches apps (FAB + verification record) from this loopback registry
             link_env["FLWR_SUPERGRID_API_URL"] = self.registry.url
+            for var in ("NO_PROXY", "no_proxy"):  # the registry is on loopback: never through a proxy
+                link_env[var] = ",".join(filter(None, [HOST, "localhost", link_env.get(var, "")]))
             self.trusted_entities = write_trusted_entities(self.workdir / "trusted-entities.yaml",
                                                            self.signer.trusted_entities())
         self.superlink = _Proc("superlink", [
