@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ pytest.importorskip("flwr")
 
 pytestmark = pytest.mark.slow
 
+TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
 RUN = {"num-rounds": 1, "test-size": 100, "batch-size": 16, "round-timeout": 60.0}
 
 
@@ -67,11 +69,13 @@ def test_nodes_run_only_the_fab_signed_with_the_deployments_key(tmp_path):
             assert r["accepted"] == 0 and r["failed"] == 2, r
             assert all("could not be verified" in why for _, why in r["failures"]), r["failures"]
 
-        # 3. the genuine app, signed with the deployment's key: served, every update a unit vector
+        # 3. an app signed with the deployment's key is served: the template examples/flower-app (your
+        #    model and data in task.py; issue 23 item 3) -- the packaged app's signed runs are in
+        #    test_flower_deploy.py
+        app = shutil.copytree(TEMPLATE, tmp_path / "template", ignore=shutil.ignore_patterns("runs", "__pycache__"))
         out = tmp_path / "signed"
-        summary = dep.run({**RUN, "out-dir": str(out)}, timeout=240)
-        r = _round(out)
-        assert summary["status"] == "finished" and r["accepted"] == 2 and r["failed"] == 0, r
-        assert all(abs(v - 1.0) < 1e-4 for _, v in r["norms"])
+        result = dep.wait(dep.submit({"num-rounds": 2, "out-dir": str(out)}, app_dir=app), out, timeout=300)
+        assert result["status"] == "finished" and result["accepted"] == [2, 2], result
+        assert result["test_acc"] > 0.2
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "dep" / "logs").glob("supernode-*.log"))
     assert "FAB verification failed" in logs  # the node's own log says why
