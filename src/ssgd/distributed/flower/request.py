@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import keys
-from .policy import ALLOW_EVALUATE, ALLOWED_METRICS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER, NodePolicy, PolicyError
+from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, MAX_LOCAL_STEPS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER, NodePolicy,
+                     PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "parse_request", "put", "get",
            "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config",
@@ -50,9 +51,9 @@ REQUEST_FIELDS: dict[str, type] = {
     "clipping_norm": float,
 }
 
-#: node settings: never in a run config (or a request)
-NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, ALLOWED_METRICS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER,
-                     ALLOW_EVALUATE, "max-local-steps", "min-noise-multiplier", "allowed-metrics")
+#: node-config keys and request-only keys: a run config holding one of them is refused
+NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
+                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
 RUN_CONFIG_MIRRORS = {"mode": "mode", "scope": "scope", "batch-size": "batch_size", "local-steps": "local_steps",
