@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import click
 
     from .commands import USER_ERRORS
-    from .commands._experiment_cli import interrupted_hint
+    from .commands import interrupted_hint
 
     args = list(sys.argv[1:] if argv is None else argv)
     _note_loose_bound()
