@@ -14,7 +14,7 @@ from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 from .train import TrainConfig, train
 
 __all__ = ["DEMO_ATTACKS", "DEMO_RUNS", "DEMO_THREADS", "attack_demo_runs", "leak_verdict", "run_demo",
-           "summary_markdown"]
+           "export_summary", "load_summary", "summary_markdown"]
 
 DEMO_THREADS = 1
 """Torch threads of the demo: fixed, because another count sums in another order and gives other numbers."""
@@ -155,7 +155,7 @@ def _run_demo(run_dir: Path, *, epochs, seed, progress, model, batch_size, data,
             "DLG that pushes its dummy gradient through the same unit transform (an attacker who knows SSGD is "
             "used). Two models: DLG's reference LeNet (sigmoid) at the first step -- the setting of the "
             "gradient-inversion literature -- and the run's trained model. Every attack runs "
-            f"{attack_iters} L-BFGS iterations from one start (the demo's budget, `--attack-iters`; "
+            f"{attack_iters} L-BFGS iterations (the demo's budget, `--attack-iters`; "
             "`ssgd attack` and the leakage grid use the attacks' larger defaults). SSGD(m=4) is trained but "
             "not attacked here (its update is a sum of m unit vectors: see `ssgd reproduce leakage`). "
             "PSNR/SSIM against the original; higher = more leaked.",
@@ -172,6 +172,56 @@ def _run_demo(run_dir: Path, *, epochs, seed, progress, model, batch_size, data,
                 "attack_iters": attack_iters, "threads": threads, "torch": torch.__version__.split("+")[0]}
     write_json(run_dir / "summary.json", {"settings": settings, "runs": rows, "attacks": attack_rows})
     return atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+_SETTINGS = {"dataset": str, "n_train": int, "n_test": int, "model": str, "batch_size": int, "epochs": int,
+             "seed": int, "attack_iters": int, "threads": int, "torch": str}
+_RUN_ROW = {"optimizer": str, "lr": float, "test_acc": float, "best": float, "seconds": float}
+_ATTACK_ROW = {"run": str, "model": str, "shared": str, "attack": str, "psnr": float, "ssim": float,
+               "label_acc": float, "seconds": float, "iterations": int}
+
+
+def _checked(obj, spec: dict, where: str) -> dict:
+    import math
+
+    if not isinstance(obj, dict) or set(obj) != set(spec):
+        raise ValueError(f"{where}: expected the keys {sorted(spec)}; got {sorted(obj) if isinstance(obj, dict) else obj!r}")
+    for key, kind in spec.items():
+        v = obj[key]
+        if kind is str:
+            ok = isinstance(v, str) and len(v) <= 80 and v.isprintable() and "|" not in v
+        elif kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 ** 9
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise ValueError(f"{where}: {key}={v!r} is not a valid {kind.__name__}")
+    return dict(obj)
+
+
+def load_summary(path: str | Path) -> dict:
+    """A demo's ``summary.json`` (or the exported ``docs/results/demo.json``), checked: hostile input."""
+    import json
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable demo summary ({e.__class__.__name__}: {e})") from e
+    if not isinstance(obj, dict) or set(obj) != {"settings", "runs", "attacks"} \
+            or not isinstance(obj["runs"], list) or not isinstance(obj["attacks"], list):
+        raise ValueError(f"{path}: not a demo summary (keys settings, runs, attacks); give the summary.json "
+                         "`ssgd demo` wrote")
+    return {"settings": _checked(obj["settings"], _SETTINGS, f"{path}: settings"),
+            "runs": [_checked(r, _RUN_ROW, f"{path}: runs[{i}]") for i, r in enumerate(obj["runs"])],
+            "attacks": [_checked(r, _ATTACK_ROW, f"{path}: attacks[{i}]") for i, r in enumerate(obj["attacks"])]}
+
+
+def export_summary(run_dir: str | Path, dest: str | Path) -> dict:
+    """Copy a finished demo's checked ``summary.json`` to ``dest`` (the README's ``docs/results/demo.json``)."""
+    summary = load_summary(Path(run_dir) / "summary.json")
+    write_json(Path(dest), summary)
+    return summary
 
 
 def summary_markdown(summary: dict) -> str:
