@@ -60,9 +60,9 @@ def test_ctrl_c_exits_130_and_names_the_run_folder(capsys, tmp_path, monkeypatch
 
     monkeypatch.setattr("ssgd.experiments.demo.run_demo", interrupted)
     monkeypatch.setattr(_experiment_cli, "_RUN", {})
-    rc, _, err = _run(capsys, "demo", "--out", str(tmp_path / "d"), "--no-progress")
+    rc, out, err = _run(capsys, "demo", "--out", str(tmp_path / "d"), "--no-progress")
     assert rc == 130
-    assert err.splitlines()[0] == f"run folder: {tmp_path / 'd'}"  # printed before the work starts
+    assert out.splitlines() == [f"run folder: {tmp_path / 'd'}"]  # printed before the work starts
     assert "interrupted" in err and str(tmp_path / "d") in err.splitlines()[-1]
 
 

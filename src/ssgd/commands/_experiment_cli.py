@@ -93,7 +93,7 @@ def open_run_dir(out: Path | None, prefix: str, *, resume: bool = False, resumab
     from ..report.io import make_run_dir
 
     run_dir = make_run_dir(out, prefix, resume=resume, **kwargs)
-    typer.echo(f"run folder: {run_dir}", err=True)
+    typer.echo(f"run folder: {run_dir}")
     _RUN.update(run_dir=Path(run_dir), resumable=resumable)
     return run_dir
 
