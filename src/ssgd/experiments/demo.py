@@ -185,7 +185,8 @@ def _checked(obj, spec: dict, where: str) -> dict:
     import math
 
     if not isinstance(obj, dict) or set(obj) != set(spec):
-        raise ValueError(f"{where}: expected the keys {sorted(spec)}; got {sorted(obj) if isinstance(obj, dict) else obj!r}")
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(spec)}; got {got}")
     for key, kind in spec.items():
         v = obj[key]
         if kind is str:
