@@ -1,5 +1,6 @@
 """make_private: the one-call API gives the CLI's run (same sigma, batches, noise, weights and epsilon)."""
 
+import copy
 import math
 
 import pytest
@@ -90,3 +91,32 @@ def test_step_without_backward_is_refused_and_generic_datasets_batch(digits):
         bn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8))
         make_private(bn, torch.optim.SGD(bn.parameters(), lr=0.1), DataLoader(pairs, batch_size=10),
                      noise_multiplier=1.0, delta=1e-5, epochs=1)
+
+
+def test_state_dict_resumes_the_same_noise_batches_and_epsilon(digits):
+    """Save after one epoch, restore into fresh objects: the second epoch is bit-identical."""
+    data = digits
+
+    def fresh():
+        m = build_model("mlp", data.shape, data.num_classes, seed=0)
+        loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=30)
+        return (m, *make_private(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), loader,
+                                 noise_multiplier=1.0, delta=1e-5, epochs=2, seed=3))
+
+    def epoch(m, opt, loader):
+        for x, y in loader:
+            opt.zero_grad()
+            opt.backward(x, y)
+            opt.step()
+
+    m1, o1, l1, a1 = fresh()
+    epoch(m1, o1, l1)
+    saved = copy.deepcopy({"model": m1.state_dict(), "opt": o1.state_dict()})  # as torch.save would
+    epoch(m1, o1, l1)
+    m2, o2, l2, a2 = fresh()
+    m2.load_state_dict(saved["model"])
+    o2.load_state_dict(saved["opt"])
+    epoch(m2, o2, l2)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert a2.steps == a1.steps == 8 and a2.get_epsilon() == a1.get_epsilon()
