@@ -133,3 +133,14 @@ def test_lightning_runs():
     pytest.importorskip("lightning")
     trainer, module = _load("lightning_module").main(epochs=1)
     assert isinstance(trainer.optimizers[0], ssgd.SSGD) and len(module.losses) == 8
+
+
+def test_every_recipe_is_linked_from_the_readme_and_run_here():
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    linked = set(re.findall(r"\]\(examples/(\w+)\.py\)", readme))
+    recipes = {p.stem for p in EXAMPLES.glob("*.py")}
+    assert linked == recipes, f"README links {sorted(linked)}, examples/ holds {sorted(recipes)}"
+    here = Path(__file__).read_text()
+    assert all(f'_load("{name}")' in here for name in recipes)
