@@ -15,13 +15,14 @@ from plain_loop import toy_data
 from ssgd.privacy import make_private
 
 
-def main(epochs=3, batch_size=32, lr=0.05, target_epsilon=3.0, delta=1e-5, seed=0):
+def main(epochs=3, batch_size=32, lr=0.05, target_epsilon=3.0, delta=1e-5, seed=0, noise_multiplier=None):
+    """``noise_multiplier`` given: that sigma (Opacus's ``make_private``) instead of solving it for ``target_epsilon``."""
     torch.manual_seed(seed)
     loader = torch.utils.data.DataLoader(toy_data(seed=seed), batch_size=batch_size)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))  # no BatchNorm (per-example grads)
     opt = ssgd.SSGD(model.parameters(), lr=lr, momentum=0.9)
-    opt, loader, accountant = make_private(model, opt, loader, target_epsilon=target_epsilon, delta=delta,
-                                           epochs=epochs, seed=seed)
+    budget = {"target_epsilon": target_epsilon} if noise_multiplier is None else {"noise_multiplier": noise_multiplier}
+    opt, loader, accountant = make_private(model, opt, loader, delta=delta, epochs=epochs, seed=seed, **budget)
     losses = []
     for _ in range(epochs):
         for x, y in loader:  # Poisson-sampled batches
