@@ -83,7 +83,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="print the version and exit"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar=THREADS_ENV, show_envvar=True,
-                                          help="torch threads (default: free cores of this process, see docs)"),
+                                          help="torch threads (default: the free cores of this process; README, Threads)"),
 ) -> None:
     apply_threads(choose_threads(threads))
 
