@@ -23,6 +23,7 @@ from .accountant import (
     compute_epsilon,
     solve_noise_multiplier,
 )
+from .engine import make_private
 from .example import (DEFAULT_GAMMA, NonFiniteExampleError, PoissonSampler, check_per_example_model,
                       per_example_unit_grads, private_unit_grad_)
 from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
@@ -49,6 +50,7 @@ __all__ = [
     "compute_epsilon",
     "ddp_privacy",
     "derive_seed",
+    "make_private",
     "node_unit_sum_",
     "per_example_unit_grads",
     "private_unit_grad_",
