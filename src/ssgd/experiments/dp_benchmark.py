@@ -208,7 +208,10 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
                         model, n, cfg.batch_size, epochs, scope=scope, seed=seed)
 
         def one_epoch(bar) -> None:
-            for _ in range(steps_per_epoch):  # Opacus's sampler: the same masks as the Opacus run of this seed
+            # Opacus's loader: its iterator draws a base seed, then the sampler one mask per step; the same
+            # draws here give the same masks as the Opacus run of this seed
+            torch.empty((), dtype=torch.int64).random_(generator=masks)
+            for _ in range(steps_per_epoch):
                 idx = torch.nonzero(torch.rand(n, generator=masks) < q).flatten().to(device)
                 seen[0] += int(idx.numel())
                 opt.zero_grad(set_to_none=True)
