@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +43,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..models import build_model, evaluate
+from ..models import build_model, build_scheduler, evaluate
 from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed, private_unit_grad_
 from ..privacy import solve_noise_multiplier
 from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
@@ -79,6 +79,7 @@ class DPBenchmarkConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "tanh-cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     features: str | None = None  # "scatternet": dataset/model of FEATURES, the anchor of ANCHORS
     epsilon: float = 3.0
     delta: float = 1e-5
@@ -86,6 +87,7 @@ class DPBenchmarkConfig:
     epochs: int = 40
     batch_size: int = 2048
     momentum: float = 0.9
+    schedule: str = "constant"  # per-step lr schedule (ssgd.models SCHEDULES): post-processing, no privacy cost
     ssgd_lrs: tuple[float, ...] = (0.2, 0.4, 0.8)
     opacus_lrs: tuple[float, ...] = (2.0, 4.0, 8.0)
     max_widen: int = 2  # a winner at a grid edge adds a point beyond it, at most this many times
@@ -131,6 +133,10 @@ class DPBenchmarkConfig:
                                  f"add it or widen the grid around it")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"Invalid momentum={self.momentum!r}; must be in [0, 1)")
+        from ..models.optimizers import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Invalid schedule={self.schedule!r}; expected one of {list(SCHEDULES)}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"Unknown normalisation {self.normalisation!r}; expected one of {list(NORMALISATIONS)}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -180,7 +186,8 @@ def _mask_generator(seed: int) -> torch.Generator:
 def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: float, epochs: int, sigma: float,
                 seed: int = 0, normalisation: str = "gamma", checkpoint: Path | None = None, resume: bool = False,
                 progress: bool = False, desc: str = "", log: Callable[[str], None] | None = None,
-                stop_after: int | None = None) -> list[dict[str, Any]]:
+                stop_after: int | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train one private run of ``method`` on ``data``; evaluate on ``data.x_test`` after every epoch.
 
     Returns the per-epoch rows ``{epoch, test_acc, test_loss, epsilon, epsilon_opacus, steps, examples,
@@ -188,7 +195,10 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     (``epsilon`` from :func:`ssgd.privacy.compute_epsilon`, the same accountant for both methods).
     With ``checkpoint``, the state after every epoch is saved there; ``resume`` continues from it
     (bit-identical to an uninterrupted run on CPU). ``stop_after`` ends this call after that many
-    epochs (an interruption, for tests)."""
+    epochs (an interruption, for tests); ``on_epoch(row)`` runs after every epoch.
+
+    The one private-training loop of the project's experiments: the benchmark and ``ssgd reproduce
+    privacy`` (:func:`ssgd.experiments.privacy.train_private`) both train through it."""
     from tqdm.auto import tqdm
 
     if method not in BENCHMARK_METHODS:
@@ -197,10 +207,11 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     n = data.x_train.shape[0]
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     q = 1.0 / steps_per_epoch
-    model = build_model(cfg.model, data.shape, data.num_classes, seed=seed).to(device)
+    model = build_model(cfg.model, data.shape, data.num_classes, seed=seed, **cfg.model_kwargs).to(device)
     masks = _mask_generator(seed)
     seen = [0]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
+    sched = build_scheduler(opt, cfg.schedule, max(1, steps_per_epoch * epochs))
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
     if method == "ssgd":
         scope, gamma = _gamma_scope(cfg, normalisation)
@@ -219,6 +230,7 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
                                    expected_batch_size=dp.expected_batch_size, scope=scope, gamma=gamma)
                 dp.accountant.step()
                 opt.step()
+                sched.step()
                 bar.update(1)
 
         def state() -> dict[str, Any]:
@@ -242,7 +254,11 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             def count(xb, yb) -> None:
                 seen[0] += int(xb.shape[0])
 
-            train_epoch(pmodel, popt, ploader, after_step=lambda: bar.update(1), before_step=count)
+            def after() -> None:
+                sched.step()
+                bar.update(1)
+
+            train_epoch(pmodel, popt, ploader, after_step=after, before_step=count)
 
         def state() -> dict[str, Any]:
             return {"opacus_accountant": engine.accountant.state_dict(), "sampler_gen": sampler_gen.get_state(),
@@ -262,12 +278,13 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             "seed": seed}
     if resume and checkpoint is not None and checkpoint.is_file():
         ck = load_checkpoint(checkpoint, format=CHECKPOINT_FORMAT,
-                             required=("epoch", "model", "optimizer", "history", "state", "run"))
+                             required=("epoch", "model", "optimizer", "scheduler", "history", "state", "run"))
         if ck["run"] != want:
             raise ConfigMismatchError(f"checkpoint {checkpoint} belongs to the run {ck['run']}, not {want}; "
                                       "resume with the same settings or use a new run folder")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
         load(ck["state"])
         history, start, elapsed = list(ck["history"]), int(ck["epoch"]) + 1, float(ck["seconds"])
         if history:
@@ -295,12 +312,14 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
                "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(acc=f"{acc:.4f}", eps=f"{row['epsilon']:.3g}")
+        if on_epoch is not None:
+            on_epoch(row)
         if log is not None:
             log(f"{desc or method} epoch {epoch}/{epochs}: acc {acc:.4f} eps {row['epsilon']:.4g} "
                 f"({row['seconds']:.0f} s)")
         if checkpoint is not None:
             save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "history": history, "seconds": row["seconds"], "state": state(),
+                                         "scheduler": sched.state_dict(), "history": history, "seconds": row["seconds"], "state": state(),
                                          "torch_rng": torch.get_rng_state(),
                                          "run": want},
                             format=CHECKPOINT_FORMAT)
