@@ -427,6 +427,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
             tot_loss += float(loss) * idx.numel()
             seen += idx.numel()
             bar.update(1)
+        check_finite = getattr(opt, "check_finite", None)
+        if check_finite is not None:  # a GPU step raises a NaN's error later: surface the last steps' errors now
+            check_finite()
         row = full_row(public_row(epoch), tot_loss / max(seen, 1))
         history.append(row)
         done_here += 1
