@@ -28,7 +28,8 @@ from .example import (DEFAULT_GAMMA, NonFiniteExampleError, PoissonSampler, chec
                       per_example_unit_grads, private_unit_grad_)
 from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
-from .training import DP_LEVELS, DPConfig, DPTraining, check_ddp_config, ddp_privacy
+from .training import (DP_LEVELS, MIN_NODE_LOCAL_NOISE, DPConfig, DPTraining, check_ddp_config, check_dp_setup,
+                       check_node_local_sigma, ddp_privacy)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -46,6 +47,9 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacyBudgetError",
     "check_ddp_config",
+    "check_dp_setup",
+    "check_node_local_sigma",
+    "MIN_NODE_LOCAL_NOISE",
     "check_per_example_model",
     "compute_epsilon",
     "ddp_privacy",
