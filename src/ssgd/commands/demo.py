@@ -21,9 +21,9 @@ def demo_cmd(
     from ..experiments.demo import run_demo
     from ..report.io import make_run_dir
 
-    run_dir = make_run_dir(out, "demo")
     if attack_iters < 0:
         raise typer.BadParameter(f"--attack-iters {attack_iters} must be >= 0")
+    run_dir = make_run_dir(out, "demo")
     report = run_demo(run_dir, epochs=epochs, seed=seed, progress=progress, attack_iters=attack_iters)
     typer.echo(report.read_text())
     typer.echo(f"run folder: {run_dir}")

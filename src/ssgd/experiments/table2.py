@@ -321,7 +321,7 @@ def _plot(best: list[dict[str, Any]], methods: Iterable[str], path: Path, title:
 def _results_json(cfg: Table2Config, cells: list[Cell], done: list[dict[str, Any]],
                   train_examples: int | None = None) -> dict[str, Any]:
     keep = ("batch", "method", "m", "test_acc_mean", "test_acc_std", "lr", "steps", "epochs", "lr_at_grid_edge",
-            "seeds", "test_accs", "val_acc", "paper_test_acc", "lrs_tried")
+            "seeds", "test_accs", "val_acc", "val_acc_mean", "paper_test_acc", "lrs_tried", "lrs_rejected")
     return {"epochs": cfg.epochs, "steps_target": cfg.steps, "seeds": cfg.seeds, "train_examples": train_examples,
             "partial": len(done) < len(cells), "cells_done": len(done), "cells_total": len(cells),
             "model": cfg.model, "dataset": cfg.dataset,
