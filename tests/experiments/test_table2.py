@@ -276,3 +276,10 @@ def test_run_returns_an_experiment_result(tmp_path):
     assert cells[(64, "sgd")]["seeds"] == 2 and cells[(32, "sgd")]["seeds"] == 1
     assert len(res.tables["runs"]) == 2 + 2 + 2  # batch 32: 1 lr x 2 methods; batch 64: 1 lr x 2 seeds x 2
     assert res.summary["partial"] is False and "SSGD(m)" in res.text
+
+
+def test_summary_names_a_rejected_pick():
+    cells = [_cell_json(1024, "sgd", 0.85, 0.003, 3, lrs_rejected=[0.6325]), _cell_json(1024, "ssgd", 0.86, 0.003, 3)]
+    text = summarize_table2(cells, epochs=20)
+    assert "by the validation mean over them" in text and "SGD@1024 (lr 0.6325 -> 0.1)" in text
+    assert "diverged" not in summarize_table2([_cell_json(1024, "sgd", 0.85, 0.003, 3)], epochs=20)

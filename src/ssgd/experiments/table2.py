@@ -233,7 +233,13 @@ def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MA
     else:
         why.append(f"one seed per cell, so differences below about {100 * tol:.1f}-1 points are within seed noise")
     why.append(f"the model is a {model.upper()} (the paper's model is not stated); each lr came from a validation "
-               "grid of the same size for every method, widened where the winner sat at its edge")
+               "grid of the same size for every method, widened where the winner sat at its edge"
+               + (", and where a cell has seeds, by the validation mean over them" if seeds > 1 else ""))
+    rejected = [f"{LABELS[r['method']]}@{r['batch']} (lr {', '.join(f'{x:g}' for x in r['lrs_rejected'])} "
+                f"-> {r['lr']:g})" for r in best if r.get("lrs_rejected")]
+    if rejected:
+        why.append("the first seed's pick lost to the next lr by its mean over seeds (its seeds diverged) at "
+                   + ", ".join(rejected))
     if edges:
         why.append("the chosen lr still sat at the grid's edge after widening for " + ", ".join(edges))
     parts.append("; ".join(why) + ".")
