@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ssgd.experiments.dp_benchmark import DPBenchmarkConfig, _load_data, fit_private  # noqa: E402
 from ssgd.experiments.sweep import welch  # noqa: E402
 from ssgd.privacy import solve_noise_multiplier  # noqa: E402
-from ssgd.report.io import check_saved_config, write_csv, write_json  # noqa: E402
+from ssgd.report.io import atomic_write_text, check_saved_config, write_csv, write_json  # noqa: E402
 
 ANCHOR = {"source": "Tramèr & Boneh, ICLR 2021, ScatterNet + linear (DP-SGD)", "test_acc": 0.897, "epsilon": 3.0,
           "delta": 1e-5, "batch_size": 8192, "lr": 16.0, "noise_multiplier": 4.05, "epochs": 40, "groups": 27,
@@ -115,9 +115,40 @@ def _publish(out: Path, pub: Path, cfg: DPBenchmarkConfig, seeds, lrs, sigma, n,
               "driver": "scripts/dp_scatternet.py (not the product command)"}
     write_json(out / "dp_scatternet.json", result)
     write_json(pub / "dp_scatternet.json", result)
+    atomic_write_text(out / "report.md", report_markdown(result) + "\n")
     line = ", ".join(f"{m} {r['test_acc_mean']:.4f} over seeds {r['seeds']}" for m, r in runs.items())
     print(f"[{time.strftime('%H:%M:%S')}] published ({'partial' if result['partial'] else 'complete'}): {line}",
           flush=True)
+
+
+def report_markdown(res: dict) -> str:
+    """The run folder's report, generated from the results object."""
+    a = res["anchor"]
+    lines = [f"# SSGD + noise vs Opacus DP-SGD on ScatterNet features: {res['dataset']} at ε = {res['epsilon']:g}, "
+             f"δ = {res['delta']:g}", "",
+             f"Model `{res['model']}` on scattering features (J = 2, L = 8: 81 x 7 x 7), {res['n_train']} training / "
+             f"{res['n_test']} test examples, {res['epochs']} epochs, Poisson sampling q = {res['sample_rate']:.4g} "
+             f"(batch {res['batch_size']}), momentum {res['momentum']:g}, σ solved by the {res['accountant'].upper()} "
+             f"accountant, seeds {res['seeds']} (paired initialisation), device {res['device']}. "
+             f"Learning rates {res['lr_choice']}." + (" **Partial.**" if res["partial"] else ""), "",
+             "| run | test accuracy (mean ± std) | per seed | lr | σ | ε (same accountant) | s per run | train examples/s (eval included) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| anchor: {a['source']} | {a['test_acc']:.3f} | - | {a['lr']:g} | {a['noise_multiplier']:g} | "
+             f"{a['epsilon']:g} | - | - |"]
+    names = {"ssgd": "SSGD + noise (γ = {g})", "opacus": "Opacus DP-SGD (C = {c})"}
+    for m, r in res["runs"].items():
+        std = "" if r["test_acc_std"] is None else f" ± {r['test_acc_std']:.4f}"
+        lines.append(f"| {names[m].format(g=r.get('gamma'), c=r.get('max_grad_norm'))} | {r['test_acc_mean']:.4f}{std} | "
+                     f"{', '.join(f'{x:.4f}' for x in r['test_accs'])} | {r['lr']:g} | {r['noise_multiplier']:.4f} | "
+                     f"{r['epsilon']:.4g} | {r['seconds']:.0f} | {r['examples_per_second']:.0f} |")
+    if res.get("welch_p") is not None:
+        s_, o_ = res["runs"]["ssgd"], res["runs"]["opacus"]
+        d = 100 * (s_["test_acc_mean"] - o_["test_acc_mean"])
+        lines += ["", f"SSGD + noise − Opacus: {d:+.2f} points (Welch p = {res['welch_p']:.2f}); against the anchor "
+                  f"({100 * a['test_acc']:.1f} %): SSGD {100 * (s_['test_acc_mean'] - a['test_acc']):+.2f}, Opacus "
+                  f"{100 * (o_['test_acc_mean'] - a['test_acc']):+.2f} points."]
+    lines += ["", f"Driver: {res['driver']}; per-epoch rows in `<method>_seed<k>_history.csv`."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
