@@ -18,10 +18,11 @@ inside functions):
 * no module imports another package's private names (in the core, where all modules share one
   package, private names are shared only through private ``_*.py`` modules).
 
-import-linter's ``layers`` contract expresses the first two rules but not the last three
-(modules outside every layer pass it, and it does not read dynamic imports or module names
-in strings), so the checker stays here; :func:`test_checker_catches_each_kind_of_violation`
-plants every hole in a scratch tree.
+import-linter's ``layers`` contract (``|`` for independent siblings, ``exhaustive`` for the map)
+expresses the order, the siblings and the map, but not dynamic imports, module names in
+strings or the private-name rule, and it would add a dependency for half the job; so the
+checker stays here, and :func:`test_checker_catches_each_kind_of_violation` plants every
+hole in a scratch tree.
 """
 
 from __future__ import annotations
