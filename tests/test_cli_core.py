@@ -18,11 +18,12 @@ from ssgd.experiments.bench_step import param_shapes
 runner = CliRunner()
 
 
-def test_help_lists_core_commands():
-    res = runner.invoke(app, ["--help"])
-    assert res.exit_code == 0, res.output
-    for cmd in ("train", "demo", "bench"):
-        assert cmd in res.output
+def test_demo_bad_value_is_one_line_and_leaves_no_run_folder(tmp_path):
+    """``ssgd demo`` refuses a bad value before it makes its run folder (train/bench are run in the tests below)."""
+    out = tmp_path / "demo-run"
+    res = runner.invoke(app, ["demo", "--attack-iters", "-1", "--out", str(out), "--no-progress"])
+    assert res.exit_code != 0 and "--attack-iters" in _flat(res.output) and "Traceback" not in res.output
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ssgd.data.datasets import FASHION_MNIST_DIR
-from ssgd.experiments.contract import Experiment, ExperimentResult
+from ssgd.experiments.contract import ExperimentResult
 from ssgd.experiments.sweep import Cell, GridStore, cell_result, lr_ladder, next_run, welch
 from ssgd.experiments.table2 import (PAPER_TABLE2, Table2Config, cells_of, lr_grid, paper_m, results_markdown,
                                      select_best, summarize_table2, verdicts)
@@ -93,12 +93,41 @@ def test_extra_seeds_run_at_the_winning_lr_and_give_mean_and_std(tmp_path):
         _add(store, cell, lr, 0, v, test=0.80)
     assert cell_result(cell, store) is None  # unfinished: seeds missing
     assert next_run(cell, store) == (0.3162, 1)
-    _add(store, cell, 0.3162, 1, 0.1, test=0.82)
+    _add(store, cell, 0.3162, 1, 0.69, test=0.82)
     assert next_run(cell, store) == (0.3162, 2)
-    _add(store, cell, 0.3162, 2, 0.1, test=0.84)
+    _add(store, cell, 0.3162, 2, 0.71, test=0.84)
     res = cell_result(cell, store)
     assert res["lr"] == 0.3162 and res["test_accs"] == [0.80, 0.82, 0.84] and res["seeds"] == 3
     assert res["test_acc_mean"] == pytest.approx(0.82) and res["test_acc_std"] == pytest.approx(0.02)
+    assert res["val_acc_mean"] == pytest.approx(0.7) and res["lrs_rejected"] == []
+
+
+def test_a_pick_whose_seeds_diverge_loses_to_the_next_lr(tmp_path):
+    """Issue 22 item 7: SGD at batch 1024 picked lr 0.6325 on seed 0 (val 0.860); its seeds 1 and 2 scored
+    0.555 and 0.852. By the validation mean over seeds (0.756) it loses to lr 0.2 (0.846 on seed 0), which is
+    then run at every seed and kept while its mean stays above the other lrs."""
+    store = GridStore(tmp_path / "grid.json", resume=False)
+    cell = _cell(seeds=(0, 1, 2), widen=0, grid=(0.06325, 0.2, 0.6325))
+    for lr, v in ((0.06325, 0.820), (0.2, 0.846), (0.6325, 0.860)):
+        _add(store, cell, lr, 0, v)
+    assert next_run(cell, store) == (0.6325, 1)
+    _add(store, cell, 0.6325, 1, 0.555)
+    assert next_run(cell, store) == (0.6325, 2)
+    _add(store, cell, 0.6325, 2, 0.852)
+    assert next_run(cell, store) == (0.2, 1)  # mean 0.756 < 0.846: the next lr gets its seeds
+    _add(store, cell, 0.2, 1, 0.845)
+    _add(store, cell, 0.2, 2, 0.850)
+    assert next_run(cell, store) is None
+    res = cell_result(cell, store)
+    assert res["lr"] == 0.2 and res["lrs_rejected"] == [0.6325] and res["test_accs"] == [0.846, 0.845, 0.850]
+    assert res["val_acc_mean"] == pytest.approx((0.846 + 0.845 + 0.850) / 3) and not res["lr_at_grid_edge"]
+    # a NaN seed (a run that blew up) is the worst score, never silently dropped from the mean
+    store2 = GridStore(tmp_path / "g2.json", resume=False)
+    for lr, v in ((0.06325, 0.820), (0.2, 0.846), (0.6325, 0.860)):
+        _add(store2, cell, lr, 0, v)
+    _add(store2, cell, 0.6325, 1, float("nan"))
+    _add(store2, cell, 0.6325, 2, 0.90)
+    assert next_run(cell, store2) == (0.2, 1)
 
 
 def test_cells_run_largest_batch_first_with_seeds_where_asked():
@@ -167,10 +196,34 @@ def test_config_errors_name_the_value():
         Table2Config(batch_sizes=(8,), shards={8: 16}).validate()
 
 
-def test_follows_the_experiment_contract():
-    cfg = Table2Config.quick()
-    assert isinstance(cfg, Experiment) and cfg.validate() is cfg
-    assert cfg.epochs == 1 and max(cfg.batch_sizes) == 1024 and cfg.seeds == 2
+def _toy():
+    from ssgd.data import ImageDataset
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 8).long()
+    return ImageDataset("toy", x[:300], y[:300], x[300:], y[300:], num_classes=2)
+
+
+def test_resume_continues_and_refuses_another_config(tmp_path):
+    """The experiment contract's resume: an interrupted sweep finishes only what is missing, and a folder
+    holding another configuration is refused with the differing key named."""
+    from ssgd.report.io import ConfigMismatchError
+
+    cfg = Table2Config(batch_sizes=(32, 64), methods=("sgd",), epochs=1, lr_points=2, seeds=1, dataset="toy")
+    cfg.run(tmp_path, progress=False, data=_toy())
+    grid = json.loads((tmp_path / "grid.json").read_text())["runs"]
+    assert len(grid) == 4
+    # drop the last run as if the sweep had been killed: resume trains exactly that run again
+    (tmp_path / "grid.json").write_text(json.dumps({"runs": grid[:-1]}))
+    res = cfg.run(tmp_path, resume=True, progress=False, data=_toy())
+    again = json.loads((tmp_path / "grid.json").read_text())["runs"]
+    assert len(again) == 4 and {(r["batch"], r["lr"]) for r in again} == {(r["batch"], r["lr"]) for r in grid}
+    assert res.summary["partial"] is False
+    with pytest.raises(ConfigMismatchError, match="epochs"):
+        Table2Config(batch_sizes=(32, 64), methods=("sgd",), epochs=2, lr_points=2, seeds=1,
+                     dataset="toy").run(tmp_path, resume=True, progress=False, data=_toy())
 
 
 @pytest.mark.slow
@@ -223,3 +276,10 @@ def test_run_returns_an_experiment_result(tmp_path):
     assert cells[(64, "sgd")]["seeds"] == 2 and cells[(32, "sgd")]["seeds"] == 1
     assert len(res.tables["runs"]) == 2 + 2 + 2  # batch 32: 1 lr x 2 methods; batch 64: 1 lr x 2 seeds x 2
     assert res.summary["partial"] is False and "SSGD(m)" in res.text
+
+
+def test_summary_names_a_rejected_pick():
+    cells = [_cell_json(1024, "sgd", 0.85, 0.003, 3, lrs_rejected=[0.6325]), _cell_json(1024, "ssgd", 0.86, 0.003, 3)]
+    text = summarize_table2(cells, epochs=20)
+    assert "by the validation mean over them" in text and "SGD@1024 (lr 0.6325 -> 0.1)" in text
+    assert "diverged" not in summarize_table2([_cell_json(1024, "sgd", 0.85, 0.003, 3)], epochs=20)

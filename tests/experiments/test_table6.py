@@ -79,14 +79,11 @@ def test_config_errors():
         Table6Config(val_fraction=1).validate()
 
 
-def test_markdown_from_the_json_and_the_contract():
-    from ssgd.experiments.contract import Experiment
-
+def test_markdown_from_the_json():
     cells = [dict(m=4, n=16, batch=64, method="ssgd", test_acc_mean=0.7, test_acc_std=None, steps=844,
                   lr_at_grid_edge=True)]
     md = results_markdown({"epochs": 20, "partial": True, "cells_done": 1, "cells_total": 27, "cells": cells})
     assert "| 4 | 16 | 64 | 844 | 0.7000† / 0.7947 |" in md and "1 of 27 cells" in md
-    assert isinstance(Table6Config.quick(), Experiment) and Table6Config.quick().validate().epochs == 1
 
 
 @pytest.mark.slow

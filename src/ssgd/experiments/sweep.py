@@ -10,9 +10,14 @@ Every cell gets the same treatment, whatever the method:
    least 3 were tried), one more point a factor ``lr_step`` beyond that edge is trained and the
    winner is chosen again, at most ``widen`` times. A winner still at the edge afterwards is
    flagged (``lr_at_grid_edge``).
-3. **Seeds.** Cells whose method is in ``seed_methods`` at batch >= ``seed_from_batch`` are
-   retrained at the winning lr with ``seeds - 1`` more training seeds (model init and batch
-   order; the data split stays), and report the test accuracy's mean and sample std.
+3. **Seeds, and a pick that must hold over them.** Cells whose method is in ``seed_methods`` at
+   batch >= ``seed_from_batch`` are retrained at the winning lr with ``seeds - 1`` more training
+   seeds (model init and batch order; the data split stays). The lr is then chosen by its
+   *validation mean over seeds* (:func:`choose_lr`): a pick whose seeds diverge (one seed's run
+   blows up, as SGD at batch 1024 and lr 0.63 did) falls below the next lr, which is retrained at
+   every seed in turn, until the best mean over seeds is at least every other lr's validation
+   accuracy. The cell reports the test accuracy's mean and sample std at that lr, and the lrs
+   rejected on the way (``lrs_rejected``).
 
 Every finished training run is appended to ``grid.json`` at once (atomically), so an
 interrupted sweep resumes at the run it stopped at; a cell is finished when
@@ -35,7 +40,7 @@ from ..report.io import atomic_write_text, check_saved_config, write_csv, write_
 from .train import TrainConfig, train
 
 __all__ = ["LR_CENTER", "MATCH_TOL", "PAPER_TOL", "SweepConfig", "Cell", "GridStore", "lr_grid", "select_best",
-           "lr_ladder", "next_run", "run_cells", "SweepRun", "run_sweep", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch",
+           "lr_ladder", "choose_lr", "next_run", "run_cells", "SweepRun", "run_sweep", "cell_result", "fmt_acc", "fmt_mean_std", "prepare_split", "welch",
            "load_results"]
 
 # Grid centres, calibrated on validation accuracy only in two pilots (batch 64, 3 epochs; batch 4096,
@@ -228,10 +233,36 @@ def next_run(cell: Cell, store: GridStore) -> tuple[float, int] | None:
         if edge in cell.ladder and 0 <= cell.ladder.index(edge) + (1 if up else -1) < len(cell.ladder):
             return cell.ladder[cell.ladder.index(edge) + (1 if up else -1)], base
         return _round(edge * cell.lr_step if up else edge / cell.lr_step), base
-    for s in cell.seeds[1:]:
-        if store.find(**cell.key, lr=best["lr"], seed=s) is None:
-            return best["lr"], s
-    return None
+    lr, missing, _ = choose_lr(cell, store)
+    return (lr, missing[0]) if missing else None
+
+
+def _mean_val(rows: list[dict[str, Any]]) -> float:
+    vals = [r["val_acc"] for r in rows]
+    return -1.0 if any(v != v for v in vals) else statistics.fmean(vals)  # NaN (a diverged seed) is worst
+
+
+def choose_lr(cell: Cell, store: GridStore) -> tuple[float, list[int], list[float]]:
+    """The cell's lr by validation mean over its seeds, evaluated lazily: ``(lr, seeds it still needs,
+    lrs rejected)``.
+
+    Every lr tried at the base seed scores its validation accuracy there, or its mean over all the cell's
+    seeds once they have run. The lr with the best score (ties: the smaller lr) is the pick; while it still
+    lacks seeds they are its next runs. So the final pick's mean over seeds is at least every other lr's
+    score, and a pick whose seeds diverge loses to the next lr (``lrs rejected``: lrs whose seeds ran but
+    that lost). Call only once the base-seed grid (and its widening) is finished."""
+    tuned = _tuning_rows(cell, store)
+    if not tuned:
+        raise ValueError(f"choose_lr: no finished base-seed runs for the cell {cell.key}")
+    scores: dict[float, tuple[float, bool]] = {}
+    for r in tuned:
+        rows = [store.find(**cell.key, lr=r["lr"], seed=s) for s in cell.seeds]
+        complete = all(x is not None for x in rows)
+        scores[r["lr"]] = (_mean_val(rows) if complete else _mean_val([r]), complete)
+    pick = max(scores, key=lambda lr: (scores[lr][0], -lr))
+    missing = [s for s in cell.seeds if store.find(**cell.key, lr=pick, seed=s) is None]
+    rejected = sorted(lr for lr, (_, complete) in scores.items() if complete and lr != pick and len(cell.seeds) > 1)
+    return pick, missing, rejected
 
 
 def _train_one(cell: Cell, lr: float, seed: int, train_part: ImageDataset, val: ImageDataset, cfg: SweepConfig,
@@ -261,15 +292,19 @@ def cell_result(cell: Cell, store: GridStore) -> dict[str, Any] | None:
     if next_run(cell, store) is not None:
         return None
     tuning = _tuning_rows(cell, store)
-    best = select_best(tuning)
-    accs = [store.find(**cell.key, lr=best["lr"], seed=s)["test_acc"] for s in cell.seeds]
+    lr, _, rejected = choose_lr(cell, store)
+    best = next(r for r in tuning if r["lr"] == lr)
+    lrs = sorted(r["lr"] for r in tuning)
+    seed_rows = [store.find(**cell.key, lr=lr, seed=s) for s in cell.seeds]
+    accs = [r["test_acc"] for r in seed_rows]
     finite = [a for a in accs if a == a]
     return {**cell.key, **cell.extra, "lr": best["lr"], "lr_optimizer": best["lr_optimizer"],
             "epochs": best["epochs"], "steps": best["steps"], "val_acc": best["val_acc"],
+            "val_acc_mean": _mean_val(seed_rows), "lrs_rejected": rejected,
             "test_acc": best["test_acc"],
             "test_acc_mean": statistics.fmean(finite) if finite else float("nan"),
             "test_acc_std": statistics.stdev(finite) if len(finite) > 1 else None,
-            "test_accs": accs, "seeds": len(accs), "lr_at_grid_edge": best["lr_at_edge"],
+            "test_accs": accs, "seeds": len(accs), "lr_at_grid_edge": len(lrs) >= 3 and lr in (lrs[0], lrs[-1]),
             "lrs_tried": sorted(r["lr"] for r in tuning), "seconds": sum(
                 r.get("seconds", 0.0) for r in store.select(**cell.key) if "reused_from" not in r)}
 
@@ -343,7 +378,7 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, name: str, *, make_cells, make_re
     results = make_results(cells, best)
     write_json(results_path, results)
     write_csv(run_dir / "grid.csv", store.rows)
-    write_csv(run_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried")}
+    write_csv(run_dir / f"{name}.csv", [{k: v for k, v in r.items() if k not in ("test_accs", "lrs_tried", "lrs_rejected")}
                                         for r in best])
     atomic_write_text(run_dir / f"{name}.md", markdown(results) + "\n")
     return SweepRun(best, results, store, n_train, val.x_test.shape[0], train_part.x_test.shape[0])

@@ -233,7 +233,13 @@ def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MA
     else:
         why.append(f"one seed per cell, so differences below about {100 * tol:.1f}-1 points are within seed noise")
     why.append(f"the model is a {model.upper()} (the paper's model is not stated); each lr came from a validation "
-               "grid of the same size for every method, widened where the winner sat at its edge")
+               "grid of the same size for every method, widened where the winner sat at its edge"
+               + (", and where a cell has seeds, by the validation mean over them" if seeds > 1 else ""))
+    rejected = [f"{LABELS[r['method']]}@{r['batch']} (lr {', '.join(f'{x:g}' for x in r['lrs_rejected'])} "
+                f"-> {r['lr']:g})" for r in best if r.get("lrs_rejected")]
+    if rejected:
+        why.append("the first seed's pick lost to the next lr by its mean over seeds (its seeds diverged) at "
+                   + ", ".join(rejected))
     if edges:
         why.append("the chosen lr still sat at the grid's edge after widening for " + ", ".join(edges))
     parts.append("; ".join(why) + ".")
@@ -321,7 +327,7 @@ def _plot(best: list[dict[str, Any]], methods: Iterable[str], path: Path, title:
 def _results_json(cfg: Table2Config, cells: list[Cell], done: list[dict[str, Any]],
                   train_examples: int | None = None) -> dict[str, Any]:
     keep = ("batch", "method", "m", "test_acc_mean", "test_acc_std", "lr", "steps", "epochs", "lr_at_grid_edge",
-            "seeds", "test_accs", "val_acc", "paper_test_acc", "lrs_tried")
+            "seeds", "test_accs", "val_acc", "val_acc_mean", "paper_test_acc", "lrs_tried", "lrs_rejected")
     return {"epochs": cfg.epochs, "steps_target": cfg.steps, "seeds": cfg.seeds, "train_examples": train_examples,
             "partial": len(done) < len(cells), "cells_done": len(done), "cells_total": len(cells),
             "model": cfg.model, "dataset": cfg.dataset,

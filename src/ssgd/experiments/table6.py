@@ -195,7 +195,7 @@ def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
 
 def _results_json(cfg: Table6Config, cells: list[Cell], done: list[dict[str, Any]]) -> dict[str, Any]:
     keep = ("batch", "method", "m", "n", "test_acc_mean", "test_acc_std", "lr", "steps", "epochs",
-            "lr_at_grid_edge", "seeds", "test_accs", "val_acc", "paper_test_acc", "lrs_tried")
+            "lr_at_grid_edge", "seeds", "test_accs", "val_acc", "val_acc_mean", "paper_test_acc", "lrs_tried", "lrs_rejected")
     return {"epochs": cfg.epochs, "seeds": cfg.seeds, "noise_eps": cfg.noise_eps, "partial": len(done) < len(cells),
             "cells_done": len(done), "cells_total": len(cells), "model": cfg.model, "dataset": cfg.dataset,
             "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["m"], c["n"],

@@ -118,7 +118,7 @@ def build_optimizer(name: str, params: Iterable, *, lr: float | None = None, mom
     if shards < 1:
         raise ValueError(f"Invalid shards={shards}; must be >= 1")
     if shards > 1 and name != "ssgd":
-        raise ValueError(f"--shards {shards} only applies to --optimizer ssgd (got {name!r}); drop --shards")
+        raise ValueError(f"shards={shards} only applies to the 'ssgd' optimizer (got {name!r}); use shards=1")
     lr = DEFAULT_LR[name] if lr is None else lr
     mom = DEFAULT_MOMENTUM[name] if momentum is None else momentum
     if name in ("sgd", "sgdm"):
