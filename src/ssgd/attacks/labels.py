@@ -11,10 +11,12 @@ level, which is scale-free (it works on a unit vector, SSGD's shared update, too
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
-__all__ = ["last_layer_signal", "recover_labels"]
+__all__ = ["last_layer_signal", "recover_labels", "shard_assignments"]
 
 
 def last_layer_signal(shared: list[Tensor], num_classes: int) -> Tensor:
@@ -52,3 +54,33 @@ def recover_labels(shared: list[Tensor], num_classes: int, batch_size: int) -> T
         counts[c] += 1
     labels = [c for c, n in sorted(counts.items()) for _ in range(n)]
     return torch.tensor(labels, dtype=torch.long)
+
+
+def shard_assignments(labels: Tensor, shards: int, limit: int | None = None) -> list[Tensor]:
+    """Every distinct way to deal the label multiset ``labels`` into ``shards`` shards of equal size.
+
+    Shards are unordered (SSGD(m) sums their unit vectors) and so is each shard's content, so a deal is
+    a set of multisets; each is returned as a ``(B,)`` tensor whose contiguous blocks of ``B // shards``
+    are the shards (how :class:`~ssgd.attacks.engine.DummyGradients` cuts a dummy batch). Sorted, the
+    first one is the sorted multiset itself. ``limit``: at most that many (the first ones in that order).
+    """
+    labs = sorted(int(v) for v in labels.reshape(-1).tolist())
+    if shards < 1 or len(labs) % shards:
+        raise ValueError(f"shards={shards} must divide the {len(labs)} labels")
+    size = len(labs) // shards
+    deals: set[tuple[tuple[int, ...], ...]] = set()
+
+    def deal(rest: tuple[int, ...], acc: tuple[tuple[int, ...], ...]) -> None:
+        if not rest:
+            deals.add(tuple(sorted(acc)))
+            return
+        first, others = rest[0], rest[1:]  # the smallest label left opens the next shard
+        for combo in sorted(set(itertools.combinations(others, size - 1))):
+            left = list(others)
+            for c in combo:
+                left.remove(c)
+            deal(tuple(left), acc + ((first, *combo),))
+
+    deal(tuple(labs), ())
+    out = [torch.tensor([c for shard in d for c in shard], dtype=torch.long) for d in sorted(deals)]
+    return out[:limit] if limit is not None else out

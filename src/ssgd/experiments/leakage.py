@@ -53,13 +53,24 @@ __all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFE
            "attack_once", "build_state_model", "cell_images", "cells_markdown", "export_results", "prior_psnr", "results_json",
            "run_leakage", "summarize", "train_with_defense", "worst_case_markdown"]
 
-DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic"]
+DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic", "dlg-aware"]
 PRIMARY_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4"]
 DEFAULT_DEFENSES = PRIMARY_DEFENSES + ["prune:p=90", "noise:sigma=0.01", "sign", "fp16", "dp:clip=1,sigma=1",
                                        "ssgd-noise:sigma=0.01"]
-OPT_ATTACKS = ("dlg", "idlg", "dlg-unit")
+OPT_ATTACKS = ("dlg", "idlg", "dlg-unit", "dlg-aware")
 INV_ATTACKS = ("inverting", "inverting-layer")
 SSGD_VARIANTS = ("ssgd-global", "ssgd-layer", "ssgd-shards")
+# every defence's aware attacker (what the grid's verdict counts beside the unaware attacks): the SSGD
+# variants are attacked by dlg-unit and inverting-layer told the scope and shards (and searching the
+# label-to-shard deal); the baselines by dlg-aware with the parameters below. A malicious server may ask a
+# node for the same batch again (docs/threat-model.md), so against additive noise the attacker averages
+# AWARE_DRAWS releases (noise std / 4).
+AWARE_DRAWS = 16
+AWARE = {"prune": {"mask": "true"}, "sign": {"sign": "true"}, "noise": {"draws": str(AWARE_DRAWS)},
+         "dp": {"draws": str(AWARE_DRAWS)}, "ssgd-noise": {"draws": str(AWARE_DRAWS), "scope": "global"}}
+AWARE_ELSEWHERE = {"none": "no defence to know", "fp16": "dlg and idlg already match the rounded gradient",
+                   **{v: "its aware attacks are dlg-unit and inverting-layer (told scope and shards)"
+                      for v in SSGD_VARIANTS}}
 
 
 def _is_primary(defense: str) -> bool:
@@ -156,15 +167,21 @@ class LeakageConfig:
         return -(-n // batch) * batch
 
     def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-            shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
+            shard: tuple[int, int] = (0, 1), first: list[str] | tuple[str, ...] = ()) -> ExperimentResult:
         """Run the grid in ``run_dir``. ``shard=(k, n)``: only every n-th job from the k-th (0-based), so
         n processes with the same config and folder split the grid between them without running a cell
-        twice; shard 0 also runs the budget curve (after its jobs) and the accuracy runs."""
+        twice; shard 0 also runs the budget curve (after its jobs) and the accuracy runs. ``first``: the
+        jobs of these attacks (names from ``attacks``) run before the others, each group in grid order
+        (the order of work only: the cells are the same)."""
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
             raise ValueError(f"shard={shard!r}: give (k, n) with 0 <= k < n, e.g. (0, 2) and (1, 2) for two "
                              "processes")
-        return _run_grid(self, Path(run_dir), resume=resume, progress=progress, shard=(k, n))
+        names = [parse_spec(a)[0] for a in self.attacks]
+        bad = [a for a in first if a not in names]
+        if bad:
+            raise ValueError(f"first={bad}: not attacks of this grid; pick from {', '.join(names)}")
+        return _run_grid(self, Path(run_dir), resume=resume, progress=progress, shard=(k, n), first=tuple(first))
 
 
 def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) -> Attack:
@@ -172,12 +189,15 @@ def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) ->
     defence's scope / shard count (they know the defence); ``overrides`` (iters, restarts, init) are
     applied where the attack has them and the spec does not set them. The result is validated."""
     name, params = parse_spec(attack)
-    if name == "dlg-unit":
+    if name in ("dlg-unit", "inverting-layer"):
         if defense.name == "ssgd-layer":
             params.setdefault("scope", "layer")
         elif defense.name == "ssgd-shards":
             params.setdefault("scope", defense.scope)
             params.setdefault("shards", str(defense.m))
+    if name == "dlg-aware":
+        for k, v in AWARE.get(defense.name, {}).items():
+            params.setdefault(k, v)
     if name == "analytic" and (defense.name == "ssgd-layer" or
                                (defense.name == "ssgd-shards" and defense.scope == "layer")):
         params.setdefault("rescale", "true")
@@ -191,6 +211,29 @@ def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) ->
 def shards_fit(defense: Defense, batch_size: int) -> bool:
     """SSGD(m) needs ``m`` equal shards: ``m`` divides the batch (never silently lowered)."""
     return defense.name != "ssgd-shards" or (defense.m <= batch_size and batch_size % defense.m == 0)
+
+
+def not_applicable(attack: str, defense: Defense, batch_size: int) -> str | None:
+    """Why the grid does not run ``attack`` against ``defense`` at this batch size, or None when it does."""
+    if not shards_fit(defense, batch_size):
+        return f"{defense.spec} needs a batch that is a multiple of m"
+    if parse_spec(attack)[0] == "dlg-aware" and defense.name not in AWARE:
+        return f"dlg-aware against {defense.name}: {AWARE_ELSEWHERE.get(defense.name, 'no aware variant')}"
+    return None
+
+
+def shared_for(attack: Attack, defense: Defense, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> list[torch.Tensor]:
+    """What the attacker holds: the node's shared update of ``(x, y)``, or, for an attack that asks for the
+    same batch ``draws`` times (noise-aware), the mean of that many releases (fresh noise each)."""
+    draws = getattr(attack, "draws", 1)
+    first = defense.shared_update(model, x, y, generator=generator)
+    if draws == 1:
+        return first
+    total = [t.double() for t in first]
+    for _ in range(draws - 1):
+        total = [a + t.double() for a, t in zip(total, defense.shared_update(model, x, y, generator=generator))]
+    return [(t / draws).to(f.dtype) for t, f in zip(total, first)]
 
 
 def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
@@ -264,8 +307,8 @@ def attack_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
     if iters is not None and iters < 1:
         raise ValueError(f"iters={iters} must be >= 1")
     gen = torch.Generator().manual_seed(seed)
-    shared = d.shared_update(model, x, y, generator=gen)
     a = adapt_attack(attack, d, x.shape[0], iters=iters)
+    shared = shared_for(a, d, model, x, y, gen)
     meta = AttackMeta(tuple(x.shape[1:]), x.shape[0], int(shared[-1].shape[0]),
                       labels=y.clone() if labels_known else None, seed=seed, mean_image=mean_image)
     rec = a.reconstruct_batch(model, [shared], [meta], progress=progress)[0]
@@ -421,7 +464,7 @@ class _Grid:
                 di = cfg.defenses.index(dspec) if dspec in cfg.defenses else 0
                 for k in range(n // b):
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + di * 1009 + k)
-                    shared.append(d.shared_update(net, xs[k], ys[k], generator=gen))
+                    shared.append(shared_for(a, d, net, xs[k], ys[k], gen))
                     metas.append(AttackMeta(tuple(data.shape), b, data.num_classes, seed=cfg.seed,
                                             mean_image=mean_image))
                     owners.append((dspec, d, k, xs[k], ys[k]))
@@ -444,10 +487,11 @@ class _Grid:
         pending = []
         for dspec in defenses:
             path = _cell_path(self.run_dir, ds, st, b, attack, dspec)
-            if not shards_fit(get_defense(dspec), b):
+            reason = not_applicable(attack, get_defense(dspec), b)
+            if reason is not None:
                 if not path.exists():
                     write_json(path, {"dataset": ds, "state": st, "batch": b, "attack": aname, "defense": dspec,
-                                      "status": "n/a", "reason": f"{dspec} needs a batch that is a multiple of m"})
+                                      "status": "n/a", "reason": reason})
                 continue
             if resume and path.exists() and (c := _load_json(path)) is not None and c.get("status") == "done" \
                     and _valid_cell(c):
@@ -708,8 +752,9 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
                 row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
                 continue
             best = max(rs, key=lambda r: r["psnr_mean"])
-            mark = " ✓" if len(rs) == len(attacks) and all(r["protects"] for r in rs) else ""
-            pending = "⁺" if len(rs) + sum((*c, a, d) in na for a in attacks) < len(attacks) else ""
+            complete = len(rs) + sum((*c, a, d) in na for a in attacks) == len(attacks)
+            mark = " ✓" if complete and all(r["protects"] for r in rs) else ""
+            pending = "" if complete else "⁺"
             row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{mark}")
         if accuracy:
             acc = accuracy.get(d)
@@ -902,7 +947,7 @@ def _privacy_figure(path: Path, table: list[dict], accuracy: dict[str, float], c
 
 
 def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool,
-              shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
+              shard: tuple[int, int] = (0, 1), first: tuple[str, ...] = ()) -> ExperimentResult:
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -913,6 +958,8 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
     grid = _Grid(cfg, run_dir, progress)
     k, n = shard
     jobs = _jobs(cfg, list(grid.datasets))
+    if first:
+        jobs.sort(key=lambda j: parse_spec(j[3])[0] not in first)  # stable: grid order within each group
     figures: list[str] = []
     points: list[dict] = []
     # the budget curve needs the untrained SSGD cells of the first dataset: run it right after them (split
