@@ -266,7 +266,8 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
              _result_row(1, "dlg", "none", 48.0), _result_row(1, "idlg", "none", 49.0),
              _result_row(4, "dlg", "ssgd-layer", 3.0, 3.0, True), _result_row(4, "idlg", "ssgd-layer", 8.0, 12.0),
              _result_row(8, "dlg", "ssgd-layer", 3.0, 3.0, True)]
-    results = {"config": {"attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
+    grid = {"datasets": ["mnist", "fashion-mnist"], "states": ["untrained", "trained"], "batch_sizes": [1, 4, 8]}
+    results = {"config": {**grid, "attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
                "cells": cells, "na": [["mnist", "untrained", 1, a, "ssgd-shards:m=4"] for a in ("dlg", "idlg")],
                "cells_done": 9, "cells_total": 18, "partial": True, "accuracy": {"none": 0.91},
                "accuracy_dataset": "mnist",
@@ -290,7 +291,7 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     # a closed-form attack has no budget to double: below the threshold once is final
     results["cells"] = [_result_row(1, "dlg", "sign", 3.0, 3.1, True), _result_row(1, "analytic", "sign", 8.5,
                                                                                     protects=True)]
-    results["config"] = {"attacks": ["dlg", "analytic"], "defenses": ["sign"]}
+    results["config"] = {**grid, "attacks": ["dlg", "analytic"], "defenses": ["sign"]}
     assert "| sign | 8.5 (analytic) ✓ | 0.910 |" not in worst_case_markdown(results)  # no accuracy for sign
     assert "| sign | 8.5 (analytic) ✓ | – |" in worst_case_markdown(results)
     assert "| sign | **3.0 (2×: 3.1 ✓)** | **8.5 ✓** |" in cells_markdown(results, only=("mnist", "untrained", 1),
