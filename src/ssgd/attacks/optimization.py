@@ -54,8 +54,8 @@ from torch.nn import functional as F
 
 from ..transform import batched_unit, check_scope
 from .base import Attack, Reconstruction, register_attack
-from .engine import (INITS, DummyGradients, cosine_global, cosine_layer, euclidean, initial_images,
-                     lbfgs, resolve_init, signed_adam, stack_targets, target_norms, total_variation)
+from .engine import (INITS, DummyGradients, cosine_global, cosine_layer, euclidean, flatten_grads,
+                     initial_images, lbfgs, resolve_init, signed_adam, stack_targets, target_norms, total_variation)
 from .labels import recover_labels, shard_assignments
 
 __all__ = ["DLG", "IDLG", "DLGAware", "DLGUnit", "Inverting", "InvertingLayer"]
@@ -192,7 +192,7 @@ class DLG(Attack):
         scale = scale.repeat(R)
         nx = B * shape[0] * shape[1] * shape[2]
         z0 = self._init(R * K, (B, *shape), 0 if fixed is not None else B * C, m0.mean_image, dtype).to(dtype)
-        y_fixed = F.one_hot(fixed, C).to(dtype).repeat(R, 1, 1) if fixed is not None else None
+        y_fixed = fixed.repeat(R, 1) if fixed is not None else None  # class indices
 
         def split(z):
             x = z[:, :nx].reshape(z.shape[0], B, *shape)
@@ -379,8 +379,10 @@ class Inverting(Attack):
         labels = self._labels(model, shared, metas, target, extra)  # (K, B)
         # restarts are stacked too: row r*K + k is restart r of target k
         target_r = [t.repeat(R, *[1] * (t.ndim - 1)) for t in target] if R > 1 else target
-        y = F.one_hot(labels, C).to(dtype).repeat(R, 1, 1)
+        y = labels.repeat(R, 1)  # class indices: the fused cross-entropy (no soft-label graph)
         dg = DummyGradients(model, self._shards())
+        if not self.per_layer:
+            target_r = flatten_grads(target_r)  # once: the objective compares flat gradients
         objective = cosine_layer if self.per_layer else cosine_global
         tnorm = target_norms(target_r, self.per_layer)
         tv = self.tv
