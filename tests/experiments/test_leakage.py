@@ -281,10 +281,11 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     assert "11.5 dB on fashion-mnist" not in worst_case_markdown(results, "mnist")
     full = cells_markdown(results)
     assert full.count("## mnist, untrained model, batch") == 3
-    assert "| ssgd-layer | 3.1±0.5 / 0.10 (2×: 3.1 ✓) | 3.2±0.5 / 0.10 (2×: 3.2 ✓) |" in full
+    assert "| ssgd-layer | 3.1±0.5 / 0.10 (2×: 3.1, held) | 3.2±0.5 / 0.10 (2×: 3.2, held) | ✓ |" in full
+    assert "| none | 48.0±0.5 / 0.10 | 49.0±0.5 / 0.10 | ✗ |" in full
     head = cells_markdown(results, only=("mnist", "untrained", 4), compact=True)
-    assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0 ✓)** | 8.0 (2×: 12.0) |" in head
-    assert "| ssgd-shards:m=4 | – | – |" in head
+    assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0)** | 8.0 (2×: 12.0) | ✗ |" in head
+    assert "| ssgd-shards:m=4 | – | – | – |" in head
     # the accuracies were measured on MNIST: never printed beside another dataset's columns
     assert worst_case_markdown(results, "fashion-mnist").splitlines()[0] == "| defence |"
     assert md.splitlines()[0].endswith("| test acc. (mnist, trained with it) |")
@@ -294,8 +295,17 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     results["config"] = {**grid, "attacks": ["dlg", "analytic"], "defenses": ["sign"]}
     assert "| sign | 8.5 (analytic) ✓ | 0.910 |" not in worst_case_markdown(results)  # no accuracy for sign
     assert "| sign | 8.5 (analytic) ✓ | – |" in worst_case_markdown(results)
-    assert "| sign | **3.0 (2×: 3.1 ✓)** | **8.5 ✓** |" in cells_markdown(results, only=("mnist", "untrained", 1),
-                                                                         compact=True)
+    assert "| sign | **3.0 (2×: 3.1)** | **8.5** | ✓ |" in cells_markdown(results, only=("mnist", "untrained", 1),
+                                                                          compact=True)
+    # an attack that does not apply to a defence (n/a) does not block its verdict; the aware one counts
+    results["config"] = {**grid, "attacks": ["dlg", "dlg-aware"], "defenses": ["sign", "ssgd-layer"]}
+    results["cells"] = [_result_row(1, "dlg", "sign", 3.0, 3.1, True), _result_row(1, "dlg-aware", "sign", 12.5),
+                        _result_row(1, "dlg", "ssgd-layer", 3.0, 3.1, True)]
+    results["na"] = [["mnist", "untrained", 1, "dlg-aware", "ssgd-layer"]]
+    md = worst_case_markdown(results)
+    assert "| ssgd-layer | 3.0 (dlg) ✓ |" in md and "| sign | 12.5 (dlg-aware) |" in md
+    head = cells_markdown(results, only=("mnist", "untrained", 1), compact=True)
+    assert "| sign | **3.0 (2×: 3.1)** | 12.5 | ✗ |" in head and "| ssgd-layer | **3.0 (2×: 3.1)** | n/a | ✓ |" in head
 
 
 def test_prior_psnr_is_what_a_reconstruction_that_learned_nothing_scores():

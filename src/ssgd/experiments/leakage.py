@@ -825,15 +825,29 @@ def _combos(index: dict[tuple, dict], dataset: str | None = None) -> list[tuple]
 
 
 def _fmt(row: dict | None, na: bool = False, compact: bool = False) -> str:
+    """One attack's cell. ``held`` (bold when ``compact``): this attack stayed below the threshold at 1x and 2x
+    its budget -- not a verdict on the defence, which needs every attack of its row (:func:`_verdict`)."""
     if row is None:
         return "n/a" if na else "–"
     text = f"{row['psnr_mean']:.1f}" if compact else \
         f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
     if row["iterations_2x"]:
-        text += f" (2×: {row['psnr_2x_mean']:.1f}{' ✓' if row['protects'] else ''})"
-    elif row["protects"]:  # closed form: nothing to double
-        text += " ✓"
+        text += f" (2×: {row['psnr_2x_mean']:.1f}{', held' if row['protects'] and not compact else ''})"
+    elif row["protects"] and not compact:  # closed form: nothing to double
+        text += ", held"
     return f"**{text}**" if compact and row["protects"] else text
+
+
+def _verdict(index: dict[tuple, dict], na: set[tuple], attacks: list[str], combo: tuple, defense: str) -> str:
+    """✓ when every attack of the grid (the defence-aware ones included) ran on this cell or is n/a there and
+    all that ran stayed below the threshold at 1x and 2x; ✗ when one broke it; ⁺ while attacks are pending."""
+    rs = [index[(*combo, a, defense)] for a in attacks if (*combo, a, defense) in index]
+    if not rs:
+        return "n/a" if any((*combo, a, defense) in na for a in attacks) else "–"
+    if not all(r["protects"] for r in rs):
+        return "✗"
+    complete = len(rs) + sum((*combo, a, defense) in na for a in attacks) == len(attacks)
+    return "✓" if complete else "⁺"
 
 
 def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> str:
@@ -856,10 +870,10 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
                 row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
                 continue
             best = max(rs, key=lambda r: r["psnr_mean"])
+            verdict = _verdict(index, na, attacks, c, d)
             complete = len(rs) + sum((*c, a, d) in na for a in attacks) == len(attacks)
-            mark = " ✓" if complete and all(r["protects"] for r in rs) else ""
             pending = "" if complete else "⁺"
-            row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{mark}")
+            row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{' ✓' if verdict == '✓' else ''}")
         if accuracy:
             acc = accuracy.get(d)
             row.append(f"{acc:.3f}" if isinstance(acc, (int, float)) else "–")
@@ -877,17 +891,18 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
 
 def cells_markdown(results: dict[str, Any], only: tuple[str, str, int] | None = None, compact: bool = False) -> str:
     """Every attack x defence cell: one table per (dataset, model state, batch), headed ``## ...``;
-    ``only``: that group's table alone, without a heading. ``compact``: PSNR means only, protection in bold."""
+    ``only``: that group's table alone, without a heading. ``compact``: PSNR means only, an attack that
+    failed at 1x and 2x in bold. The last column is the defence's verdict (:func:`_verdict`)."""
     index, na, attacks, defenses = _checked(results)
     combos = [only] if only else _combos(index)
     lines: list[str] = []
     for c in combos:
         if not only:
             lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", ""]
-        lines += ["| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+        lines += ["| defence | " + " | ".join(attacks) + " | protected |", "|---|" + "---|" * (len(attacks) + 1)]
         for d in defenses:
             lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d)), (*c, a, d) in na, compact)
-                                                  for a in attacks) + " |")
+                                                  for a in attacks) + f" | {_verdict(index, na, attacks, c, d)} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 
