@@ -98,8 +98,15 @@ def test_grid_writes_consistent_tables(tmp_path):
     text = res.report.read_text()
     assert res.text == text and res.tables["cells"]
     cells = list(csv.DictReader((tmp_path / "leakage.csv").open()))
-    # ssgd-shards:m=4 cannot run at B = 1 or 2 (never silently lowered to m = B): n/a, not a number
-    assert len(cells) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1)
+    # ssgd-shards:m=4 cannot run at B = 1 or 2 (never silently lowered to m = B): n/a, not a number; nor does
+    # dlg-aware against a defence whose aware attackers are others (the SSGD rows) or that has none to know
+    from ssgd.defenses import get_defense
+    from ssgd.experiments.leakage import not_applicable
+
+    runs = [(b, a, d) for b in (1, 2) for a in DEFAULT_ATTACKS for d in DEFAULT_DEFENSES
+            if not_applicable(a, get_defense(d), b) is None]
+    assert len(runs) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1) - 2 * 4  # none, ssgd-global/layer, fp16
+    assert len(cells) == len(runs)
     assert not [c for c in cells if c["defense"].startswith("ssgd-shards")]
     assert "| ssgd-shards:m=4 | n/a |" in text
     for c in cells:
@@ -120,7 +127,7 @@ def test_grid_writes_consistent_tables(tmp_path):
     results = json.loads((tmp_path / "leakage.json").read_text())
     assert len(results["cells"]) == len(cells) and not results["partial"]
     assert results["cells_done"] == results["cells_total"] == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES)
-    assert len(results["na"]) == 2 * len(DEFAULT_ATTACKS)
+    assert len(results["na"]) == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES) - len(runs)
     assert set(results["accuracy"]) == set(DEFAULT_DEFENSES)
     from ssgd.experiments.leakage import export_results
 
@@ -166,11 +173,11 @@ def test_grid_resumes_at_cell_granularity(tmp_path):
     assert len(files) == 2
     # mark one finished cell; drop the other: a resume keeps the first, recomputes only the second
     kept = json.loads(files[0].read_text())
-    kept["psnr_mean"] = -123.0
+    kept["rows"][0]["seconds"] = 12345.0  # a mark a run could have written (a forged number would be refused)
     files[0].write_text(json.dumps(kept))
     files[1].unlink()
     run_leakage(cfg, tmp_path, resume=True, progress=False)
-    assert json.loads(files[0].read_text())["psnr_mean"] == -123.0 and files[1].exists()
+    assert json.loads(files[0].read_text())["rows"][0]["seconds"] == 12345.0 and files[1].exists()
     with pytest.raises(ConfigMismatchError, match="dlg_iters"):
         run_leakage(_tiny(batch_sizes=[1], attacks=["idlg"], defenses=["none", "ssgd-global"], curve_budgets=[],
                           accuracy_epochs=0, dlg_iters=5), tmp_path, resume=True, progress=False)
