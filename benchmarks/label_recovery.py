@@ -1,6 +1,7 @@
 """Label recovery accuracy per batch size: this project's rule against breaching's label strategies.
 
-    OMP_NUM_THREADS=1 python benchmarks/label_recovery.py [--batches 40] [--out results/leakage-grid/label_recovery.json]
+    OMP_NUM_THREADS=1 python benchmarks/label_recovery.py [--batches 40] \
+        [--out results/leakage-grid/label_recovery.json] [--markdown docs/results/leakage_label_recovery.md]
 
 For every dataset, model state (untrained / trained as in the leakage grid), batch size and rule
 (:data:`ssgd.attacks.labels.LABEL_RULES`), ``--batches`` random batches of the training split are
@@ -59,11 +60,14 @@ def measure(datasets, states, batch_sizes, batches, seed=0):
 
 def markdown(rows) -> str:
     rules = sorted({r["rule"] for r in rows}, key=lambda r: ["counts", "bias-corrected", "wainakh-simple"].index(r))
-    lines = ["| dataset | model | B | " + " | ".join(f"`{r}`" for r in rules) + " |", "|---|---|---|" + "---|" * len(rules)]
-    for key in sorted({(r["dataset"], r["state"], r["batch"]) for r in rows}, key=lambda k: (k[0], k[1] != "untrained", k[2])):
+    lines = ["| dataset | model | B | " + " | ".join(f"`{r}`" for r in rules) + " |",
+             "|---|---|---|" + "---|" * len(rules)]
+    keys = sorted({(r["dataset"], r["state"], r["batch"]) for r in rows}, key=lambda k: (k[0], k[1] != "untrained", k[2]))
+    for key in keys:
         cells = []
         for rule in rules:
-            r = next(r for r in rows if (r["dataset"], r["state"], r["batch"], r["rule"], r["defense"]) == (*key, rule, "ssgd-global"))
+            r = next(r for r in rows
+                     if (r["dataset"], r["state"], r["batch"], r["rule"], r["defense"]) == (*key, rule, "ssgd-global"))
             cells.append(f"{r['accuracy']:.3f} ({r['exact']:.2f})")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     n = rows[0]["batches"]

@@ -8,14 +8,18 @@
                     (:func:`~ssgd.attacks.labels.recover_labels`), then DLG with them fixed.
 ``dlg-unit``        the SSGD-aware DLG: the dummy gradient goes through the defence's own
                     transform (``ssgd.batched_unit`` with ``scope``; with ``shards=m`` the dummy
-                    batch is split into m shards whose unit vectors are summed) before the
-                    Euclidean distance; labels recovered as in iDLG (``labels=optimize`` for
-                    DLG's joint soft labels).
+                    batch is split into m shards whose unit vectors are summed, the label-to-shard
+                    deal is searched and L-BFGS runs in float64) before the Euclidean distance;
+                    labels recovered as in iDLG (``labels=optimize`` for DLG's joint soft labels).
+``dlg-aware``       the baseline-aware DLG (float64): ``mask`` (pruning: only kept entries),
+                    ``sign`` (a tanh surrogate of signSGD), ``draws`` (noise: the mean of several
+                    releases of the same batch, drawn by the caller), ``scope`` as ``dlg-unit``.
 ``inverting``       Geiping et al. 2020: ``1 - cos`` between whole gradients + ``tv`` x total
                     variation, Adam on signed gradients, step decay at 3/8, 5/8, 7/8, box
                     ``[0, 1]``.
 ``inverting-layer`` the same with the cosine taken per parameter tensor and averaged, so a
-                    per-layer rescaling (SSGD's layer scope) is invisible to it.
+                    per-layer rescaling (SSGD's layer scope) is invisible to it; ``shards=m`` as
+                    ``dlg-unit`` (the deal searched with its float64 screen).
 ==================  ==========================================================================
 
 Defaults are an attacker's choices, not a defence's (docs/attacks.md has the tuning run):
@@ -50,7 +54,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..transform import batched_unit, check_scope
 from .base import Attack, Reconstruction, register_attack
