@@ -355,3 +355,17 @@ def test_two_shards_split_the_grid_without_running_a_cell_twice(tmp_path):
 def test_cli_shard_is_validated(args, needle):
     r = runner.invoke(app, ["reproduce", "leakage", "--quick", *args])
     assert r.exit_code != 0 and needle in r.output
+
+
+def test_first_orders_the_work_not_the_cells(tmp_path):
+    """--first runs the named attacks' cells before the others; the cells are the same."""
+    kw = dict(batch_sizes=[1], attacks=["idlg", "dlg-aware"], defenses=["none", "sign"], curve_budgets=[],
+              accuracy_epochs=0)
+    res = _tiny(**kw).run(tmp_path, progress=False, first=("dlg-aware",))
+    cells = {p.name: json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")}
+    assert len(cells) == 4 and len(res.tables["cells"]) == 3  # dlg-aware x none is n/a
+    order = sorted(cells.values(), key=lambda c: (tmp_path / "cells").joinpath(
+        next(n for n, v in cells.items() if v is c)).stat().st_mtime_ns)
+    assert [c["attack"] for c in order[:2]] == ["dlg-aware", "dlg-aware"]
+    with pytest.raises(ValueError, match="not attacks of this grid"):
+        _tiny(**kw).run(tmp_path, resume=True, first=("inverting",))
