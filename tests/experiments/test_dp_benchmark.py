@@ -113,7 +113,7 @@ def test_protocol_tunes_on_validation_then_runs_paired_seeds_and_resumes(tmp_pat
         r = doc["runs"][m]
         assert r["seeds"] == [0, 1] and len(r["test_accs"]) == 2
         assert r["test_acc"] == r["test_acc_mean"] == pytest.approx(sum(r["test_accs"]) / 2)
-        assert r["throughput"] > 0 and 2.9 < r["epsilon"] <= 3.0
+        assert r["throughput"] > 0 and r["throughput_in_runs"] > 0 and 2.9 < r["epsilon"] <= 3.0
         rows = [t for t in tuned if t["method"] == m]
         assert set(grid) <= {t["lr"] for t in rows}  # the whole grid, plus any widening
         assert r["lr"] == max(rows, key=lambda t: (t["acc"], -t["lr"]))["lr"]  # best validation accuracy
@@ -121,13 +121,14 @@ def test_protocol_tunes_on_validation_then_runs_paired_seeds_and_resumes(tmp_pat
             assert mod.widen(grid, {t["lr"]: t["acc"] for t in rows}) is None
     assert doc["runs"]["ssgd"]["noise_multiplier"] == doc["runs"]["opacus"]["noise_multiplier"]
     assert doc["welch_p"] is None or 0.0 <= doc["welch_p"] <= 1.0
+    assert doc["throughput_ratio"] == pytest.approx(doc["runs"]["ssgd"]["throughput"] / doc["runs"]["opacus"]["throughput"])
     assert "examples/s" in res.text and "Welch" in res.text
     # resume: nothing reruns; a broken run record is rerun, not trusted
     bad = next((tmp_path / "runs").glob("test-ssgd-*seed1.json"))
     bad.write_text(bad.read_text().replace('"acc": ', '"acc": "x", "_": ', 1))
     logs.clear()
     mod.run_dp_benchmark(tmp_path, cfg, progress=False, log=logs.append, resume=True)
-    reran = [line for line in logs if "examples/s" in line]
+    reran = [line for line in logs if " seed " in line and "examples/s)" in line]
     assert len(reran) == 1 and "ssgd" in reran[0] and "seed 1" in reran[0]
 
 

@@ -95,6 +95,7 @@ class DPBenchmarkConfig:
     normalisation: str = "gamma"  # SSGD's normalisation (NORMALISATIONS)
     gamma: float = DEFAULT_GAMMA
     seeds: tuple[int, ...] = (0, 1, 2)
+    throughput_epochs: int = 2  # speed, side by side: each method alone, the last of these epochs timed (0: skip)
     val_fraction: float = 0.1
     n_train: int | None = None
     n_test: int | None = None
@@ -116,6 +117,9 @@ class DPBenchmarkConfig:
         for name, val in (("epochs", self.epochs), ("batch_size", self.batch_size)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"Invalid {name}={val!r}; must be an integer >= 1")
+        if isinstance(self.throughput_epochs, bool) or not isinstance(self.throughput_epochs, int) \
+                or self.throughput_epochs < 0:
+            raise ValueError(f"Invalid throughput_epochs={self.throughput_epochs!r}; must be an integer >= 0")
         if isinstance(self.max_widen, bool) or not isinstance(self.max_widen, int) or self.max_widen < 0:
             raise ValueError(f"Invalid max_widen={self.max_widen!r}; must be an integer >= 0")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
@@ -147,7 +151,7 @@ class DPBenchmarkConfig:
     def quick(cls) -> "DPBenchmarkConfig":
         """CI-sized: 600/200 Fashion-MNIST examples, batch 128, 2 epochs, 2 seeds, grids of two."""
         return cls(epochs=2, batch_size=128, ssgd_lrs=(0.4, 0.8), opacus_lrs=(4.0, 8.0), max_widen=1, seeds=(0, 1),
-                   n_train=600, n_test=200)
+                   n_train=600, n_test=200, throughput_epochs=1)
 
     @classmethod
     def for_features(cls, features: str | None, **kw: Any) -> "DPBenchmarkConfig":
@@ -458,6 +462,23 @@ class _Runner:
         return [self.records[_key(j)] for j in jobs]
 
 
+def measure_throughput(cfg: DPBenchmarkConfig, data: ImageDataset, sigma: float, lrs: dict[str, float],
+                       seed: int) -> dict[str, float | None]:
+    """Training examples per second of each method *alone* on ``cfg.device`` (no other run sharing it), same
+    model, data, σ, batch and seed: the last of ``cfg.throughput_epochs`` epochs is timed (the first warms up)."""
+    out: dict[str, float | None] = {}
+    for m in BENCHMARK_METHODS:
+        if cfg.throughput_epochs < 1:
+            out[m] = None
+            continue
+        h = fit_private(m, data, cfg, lr=lrs[m], epochs=cfg.throughput_epochs, sigma=sigma, seed=seed,
+                        normalisation=cfg.normalisation if m == "ssgd" else "gamma")
+        ex = h[-1]["examples"] - (h[-2]["examples"] if len(h) > 1 else 0)
+        t = h[-1]["train_seconds"] - (h[-2]["train_seconds"] if len(h) > 1 else 0.0)
+        out[m] = ex / t if t > 0 else None
+    return out
+
+
 def widen(grid: list[float], scores: dict[float, float]) -> float | None:
     """The next lr to try when the best of ``scores`` sits at an edge of ``grid`` (sorted); None when inside.
 
@@ -524,7 +545,7 @@ def run_dp_benchmark(run_dir: str | Path, cfg: DPBenchmarkConfig, *, resume: boo
     log(f"{cfg.dataset}: {n} train / {n_test} test, q = 1/{spe}, {cfg.epochs} epochs: sigma = {sigma:.4f} for "
         f"eps = {cfg.epsilon:g} at delta = {cfg.delta:g}; {workers} worker(s)")
     grids = {"ssgd": sorted(float(v) for v in cfg.ssgd_lrs), "opacus": sorted(float(v) for v in cfg.opacus_lrs)}
-    state: dict[str, Any] = {"chosen": {}, "seeds": {}}
+    state: dict[str, Any] = {"chosen": {}, "seeds": {}, "alone": {}}
 
     def result(partial: bool) -> dict[str, Any]:
         tuning = [{k: r[k] for k in ("method", "lr", "acc", "epsilon", "train_seconds")}
@@ -542,7 +563,8 @@ def run_dp_benchmark(run_dir: str | Path, cfg: DPBenchmarkConfig, *, resume: boo
                        "noise_multiplier": sigma, "epsilon": max(r["epsilon"] for r in recs),
                        "epsilon_opacus_engine": max(r["epsilon_opacus_engine"] for r in recs),
                        "steps": recs[0]["steps"], "seconds": sum(r["seconds"] for r in recs),
-                       "throughput": sum(tp) / len(tp) if tp else None,
+                       "throughput_in_runs": sum(tp) / len(tp) if tp else None,
+                       "throughput": state["alone"].get(m),
                        "per_epoch": [{"epoch": e["epoch"], "test_acc": summarise([r["per_epoch"][i]["acc"]
                                                                                    for r in recs])["mean"],
                                       "epsilon": e["epsilon"]} for i, e in enumerate(recs[0]["per_epoch"])]}
@@ -556,6 +578,10 @@ def run_dp_benchmark(run_dir: str | Path, cfg: DPBenchmarkConfig, *, resume: boo
                 "accountant": cfg.accountant, "epochs": cfg.epochs, "seeds": list(cfg.seeds),
                 "batch_size": cfg.batch_size, "sample_rate": q, "momentum": cfg.momentum, "device": cfg.device,
                 "workers": workers, "runs": runs,
+                "throughput": {"unit": "training examples per second", "epochs_timed": 1,
+                               "how": "each method alone on the device, same model/data/sigma/batch/seed; "
+                                      "throughput_in_runs: mean over the seed runs, which shared the device with "
+                                      f"up to {workers - 1} other run(s)"},
                 "welch_p": welch_p(runs["ssgd"]["test_accs"], runs["opacus"]["test_accs"]) if both else None,
                 "throughput_ratio": (runs["ssgd"]["throughput"] / runs["opacus"]["throughput"]
                                      if both and runs["ssgd"]["throughput"] and runs["opacus"]["throughput"]
@@ -596,7 +622,10 @@ def run_dp_benchmark(run_dir: str | Path, cfg: DPBenchmarkConfig, *, resume: boo
         recs = runner.run(jobs)
         for m in BENCHMARK_METHODS:
             state["seeds"][m] = [r for r in recs if r["method"] == m]
-        doc = result(partial=False)
+    # 3. speed, side by side: each method alone on the device (every worker has finished)
+    state["alone"] = measure_throughput(cfg, data, sigma, state["chosen"], cfg.seeds[0])
+    log("throughput alone, training examples per second: " + ", ".join(f"{m} {v:.0f}" for m, v in state["alone"].items() if v))
+    doc = result(partial=False)
     json_path = write_json(run_dir / f"{name}.json", doc)
     histories = {m: [r["per_epoch"] for r in state["seeds"][m]] for m in BENCHMARK_METHODS}
     figures = {"accuracy_vs_epoch": _plot(histories, cfg, run_dir / f"{name}.png")}
@@ -635,7 +664,7 @@ def _report(doc: dict[str, Any], cfg: DPBenchmarkConfig, sigma: float, spe: int,
         f"Seeds {', '.join(map(str, cfg.seeds))} (paired: same initialisation and Poisson masks for both methods).",
         "",
         "| run | test accuracy (mean ± std) | per seed | lr | ε (same accountant) | ε (Opacus engine) "
-        "| examples/s |",
+        "| examples/s (alone on the device) |",
         "|---|---|---|---|---|---|---|",
         f"| anchor: {a['source']} | {a['test_acc']:.3f} | - | {a['lr']:g} | {a['epsilon']:g} | - | - |",
         f"| ssgd + noise ({cfg.normalisation}, γ = {s['gamma']:g}) | {_pm(s)} | "
