@@ -1,56 +1,70 @@
 #!/usr/bin/env bash
-# One-shot GPU run: everything this project measures on a CUDA device, in at most ~8 minutes on one GPU.
+# One-shot GPU run on a single GPU: the optimizer's numbers (issue 20) in about 4 minutes, then the DP benchmark.
 #
 #   benchmarks/gpu.sh RESULTS_DIR          # or: OUT=RESULTS_DIR benchmarks/gpu.sh
 #   benchmarks/gpu.sh --dry-run [DIR]      # print the plan, run nothing (works without a GPU)
 #   benchmarks/gpu.sh --help
 #
+# Runs from a checkout without installing ssgd (PYTHONPATH=src) with `python3` (or $PYTHON). If a folder .wheels/
+# is next to src/ ($WHEELS_DIR), its wheels are installed first (pip --no-deps --no-index, into a temporary folder
+# on PYTHONPATH): the packages the GPU machine lacks (e.g. opacus, hypothesis, typer, tqdm).
+#
 # Steps (each under its own time limit; a failing step is recorded and the next one runs):
-#   1. tests    the CUDA-parametrised tests (pytest -k cuda over the test files that have a cuda case)
-#   2. bench    ssgd bench step --device cuda at 11.7M (resnet18) and 124M (gpt2) parameters, plus its 1B size
-#               when it has one, with --models/--hooks when it has them; extra flags from $BENCH_STEP_ARGS
-#   3. step-1b  the isolated step at ~1.1B parameters, SGD(foreach) vs SSGD, and SSGD's host syncs per step
-#   4. whole    forward + backward + step, SGD vs SSGD, on ResNet-18 and the Table 2 MLP, and host syncs
-#   5. ddp      the SSGD DDP hook over NCCL with two processes on one GPU (gloo with CUDA tensors if NCCL refuses)
-#   6. table2   the batch >= 1024 cells of Table 2 (20 epochs, 3 seeds for SGD/SSGD(m)/NSGD), in the time left;
-#               resumable (--resume) and written after every finished cell, with "partial" until the last
+#   1. tests  the CUDA-parametrised tests (pytest -k cuda over the test files that have a cuda case)
+#   2. bench  isolated step at 11.7M, 124M and 1B parameters, SGD(foreach) vs SSGD global/layer, momentum 0 and
+#             0.9, with host syncs and ops per step (ssgd bench step --device cuda); extra flags: $BENCH_STEP_ARGS
+#   3. whole  forward + backward + step, SGD vs SSGD: ResNet-18 at batch 256, the Table 2 MLP at batch 1024
+#   4. ddp    the SSGD DDP hook over NCCL with two processes on one GPU (gloo with CUDA tensors if NCCL refuses)
+#   5. dp     ssgd reproduce privacy --benchmark --device cuda (its own limit, --dp-budget; $DP_ARGS appended)
+#   6. table2 (only with --table2) the batch >= 1024 cells of Table 2 in the time --table2-budget gives
 #
 # Results (at most 8 files, flat, so that a device tool can bring them all back):
-#   summary.md  run.log  bench_step.json  gpu_checks.json  table2.json  table2_report.md
+#   summary.md  run.log  bench_step.json  gpu_checks.json  dp_benchmark.json  dp_report.md  [table2.json
+#   table2_report.md]
 #
-# Fashion-MNIST for step 6 is looked up in --data-dir, $SSGD_FMNIST_DIR, /usr/share/datasets/fashion-mnist,
-# ./.data/fashion-mnist (copy the four *-ubyte.gz files there to carry them); step 6 is skipped without it.
+# Fashion-MNIST for steps 5-6 is looked up in --data-dir, $SSGD_FMNIST_DIR, /usr/share/datasets/fashion-mnist,
+# ./.data/fashion-mnist (copy the four *-ubyte.gz files there to carry them); those steps are skipped without it.
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 OUTDIR="${OUT:-}"
 DRY=0
-BUDGET=480
+DP_BUDGET=330
+TABLE2=0
+TABLE2_BUDGET=300
 DATA_DIR="${SSGD_FMNIST_DIR:-}"
+WHEELS_DIR="${WHEELS_DIR:-$REPO/.wheels}"
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
-  --dry-run         print the plan and exit (no GPU needed)
-  --budget SECONDS  total wall-time budget (default 480); table2 gets what the other steps leave
-  --data-dir DIR    Fashion-MNIST IDX folder for the Table 2 cells
-  -h, --help        this text
+  --dry-run               print the plan and exit (no GPU needed)
+  --dp-budget SECONDS     time limit of the DP benchmark (default 330)
+  --table2                also run Table 2's large-batch cells (off by default)
+  --table2-budget SECONDS their time limit (default 300)
+  --data-dir DIR          Fashion-MNIST IDX folder (DP benchmark, Table 2)
+  -h, --help              this text
 Environment: OUT (results folder), PYTHON (interpreter, default python3), BENCH_STEP_ARGS (extra flags for
-ssgd bench step), SSGD_FMNIST_DIR.
+ssgd bench step), DP_ARGS (extra flags for ssgd reproduce privacy), SSGD_FMNIST_DIR, WHEELS_DIR.
 EOF
 }
 
 die() { echo "gpu.sh: $*" >&2; exit 2; }
+seconds() { case "$2" in ''|*[!0-9]*) die "$1 must be a whole number of seconds, got '$2'" ;; esac
+            [ "$2" -ge 5 ] || die "$1 $2 is too short; give at least 5 seconds"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY=1 ;;
-    --budget) [ $# -ge 2 ] || die "--budget needs a number of seconds, e.g. --budget 480"
-              BUDGET="$2"; shift ;;
-    --budget=*) BUDGET="${1#--budget=}" ;;
+    --dp-budget) [ $# -ge 2 ] || die "--dp-budget needs a number of seconds, e.g. --dp-budget 330"
+                 DP_BUDGET="$2"; shift ;;
+    --dp-budget=*) DP_BUDGET="${1#--dp-budget=}" ;;
+    --table2) TABLE2=1 ;;
+    --table2-budget) [ $# -ge 2 ] || die "--table2-budget needs a number of seconds"; TABLE2_BUDGET="$2"; shift ;;
+    --table2-budget=*) TABLE2_BUDGET="${1#--table2-budget=}" ;;
     --data-dir) [ $# -ge 2 ] || die "--data-dir needs a folder"; DATA_DIR="$2"; shift ;;
     --data-dir=*) DATA_DIR="${1#--data-dir=}" ;;
     -*) die "unknown option $1; see --help" ;;
@@ -59,8 +73,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-case "$BUDGET" in ''|*[!0-9]*) die "--budget must be a whole number of seconds, got '$BUDGET'" ;; esac
-[ "$BUDGET" -ge 120 ] || die "--budget $BUDGET is too short; give at least 120 seconds"
+seconds --dp-budget "$DP_BUDGET"
+seconds --table2-budget "$TABLE2_BUDGET"
 
 if [ -z "$DATA_DIR" ]; then
   for d in /usr/share/datasets/fashion-mnist "$REPO/.data/fashion-mnist"; do
@@ -68,24 +82,30 @@ if [ -z "$DATA_DIR" ]; then
   done
 fi
 
-# step name, time limit (s), description
-T_TESTS=90; T_BENCH=90; T_1B=40; T_WHOLE=40; T_DDP=60
-T_FIXED=$((T_TESTS + T_BENCH + T_1B + T_WHOLE + T_DDP))
-T_TABLE2=$((BUDGET - T_FIXED - 10))
+# the optimizer's steps: 240 s in all
+T_TESTS=60; T_BENCH=75; T_WHOLE=55; T_DDP=50
+SIZES="11.7M,124M,1B"
 plan() {
-  echo "gpu.sh plan (budget ${BUDGET}s; results in ${OUTDIR:-<not set>}):"
+  echo "gpu.sh plan (results in ${OUTDIR:-<not set>}):"
+  if [ -d "$WHEELS_DIR" ]; then echo "  0. wheels  pip install --no-deps --no-index $WHEELS_DIR/*.whl (into a temporary folder)"; fi
   echo "  1. tests   (${T_TESTS}s)  pytest -k cuda on the test files with a cuda case"
-  echo "  2. bench   (${T_BENCH}s)  ssgd bench step --device cuda --sizes resnet18,gpt2[,<1B size>] [--models mlp,convnet,resnet18] [--hooks] ${BENCH_STEP_ARGS:-}"
-  echo "  3. step-1b (${T_1B}s)  benchmarks/gpu_checks.py step-1b   (~1.1B parameters, SGD vs SSGD, host syncs)"
-  echo "  4. whole   (${T_WHOLE}s)  benchmarks/gpu_checks.py whole-step (ResNet-18 / MLP forward+backward+step)"
-  echo "  5. ddp     (${T_DDP}s)  benchmarks/gpu_checks.py ddp        (SSGD hook, NCCL, 2 processes on GPU 0)"
-  if [ "$T_TABLE2" -lt 30 ]; then
-    echo "  6. table2  skipped: the budget leaves ${T_TABLE2}s"
-  elif [ -n "$DATA_DIR" ]; then
-    echo "  6. table2  (${T_TABLE2}s, or what is left)  ssgd reproduce table2 --device cuda --batch-sizes 1024,4096,8192 --epochs 20 --data-dir $DATA_DIR"
+  echo "  2. bench   (${T_BENCH}s)  ssgd bench step --device cuda --sizes $SIZES --models none ${BENCH_STEP_ARGS:-}"
+  echo "  3. whole   (${T_WHOLE}s)  benchmarks/gpu_checks.py whole-step (ResNet-18 b256, MLP b1024: forward+backward+step)"
+  echo "  4. ddp     (${T_DDP}s)  benchmarks/gpu_checks.py ddp (SSGD hook, NCCL, 2 processes on GPU 0)"
+  if [ -n "$DATA_DIR" ]; then
+    echo "  5. dp      (${DP_BUDGET}s)  ssgd reproduce privacy --benchmark --device cuda --data-dir $DATA_DIR --no-progress ${DP_ARGS:-}"
   else
-    echo "  6. table2  skipped: no Fashion-MNIST found (give --data-dir or copy the IDX files to .data/fashion-mnist)"
+    echo "  5. dp      skipped: no Fashion-MNIST found (give --data-dir or copy the IDX files to .data/fashion-mnist)"
   fi
+  if [ "$TABLE2" = 1 ] && [ -n "$DATA_DIR" ]; then
+    echo "  6. table2  (${TABLE2_BUDGET}s)  ssgd reproduce table2 --device cuda --batch-sizes 1024,4096,8192 --epochs 20 --data-dir $DATA_DIR"
+  elif [ "$TABLE2" = 1 ]; then
+    echo "  6. table2  skipped: no Fashion-MNIST found"
+  else
+    echo "  6. table2  off (pass --table2)"
+  fi
+  local total=$((T_TESTS + T_BENCH + T_WHOLE + T_DDP + DP_BUDGET + TABLE2 * TABLE2_BUDGET))
+  echo "  at most ${total}s in all (optimizer steps $((T_TESTS + T_BENCH + T_WHOLE + T_DDP))s)"
 }
 
 [ -n "$OUTDIR" ] || { [ "$DRY" = 1 ] && { plan; exit 0; }; die "give a results folder (argument or \$OUT); see --help"; }
@@ -105,6 +125,18 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 START=$(date +%s)
 cd "$REPO"
+plan > "$LOG"
+
+if [ -d "$WHEELS_DIR" ]; then
+  shopt -s nullglob
+  WHEELS=("$WHEELS_DIR"/*.whl)
+  shopt -u nullglob
+  if [ ${#WHEELS[@]} -gt 0 ]; then
+    echo -e "\n===== wheels: ${WHEELS[*]}" >> "$LOG"
+    "$PY" -m pip install -q --no-deps --no-index --target "$WORK/site" "${WHEELS[@]}" >> "$LOG" 2>&1 \
+      && export PYTHONPATH="$PYTHONPATH:$WORK/site" || echo "gpu.sh: installing .wheels failed (see run.log)" >&2
+  fi
+fi
 
 {
   echo "# GPU run $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -114,7 +146,6 @@ cd "$REPO"
   echo "| step | status | seconds |"
   echo "|---|---|---|"
 } > "$SUMMARY"
-plan > "$LOG"
 
 step() {  # step NAME LIMIT COMMAND...
   local name="$1" limit="$2"; shift 2
@@ -131,45 +162,46 @@ step() {  # step NAME LIMIT COMMAND...
 
 # 1. CUDA tests
 mapfile -t CUDA_TESTS < <(grep -rl --include='test_*.py' '"cuda"' tests 2>/dev/null | sort)
-step tests "$T_TESTS" "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -k cuda "${CUDA_TESTS[@]}"
+step tests "$T_TESTS" "$PY" -m pytest -q -p no:xdist -p no:cacheprovider --continue-on-collection-errors -k cuda \
+  "${CUDA_TESTS[@]}"
 
-# 2. optimizer step benchmark (sizes the installed benchmark knows)
-SIZES=$("$PY" - <<'EOF' 2>/dev/null
-from ssgd.experiments.bench_step import SIZES
-big = [k for k in SIZES if "1b" in k.lower()][:1]  # one 1B size (the benchmark may list aliases)
-print(",".join(n for n in ["resnet18", "gpt2"] + big if n in SIZES))
-EOF
-)
-# flags this version of the benchmark has: the whole training step (--models) and the norm-hook variant (--hooks)
-BENCH_HELP=$(COLUMNS=200 "$PY" -m ssgd bench step --help 2>/dev/null)
-EXTRA=()
-grep -q -- "--models" <<<"$BENCH_HELP" && EXTRA+=(--models mlp,convnet,resnet18)
-grep -q -- "--hooks" <<<"$BENCH_HELP" && EXTRA+=(--hooks)
-step bench "$T_BENCH" "$PY" -m ssgd bench step --device cuda --sizes "${SIZES:-resnet18,gpt2}" --repeats 50 \
-  --warmup 5 --no-progress --out "$WORK/bench" "${EXTRA[@]}" ${BENCH_STEP_ARGS:-}
+# 2. the isolated optimizer step, with host syncs and ops per step
+step bench "$T_BENCH" "$PY" -m ssgd bench step --device cuda --sizes "$SIZES" --models none --repeats 50 \
+  --warmup 5 --no-progress --out "$WORK/bench" ${BENCH_STEP_ARGS:-}
 [ -f "$WORK/bench/results.json" ] && cp "$WORK/bench/results.json" "$OUTDIR/bench_step.json"
 
-# 3-5. the checks the benchmark does not cover
-step step-1b "$T_1B" "$PY" benchmarks/gpu_checks.py step-1b --json "$OUTDIR/gpu_checks.json"
+# 3-4. the whole training step and the DDP hook
 step whole "$T_WHOLE" "$PY" benchmarks/gpu_checks.py whole-step --json "$OUTDIR/gpu_checks.json"
 step ddp "$T_DDP" "$PY" benchmarks/gpu_checks.py ddp --samples 20 --json "$OUTDIR/gpu_checks.json"
+OPTIM_SECONDS=$(( $(date +%s) - START ))
 
-# 6. Table 2's large-batch cells in the time left
-LEFT=$(( BUDGET - ($(date +%s) - START) - 10 ))
+# 5. the DP benchmark (its own command; only wired here)
 if [ -z "$DATA_DIR" ]; then
-  echo "| table2 | skipped: no Fashion-MNIST (--data-dir) | 0 |" >> "$SUMMARY"
-elif [ "$LEFT" -lt 30 ]; then
-  echo "| table2 | skipped: ${LEFT}s left | 0 |" >> "$SUMMARY"
+  echo "| dp | skipped: no Fashion-MNIST (--data-dir) | 0 |" >> "$SUMMARY"
 else
-  step table2 "$LEFT" "$PY" -m ssgd reproduce table2 --device cuda --batch-sizes 1024,4096,8192 --epochs 20 \
-    --data-dir "$DATA_DIR" --out "$WORK/table2" --no-progress
-  [ -f "$WORK/table2/table2.json" ] && cp "$WORK/table2/table2.json" "$OUTDIR/table2.json"
-  [ -f "$WORK/table2/report.md" ] && cp "$WORK/table2/report.md" "$OUTDIR/table2_report.md"
+  step dp "$DP_BUDGET" "$PY" -m ssgd reproduce privacy --benchmark --device cuda --data-dir "$DATA_DIR" \
+    --out "$WORK/dp" --no-progress ${DP_ARGS:-}
+  [ -f "$WORK/dp/dp_benchmark.json" ] && cp "$WORK/dp/dp_benchmark.json" "$OUTDIR/dp_benchmark.json"
+  [ -f "$WORK/dp/report.md" ] && cp "$WORK/dp/report.md" "$OUTDIR/dp_report.md"
+fi
+
+# 6. Table 2's large-batch cells, on request
+if [ "$TABLE2" = 1 ]; then
+  if [ -z "$DATA_DIR" ]; then
+    echo "| table2 | skipped: no Fashion-MNIST (--data-dir) | 0 |" >> "$SUMMARY"
+  else
+    step table2 "$TABLE2_BUDGET" "$PY" -m ssgd reproduce table2 --device cuda --batch-sizes 1024,4096,8192 \
+      --epochs 20 --data-dir "$DATA_DIR" --out "$WORK/table2" --no-progress
+    [ -f "$WORK/table2/table2.json" ] && cp "$WORK/table2/table2.json" "$OUTDIR/table2.json"
+    [ -f "$WORK/table2/report.md" ] && cp "$WORK/table2/report.md" "$OUTDIR/table2_report.md"
+  fi
 fi
 
 {
   echo
-  echo "Total $(( $(date +%s) - START )) s. Numbers: bench_step.json, gpu_checks.json, table2.json; log: run.log."
-  [ -f "$OUTDIR/gpu_checks.json" ] && { echo; echo '```json'; cat "$OUTDIR/gpu_checks.json"; echo; echo '```'; }
+  echo "Optimizer steps (1-4): ${OPTIM_SECONDS} s; total $(( $(date +%s) - START )) s. Raw numbers: bench_step.json,"
+  echo "gpu_checks.json, dp_benchmark.json; log: run.log."
+  echo
+  "$PY" benchmarks/gpu_checks.py summary --bench "$OUTDIR/bench_step.json" --json "$OUTDIR/gpu_checks.json" 2>&1
 } >> "$SUMMARY"
 cat "$SUMMARY"

@@ -5,10 +5,10 @@ Same code as ``ssgd bench step`` (see ``ssgd.experiments.bench_step``)::
     python benchmarks/optimizer_step.py            # resnet18 (11.7M) and gpt2 (124M) shapes, CPU
     python benchmarks/optimizer_step.py --quick    # resnet18 only, a few steps
     python benchmarks/optimizer_step.py --device cuda
-    python benchmarks/optimizer_step.py --sizes 11.7M,124M,1B --models mlp,convnet,resnet18 --hooks --device cuda
+    python benchmarks/optimizer_step.py --sizes 11.7M,124M,1B --models resnet18 --batch 256 --device cuda
 
 Besides the isolated step it times the whole training step (forward+backward+step) of
-``--models`` and counts host syncs per step (see ``ssgd.experiments.bench_step``).
+``--models`` and counts host syncs and ops per step (see ``ssgd.experiments.bench_step``).
 """
 
 import typer

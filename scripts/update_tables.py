@@ -6,6 +6,8 @@
     python scripts/update_tables.py --leakage-run results/leakage-grid/grid
         # first export docs/results/leakage.json from that grid's run folder (finished or not), and its
         # figures: budget_vs_psnr.png, privacy_vs_accuracy.png, grid_*.png -> leakage_<name>
+    python scripts/update_tables.py --demo-run runs/demo-...
+        # first export docs/results/demo.json from that `ssgd demo` run folder's summary.json
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssgd.experiments.demo import export_summary
 from ssgd.experiments.leakage import export_results
 from ssgd.experiments.readme import GENERATED_FILES, update_generated
 
@@ -25,7 +28,18 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a section is out of date")
     ap.add_argument("--leakage-run", type=Path, metavar="DIR",
                     help="export docs/results/leakage.json from this `ssgd reproduce leakage` run folder first")
+    ap.add_argument("--demo-run", type=Path, metavar="DIR",
+                    help="export docs/results/demo.json from this `ssgd demo` run folder first")
     args = ap.parse_args()
+    if args.demo_run is not None:
+        if args.check:
+            ap.error("--demo-run writes docs/results/demo.json; run it without --check")
+        try:
+            export_summary(args.demo_run, ROOT / "docs/results/demo.json")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"docs/results/demo.json: from {args.demo_run}")
     if args.leakage_run is not None:
         if args.check:
             ap.error("--leakage-run writes docs/results/leakage.json; run it without --check")

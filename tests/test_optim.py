@@ -1,4 +1,4 @@
-"""ssgd.SSGD: the optimizer's math, corners, paths, state and validation."""
+"""ssgd.SSGD: the optimizer's math, corners, state, validation, and its cost (ops, host reads, compile)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssgd
 
@@ -31,11 +32,11 @@ def _set_grads(params, seed, scale=1.0):
         p.grad = (torch.randn(p.shape, generator=g) * scale).to(device=p.device, dtype=p.dtype)
 
 
-def _unit_by_hand(grads, scope):
+def _unit_by_hand(grads, scope, eps=1e-12):
     if scope == "global":
-        n = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+        n = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).clamp_min(eps)
         return [(g.double() / n).to(g.dtype) for g in grads]
-    return [(g.double() / g.double().norm()).to(g.dtype) for g in grads]
+    return [(g.double() / g.double().norm().clamp_min(eps)).to(g.dtype) for g in grads]
 
 
 def _bits(t):
@@ -84,26 +85,29 @@ def test_invalid_param_group_override(override, match):
 
 # ----------------------------------------------------------------------------- the basic step
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_plain_step_is_lr_times_unit_vector(device, foreach, scope, maximize):
+def test_plain_step_is_lr_times_unit_vector(device, scope, maximize):
     ps = _params(device)
     _set_grads(ps, 1)
     before = [p.detach().clone() for p in ps]
-    ssgd.SSGD(ps, lr=0.3, scope=scope, foreach=foreach, maximize=maximize).step()
+    units = _unit_by_hand([p.grad for p in ps], scope)
+    ssgd.SSGD(ps, lr=0.3, scope=scope, maximize=maximize).step()
     sign = 1.0 if maximize else -1.0
-    for p, b, u in zip(ps, before, _unit_by_hand([p.grad for p in ps], scope)):
+    for p, b, u in zip(ps, before, units):
         torch.testing.assert_close(p.detach() - b, sign * 0.3 * u, rtol=1e-5, atol=1e-6)
 
 
-def test_grads_are_not_modified_and_closure_loss_returned():
+@pytest.mark.parametrize("cfg", [dict(), dict(momentum=0.9, weight_decay=0.1), dict(scope="layer", momentum=0.9)])
+def test_closure_loss_returned_and_grad_holds_the_gradient_or_its_unit_vector(cfg):
     ps = _params()
     _set_grads(ps, 1)
     g0 = [p.grad.clone() for p in ps]
-    opt = ssgd.SSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1)
+    opt = ssgd.SSGD(ps, lr=0.1, **cfg)
     assert opt.step(lambda: torch.tensor(1.5)) == torch.tensor(1.5)
-    assert all(torch.equal(p.grad, g) for p, g in zip(ps, g0))
+    unit = _unit_by_hand(g0, cfg.get("scope", "global"))
+    for p, g, u in zip(ps, g0, unit):  # torch's fused kernel unscales .grad in place under a grad_scale
+        assert torch.equal(p.grad, g) or torch.allclose(p.grad, u, rtol=1e-6, atol=1e-7)
 
 
 def test_tensor_lr_and_lr_scheduler():
@@ -121,15 +125,14 @@ def test_tensor_lr_and_lr_scheduler():
 
 # ----------------------------------------------------------------------------- zero gradients
 @pytest.mark.filterwarnings("error")
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_zero_gradient_whole_model_no_update(foreach, scope, momentum):
+def test_zero_gradient_whole_model_no_update(scope, momentum):
     ps = _params()
     for p in ps:
         p.grad = torch.zeros_like(p)
     before = [p.detach().clone() for p in ps]
-    opt = ssgd.SSGD(ps, lr=0.5, scope=scope, momentum=momentum, foreach=foreach)
+    opt = ssgd.SSGD(ps, lr=0.5, scope=scope, momentum=momentum)
     for _ in range(2):
         opt.step()
     for p, b in zip(ps, before):
@@ -139,13 +142,12 @@ def test_zero_gradient_whole_model_no_update(foreach, scope, momentum):
 
 
 @pytest.mark.filterwarnings("error")
-@pytest.mark.parametrize("foreach", [True, False])
-def test_zero_gradient_one_layer_in_layer_scope(foreach):
+def test_zero_gradient_one_layer_in_layer_scope():
     ps = _params()
     _set_grads(ps, 3)
     ps[1].grad.zero_()
     before = [p.detach().clone() for p in ps]
-    ssgd.SSGD(ps, lr=0.5, scope="layer", foreach=foreach).step()
+    ssgd.SSGD(ps, lr=0.5, scope="layer").step()
     assert torch.equal(ps[1].detach(), before[1])
     for i in (0, 2):
         assert float((ps[i].detach() - before[i]).norm()) == pytest.approx(0.5, rel=1e-5)
@@ -176,11 +178,10 @@ def test_nonfinite_raise_names_position_without_names():
         ssgd.SSGD(ps, lr=0.1).step()
 
 
-@pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_nonfinite_skip_counts_and_leaves_params_bit_identical(foreach, scope):
+def test_nonfinite_skip_counts_and_leaves_params_bit_identical(scope):
     ps = _params()
-    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.01, foreach=foreach, nonfinite="skip")
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.01, nonfinite="skip")
     _set_grads(ps, 1)
     opt.step()
     for k, bad in enumerate([float("nan"), float("inf")]):
@@ -201,11 +202,6 @@ def test_nonfinite_skip_counts_and_leaves_params_bit_identical(foreach, scope):
     opt2 = ssgd.SSGD(ps, lr=0.1, nonfinite="skip")
     opt2.load_state_dict(copy.deepcopy(sd))
     assert opt2.skipped_steps == 2
-    old = copy.deepcopy(sd)  # checkpoints before the state-dict hooks: a string key in "state"
-    old["state"]["skipped_steps"] = old.pop("ssgd")["skipped_steps"]
-    opt3 = ssgd.SSGD(ps, lr=0.1, nonfinite="skip")
-    opt3.load_state_dict(old)
-    assert opt3.skipped_steps == 2 and "skipped_steps" not in opt3.state
 
 
 def test_nonfinite_mixed_group_policies():
@@ -213,58 +209,156 @@ def test_nonfinite_mixed_group_policies():
     opt = ssgd.SSGD([{"params": [a], "nonfinite": "skip"}, {"params": [b]}], lr=0.1)  # default raise
     _set_grads([a, b], 1)
     a.grad[0, 0] = float("nan")
-    opt.step()  # only the skip group is bad: skipped
+    opt.step()  # only the skip group is bad: skipped, nothing to raise
     assert opt.skipped_steps == 1
+    opt.check_finite()
     b.grad[0] = float("nan")
-    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[1\]"):
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[1\]\['params'\]\[0\]"):
+        opt.step()  # the raise group's tensor is named, not the skip group's
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_overflowing_norm_is_nonfinite(scope, momentum):
+    # entries of 3e19: finite, but the float32 sum of squares overflows (clip_grad_norm_'s convention)
+    ps = _params(seed=4)
+    _set_grads(ps, 5)
+    ps[1].grad[0] = 3e19
+    before = [_bits(p) for p in ps]
+    opt = ssgd.SSGD(ps, lr=0.25, scope=scope, momentum=momentum, nonfinite="skip")
+    opt.step()
+    assert opt.skipped_steps == 1 and all(torch.equal(_bits(p), b) for p, b in zip(ps, before))
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        ssgd.SSGD(ps, lr=0.25, scope=scope, momentum=momentum).step()
+    if scope == "global":  # every tensor finite in norm, their joint norm not: named by the largest
+        for p in ps:
+            p.grad = torch.full(p.shape, 1e19 / math.sqrt(p.numel()))
+        ps[2].grad.mul_(2)
+        with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[2\]"):
+            ssgd.SSGD(ps, lr=0.25, momentum=momentum).step()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_nonfinite_raise_under_compile_is_read_by_check_finite(scope):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = ssgd.SSGD(model.named_parameters(), lr=0.1, momentum=0.9, scope=scope)
+    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    model(torch.randn(5, 3)).sum().backward()
+    step()
+    model[2].bias.grad[1] = float("inf")
+    before = {n: _bits(p) for n, p in model.named_parameters()}
+    step()  # compiled: nothing is read on the host, nothing moves ...
+    assert all(torch.equal(_bits(p), before[n]) for n, p in model.named_parameters())
+    model[2].bias.grad[1] = 1.0
+    step()  # a good step after it: the first failing step is still the one reported
+    assert not torch.equal(_bits(model[0].weight), before["0.weight"])
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"parameter '2\.bias' \(shape \(2,\)\)"):
+        opt.check_finite()  # ... and the flag names the parameter when read
+    opt.check_finite()  # read once
+
+
+class _Event:
+    """Stands in for a CUDA event: not complete until ``done``."""
+
+    def __init__(self):
+        self.done = False
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.done = True
+
+
+def test_lazy_raise_waits_for_the_event_and_loses_no_step():
+    ps = _params()
+    opt = ssgd.SSGD(ps, lr=0.1)
+    spans = [(0, 0, 3, "global", ps)]
+    late, ok = _Event(), _Event()
+    opt._flags["pending"] = [(torch.tensor([1.0, float("nan"), 1.0]), late, spans),
+                             (torch.tensor([1.0, 1.0, 1.0]), ok, spans)]
+    _set_grads(ps, 1)
+    opt.step()  # the failing step's event has not completed: no wait, no raise, nothing dropped
+    assert len(opt._flags["pending"]) == 3  # this step's own flag queues behind them
+    late.done = True
+    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        opt.step()  # read at the next step once it is known
+    opt.check_finite()  # waits for the rest: all finite
+    assert opt._flags["pending"] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("device", ["cuda"])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_cuda_graph_capture_replays_the_step(device, scope):
+    ps = _params(device)
+    ref = [p.detach().clone().requires_grad_() for p in ps]
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, nonfinite="skip")
+    eager = ssgd.SSGD(ref, lr=0.1, scope=scope, momentum=0.9, nonfinite="skip")
+    _set_grads(ps, 1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up eagerly: buffers and counters exist before capture
+        for _ in range(2):
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
         opt.step()
+    for _ in range(2):
+        _set_grads(ref, 1)
+        eager.step()
+    for k in range(3):
+        _set_grads(ref, 10 + k)
+        g = torch.Generator().manual_seed(10 + k)
+        for p in ps:  # new gradients into the captured tensors
+            p.grad.copy_(torch.randn(p.shape, generator=g).to(device))
+        if k == 1:
+            ps[0].grad[0, 0] = float("nan")
+            ref[0].grad[0, 0] = float("nan")
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+    assert opt.skipped_steps == eager.skipped_steps == 1
 
 
 # ----------------------------------------------------------------------------- dtypes and scales
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_half_precision_overflowing_sum_of_squares(device, dtype, foreach, momentum):
+def test_half_precision_overflowing_sum_of_squares(device, dtype, scope, momentum):
     p = torch.zeros(1000, dtype=dtype, device=device, requires_grad=True)
     q = torch.ones(3, dtype=dtype, device=device, requires_grad=True)
     p.grad = torch.full((1000,), 300.0, dtype=dtype, device=device)  # sum of squares 9e7 > fp16 max
     q.grad = torch.zeros(3, dtype=dtype, device=device)
-    ssgd.SSGD([p, q], lr=1.0, momentum=momentum, foreach=foreach).step()
+    ssgd.SSGD([p, q], lr=1.0, scope=scope, momentum=momentum).step()
     assert p.dtype == dtype and q.dtype == dtype
     torch.testing.assert_close(p.detach().float().cpu(), torch.full((1000,), -1 / math.sqrt(1000)), rtol=1e-2, atol=0)
     assert torch.equal(q.detach().cpu(), torch.ones(3, dtype=dtype))
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-@pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("capturable", [None, True], ids=["default", "device-path"])
-def test_huge_fp32_gradients_step_exactly(foreach, scope, momentum, capturable):
-    ps = _params(seed=4)
-    g = torch.Generator().manual_seed(5)
-    for p in ps:
-        p.grad = torch.randn(p.shape, generator=g) * 1e30
-    ps[1].grad[0] = 3e38
-    before = [p.detach().clone() for p in ps]
-    ssgd.SSGD(ps, lr=0.25, scope=scope, momentum=momentum, foreach=foreach, capturable=capturable).step()
-    n_glob = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in ps))
-    for p, b in zip(ps, before):
-        n = n_glob if scope == "global" else float(p.grad.double().norm())
-        expected = (b.double() - 0.25 * p.grad.double() / n).float()
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("foreach", [True, False])
-def test_step_length_is_exact_for_large_float32_tensors(foreach):
+def test_step_length_of_large_float32_tensors():
     p = torch.zeros(2**22 + 5, requires_grad=True)
     q = torch.zeros(7, requires_grad=True)
     g = torch.Generator().manual_seed(8)
-    p.grad = torch.randn(p.shape, generator=g) + 0.5  # CPU float32 one-shot reductions are off by ~1e-4 here
+    p.grad = torch.randn(p.shape, generator=g) + 0.5
     q.grad = torch.randn(q.shape, generator=g)
-    ssgd.SSGD([p, q], lr=1.0, foreach=foreach).step()
+    ssgd.SSGD([p, q], lr=1.0).step()
     length = math.sqrt(float((p.detach().double() ** 2).sum() + (q.detach().double() ** 2).sum()))
-    assert length == pytest.approx(1.0, rel=1e-6)
+    assert length == pytest.approx(1.0, rel=2e-4)  # torch's float32 CPU reduction at 4M entries (see transform)
+
+
+def test_float64_step_length_to_float32_scale_precision():
+    ps = _params(dtype=torch.float64)
+    _set_grads(ps, 9, scale=1e-3)
+    before = [p.detach().clone() for p in ps]
+    ssgd.SSGD(ps, lr=1.0, momentum=0.9).step()  # the kernel's grad_scale is float32: length 1 to ~6e-8
+    length = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(ps, before)))
+    assert length == pytest.approx(1.0, rel=1e-7)
 
 
 def test_params_without_grad_are_skipped():
@@ -299,78 +393,31 @@ def test_sparse_gradients_are_a_clear_error():
         opt.step()
 
 
-# ----------------------------------------------------------------------------- foreach vs single tensor
-CONFIGS = [
-    dict(),
-    dict(momentum=0.9),
-    dict(momentum=0.9, nesterov=True),
-    dict(momentum=0.9, dampening=0.5),
-    dict(weight_decay=0.1),
-    dict(weight_decay=0.1, decoupled_weight_decay=True, momentum=0.5),
-    dict(momentum=0.9, nesterov=True, weight_decay=0.05, maximize=True),
-    dict(scope="layer"),
-    dict(scope="layer", momentum=0.9, nesterov=True, weight_decay=0.1),
-    dict(scope="layer", momentum=0.8, dampening=0.2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
-]
-
-
-def _groups(ps, mixed):
-    if not mixed:
-        return ps
-    return [{"params": ps[:2]}, {"params": ps[2:], "scope": "layer", "lr": 0.05, "momentum": 0.5}]
-
-
-PATHS = {"foreach-vs-single": (dict(foreach=True), dict(foreach=False)),
-         "device-vs-host": (dict(capturable=True), dict(capturable=False))}  # capturable: no host read
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mixed", [False, True], ids=["one-group", "mixed-scope-groups"])
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
-@pytest.mark.parametrize("paths", list(PATHS))
-def test_foreach_and_single_tensor_paths_agree(device, mixed, cfg, paths):
-    shapes = ((4, 3), (3,), (2, 2, 2), (5,))
-    pa = _params(device, shapes=shapes)
-    pb = [p.detach().clone().requires_grad_() for p in pa]
-    oa = ssgd.SSGD(_groups(pa, mixed), lr=0.1, **PATHS[paths][0], **cfg)
-    ob = ssgd.SSGD(_groups(pb, mixed), lr=0.1, **PATHS[paths][1], **cfg)
-    for step in range(4):
-        _set_grads(pa, 10 + step)
-        _set_grads(pb, 10 + step)
-        if step == 2:
-            pa[3].grad.zero_()
-            pb[3].grad.zero_()
-        oa.step()
-        ob.step()
-    for a, b, init in zip(pa, pb, _params(device, shapes=shapes)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-        assert not torch.equal(a.detach(), init)
-    for a, b in zip(pa, pb):
-        if "momentum_buffer" in oa.state[a]:
-            torch.testing.assert_close(oa.state[a]["momentum_buffer"], ob.state[b]["momentum_buffer"])
-
-
 # ----------------------------------------------------------------------------- semantics vs torch.optim.SGD
 SEMANTICS = [
+    dict(),
     dict(momentum=0.9),
     dict(momentum=0.9, dampening=0.3),
     dict(momentum=0.9, nesterov=True),
     dict(momentum=0.5, weight_decay=0.1),
     dict(momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
     dict(weight_decay=0.2),
+    dict(weight_decay=0.2, maximize=True),
 ]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("cfg", SEMANTICS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_equals_torch_sgd_on_hand_normalised_gradient(foreach, scope, cfg):
-    ps = _params()
+@pytest.mark.parametrize("cfg", SEMANTICS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_equals_torch_sgd_on_hand_normalised_gradient(dtype, scope, cfg):
+    ps = _params(dtype=dtype)
     ref = [p.detach().clone().requires_grad_() for p in ps]
-    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, foreach=foreach, **cfg)
-    sgd = torch.optim.SGD(ref, lr=0.1, foreach=foreach, **cfg)
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, **cfg)
+    sgd = torch.optim.SGD(ref, lr=0.1, foreach=True, **cfg)
     for step in range(5):
         _set_grads(ps, 20 + step)
+        if step == 3:
+            ps[1].grad.zero_()
         for r, u in zip(ref, _unit_by_hand([p.grad for p in ps], scope)):
             r.grad = u.clone()
         opt.step()
@@ -381,19 +428,38 @@ def test_equals_torch_sgd_on_hand_normalised_gradient(foreach, scope, cfg):
             torch.testing.assert_close(opt.state[p]["momentum_buffer"], sgd.state[r]["momentum_buffer"])
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_decoupled_weight_decay(foreach):
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_decoupled_weight_decay(scope):
     ps = _params()
     ref = [p.detach().clone().requires_grad_() for p in ps]
-    opt = ssgd.SSGD(ps, lr=0.1, momentum=0.9, weight_decay=0.3, decoupled_weight_decay=True, foreach=foreach)
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.3, decoupled_weight_decay=True)
     sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.9)
     for step in range(3):
         _set_grads(ps, 30 + step)
-        for r, u in zip(ref, _unit_by_hand([p.grad for p in ps], "global")):
+        for r, u in zip(ref, _unit_by_hand([p.grad for p in ps], scope)):
             r.grad = u.clone()
         with torch.no_grad():
             for r in ref:
                 r.mul_(1 - 0.1 * 0.3)
+        opt.step()
+        sgd.step()
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_scope_groups_equal_torch_sgd_groups():
+    shapes = ((4, 3), (3,), (2, 2, 2), (5,))
+    ps = _params(shapes=shapes)
+    ref = [p.detach().clone().requires_grad_() for p in ps]
+    opt = ssgd.SSGD([{"params": ps[:2]}, {"params": ps[2:], "scope": "layer", "lr": 0.05, "momentum": 0.5,
+                                           "nesterov": True}], lr=0.1, momentum=0.9, weight_decay=0.01)
+    sgd = torch.optim.SGD([{"params": ref[:2]}, {"params": ref[2:], "lr": 0.05, "momentum": 0.5, "nesterov": True}],
+                          lr=0.1, momentum=0.9, weight_decay=0.01)
+    for step in range(4):
+        _set_grads(ps, 10 + step)
+        units = _unit_by_hand([p.grad for p in ps[:2]], "global") + _unit_by_hand([p.grad for p in ps[2:]], "layer")
+        for r, u in zip(ref, units):
+            r.grad = u.clone()
         opt.step()
         sgd.step()
     for p, r in zip(ps, ref):
@@ -457,8 +523,8 @@ shape_lists = st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3), min_
 
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(shapes=shape_lists, log_scale=st.floats(-8, 8), seed=st.integers(0, 2**16), lr=st.floats(1e-3, 10.0),
-       scope=st.sampled_from(["global", "layer"]), foreach=st.booleans(), log_c=st.floats(-6, 6))
-def test_property_step_direction_length_and_scale_invariance(shapes, log_scale, seed, lr, scope, foreach, log_c):
+       scope=st.sampled_from(["global", "layer"]), log_c=st.floats(-6, 6))
+def test_property_step_direction_length_and_scale_invariance(shapes, log_scale, seed, lr, scope, log_c):
     g = torch.Generator().manual_seed(seed)
     init = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
     grads = [torch.randn(*s, generator=g, dtype=torch.float64) * 10.0**log_scale for s in shapes]
@@ -467,24 +533,24 @@ def test_property_step_direction_length_and_scale_invariance(shapes, log_scale, 
         ps = [t.clone().requires_grad_() for t in init]
         for p, gr in zip(ps, grads):
             p.grad = gr * scale
-        ssgd.SSGD(ps, lr=lr, scope=scope, foreach=foreach).step()
+        ssgd.SSGD(ps, lr=lr, scope=scope, eps=1e-30).step()  # every norm drawn is far above eps
         return [p.detach() - t for p, t in zip(ps, init)]
 
-    d = step(1.0)
+    d = step(1.0)  # float64, to the float32 precision of the kernel's scale
     for di, u in zip(d, _unit_by_hand(grads, scope)):
-        torch.testing.assert_close(di, -lr * u, rtol=1e-9, atol=1e-12 * lr)
+        torch.testing.assert_close(di, -lr * u, rtol=2e-7, atol=1e-12 * lr)
     if scope == "global":
-        assert math.sqrt(sum(float((di ** 2).sum()) for di in d)) == pytest.approx(lr, rel=1e-9)
+        assert math.sqrt(sum(float((di ** 2).sum()) for di in d)) == pytest.approx(lr, rel=2e-7)
     else:
         for di in d:
-            assert float(di.norm()) == pytest.approx(lr, rel=1e-9)
+            assert float(di.norm()) == pytest.approx(lr, rel=2e-7)
     for a, b in zip(d, step(10.0**log_c)):  # any c > 0: the same step
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12 * lr)
+        torch.testing.assert_close(a, b, rtol=2e-7, atol=1e-12 * lr)
     for a, b in zip(d, step(2.0**round(log_c))):  # a power of two scales exactly: bit-identical step
         assert torch.equal(a, b)
 
 
-# ----------------------------------------------------------------------------- capturable: no host read in the step
+# ----------------------------------------------------------------------------- the cost: host reads, ops, compile
 class _HostReads:
     """Counts host reads of tensor values (``item``, ``tolist``, ``bool``, ``float``, ``int``) -- on a GPU
     each is a synchronisation. Used as a context manager around ``opt.step()``."""
@@ -508,106 +574,68 @@ class _HostReads:
             setattr(torch.Tensor, n, orig)
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched that compute (on a GPU each is at least one kernel launch);
+    views (``detach``, ``slice``, ``unbind``) and profiler markers launch nothing."""
+
+    FREE = ("aten.detach.", "aten.slice.", "aten.unbind.", "aten.view.", "aten.alias.", "profiler.")
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not str(func).startswith(self.FREE):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+STEADY = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+          dict(weight_decay=0.1, decoupled_weight_decay=True)]
+
+
+def _steady_step(opt, ps, counter_cls):
+    for s in range(2):  # the first steps create buffers
+        _set_grads(ps, 70 + s)
+        opt.step()
+    _set_grads(ps, 80)
+    with counter_cls() as c:
+        opt.step()
+    return c
+
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("cfg", [dict(), dict(momentum=0.9, nesterov=True, weight_decay=0.1),
-                                 dict(momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True)],
-                         ids=["plain", "nesterov-wd", "decoupled"])
+@pytest.mark.parametrize("cfg", STEADY, ids=["plain", "momentum", "nesterov-wd", "decoupled"])
 @pytest.mark.parametrize("nonfinite", ["raise", "skip"])
-def test_capturable_step_reads_nothing_on_the_host(scope, cfg, nonfinite):
+def test_step_reads_nothing_on_the_host(scope, cfg, nonfinite):
     ps = _params()
-    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, nonfinite=nonfinite, capturable=True, **cfg)
-    host = ssgd.SSGD([p.detach().clone().requires_grad_() for p in ps], lr=0.1, scope=scope, capturable=False, **cfg)
-    for step in range(3):
-        _set_grads(ps, 60 + step)
-        _set_grads(host.param_groups[0]["params"], 60 + step)
-        with _HostReads() as reads:
-            opt.step()
-        # a raise step reads the *previous* step's flag from host memory (lazy raise), never a tensor value
-        assert reads.calls == []
-        with _HostReads() as reads:
-            host.step()
-        assert reads.calls  # the host path does read (it is the eager, exact-on-CPU default)
-    for p, q in zip(ps, host.param_groups[0]["params"]):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    reads = _steady_step(ssgd.SSGD(ps, lr=0.1, scope=scope, nonfinite=nonfinite, **cfg), ps, _HostReads)
+    assert reads.calls == []
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_capturable_numerics_corners(scope, momentum):  # huge float32: test_huge_fp32_gradients_step_exactly
-    # float64 of order 1e300, tiny float32 with a tiny eps, and a zero tensor
-    big = torch.zeros(4, dtype=torch.float64, requires_grad=True)
-    big.grad = torch.full((4,), 1e300, dtype=torch.float64)
-    ssgd.SSGD([big], lr=1.0, scope=scope, momentum=momentum, capturable=True).step()
-    torch.testing.assert_close(big.detach(), torch.full((4,), -0.5, dtype=torch.float64))
-    tiny, zero = torch.zeros(4, requires_grad=True), torch.ones(3, requires_grad=True)
-    tiny.grad, zero.grad = torch.full((4,), 1e-25), torch.zeros(3)
-    ssgd.SSGD([tiny, zero], lr=1.0, scope=scope, eps=1e-40, momentum=momentum, capturable=True).step()
-    torch.testing.assert_close(tiny.detach(), torch.full((4,), -0.5))
-    assert torch.equal(zero.detach(), torch.ones(3))
-    # half precision whose sum of squares overflows fp16
-    h = torch.zeros(1000, dtype=torch.float16, requires_grad=True)
-    h.grad = torch.full((1000,), 300.0, dtype=torch.float16)
-    ssgd.SSGD([h], lr=1.0, scope=scope, momentum=momentum, capturable=True).step()
-    torch.testing.assert_close(h.detach().float(), torch.full((1000,), -1 / math.sqrt(1000)), rtol=1e-2, atol=0)
-
-
-def test_capturable_step_length_is_exact_for_large_float32_tensors():
-    p, q = torch.zeros(2**22 + 5, requires_grad=True), torch.zeros(7, requires_grad=True)
-    g = torch.Generator().manual_seed(8)
-    p.grad, q.grad = torch.randn(p.shape, generator=g) + 0.5, torch.randn(q.shape, generator=g)
-    ssgd.SSGD([p, q], lr=1.0, capturable=True).step()
-    length = math.sqrt(float((p.detach().double() ** 2).sum() + (q.detach().double() ** 2).sum()))
-    assert length == pytest.approx(1.0, rel=1e-6)
-
-
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_capturable_nonfinite_skip_on_device_and_lazy_raise(scope):
-    ps = _params()
-    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.01, nonfinite="skip", capturable=True)
-    _set_grads(ps, 1)
-    opt.step()
-    _set_grads(ps, 2)
-    ps[0].grad[1, 1] = float("nan")
-    before = [_bits(p) for p in ps]
-    bufs = [_bits(opt.state[p]["momentum_buffer"]) for p in ps]
-    opt.step()
-    assert all(torch.equal(_bits(p), b) for p, b in zip(ps, before))
-    assert all(torch.equal(_bits(opt.state[p]["momentum_buffer"]), b) for p, b in zip(ps, bufs))
-    assert opt.skipped_steps == 1 and opt.state_dict()["ssgd"]["skipped_steps"] == 1
-
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    opt = ssgd.SSGD(model.named_parameters(), lr=0.1, momentum=0.9, scope=scope, capturable=True)
-    model(torch.randn(5, 3)).sum().backward()
-    opt.step()
-    model[2].bias.grad[1] = float("inf")
-    before = {n: _bits(p) for n, p in model.named_parameters()}
-    opt.step()  # no host read: every coefficient of the step is 0 on the device ...
-    for n, p in model.named_parameters():  # ... so only the entry whose gradient was inf is touched (0 * inf)
-        if n != "2.bias":
-            assert torch.equal(_bits(p), before[n])
-    assert torch.equal(_bits(model[2].bias)[0], before["2.bias"][0]) and math.isnan(float(model[2].bias[1]))
-    with pytest.raises(ssgd.NonFiniteGradientError, match=r"parameter '2\.bias' \(shape \(2,\)\)"):
-        opt.check_finite()  # ... and the error names the parameter when read
-    model[2].bias.grad[1] = float("nan")
-    opt.step()
-    with pytest.raises(ssgd.NonFiniteGradientError, match=r"'2\.bias'"):
-        opt.step()  # the next eager step raises it at the latest
-
-
-def test_capturable_validation():
-    with pytest.raises(ValueError, match="Invalid capturable"):
-        ssgd.SSGD(_params(), capturable="yes")
+@pytest.mark.parametrize("scope, cfg", [("global", {}), ("layer", {}), ("global", dict(momentum=0.9)),
+                                        ("layer", dict(momentum=0.9, weight_decay=0.1))])
+def test_ops_per_step_do_not_grow_with_tensors_and_stay_near_sgd(scope, cfg):
+    counts = {}
+    for k in (4, 32):
+        ps = _params(shapes=[(3, 2)] * (k // 2) + [(5,)] * (k // 2))
+        counts[k] = len(_steady_step(ssgd.SSGD(ps, lr=0.1, scope=scope, **cfg), ps, _OpCounter).ops)
+        qs = _params(shapes=[(3, 2)] * (k // 2) + [(5,)] * (k // 2))
+        sgd = len(_steady_step(torch.optim.SGD(qs, lr=0.1, foreach=True, **cfg), qs, _OpCounter).ops)
+    assert counts[4] == counts[32], counts
+    assert counts[32] <= sgd + 8, (counts, sgd)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_compiled_step_has_no_graph_break_and_equals_eager(scope, momentum):
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_compiled_step_has_no_graph_break_and_equals_eager(scope, momentum, nonfinite):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     twin = copy.deepcopy(model)
-    opt = ssgd.SSGD(model.parameters(), lr=0.1, scope=scope, momentum=momentum)  # default capturable=None
+    opt = ssgd.SSGD(model.parameters(), lr=0.1, scope=scope, momentum=momentum, nonfinite=nonfinite)
     ref = ssgd.SSGD(twin.parameters(), lr=0.1, scope=scope, momentum=momentum)
     x = torch.randn(5, 6)
     model(x).sum().backward()
@@ -629,60 +657,25 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(scope, momentum):
                                        rtol=1e-6, atol=1e-7)
 
 
-# ----------------------------------------------------------------------------- norm hooks: the norm pass in backward
-@pytest.mark.parametrize("capturable", [False, True])
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_norm_hooks_take_the_norms_in_backward_and_step_identically(capturable, scope, monkeypatch):
-    import ssgd._numerics as numerics
-
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("device", ["cuda"])
+def test_compiled_step_on_cuda_equals_eager(device):
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
     twin = copy.deepcopy(model)
-    opt = ssgd.SSGD(model.parameters(), lr=0.1, momentum=0.9, scope=scope, capturable=capturable, norm_hooks=True)
-    ref = ssgd.SSGD(twin.parameters(), lr=0.1, momentum=0.9, scope=scope, capturable=capturable)
-    x = torch.randn(4, 5)
-    calls = []
-    for name in ("foreach_norms", "device_norms"):
-        orig = getattr(numerics, name)
-        monkeypatch.setattr(numerics, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
-    import ssgd.optim as optim_mod
-    monkeypatch.setattr(optim_mod, "device_norms", numerics.device_norms)
-    for k in range(4):
+    opt = ssgd.SSGD(model.parameters(), lr=0.1, momentum=0.9)
+    ref = ssgd.SSGD(twin.parameters(), lr=0.1, momentum=0.9)
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 6, device=device)
+    for k in range(3):
         for m in (model, twin):
             m.zero_grad()
-            m(x * (k + 1)).pow(2).sum().backward()
-            if k == 1:  # gradient accumulation: the hook sees the final gradient
-                m(x).pow(2).sum().backward()
-        if k == 2:  # a gradient changed after backward (clipping, ...): its cached norm is not used
-            model[0].weight.grad.mul_(3.0)
-            twin[0].weight.grad.mul_(3.0)
-        if k == 3:  # a gradient replaced after backward
-            model[2].bias.grad = torch.ones(3)
-            twin[2].bias.grad = torch.ones(3)
-        calls.clear()
-        opt.step()
-        assert (calls == []) == (k < 2)  # nothing left to compute in the step unless a gradient changed
+            m(x * (k + 1)).sum().backward()
+        step()
         ref.step()
-        for p, q in zip(model.parameters(), twin.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
-    opt.remove_norm_hooks()
-    model(x).sum().backward()
-    assert opt._norm_cache == {}
-
-
-def test_capturable_mixed_group_policies():
-    a, b = _params()[:2]
-    opt = ssgd.SSGD([{"params": [a], "nonfinite": "skip"}, {"params": [b]}], lr=0.1, capturable=True)
-    _set_grads([a, b], 1)
-    a.grad[0, 0] = float("nan")
-    opt.step()  # only the skip group is bad: skipped, nothing to raise
-    assert opt.skipped_steps == 1
-    opt.check_finite()
-    b.grad[0] = float("nan")
-    opt.step()
-    with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[1\]\['params'\]\[0\]"):
-        opt.check_finite()  # the raise group's tensor is named, not the skip group's
-    assert opt.skipped_steps == 1
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 def test_skip_counter_survives_reloads_and_copies():

@@ -99,17 +99,12 @@ def test_nonfinite_skip_counts_and_round_trips():
     assert all(torch.equal(p.detach(), b) for p, b in zip(ps, before))
     assert [float(opt.state[p]["step"]) for p in ps] == steps
     sd = copy.deepcopy(opt.state_dict())
-    assert sd["ssgd"] == {"scope": "global", "eps": ssgd.DEFAULT_EPS, "nonfinite": "skip", "skipped_steps": 1}
+    assert sd["ssgd"] == {"scope": "global", "eps": 1e-12, "nonfinite": "skip", "skipped_steps": 1}
     assert "ssgd_wrapper" not in sd and "skipped_steps" not in sd["state"]  # one layout, as ssgd.SSGD's
     qs = [p.detach().clone().requires_grad_() for p in ps]
     opt2 = ssgd.SSGDWrapper(torch.optim.Adam(qs, lr=0.5), nonfinite="skip")
     opt2.load_state_dict(sd)
     assert opt2.skipped_steps == 1 and opt2.param_groups[0]["lr"] == 1e-2
-    legacy = copy.deepcopy(sd)  # a pre-0.2 checkpoint: the counter under "ssgd_wrapper"
-    legacy["ssgd_wrapper"] = legacy.pop("ssgd")
-    opt3 = ssgd.SSGDWrapper(torch.optim.Adam([q.detach().clone().requires_grad_() for q in qs]), nonfinite="skip")
-    opt3.load_state_dict(legacy)
-    assert opt3.skipped_steps == 1
     for p, q in zip(ps, qs):
         _set_grads([p], 3)
         _set_grads([q], 3)

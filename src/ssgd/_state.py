@@ -1,9 +1,7 @@
 """Private: the non-finite skip counter in an optimizer's state dict, kept one way for the core.
 
 :class:`ssgd.SSGD` and :class:`ssgd.SSGDWrapper` both store it as ``state_dict()["ssgd"]["skipped_steps"]``
-through torch's optimizer state-dict hooks (so a plain ``torch.save(opt.state_dict())`` carries it),
-and both read the older layouts back: a string key ``"skipped_steps"`` inside ``"state"`` (SSGD
-before 0.2) and a top-level ``"ssgd_wrapper"`` dict (SSGDWrapper before 0.2).
+through torch's optimizer state-dict hooks, so a plain ``torch.save(opt.state_dict())`` carries it.
 """
 
 from __future__ import annotations
@@ -23,23 +21,13 @@ def _save(owner: Any, extra: dict[str, Any], optimizer: Optimizer, sd: dict[str,
 
 def _load_pre(owner: Any, optimizer: Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
     sd = dict(sd)
-    n = 0
-    for key in (KEY, "ssgd_wrapper"):
-        extra = sd.pop(key, None)
-        if isinstance(extra, dict) and "skipped_steps" in extra:
-            n = int(extra["skipped_steps"])
-    state = sd.get("state")
-    if isinstance(state, dict) and "skipped_steps" in state:
-        state = dict(state)
-        n = int(state.pop("skipped_steps"))
-        sd["state"] = state
-    owner.__dict__["_loaded_skipped_steps"] = n
+    extra = sd.pop(KEY, None)
+    owner.__dict__["_loaded_skipped_steps"] = int(extra["skipped_steps"]) if isinstance(extra, dict) else 0
     return sd
 
 
 def _load_post(owner: Any, optimizer: Optimizer) -> None:
-    if "_loaded_skipped_steps" in owner.__dict__:
-        owner.set_skipped_steps(owner.__dict__.pop("_loaded_skipped_steps"))
+    owner.set_skipped_steps(owner.__dict__.pop("_loaded_skipped_steps", 0))
 
 
 def attach_skip_counter(owner: Any, optimizer: Optimizer, extra: dict[str, Any] | None = None) -> None:

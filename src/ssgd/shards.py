@@ -29,16 +29,12 @@ m stacked gradients with one norm kernel and one ``(1, m) @ (m, n)`` product per
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ._numerics import TINY_NORM as _TINY_NORM
-from ._numerics import safe as _safe
-from ._numerics import scales as _scales
-from .transform import DEFAULT_EPS, check_eps, check_scope, unit_
+from .transform import DEFAULT_EPS, check_eps, check_scope, grad_norms, unit_, unit_denominator
 
 __all__ = ["shard_unit_grad_", "split_shards"]
 
@@ -81,28 +77,21 @@ def _reduce_into_grad(params: list[nn.Parameter], shard_grads: list[list[Tensor]
 @torch.no_grad()
 def _reduce_stacked_into_grad(params: list[nn.Parameter], stacked: list[Tensor], scope: str, eps: float,
                               reduce: str, names: list[str] | None = None) -> Tensor:
-    """Same as :func:`_reduce_into_grad` for gradients stacked as ``(m, *p.shape)``: one norm
-    kernel and one ``(1, m) @ (m, n)`` product per tensor. Falls back to the per-shard path
-    for the corners (non-finite, overflow, tiny norms, half precision, extreme scales)."""
+    """Same as :func:`_reduce_into_grad` for gradients stacked as ``(m, *p.shape)``: the m rows'
+    norms at once (:func:`ssgd.transform.unit_denominator`, the rule of :func:`unit_`) and one
+    ``(1, m) @ (m, n)`` product per tensor. A non-finite row goes through the per-shard path,
+    whose error names the parameter and the shard."""
     m = stacked[0].shape[0]
-    if not all(G.dtype in (torch.float32, torch.float64) and G.dtype == p.dtype for G, p in zip(stacked, params)):
-        return _reduce_into_grad(params, [[G[j] for G in stacked] for j in range(m)], scope, eps, reduce, names)
-    flat = [G.reshape(m, -1) for G in stacked]
-    norms = torch.stack([torch.linalg.vector_norm(f, dim=1, dtype=torch.float64 if f.dtype == torch.float64
-                                                  else torch.float32).double() for f in flat], dim=1)
-    vals = norms.tolist()  # (m, K): the one host sync
-    # a norm below _TINY_NORM may have underflowed; that only matters when eps is tinier still
-    ok = all(math.isfinite(v) and (v >= _TINY_NORM or eps >= _TINY_NORM) for row in vals for v in row)
-    scales = [_scales(row, scope, eps) for row in vals] if ok else []
-    if not ok or not all(_safe(c) for row in scales for c in row):
+    norms = torch.stack([grad_norms([G[j] for G in stacked]) for j in range(m)])  # (m, K)
+    denom = unit_denominator(norms, scope, eps)  # (m,) or (m, K)
+    if not bool(torch.isfinite(denom).all()):  # the one host read: raise naming the parameter
         return _reduce_into_grad(params, [[G[j] for G in stacked] for j in range(m)], scope, eps, reduce, names)
     div = float(m) if reduce == "mean" else 1.0
-    sc = torch.tensor(scales, dtype=torch.float64, device=norms.device) / div  # (m, K)
-    for k, (p, f) in enumerate(zip(params, flat)):
-        p.grad = (sc[:, k].to(f.dtype) @ f).reshape(p.shape)
-    if scope == "global":
-        return torch.tensor([math.hypot(*row) for row in vals], dtype=torch.float64, device=norms.device)
-    return norms
+    for k, (p, G) in enumerate(zip(params, stacked)):
+        d = denom if scope == "global" else denom[:, k]
+        acc = torch.float64 if G.dtype == torch.float64 else torch.float32
+        p.grad = ((1.0 / (d * div)).to(acc) @ G.reshape(m, -1).to(acc)).reshape(p.shape).to(G.dtype)
+    return (torch.linalg.vector_norm(norms, dim=1) if scope == "global" else norms).double()
 
 
 def shard_unit_grad_(

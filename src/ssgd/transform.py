@@ -1,4 +1,4 @@
-r"""The SSGD gradient transform: replace a gradient by its unit vector.
+r"""The SSGD gradient transform: replace a gradient by its unit vector. The one home of the rule.
 
 Given gradient tensors :math:`g_1, \dots, g_k` (one per parameter tensor):
 
@@ -11,27 +11,29 @@ Given gradient tensors :math:`g_1, \dots, g_k` (one per parameter tensor):
     :math:`u_i = g_i / \max(\lVert g_i \rVert_2, \epsilon)`: each tensor is
     its own unit vector.
 
-Numerics (the corners that matter):
+Every caller computes it here: :class:`ssgd.SSGD` (:func:`grad_norms` and
+:func:`unit_denominator`, the division folded into torch's fused SGD kernel),
+:class:`ssgd.SSGDWrapper`, the DDP hook and :func:`ssgd.distributed.allreduce_unit_`
+(:func:`unit_`), SSGD(m) and per-example privacy (:func:`batched_unit`).
 
-* norms are accumulated in float32 whatever the gradient dtype (float64 for
-  float64 gradients), so an fp16/bf16 gradient whose sum of squares overflows
-  fp16 still normalises correctly;
-* a norm whose accumulation overflowed (entries of order 1e20 and more) or may
-  have underflowed (norm below ~1e-18) although the tensor is finite is recomputed
-  exactly, in float64 with rescaling, so gradients of order 1e30 normalise exactly;
-  the joint global norm is combined with :func:`math.hypot` (no overflow);
-* a zero gradient stays zero (``0 / eps``): no NaN, no warning;
-* a gradient smaller than ``eps`` in norm is divided by ``eps``, not by its norm
-  (its image has norm < 1) -- the same convention as optax's
-  ``normalize_by_update_norm``;
-* fp16/bf16 tensors are scaled in float32 and rounded once (never multiplied by an
-  fp16-rounded scale); scales outside ``[1e-20, 1e20]`` are applied in float64;
-* a non-finite gradient raises :class:`NonFiniteGradientError`, naming the
-  tensor, before anything is modified.
+Numerics, as :func:`torch.nn.utils.clip_grad_norm_`:
 
-:func:`unit_`/:func:`unit`/:func:`grad_norms` read the norms on the host once per call (to
-raise before modifying anything); :func:`batched_unit` never does (differentiable, for B
-stacked gradients), and :class:`ssgd.SSGD`'s device path (``capturable``) never does either.
+* per-tensor norms come from ``torch._foreach_norm`` (one kernel per device and dtype),
+  accumulated in float32 for float16/bfloat16/float32 and in float64 for float64; the
+  joint norm is the norm of those norms;
+* a norm that overflows that accumulation (float32 entries beyond ~1e19) is non-finite, and
+  is handled like a NaN/inf gradient (:class:`NonFiniteGradientError`, or the optimizer's
+  ``nonfinite`` policy);
+* a zero gradient stays zero (``0 / eps``); a gradient smaller than ``eps`` in norm is divided
+  by ``eps`` (its image has norm < 1). float32 squares underflow below ~1e-19, which matters
+  only if ``eps`` is smaller still (the default 1e-12 is not);
+* float16/bfloat16 tensors are divided in float32 and rounded once;
+* on the CPU, torch's float32 reduction of a tensor with millions of entries carries a
+  relative error of about 1e-5 (1e-3 at 25M entries): the image's norm is 1 to that precision.
+
+:func:`unit_`/:func:`unit` read the norms on the host once (to raise, naming the tensor,
+before anything is modified); :func:`grad_norms`, :func:`unit_denominator` and
+:func:`batched_unit` never read the device.
 """
 
 from __future__ import annotations
@@ -41,15 +43,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
-
-from ._numerics import acc_dtype as _acc_dtype
-from ._numerics import as_list as _as_list
-from ._numerics import norm_list as _norm_list
-from ._numerics import safe_hypot as _safe_hypot
-from ._numerics import safe_rows_norm as _safe_rows_norm
-from ._numerics import scaled as _scaled
-from ._numerics import scales as _scales
-from ._numerics import safe as _safe
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
     "DEFAULT_EPS",
@@ -61,16 +55,19 @@ __all__ = [
     "check_gamma",
     "check_nonfinite",
     "check_scope",
+    "divide_",
     "grad_norms",
-    "scale_",
+    "group_by_device_and_dtype",
+    "nonfinite_positions",
     "unit",
     "unit_",
-    "unit_scales",
+    "unit_denominator",
 ]
 
 DEFAULT_EPS = 1e-12
 SCOPES = ("global", "layer")
 NONFINITE_POLICIES = ("raise", "skip")
+
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient contains NaN or +-inf. ``index`` is its position in the list, ``name`` its name."""
@@ -114,59 +111,98 @@ def check_nonfinite(nonfinite: str) -> str:
     return nonfinite
 
 
-def grad_norms(tensors: Sequence[Tensor], names: Sequence[str] | None = None) -> Tensor:
-    """Per-tensor L2 norms as a float64 vector (on the first tensor's device).
+def check_gamma(gamma: float) -> float:
+    """Return ``gamma`` as a float if it is a finite number >= 0, else a ValueError naming it and the fix."""
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
+        raise ValueError(f"Invalid gamma={gamma!r}; must be a finite number >= 0 "
+                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma), e.g. 0.01)")
+    return float(gamma)
 
-    Accumulated in float32 (float64 for float64 input); overflowed or underflowed
-    accumulations are recomputed exactly. Raises :class:`NonFiniteGradientError`
-    naming the first tensor that holds NaN/inf.
-    """
-    ts = _as_list(tensors)
+
+
+def _as_list(tensors: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    out = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    for i, t in enumerate(out):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"expected tensors, got {type(t).__name__} at position {i}; "
+                            "filter out parameters without .grad first (p.grad is None)")
+        if t.layout != torch.strided:
+            raise ValueError(f"sparse gradient ({t.layout}) at position {i}: SSGD does not support sparse gradients; "
+                             "use a dense embedding (sparse=False) for SSGD-trained parameters")
+        if not t.is_floating_point():
+            raise TypeError(f"tensor at position {i} has dtype {t.dtype}; gradients must be floating point")
+    return out
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of a norm: float64 for float64, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def group_by_device_and_dtype(ts: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Positions of ``ts`` by (device, dtype), ascending: one multi-tensor kernel each (torch's
+    own grouping, in C++, what its optimizers use)."""
+    groups = _group_tensors_by_device_and_dtype([list(ts)], with_indices=True)
+    return {key: idx for key, (_, idx) in groups.items()}
+
+
+def grad_norms(tensors: Sequence[Tensor],
+               groups: dict[tuple[torch.device, torch.dtype], list[int]] | None = None) -> Tensor:
+    """Per-tensor L2 norms, a vector on the first tensor's device; no host read.
+
+    float32 (float64 if a tensor is float64); one ``torch._foreach_norm`` per device and
+    dtype (``groups``: :func:`group_by_device_and_dtype` of ``tensors``, if the caller has it).
+    A tensor holding NaN/inf, or whose norm overflows, gets a non-finite norm."""
+    ts = list(tensors)
     if not ts:
-        return torch.zeros(0, dtype=torch.float64)
-    vals = _norm_list(ts)
-    for i, v in enumerate(vals):
-        if math.isnan(v):
-            raise NonFiniteGradientError(i, names[i] if names else None, tuple(ts[i].shape))
-    return torch.tensor(vals, dtype=torch.float64, device=ts[0].device)
+        return torch.zeros(0)
+    dev = ts[0].device
+    buckets = group_by_device_and_dtype(ts) if groups is None else groups
+    out = torch.float64 if any(dtype == torch.float64 for _, dtype in buckets) else torch.float32
+    norms: list[Tensor] = [ts[0]] * len(ts)
+    for (d, dtype), idx in buckets.items():
+        part = torch._foreach_norm([ts[i] for i in idx], 2, dtype=None if dtype in (torch.float32, torch.float64)
+                                   else torch.float32)
+        if len(buckets) == 1 and dtype == out:
+            return torch.stack(part)
+        for i, n in zip(idx, torch.stack(part).to(dev, out).unbind(0)):
+            norms[i] = n
+    return torch.stack(norms)
 
 
-def unit_scales(norms: Tensor | Sequence[float], scope: str = "global", eps: float = DEFAULT_EPS) -> list[float]:
-    """The multipliers that turn each tensor into (its part of) the unit vector."""
-    check_scope(scope)
-    check_eps(eps)
-    vals = norms.tolist() if isinstance(norms, Tensor) else list(norms)
-    return _scales([float(v) for v in vals], scope, eps)
+def unit_denominator(norms: Tensor, scope: str, eps: float) -> Tensor:
+    r"""``max(‖g‖, eps)`` from per-tensor norms (last dim): one per row for ``scope="global"`` (the
+    norm of all tensors together), one per tensor for ``"layer"``. ``u = g / unit_denominator(...)``."""
+    n = torch.linalg.vector_norm(norms, dim=-1) if scope == "global" else norms
+    return n.clamp_min(eps)
 
 
-def scale_(tensors: Sequence[Tensor], scales: Sequence[float]) -> None:
-    """``t *= s`` in place for each pair, rounding once.
+def nonfinite_positions(norms: Tensor, denom: Tensor) -> tuple[list[float], list[int]]:
+    """The norms as floats (one host read) and the positions of the non-finite ones -- the largest
+    norm's if only the joint norm (``denom``) overflowed. What raises, or skips, on the host."""
+    vals = torch.cat([norms.reshape(-1), denom.reshape(-1)]).tolist()
+    norms_f, rest = vals[:norms.numel()], vals[norms.numel():]
+    bad = [i for i, n in enumerate(norms_f) if not math.isfinite(n)]
+    if not bad and not all(math.isfinite(d) for d in rest):
+        bad = [max(range(len(norms_f)), key=norms_f.__getitem__)]
+    return norms_f, bad
 
-    float32/float64 tensors with a scale inside ``[1e-20, 1e20]`` (or 0) are multiplied
-    directly (one ``torch._foreach_mul_`` when possible); fp16/bf16 are scaled in float32,
-    and extreme scales in float64, then rounded once to the tensor's dtype. The building
-    block of :func:`unit_` for callers that computed the norms themselves (the DDP hook)."""
-    ts = _as_list(tensors)
-    ss = [float(s) for s in scales]
-    if len(ss) != len(ts):
-        raise ValueError(f"got {len(ss)} scales for {len(ts)} tensors; pass one scale per tensor")
-    fast_t, fast_s = [], []
-    for t, s in zip(ts, ss):
-        if t.dtype in (torch.float32, torch.float64) and _safe(s):
-            fast_t.append(t)
-            fast_s.append(s)
-        else:
-            t.copy_(_scaled(t, s))
-    if not fast_t:
-        return
-    if len({t.device for t in fast_t}) == 1:
-        if len(set(fast_s)) == 1:
-            torch._foreach_mul_(fast_t, fast_s[0])
-        else:
-            torch._foreach_mul_(fast_t, fast_s)
-    else:
-        for t, s in zip(fast_t, fast_s):
-            t.mul_(s)
+
+def divide_(tensors: Sequence[Tensor], denom: Tensor) -> None:
+    """``t /= d`` in place: ``denom`` is 0-dim (one for all) or one per tensor. float16/bfloat16 are
+    divided in float32 and rounded once; the rest with one ``torch._foreach_div_`` per device and dtype."""
+    ts = list(tensors)
+    per = denom.unbind(0) if denom.ndim else None
+    for (dev, dtype), idx in group_by_device_and_dtype(ts).items():
+        group = [ts[i] for i in idx]
+        if dtype in (torch.float32, torch.float64):
+            if per is None:
+                torch._foreach_div_(group, denom.to(dev, dtype))
+            else:
+                torch._foreach_div_(group, [per[i].to(dev, dtype) for i in idx])
+            continue
+        for i, t in zip(idx, group):
+            t.copy_(t.float().div_((denom if per is None else per[i]).to(dev, torch.float32)))
 
 
 def unit_(
@@ -182,8 +218,8 @@ def unit_(
     norm per tensor (``scope="layer"``), measured *before* normalisation, on the
     first tensor's device. ``None`` entries are not allowed; filter parameters
     without ``.grad`` first. Raises :class:`NonFiniteGradientError` (nothing
-    modified) if a tensor holds NaN/inf; ``names`` (one per tensor) make that error
-    name the parameter.
+    modified) if a tensor holds NaN/inf or its norm overflows; ``names`` (one per tensor)
+    make that error name the parameter. One host read (to raise before modifying).
 
     Example::
 
@@ -195,29 +231,17 @@ def unit_(
     ts = _as_list(tensors)
     if names is not None and len(names) != len(ts):
         raise ValueError(f"got {len(names)} names for {len(ts)} tensors; pass one name per tensor")
-    dev = ts[0].device if ts else torch.device("cpu")
     if not ts:
         return torch.zeros((), dtype=torch.float64) if scope == "global" else torch.zeros(0, dtype=torch.float64)
-    norms = _norm_list(ts)
-    for i, v in enumerate(norms):
-        if math.isnan(v):
+    with torch.no_grad():
+        norms = grad_norms(ts)
+        denom = unit_denominator(norms, scope, eps)
+        _, bad = nonfinite_positions(norms, denom)
+        if bad:
+            i = bad[0]
             raise NonFiniteGradientError(i, names[i] if names else None, tuple(ts[i].shape))
-    scales = _scales(norms, scope, eps)
-    fast = [i for i, (t, s) in enumerate(zip(ts, scales))
-            if t.dtype in (torch.float32, torch.float64) and _safe(s)]
-    if fast:
-        if scope == "global" and len({ts[i].device for i in fast}) == 1:
-            torch._foreach_mul_([ts[i] for i in fast], scales[0])
-        else:
-            for i in fast:
-                ts[i].mul_(scales[i])
-    fast_set = set(fast)
-    for i, (t, s) in enumerate(zip(ts, scales)):
-        if i not in fast_set:
-            t.copy_(_scaled(t, s))
-    if scope == "global":
-        return torch.tensor(math.hypot(*norms), dtype=torch.float64, device=dev)
-    return torch.tensor(norms, dtype=torch.float64, device=dev)
+        divide_(ts, denom)
+    return (torch.linalg.vector_norm(norms) if scope == "global" else norms).double()
 
 
 def unit(
@@ -229,32 +253,22 @@ def unit(
 ) -> list[Tensor]:
     """Out-of-place :func:`unit_`: return new unit-vector tensors, inputs untouched.
 
-    Differentiable when an input requires grad (used by SSGD-aware attacks, which
-    push their dummy gradient through the same transform); that path uses plain
-    autograd ops with norms accumulated in float32 and does not check for NaN."""
+    Differentiable when an input requires grad (used by SSGD-aware attacks, which push their
+    dummy gradient through the same transform); that path does not check for NaN."""
     check_scope(scope)
     check_eps(eps)
     ts = _as_list(tensors)
     if not ts:
         return []
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
-        norms = [torch.linalg.vector_norm(t, dtype=_acc_dtype(t)) for t in ts]
-        if scope == "global":
-            total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].dtype) for n in norms]))
-            total = total.clamp_min(eps)
-            return [(t / total).to(t.dtype) for t in ts]
-        return [(t / n.clamp_min(eps)).to(t.dtype) for t, n in zip(ts, norms)]
+        acc = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+        norms = torch.stack([torch.linalg.vector_norm(t, dtype=_acc(t.dtype)).to(acc) for t in ts])
+        denom = unit_denominator(norms, scope, eps)
+        return [(t.to(_acc(t.dtype)) / (denom if scope == "global" else denom[i])).to(t.dtype)
+                for i, t in enumerate(ts)]
     out = [t.detach().clone() for t in ts]
     unit_(out, scope, eps, names=names)
     return out
-
-
-def check_gamma(gamma: float) -> float:
-    """Return ``gamma`` as a float if it is a finite number >= 0, else a ValueError naming it and the fix."""
-    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
-        raise ValueError(f"Invalid gamma={gamma!r}; must be a finite number >= 0 "
-                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma), e.g. 0.01)")
-    return float(gamma)
 
 
 def batched_unit(
@@ -280,15 +294,11 @@ def batched_unit(
     gradient stays zero). ``gamma > 0`` gives Automatic Clipping's ``g / (‖g‖ + gamma)`` (Bu et
     al., 2023): norm < 1, so the sensitivity is the same as the unit vector's.
 
-    Numerics as :func:`unit`: norms are taken on rows scaled by an exact power of two and
-    combined in float64 (no overflow for entries up to the dtype's maximum, no underflow down
-    to its smallest normal number), half-precision inputs are divided in float32 and rounded
-    once, units keep each input's dtype. ``norms`` is float32 (float64 if an input is float64).
-    The division happens in float32 for float32 and half inputs, so a norm beyond float32's
-    range (entries within ~sqrt(numel) of its maximum, 3.4e38) needs float64 inputs.
-    Differentiable (the attacks backpropagate through it), no host synchronisation, and *no
-    NaN check*: a non-finite row gives a non-finite norm and non-finite units, so check
-    ``torch.isfinite(norms)`` where that matters.
+    Numerics as :func:`unit_` (float32 accumulation, float64 for float64; half precision divided
+    in float32 and rounded once; units keep each input's dtype). ``norms`` is float32 (float64 if
+    an input is float64). Differentiable (the attacks backpropagate through it), no host
+    synchronisation, and *no NaN check*: a non-finite or overflowing row gives a non-finite
+    norm, so check ``torch.isfinite(norms)`` where that matters.
 
     Example (per-example unit gradients from ``torch.func``)::
 
@@ -311,18 +321,16 @@ def batched_unit(
         if t.shape[:batch_dims] != batch_shape:
             raise ValueError(f"tensor at position {i} has batch shape {tuple(t.shape[:batch_dims])}, tensor 0 has "
                              f"{tuple(batch_shape)}; every tensor must share its first batch_dims={batch_dims} dims")
-    out_dtype = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-    per = torch.stack([_safe_rows_norm(t.reshape(*batch_shape, -1)) for t in ts], dim=-1)  # batch + (L,)
-    norms = _safe_hypot(per) if scope == "global" else per
-    denom = norms.clamp_min(eps)
+    out = torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+    per = torch.stack([torch.linalg.vector_norm(t.reshape(*batch_shape, -1), dim=-1, dtype=_acc(t.dtype)).to(out)
+                       for t in ts], dim=-1)  # batch + (L,)
+    denom = unit_denominator(per, scope, eps)
     if gamma:
         denom = denom + gamma
     units = []
     for j, t in enumerate(ts):
         d = denom if scope == "global" else denom[..., j]
         d = d.reshape(*batch_shape, *([1] * (t.ndim - batch_dims)))
-        if t.dtype == torch.float64:
-            units.append(t / d)
-        else:  # float32 arithmetic, rounded once to the input's dtype
-            units.append((t.to(torch.float32) / d.to(torch.float32)).to(t.dtype))
-    return units, norms.to(out_dtype)
+        units.append((t.to(_acc(t.dtype)) / d.to(_acc(t.dtype))).to(t.dtype))
+    norms = torch.linalg.vector_norm(per, dim=-1) if scope == "global" else per
+    return units, norms

@@ -81,7 +81,7 @@ class SSGDWrapper(Optimizer):
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Load the inner optimizer's state and the skip counter (also from pre-0.2 ``"ssgd_wrapper"``)."""
+        """Load the inner optimizer's state and the skip counter."""
         self.optimizer.load_state_dict(state_dict)
 
     def set_skipped_steps(self, n: int) -> None:

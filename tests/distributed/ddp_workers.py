@@ -119,7 +119,9 @@ def _nan_case(rank, bad_rank, scope, nonfinite, param_index, use_ddp=True):
         if use_ddp:
             ddp = DDP(net, bucket_cap_mb=SMALL_CAP_MB)
             state = register(ddp, scope=scope, nonfinite=nonfinite)
-            for _ in range(2):  # the second step runs on the rebuilt (several) buckets
+            # skip: the second step runs on the rebuilt (several) buckets; raise: the failing rank leaves
+            # after the first step and a launcher would stop the others (here: they stop too)
+            for _ in range(2 if nonfinite == "skip" else 1):
                 net.zero_grad(set_to_none=True)
                 F.cross_entropy(ddp(x), y).backward()
             res["skipped"] = state.skipped

@@ -65,3 +65,9 @@ def model_arrays(seed: int = 0) -> dict[str, np.ndarray]:
 
 def norm(arrays: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in arrays.values())))
+
+
+def pushed(msg, message_id: str):
+    """``msg`` as a grid leaves it after pushing: its message id set in place (Flower's grids do this)."""
+    msg.metadata.__dict__["_message_id"] = message_id
+    return msg

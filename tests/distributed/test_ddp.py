@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ssgd
+from ssgd.transform import grad_norms
 from ssgd.experiments.train import TrainConfig, train
 from ssgd.report import load_checkpoint
 
@@ -105,15 +106,37 @@ def test_check_config_rejects_what_multi_node_cannot_do():
     check_config(TrainConfig(shards=2), 1)  # one node: --shards is the single-process SSGD(m)
 
 
-def test_local_norms_fast_path_keeps_the_core_corners():
-    from ssgd.distributed._common import local_norms
+def test_normalise_local_never_sends_a_nonfinite_sentinel():
+    from ssgd.distributed._common import normalise_local_
 
-    g = [torch.randn(5000), torch.zeros(3), torch.full((4,), 1e30), torch.full((2,), 1e-30)]
-    assert local_norms(g) == pytest.approx(ssgd.grad_norms(g).tolist(), rel=1e-6)
-    assert local_norms(g)[2] == pytest.approx(2e30, rel=1e-6)  # no float32 overflow
-    assert local_norms(g)[3] == pytest.approx(math.sqrt(2) * 1e-30, rel=1e-6)  # no underflow
-    with pytest.raises(ssgd.NonFiniteGradientError):
-        local_norms([torch.ones(3), torch.tensor([1.0, math.inf])])
+    names = ["a", "b", "c"]
+    for scope in ("global", "layer"):
+        for policy in ("raise", "skip"):
+            g = [torch.randn(5), torch.tensor([1.0, math.nan]), torch.full((3,), 2.0)]
+            norms, err = normalise_local_(g, names.__getitem__, scope, 1e-12, 0.5, policy, rank=3)
+            assert all(torch.isfinite(t).all() for t in g)  # what would leave the rank
+            assert math.isnan(norms[1]) and (err is not None) == (policy == "raise")
+            if policy == "raise":
+                assert "rank 3" in err and "'b'" in err
+            if policy == "raise" or scope == "global":  # the whole contribution is zeros
+                assert all(torch.equal(t, torch.zeros_like(t)) for t in g)
+            else:  # layer skip: only the bad tensor is dropped, the others are factor * unit vectors
+                assert torch.equal(g[1], torch.zeros(2)) and float(g[2].norm()) == pytest.approx(0.5)
+    g = [torch.full((4,), 3.0), torch.full((1,), 4.0)]
+    norms, err = normalise_local_(g, names.__getitem__, "global", 1e-12, 1.0, "raise", 0)
+    assert err is None and norms == pytest.approx([6.0, 4.0])
+    assert math.hypot(*(float(t.norm()) for t in g)) == pytest.approx(1.0)
+
+
+def test_launcher_takes_its_entry_point_from_the_caller(tmp_path):
+    import inspect
+
+    from ssgd.distributed import launch
+
+    assert inspect.signature(launch.launch_training).parameters["module"].default is inspect.Parameter.empty
+    assert "ssgd.experiments" not in inspect.getsource(launch)  # the lower layer names no upper module
+    with pytest.raises(TypeError, match="module"):
+        launch.launch_training({}, tmp_path, 1)
 
 
 def test_torchrun_command():
@@ -167,9 +190,9 @@ def test_hook_gives_mean_of_local_unit_vectors(ddp_results, size, scope, cap):
         for it in range(iters):
             local = pr["local"][it]
             if scope == "global":
-                assert math.hypot(*pr["norms"][it]) == pytest.approx(float(ssgd.grad_norms(local).norm()), rel=1e-5)
+                assert math.hypot(*pr["norms"][it]) == pytest.approx(float(grad_norms(local).norm()), rel=1e-5)
             else:
-                assert sorted(pr["norms"][it]) == pytest.approx(sorted(ssgd.grad_norms(local).tolist()), rel=1e-5)
+                assert sorted(pr["norms"][it]) == pytest.approx(sorted(grad_norms(local).tolist()), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -183,7 +206,7 @@ def test_hook_sum_with_gradient_as_bucket_view(ddp_results, size, scope):
         for pr in per_rank:
             _assert_close(pr["reduced"][it], expected)
     if scope == "global":  # m unit vectors summed: norm <= m, and > 1 unless they cancel
-        total = float(ssgd.grad_norms(per_rank[0]["reduced"][-1]).norm())
+        total = float(grad_norms(per_rank[0]["reduced"][-1]).norm())
         assert 1.0 < total <= size + 1e-5
 
 
@@ -196,7 +219,7 @@ def test_allreduce_unit_gives_mean_of_local_unit_vectors(ddp_results, size, scop
     expected = _mean_unit([pr["local"] for pr in per_rank], scope)
     for pr in per_rank:
         _assert_close(pr["reduced"], expected)
-        local_norms = ssgd.grad_norms(pr["local"])
+        local_norms = grad_norms(pr["local"])
         want = local_norms.norm() if scope == "global" else local_norms
         torch.testing.assert_close(pr["norms"], want.to(torch.float64), rtol=1e-5, atol=0)
 
@@ -221,15 +244,21 @@ def test_nonfinite_skip_drops_only_the_bad_contribution(ddp_results, scope):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [("global", "raise"), ("layer", "raise"), ("allreduce", "raise")])
-def test_nonfinite_raise_stops_every_rank_with_a_clear_error(ddp_results, case):
+def test_nonfinite_raise_fails_the_rank_and_sends_no_sentinel(ddp_results, case):
     res, _ = ddp_results
-    errors = [res[r][("nan",) + case]["error"] for r in range(W.WORLD)]
-    assert all(e is not None for e in errors), errors
-    # the failing rank names itself and the parameter; the others say a peer failed
-    assert "rank 1: non-finite local gradient" in errors[1]
-    assert "'2.weight'" in errors[1] or "parameter" in errors[1]
+    per_rank = [res[r][("nan",) + case] for r in range(W.WORLD)]
+    errors = [pr["error"] for pr in per_rank]
+    # the failing rank names itself and the parameter; the others learn nothing from the bucket
+    assert "LocalNonFiniteError" in errors[1] and "rank 1: non-finite local gradient" in errors[1]
+    assert errors[0] is None and errors[2] is None
+    scope = "global" if case[0] == "allreduce" else case[0]
+    units = [ssgd.unit(per_rank[r]["local"], scope) for r in range(W.WORLD)]
     for r in (0, 2):
-        assert "another rank's local gradient held NaN/inf" in errors[r]
+        assert all(torch.isfinite(t).all() for t in per_rank[r]["reduced"])  # no NaN reached a peer
+        for i, t in enumerate(per_rank[r]["reduced"]):
+            sent = t * W.WORLD - units[0][i] - units[2][i]  # what rank 1 contributed: zeros, or (layer
+            zero = torch.allclose(sent, torch.zeros_like(sent), atol=1e-5)  # scope) a bucket sent earlier
+            assert zero or (scope == "layer" and torch.allclose(sent, units[1][i], atol=1e-5)), (case, i)
 
 
 @pytest.mark.slow

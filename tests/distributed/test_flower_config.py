@@ -49,18 +49,6 @@ def test_the_example_app_is_generated_from_the_one_template():
         "open('examples/flower/pyproject.toml', 'w').write(app_pyproject())\"")
 
 
-def test_one_round_timeout_default_everywhere():
-    import inspect
-
-    from ssgd.commands import flower as cli
-    from ssgd.distributed.flower.config import ROUND_TIMEOUT
-
-    assert FlowerRunConfig().round_timeout == ROUND_TIMEOUT
-    up = inspect.signature(cli.up).parameters["round_timeout"].default
-    assert up.default == ROUND_TIMEOUT
-    assert f"round-timeout = {ROUND_TIMEOUT!r}" in app_pyproject()
-
-
 def test_min_nodes_default_of_a_deployment_survives_a_lost_node():
     """Finding 8: `ssgd flower up` waited for all nodes, so one lost SuperNode ended the run."""
     from ssgd.distributed.flower.config import default_min_nodes

@@ -37,7 +37,7 @@ def test_deployment_three_supernodes_unit_updates_and_a_killed_node(tmp_path):
     from ssgd.distributed.flower import Deployment
 
     out = tmp_path / "run"
-    with Deployment(3, tmp_path / "dep") as dep:
+    with Deployment(3, tmp_path / "dep", node_configs=[{"ssgd-mode": "delta"}] * 3) as dep:
         assert all(dep.node_ids) and len(set(dep.node_ids)) == 3
         cfg = dep.run_config({"num-rounds": ROUNDS, "out-dir": str(out), "test-size": 300, "mode": "delta",
                               "server-lr": 1.0, "client-lr": 0.1, "local-steps": 5, "batch-size": 32})

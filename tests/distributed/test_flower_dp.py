@@ -26,7 +26,7 @@ def _setup(client_app=None, nodes=3):
     from ssgd.distributed.flower.task import make_model, param_arrays
 
     cfg = FlowerRunConfig.from_mapping(CFG)
-    grid = InProcessGrid(client_app or app, nodes, CFG)
+    grid = InProcessGrid(client_app or app, nodes, CFG, node_configs=[{"ssgd-mode": "delta"}] * nodes)
     return cfg, grid, param_arrays(make_model(cfg))
 
 

@@ -103,8 +103,11 @@ def recover_norm(reply) -> float | None:
 
 
 def _true_norm(msg, ctx) -> float:
+    from ssgd.distributed.flower import NodePolicy
+    from ssgd.distributed.flower import request as node_request
     from ssgd.distributed.flower.client_app import train
 
+    node_request.put(ctx, node_request.parse_request(msg, NodePolicy.from_node_config(ctx.node_config), ctx.run_config))
     raw = train(msg, ctx)  # the ClientApp's own function, before any mod: what the node computed
     arrays = next(iter(raw.content.array_records.values()))
     return float(np.sqrt(sum(float(np.sum(np.asarray(a.numpy(), dtype=np.float64) ** 2)) for a in arrays.values())))
@@ -152,7 +155,7 @@ def test_default_node_sends_only_the_unit_vector(path):
 
     run = {**RUN, "mode": "delta" if path == "fedavg" else "fedsgd"}
     msg = _train_message(_strategy("central" if path == "server-dp" else "plain", run), run)
-    reply = app(msg, _context(run=run))
+    reply = app(msg, _context({"ssgd-mode": run["mode"]}, run=run))
     _assert_only_documented(reply, unit=True, names=_names())
 
 
@@ -163,14 +166,15 @@ def test_node_local_dp_sends_only_the_noisy_vector_even_with_metrics_allowed():
     _assert_only_documented(reply, unit=False, names=_names())
 
 
-def test_a_refused_request_sends_a_reason_with_no_number_from_the_data():
+def test_a_refused_request_sends_only_a_fixed_text():
     from ssgd.distributed.flower import keys
     from ssgd.distributed.flower.client_app import app
+    from ssgd.distributed.flower.mod import REFUSED
 
     msg = _train_message(_strategy("plain"))
     msg.content["config"][keys.EPS] = 1e6  # a server asking for a scaled raw gradient
     reply = app(msg, _context())
-    assert reply.has_error() and "ssgd-eps" in reply.error.reason
+    assert reply.has_error() and reply.error.reason == REFUSED  # no setting name, no value
     assert not reply.has_content()
 
 
@@ -192,11 +196,61 @@ def test_a_default_node_does_not_evaluate_for_the_server():
         [reply] = grid.send_and_receive([msg])
         assert reply.has_error() != leaves
         if not leaves:
-            assert "allow-evaluate" in reply.error.reason
+            from ssgd.distributed.flower.mod import REFUSED
+
+            assert reply.error.reason == REFUSED
 
 
-def test_the_threat_model_lists_what_the_audit_allows():
+def test_every_node_setting_the_threat_model_documents_is_one_the_node_honours():
+    """The node-config table of docs/threat-model.md against NodePolicy: a documented key that the node
+    ignored (or a policy key missing from the table) would make the documented guarantee false."""
+    import re
+
+    from ssgd.distributed.flower import NodePolicy
+
     text = THREAT_MODEL.read_text()
-    for needle in ("allowed-metrics", "train-loss", "num-examples", "min-noise-multiplier", "allow-evaluate",
-                   "src_node_id", "created_at", "ssgd-eps", "ssgd-scope", "min-batch-size"):
-        assert needle in text, needle
+    table = text.split("## The node's own settings (Flower)")[1].split("\n## ")[0]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.M))
+    probe = {"ssgd-scope": "layer", "ssgd-eps": 1e-6, "allowed-metrics": "train-loss", "min-batch-size": 7,
+             "min-noise-multiplier": 2.5, "allow-evaluate": True, "ssgd-mode": "delta", "max-local-steps": 3}
+    assert documented == set(probe), documented ^ set(probe)
+    default = NodePolicy()
+    for key, value in probe.items():
+        assert NodePolicy.from_node_config({key: value}) != default, f"node config {key} changes nothing"
+
+
+def test_every_error_a_default_node_sends_is_one_of_the_fixed_texts():
+    """Audit of error replies (issue 19, finding 2): whatever the server sends -- a refused setting, another
+    record, a model that makes the step non-finite, arrays of another model -- the only text that leaves
+    is one of the two fixed strings (no parameter name, no value)."""
+    from flwr.app import ConfigRecord
+
+    from ssgd.distributed.flower import keys
+    from ssgd.distributed.flower.client_app import app
+    from ssgd.distributed.flower.mod import PUBLIC_REASONS
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    def hostile():
+        m = _train_message(_strategy("plain"))
+        m.content["config"][keys.EPS] = 1e6
+        yield m
+        m = _train_message(_strategy("plain"))
+        m.content["cfg"] = ConfigRecord({"ssgd-mode": "delta"})
+        yield m
+        m = _train_message(_strategy("plain"))
+        arrays = {k: np.asarray(a.numpy()).copy() for k, a in m.content["arrays"].items()}
+        first = next(iter(arrays))
+        arrays[first][:] = np.inf  # the step is non-finite
+        m.content["arrays"] = record_from_arrays(arrays)
+        yield m
+        m = _train_message(_strategy("plain"))
+        arrays = {k + "_x": np.asarray(a.numpy()) for k, a in m.content["arrays"].items()}
+        m.content["arrays"] = record_from_arrays(arrays)  # another model's names
+        yield m
+
+    reasons = []
+    for msg in hostile():
+        reply = app(msg, _context())
+        assert reply.has_error() and not reply.has_content()
+        reasons.append(reply.error.reason)
+    assert set(reasons) <= set(PUBLIC_REASONS) and len(set(reasons)) == 2, reasons

@@ -19,7 +19,8 @@ def _run(strategy, nodes=3, rounds=1):
 
     cfg = FlowerRunConfig.from_mapping(CFG)
     w0 = param_arrays(make_model(cfg))
-    res = strategy(cfg, w0).start(InProcessGrid(app, nodes, CFG), record_from_arrays(w0), num_rounds=rounds)
+    grid = InProcessGrid(app, nodes, CFG, node_configs=[{"ssgd-mode": "delta"}] * nodes)
+    res = strategy(cfg, w0).start(grid, record_from_arrays(w0), num_rounds=rounds)
     return w0, arrays_from_record(res.arrays), res
 
 
@@ -64,7 +65,6 @@ def test_layer_scope_noise_is_calibrated_to_sqrt_l():
     from flwr.app import ConfigRecord, Message, RecordDict
 
     from ssgd.distributed.flower import PrivateSSGDStrategy, SSGDStrategy
-    from ssgd.distributed.flower.local import with_message_id
     from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
     from ssgd.privacy import NodePrivacy
 
@@ -83,7 +83,9 @@ def test_layer_scope_noise_is_calibrated_to_sqrt_l():
 
     def step(strategy):
         msgs = strategy.configure_train(1, record_from_arrays(w), ConfigRecord(), _Grid(n))
-        replies = [Message(RecordDict({"arrays": record_from_arrays(u)}), reply_to=with_message_id(m, f"m{j}"))
+        from flower_helpers import pushed
+
+        replies = [Message(RecordDict({"arrays": record_from_arrays(u)}), reply_to=pushed(m, f"m{j}"))
                    for j, (m, u) in enumerate(zip(msgs, units))]
         return arrays_from_record(strategy.aggregate_train(1, replies)[0])
 
@@ -174,12 +176,14 @@ def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded():
 
 
 @pytest.mark.parametrize("sigma,match", [(-1.0, "Invalid ssgd-dp-noise-multiplier"),
-                                         (float("nan"), "Invalid ssgd-dp-noise-multiplier"),
-                                         ("lots", "Invalid ssgd-dp-noise-multiplier"),
+                                         (float("nan"), "'ssgd-dp-noise-multiplier'=nan"),
+                                         ("lots", "'ssgd-dp-noise-multiplier'='lots'"),
                                          (None, "no noise multiplier"),
                                          (0.1, "below this node's minimum")])
-def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match):
+def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match, caplog):
     from flwr.common.constant import ErrorCode
+
+    from ssgd.distributed.flower.mod import REFUSED
 
     from ssgd.distributed.flower import SSGDMod
     from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
@@ -187,19 +191,24 @@ def test_local_noise_mod_bad_sigma_is_an_error_reply(sigma, match):
     cfg = {} if sigma is None else {DP_NOISE_MULTIPLIER: sigma}
     [err] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5), SSGDMod()], G), G, cfg)
     assert not isinstance(err, dict)
-    assert err.code == ErrorCode.MOD_FAILED_PRECONDITION and match in err.reason
+    assert err.code == ErrorCode.MOD_FAILED_PRECONDITION and err.reason == REFUSED  # the fixed text only
+    assert match.split("Invalid ")[-1] in caplog.text  # the detail stays in the node's log
 
 
-def test_local_noise_mod_inside_ssgd_mod_is_an_error_reply():
+def test_local_noise_mod_inside_ssgd_mod_releases_noise_on_a_zero_vector(caplog):
+    """Misplaced inside SSGDMod, the mod sees a raw gradient. It used to answer with an error naming
+    the raw norm; an error that depends on the data must not leave the node under DP, so it releases
+    the mechanism on a zero vector (pure noise, independent of the gradient) and logs why."""
     from ssgd.distributed.flower import SSGDMod
     from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
-    [err] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod(min_noise_multiplier=1.0)], G), G,
+    [out] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0)], G), G,
                         {DP_NOISE_MULTIPLIER: 1.0})
-    assert not isinstance(err, dict) and "list LocalNoiseMod before SSGDMod" in err.reason
-    # the reason travels to the server: it must not carry the raw gradient's norm (the old one did)
-    raw = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in G.values()))
-    assert f"{raw:.6g}" not in err.reason and not any(c.isdigit() for c in err.reason)
+    assert isinstance(out, dict) and "list LocalNoiseMod before SSGDMod" in caplog.text
+    # SSGDMod then normalises the noise: a unit vector uncorrelated with G (|cos| ~ 1/sqrt(d))
+    flat = np.concatenate([out[k].astype(np.float64).ravel() for k in G])
+    g = np.concatenate([G[k].astype(np.float64).ravel() for k in G])
+    assert abs(flat @ g) / (np.linalg.norm(flat) * np.linalg.norm(g)) < 5 / np.sqrt(g.size)
 
 
 def test_noisy_norm_bound():
@@ -233,7 +242,8 @@ def test_local_private_strategy_accepts_noisy_rejects_boosted_and_reports_epsilo
     w0 = param_arrays(make_model(cfg))
     d = sum(a.size for a in w0.values())
     strategy = PrivateSSGDStrategy(privacy=NodePrivacy(sigma, mode="local", delta=delta), **_kw(cfg, w0))
-    grid = InProcessGrid(app, 3, CFG, node_configs=[{}, {}, {"fault": "norm1000"}])
+    grid = InProcessGrid(app, 3, CFG, node_configs=[{"ssgd-mode": "delta"}, {"ssgd-mode": "delta"},
+                                                    {"ssgd-mode": "delta", "fault": "norm1000"}])
     res = strategy.start(grid, record_from_arrays(w0), num_rounds=rounds)
 
     s = 2 * sigma  # node-local sensitivity 2
@@ -266,19 +276,22 @@ def test_local_mode_checks_its_settings():
         PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local"), false_reject=2.0)
 
 
-def test_local_noise_mod_requires_the_nodes_own_minimum_sigma():
+def test_local_noise_mod_requires_the_nodes_own_minimum_sigma(caplog):
     """Finding 4: the default min_noise_multiplier=0 accepted sigma=0 from the server (a bare unit vector left)."""
     from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod, SSGDMod
 
+    from ssgd.distributed.flower.mod import REFUSED
+
     [err] = _train_once(_fixed_unit_app([LocalNoiseMod(), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: 0.0})
-    assert not isinstance(err, dict) and "min-noise-multiplier" in err.reason
+    assert not isinstance(err, dict) and err.reason == REFUSED and "min-noise-multiplier" in caplog.text
+    caplog.clear()
     [err] = _train_once(_fixed_unit_app([LocalNoiseMod(noise_multiplier=1.0), SSGDMod()], G), G, {})
-    assert not isinstance(err, dict) and "min-noise-multiplier" in err.reason
+    assert not isinstance(err, dict) and err.reason == REFUSED and "min-noise-multiplier" in caplog.text
     with pytest.raises(ValueError, match="min-noise-multiplier"):
         LocalNoiseMod(min_noise_multiplier=0.0)
 
 
-def test_local_noise_mod_minimum_from_the_node_config_and_only_the_noisy_vector_leaves():
+def test_local_noise_mod_minimum_from_the_node_config_and_only_the_noisy_vector_leaves(caplog):
     """Finding 4: under node-local DP the reply carried the exact loss and count, outside the accountant."""
     from flwr.app import Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -305,7 +318,9 @@ def test_local_noise_mod_minimum_from_the_node_config_and_only_the_noisy_vector_
         return list(grid.send_and_receive([m]))[0]
 
     low = ask(0.5)
-    assert low.has_error() and "below this node's minimum 0.8" in low.error.reason
+    from ssgd.distributed.flower.mod import REFUSED
+
+    assert low.has_error() and low.error.reason == REFUSED and "below this node's minimum 0.8" in caplog.text
     ok = ask(0.8)
     assert not ok.has_error()
     assert list(ok.content.keys()) == ["arrays"]  # the metrics the node allowed without DP do not leave under DP

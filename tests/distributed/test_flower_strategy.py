@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flower_helpers import identity, model_arrays, norm, record, reply_message, request  # noqa: E402
+from flower_helpers import identity, model_arrays, norm, pushed, record, reply_message, request  # noqa: E402
 
 from ssgd.distributed.flower import SSGDStrategy, UpdateSpec, validate_update  # noqa: E402
 from ssgd.distributed.flower.faults import FAULTS, corrupt_arrays  # noqa: E402
@@ -92,7 +92,7 @@ def _replies(strategy, w, updates):
 
     out = []
     for m, u in zip(msgs, updates):
-        m = with_message_id(m, f"id-{m.metadata.dst_node_id}")
+        m = pushed(m, f"id-{m.metadata.dst_node_id}")
         out.append(reply_message(m, u) if not isinstance(u, str) else reply_message(m, None, error=u))
     return msgs, out
 
@@ -194,7 +194,7 @@ def _sent(strategy, w, n):
     from ssgd.distributed.flower.local import with_message_id
 
     msgs = strategy.configure_train(1, record(w), ConfigRecord(), _Grid(range(11, 11 + n)))
-    return [with_message_id(m, f"id-{m.metadata.dst_node_id}") for m in msgs]
+    return [pushed(m, f"id-{m.metadata.dst_node_id}") for m in msgs]
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -264,7 +264,7 @@ def test_twenty_replies_from_one_node_count_once_and_unsampled_nodes_are_rejecte
     strategy2 = SSGDStrategy(server_lr=1.0)
     [m] = strategy2.configure_train(1, record(w), ConfigRecord(), _Grid([11]))
     spoof_to = with_message_id(request(w, node=99), "x")  # a message this strategy never sent to node 99
-    new2, metrics2 = strategy2.aggregate_train(1, [_reply(with_message_id(m, "a"), honest), _reply(spoof_to, attacker)])
+    new2, metrics2 = strategy2.aggregate_train(1, [_reply(pushed(m, "a"), honest), _reply(spoof_to, attacker)])
     assert metrics2["accepted"] == 1 and metrics2["rejected"] == 1
     assert "not sampled" in strategy2.rounds[1]["rejected"][0][1]
 
@@ -294,3 +294,55 @@ def test_in_layer_scope_one_node_moves_the_model_lr_sqrt_l():
     _, replies = _replies(strategy, w, [layer_unit])
     got = arrays_from_record(strategy.aggregate_train(1, replies)[0])
     assert norm({k: got[k] - w[k] for k in w}) == pytest.approx(np.sqrt(L), rel=1e-5)
+
+
+def test_replies_belong_to_this_round_replays_and_unsent_ids_are_rejected():
+    """Finding 5: a round-1 reply replayed in round 2 was accepted, and so was a reply to an id never sent."""
+    from flwr.app import ConfigRecord
+
+    from ssgd.distributed.flower.local import with_message_id
+
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3)
+    [m1] = strategy.configure_train(1, record(w), ConfigRecord(), _Grid([11]))
+    old = _reply(pushed(m1, "r1-n11"), _unit(1))
+    assert strategy.aggregate_train(1, [old])[1]["accepted"] == 1
+    [m2] = strategy.configure_train(2, record(w), ConfigRecord(), _Grid([11]))
+    pushed(m2, "r2-n11")
+    forged = _reply(with_message_id(m2, "never-sent"), _unit(2))  # the right node, an id this strategy never sent
+    new, metrics = strategy.aggregate_train(2, [old, forged])
+    assert new is None and metrics["accepted"] == 0 and metrics["rejected"] == 2
+    assert all("not sent in round 2" in why for _, why in strategy.rounds[2]["rejected"])
+    # the genuine round-2 reply is accepted
+    assert strategy.aggregate_train(2, [_reply(m2, _unit(3))])[1]["accepted"] == 1
+
+
+def test_one_node_cannot_set_the_rounds_train_loss():
+    """Finding 8: with num-examples 1e18 and train-loss 1e6 one opted-in node made the round's loss 999999.99."""
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3, client_config={"batch-size": 32})
+    msgs = _sent(strategy, w, 4)
+    honest = [_reply(m, _unit(i + 1), {"train-loss": 0.5 + 0.1 * i, "num-examples": 32}) for i, m in enumerate(msgs[:3])]
+    boosted = _reply(msgs[3], _unit(9), {"train-loss": 1e6, "num-examples": 10**18})
+    _, metrics = strategy.aggregate_train(1, honest + [boosted])
+    assert metrics["accepted"] == 3 and "more than the 32 asked for" in strategy.rounds[1]["rejected"][0][1]
+    assert metrics["train-loss"] == pytest.approx(0.6)
+    # within the count it asked for, the node still cannot move the round's loss past the honest ones
+    strategy = SSGDStrategy(server_lr=0.3, client_config={"batch-size": 32})
+    msgs = _sent(strategy, w, 4)
+    honest = [_reply(m, _unit(i + 1), {"train-loss": 0.5 + 0.1 * i, "num-examples": 32}) for i, m in enumerate(msgs[:3])]
+    _, metrics = strategy.aggregate_train(1, honest + [_reply(msgs[3], _unit(9), {"train-loss": 1e6, "num-examples": 32})])
+    assert metrics["accepted"] == 4 and 0.5 <= metrics["train-loss"] <= 0.7
+
+
+def test_a_nodes_error_text_is_stored_bounded_and_on_one_line():
+    """Finding 6: a node's error reason went verbatim (4 MB after 2 rounds) into metrics.json and report.md."""
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3)
+    [m] = _sent(strategy, w, 1)
+    from flwr.app import Error, Message
+
+    huge = "<img src=x onerror=alert(1)>\n# pwned " + "A" * 2_000_000
+    strategy.aggregate_train(1, [Message(Error(code=2, reason=huge), reply_to=m)])
+    [(node, why)] = strategy.rounds[1]["failed"]
+    assert node == 11 and len(why) <= 200 and "\n" not in why

@@ -38,3 +38,30 @@ def test_verdict_follows_the_numbers():
     both = leak_verdict(_rows(25.0, 30.0))
     assert "leaks to both attacks" in both
     assert len({stops_dlg_only, neither, both}) == 3
+
+
+def test_demo_refuses_zero_epochs_and_records_its_settings(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="epochs=0"):
+        run_demo(tmp_path / "none", epochs=0, progress=False)
+    assert not (tmp_path / "none").exists()
+
+
+def test_readme_section_is_rendered_from_the_summary_and_hostile_input_refused(tmp_path):
+    import pytest
+
+    from ssgd.experiments.demo import export_summary, load_summary, summary_markdown
+
+    d = load_dataset("digits")
+    small = ImageDataset("digits", d.x_train[:128], d.y_train[:128], d.x_test[:50], d.y_test[:50], 10)
+    run_demo(tmp_path, epochs=1, progress=False, data=small, attack_iters=0, batch_size=64, model="mlp")
+    summary = export_summary(tmp_path, tmp_path / "demo.json")
+    assert summary["settings"]["threads"] == 1 and summary["settings"]["attack_iters"] == 0
+    md = summary_markdown(load_summary(tmp_path / "demo.json"))
+    assert " / ".join(f"{r['test_acc']:.3f}" for r in summary["runs"]) in md and "1 torch thread" in md
+    bad = json.loads((tmp_path / "demo.json").read_text())
+    bad["runs"][0]["optimizer"] = "x | <script>"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="optimizer"):
+        load_summary(tmp_path / "bad.json")

@@ -23,7 +23,7 @@ def _data():
 
 
 def _cfg(**kw):
-    base = dict(batch_size=60, epochs=3, ssgd_lrs=(0.4,), opacus_lrs=(4.0,), seed=1)
+    base = dict(batch_size=60, epochs=3, ssgd_lrs=(0.4,), opacus_lrs=(4.0,))
     base.update(kw)
     return DPBenchmarkConfig(**base).validate()
 
@@ -47,8 +47,8 @@ def test_resume_continues_bit_identically(method, tmp_path):
     part = fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8, checkpoint=tmp_path / "b.ckpt", stop_after=1)
     assert len(part) == 1
     rest = fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8, checkpoint=tmp_path / "b.ckpt", resume=True)
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full]
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rest] == strip
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in full]
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in rest] == strip
     # a checkpoint of another run is refused, not half-read
     from ssgd.report import ConfigMismatchError
 
@@ -57,18 +57,78 @@ def test_resume_continues_bit_identically(method, tmp_path):
 
 
 def test_config_errors_name_the_value_and_the_fix():
-    with pytest.raises(ValueError, match="grids differ in size"):
-        DPBenchmarkConfig(ssgd_lrs=(0.1, 0.2), opacus_lrs=(1.0,)).validate()
+    with pytest.raises(ValueError, match="anchor's lr 0.4 must lie inside"):
+        DPBenchmarkConfig(ssgd_lrs=(0.8, 1.6)).validate()
+    with pytest.raises(ValueError, match="anchor's lr 4 must lie inside"):
+        DPBenchmarkConfig(opacus_lrs=(1.0, 2.0)).validate()
+    with pytest.raises(ValueError, match="seeds="):
+        DPBenchmarkConfig(seeds=(0, 0)).validate()
     with pytest.raises(ValueError, match="Unknown normalisation 'clip'"):
         DPBenchmarkConfig(normalisation="clip").validate()
     with pytest.raises(ValueError, match="gamma=-1"):
         DPBenchmarkConfig(gamma=-1).validate()
     with pytest.raises(ValueError, match="finite target"):
         DPBenchmarkConfig(epsilon=math.inf).validate()
-    with pytest.raises(ValueError, match="pilot_epochs=0"):
-        DPBenchmarkConfig(pilot_epochs=0).validate()
+    with pytest.raises(ValueError, match="features='sift'"):
+        DPBenchmarkConfig(features="sift").validate()
     q = DPBenchmarkConfig.quick().validate()
-    assert q.dataset == "fashion-mnist" and q.model == "tanh-cnn" and len(q.ssgd_lrs) == len(q.opacus_lrs)
+    assert q.dataset == "fashion-mnist" and q.model == "tanh-cnn"
+    d = DPBenchmarkConfig().validate()
+    assert d.epochs == 40 and d.seeds == (0, 1, 2)  # the anchor's length, three paired seeds
+    sc = DPBenchmarkConfig.for_features("scatternet").validate()
+    assert (sc.dataset, sc.model, sc.anchor["test_acc"]) == ("fashion-mnist-scatternet", "scatter-linear", 0.897)
+
+
+def test_paired_seeds_share_initialisation_and_poisson_masks():
+    """Seed s gives SSGD and Opacus the same batches: the same number of examples seen, step by step."""
+    cfg, data = _cfg(epochs=1), _data()
+    a = fit_private("ssgd", data, cfg, lr=0.4, epochs=2, sigma=0.8, seed=3)
+    b = fit_private("opacus", data, cfg, lr=4.0, epochs=2, sigma=0.8, seed=3)
+    c = fit_private("ssgd", data, cfg, lr=0.4, epochs=2, sigma=0.8, seed=4)
+    assert [r["examples"] for r in a] == [r["examples"] for r in b]
+    assert [r["examples"] for r in a] != [r["examples"] for r in c]  # another seed, other masks
+
+
+def test_a_winner_at_a_grid_edge_widens_the_grid():
+    from ssgd.experiments.dp_benchmark import widen
+
+    assert widen([1.0, 2.0, 4.0], {1.0: 0.5, 2.0: 0.7, 4.0: 0.6}) is None
+    assert widen([1.0, 2.0, 4.0], {1.0: 0.5, 2.0: 0.6, 4.0: 0.7}) == 8.0
+    assert widen([1.0, 2.0, 4.0], {1.0: 0.8, 2.0: 0.6, 4.0: 0.7}) == 0.5
+    assert widen([3.0], {3.0: 0.1}) == 6.0
+
+
+def test_protocol_tunes_on_validation_then_runs_paired_seeds_and_resumes(tmp_path, monkeypatch):
+    from ssgd.experiments import dp_benchmark as mod
+
+    monkeypatch.setattr(mod, "load_dataset", lambda name: _data())
+    monkeypatch.setattr(mod, "_DATA", {})
+    cfg = _cfg(epochs=2, ssgd_lrs=(0.2, 0.4), opacus_lrs=(4.0, 8.0), seeds=(0, 1), max_widen=1)
+    logs: list[str] = []
+    res = mod.run_dp_benchmark(tmp_path, cfg, progress=False, log=logs.append)
+    doc = json.loads((tmp_path / "dp_benchmark.json").read_text())
+    assert doc["partial"] is False and doc["epochs"] == 2 and doc["seeds"] == [0, 1]
+    tuned = doc["tuning"]["rows"]
+    for m, grid in (("ssgd", [0.2, 0.4]), ("opacus", [4.0, 8.0])):
+        r = doc["runs"][m]
+        assert r["seeds"] == [0, 1] and len(r["test_accs"]) == 2
+        assert r["test_acc"] == r["test_acc_mean"] == pytest.approx(sum(r["test_accs"]) / 2)
+        assert r["throughput"] > 0 and 2.9 < r["epsilon"] <= 3.0
+        rows = [t for t in tuned if t["method"] == m]
+        assert set(grid) <= {t["lr"] for t in rows}  # the whole grid, plus any widening
+        assert r["lr"] == max(rows, key=lambda t: (t["acc"], -t["lr"]))["lr"]  # best validation accuracy
+        if len(rows) == len(grid):  # no widening: the winner was inside... or widening was allowed once
+            assert mod.widen(grid, {t["lr"]: t["acc"] for t in rows}) is None
+    assert doc["runs"]["ssgd"]["noise_multiplier"] == doc["runs"]["opacus"]["noise_multiplier"]
+    assert doc["welch_p"] is None or 0.0 <= doc["welch_p"] <= 1.0
+    assert "examples/s" in res.text and "Welch" in res.text
+    # resume: nothing reruns; a broken run record is rerun, not trusted
+    bad = next((tmp_path / "runs").glob("test-ssgd-*seed1.json"))
+    bad.write_text(bad.read_text().replace('"acc": ', '"acc": "x", "_": ', 1))
+    logs.clear()
+    mod.run_dp_benchmark(tmp_path, cfg, progress=False, log=logs.append, resume=True)
+    reran = [line for line in logs if "examples/s" in line]
+    assert len(reran) == 1 and "ssgd" in reran[0] and "seed 1" in reran[0]
 
 
 @pytest.mark.slow
@@ -83,8 +143,8 @@ def test_benchmark_quick_cli_writes_the_result_json(tmp_path):
     except DatasetError as e:
         pytest.skip(f"Fashion-MNIST is not installed: {e}")
     out, pub = tmp_path / "run", tmp_path / "pub"
-    res = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
-                                   "--out", str(out), "--publish", str(pub)])
+    res = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress", "--workers",
+                                   "2", "--out", str(out), "--publish", str(pub)])
     assert res.exit_code == 0, res.output
     doc = json.loads((pub / "dp_benchmark.json").read_text())
     assert doc == json.loads((out / "dp_benchmark.json").read_text())
@@ -97,18 +157,15 @@ def test_benchmark_quick_cli_writes_the_result_json(tmp_path):
         assert r["test_acc"] > 0.2  # 10 classes: above chance after 2 private epochs on 600 images
         assert len(r["per_epoch"]) == doc["epochs"]
     assert doc["runs"]["ssgd"]["noise_multiplier"] == doc["runs"]["opacus"]["noise_multiplier"]
-    pilot = doc["pilot"]["rows"]
-    assert sum(r["method"] == "ssgd" and r["normalisation"] == "gamma" for r in pilot) == \
-        sum(r["method"] == "opacus" for r in pilot) == 2  # grids of the same size
-    assert {r["normalisation"] for r in pilot} == {"gamma", "unit", "layer", "clip"}
-    for f in ("config.json", "report.md", "pilot.csv", "ssgd.ckpt", "opacus.ckpt", "dp_benchmark.png"):
+    assert doc["partial"] is False and len(doc["runs"]["ssgd"]["test_accs"]) == len(doc["seeds"])
+    for f in ("config.json", "report.md", "ssgd_seeds.csv", "opacus_seeds.csv", "dp_benchmark.png"):
         assert (out / f).is_file(), f
     assert (pub / "dp_benchmark.png").is_file()
     # resume: everything is done, nothing reruns; other settings are refused with the fix
     again = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
                                      "--out", str(out), "--resume"])
     assert again.exit_code == 0, again.output
-    assert "pilot " not in again.output.replace("## Pilot", "") and "epoch 1/" not in again.output
+    assert "examples/s)" not in again.output  # no run line: every run was kept
     bad = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
                                    "--out", str(out), "--resume", "--epochs", "3"])
     assert bad.exit_code == 2 and "epochs: saved 2, now 3" in bad.output

@@ -55,26 +55,108 @@ def _done_cell(**kw):
     return cell
 
 
+def _grid_cfg():
+    from ssgd.experiments.leakage import LeakageConfig
+
+    return LeakageConfig(datasets=["digits"], states=["untrained"], batch_sizes=[1], attacks=["idlg"],
+                         defenses=["none", "ssgd-shards:m=4"], images=1, other_images=1, dlg_iters=2, restarts=1,
+                         curve_budgets=[], train_images=100, accuracy_epochs=0)
+
+
+def _write_cell(run_dir, cell, name=None):
+    from ssgd.experiments.leakage import _cell_path
+
+    path = _cell_path(run_dir, cell["dataset"], cell["state"], cell["batch"], cell["attack"], cell["defense"])
+    path = path.with_name(name) if name else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell) if isinstance(cell, dict) else cell)
+    return path
+
+
+NA = {"dataset": "digits", "state": "untrained", "batch": 1, "attack": "idlg", "defense": "ssgd-shards:m=4",
+      "status": "n/a", "reason": "needs a multiple of m"}
+
+
 def test_leakage_grid_recomputes_damaged_cells_instead_of_reading_them(tmp_path):
     from ssgd.experiments.leakage import _load_cells
 
-    cells = tmp_path / "cells"
-    cells.mkdir()
-    good, na = _done_cell(), {"dataset": "digits", "state": "untrained", "batch": 1, "attack": "idlg",
-                              "defense": "ssgd-shards:m=4", "status": "n/a", "reason": "needs a multiple of m"}
-    (cells / "good.json").write_text(json.dumps(good))
-    (cells / "na.json").write_text(json.dumps(na))
-    (cells / "truncated.json").write_text('{"status": "do')
-    (cells / "foreign.json").write_text("[1, 2, 3]")
-    (cells / "binary.json").write_bytes(b"\xff\xfe\x00")
-    # crafted: claims to be done but lacks what a run writes, or carries the wrong types
-    (cells / "bare.json").write_text(json.dumps({"status": "done", "attack": "idlg"}))
-    (cells / "rows.json").write_text(json.dumps(_done_cell(rows=[{"psnr": "high"}])))
-    (cells / "empty.json").write_text(json.dumps(_done_cell(rows=[])))
-    (cells / "batch.json").write_text(json.dumps(_done_cell(batch="1")))
-    (cells / "confirm.json").write_text(json.dumps(_done_cell(confirm={"psnr_mean": None})))
-    (cells / "image.json").write_text(json.dumps(_done_cell(first_image="abc")))
-    assert _load_cells(tmp_path) == [good, na]
+    cfg, good = _grid_cfg(), _done_cell()
+    _write_cell(tmp_path, good)
+    _write_cell(tmp_path, NA)
+    assert _load_cells(tmp_path, cfg) == [good, NA]
+    bad = ['{"status": "do', "[1, 2, 3]", {"status": "done", "attack": "idlg"}, _done_cell(rows=[{"psnr": "high"}]),
+           _done_cell(rows=[]), _done_cell(batch="1"), _done_cell(confirm={"psnr_mean": None}),
+           _done_cell(first_image="abc")]
+    path = _write_cell(tmp_path, good)
+    for cell in bad:  # damaged, foreign, or crafted with the wrong types: the cell is not read
+        path.write_text(cell if isinstance(cell, str) else json.dumps(cell))
+        assert _load_cells(tmp_path, cfg) == [NA], cell
+    path.write_bytes(b"\xff\xfe\x00")
+    assert _load_cells(tmp_path, cfg) == [NA]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(rows=[dict(_done_cell()["rows"][0], mse=1e308)]), "mse=1e\\+308"),
+    (dict(rows=[dict(_done_cell()["rows"][0], psnr=float("nan"))], psnr_mean=float("nan")), "psnr=nan"),
+    (dict(psnr_mean=3.0), "not the mean of its rows"),
+    (dict(rows=[dict(_done_cell()["rows"][0], image=5)]), "outside the cell"),
+    (dict(rows=_done_cell()["rows"] * 2), "2 rows where the grid has 1"),
+    (dict(defense="ssgd-layer"), "another cell than its file name"),
+    (dict(protects=1), "mistyped protects"),
+])
+def test_forged_leakage_cells_are_refused_in_one_line(tmp_path, change, needle):
+    """Issue 19 finding 4: a cell file is the cell its name says, with finite numbers in range, or it is refused
+    (export: one line naming the file; the grid: recomputed)."""
+    from ssgd.experiments.leakage import _load_cells, export_results
+
+    cfg = _grid_cfg()
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    _write_cell(tmp_path, NA)
+    path = _write_cell(tmp_path, _done_cell())
+    path.write_text(json.dumps(_done_cell(**change)))
+    assert _load_cells(tmp_path, cfg) == [NA]
+    with pytest.raises(ValueError, match=f"{path.name}: .*{needle}") as e:
+        export_results(tmp_path, tmp_path / "out.json")
+    assert "\n" not in str(e.value) and not (tmp_path / "out.json").exists()
+
+
+def test_a_grid_whose_cells_did_not_run_is_not_complete(tmp_path):
+    """Forged files cannot fill a grid: a file name that is no cell id of the config (an extra row, cifar10 at
+    batch 999), a copy under another name, or an n/a marker for a cell that runs are refused."""
+    from ssgd.experiments.leakage import _load_cells, export_results, results_json
+
+    cfg = _grid_cfg()
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    _write_cell(tmp_path, NA)
+    assert results_json(_load_cells(tmp_path, cfg), cfg)["partial"] is True  # the idlg x none cell never ran
+    forged = [(_done_cell(dataset="cifar10", batch=999, protects=True, psnr_mean=float("nan")), None),
+              (_done_cell(), "copy.json"),
+              (dict(NA, defense="none"), None)]
+    for cell, name in forged:
+        path = _write_cell(tmp_path, cell, name=name)
+        res = results_json(_load_cells(tmp_path, cfg), cfg)
+        assert res["partial"] is True and res["cells_done"] == 1 and res["cells"] == [], cell
+        with pytest.raises(ValueError, match="not a cell of this grid|marked n/a, but the grid runs"):
+            export_results(tmp_path, tmp_path / "out.json")
+        path.unlink()
+
+
+def test_update_tables_refuses_a_forged_grid_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = _grid_cfg()
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    _write_cell(tmp_path, _done_cell(rows=[dict(_done_cell()["rows"][0], mse=1e308)]))
+    before = (root / "docs/results/leakage.json").read_bytes()
+    res = subprocess.run([sys.executable, str(root / "scripts/update_tables.py"), "--leakage-run", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                            "PYTHONPATH": str(root / "src")})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "mse=1e+308" in res.stderr
+    assert (root / "docs/results/leakage.json").read_bytes() == before
 
 
 def test_crafted_cells_are_rerun_on_resume_not_trusted(tmp_path):
@@ -93,9 +175,21 @@ def test_crafted_cells_are_rerun_on_resume_not_trusted(tmp_path):
     assert cell["psnr_mean"] != 99.0 and cell["rows"] and cell["iterations"] == 2
 
 
+_RCFG = {"datasets": ["mnist"], "states": ["untrained"], "batch_sizes": [1], "attacks": ["dlg"], "defenses": ["none"]}
+_RROW = {"dataset": "mnist", "state": "untrained", "model": "lenet", "batch": 1, "attack": "dlg", "defense": "none",
+         "psnr_mean": 12.0, "psnr_std": 0.5, "ssim_mean": 0.1, "label_acc_mean": 1.0, "images": 8,
+         "attack_spec": "dlg", "iterations": 300, "restarts": 2, "init": "mean", "psnr_2x_mean": None,
+         "iterations_2x": 0, "protects": False}
+
+
 @pytest.mark.parametrize("results, needle", [
     ({"cells": []}, "no 'config'"), ({"config": {"attacks": "dlg", "defenses": []}, "cells": []}, "no 'config'"),
-    ({"config": {"attacks": ["dlg"], "defenses": ["none"]}, "cells": [{"dataset": "mnist"}]}, "a cell lacks"),
+    ({"config": _RCFG, "cells": [{"dataset": "mnist"}]}, "a cell lacks"),
+    ({"config": _RCFG, "cells": [dict(_RROW, dataset="cifar10", batch=999, protects=True)]}, "outside the config's"),
+    ({"config": _RCFG, "cells": [_RROW, dict(_RROW, psnr_mean=3.0)]}, "two rows for the cell"),
+    ({"config": _RCFG, "cells": [dict(_RROW, psnr_mean=float("nan"))]}, "psnr_mean out of range"),
+    ({"config": _RCFG, "cells": [dict(_RROW, psnr_2x_mean=1e308)]}, "psnr_2x_mean out of range"),
+    ({"config": _RCFG, "cells": [dict(_RROW, protects="yes")]}, "protects"),
 ])
 def test_leakage_renderers_refuse_foreign_results(results, needle):
     from ssgd.experiments.leakage import cells_markdown, worst_case_markdown
@@ -108,8 +202,7 @@ def test_leakage_renderers_refuse_foreign_results(results, needle):
 def test_leakage_renderers_drop_foreign_side_tables():
     from ssgd.experiments.leakage import worst_case_markdown
 
-    results = {"config": {"attacks": ["dlg"], "defenses": ["none"]}, "cells": [],
-               "accuracy": [0.9], "priors": "11.7", "accuracy_dataset": None}
+    results = {"config": _RCFG, "cells": [], "accuracy": [0.9], "priors": "11.7", "accuracy_dataset": None}
     assert worst_case_markdown(results).splitlines()[:2] == ["| defence |", "|---|"]
 
 

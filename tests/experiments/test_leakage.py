@@ -98,8 +98,15 @@ def test_grid_writes_consistent_tables(tmp_path):
     text = res.report.read_text()
     assert res.text == text and res.tables["cells"]
     cells = list(csv.DictReader((tmp_path / "leakage.csv").open()))
-    # ssgd-shards:m=4 cannot run at B = 1 or 2 (never silently lowered to m = B): n/a, not a number
-    assert len(cells) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1)
+    # ssgd-shards:m=4 cannot run at B = 1 or 2 (never silently lowered to m = B): n/a, not a number; nor does
+    # dlg-aware against a defence whose aware attackers are others (the SSGD rows) or that has none to know
+    from ssgd.defenses import get_defense
+    from ssgd.experiments.leakage import not_applicable
+
+    runs = [(b, a, d) for b in (1, 2) for a in DEFAULT_ATTACKS for d in DEFAULT_DEFENSES
+            if not_applicable(a, get_defense(d), b) is None]
+    assert len(runs) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1) - 2 * 4  # none, ssgd-global/layer, fp16
+    assert len(cells) == len(runs)
     assert not [c for c in cells if c["defense"].startswith("ssgd-shards")]
     assert "| ssgd-shards:m=4 | n/a |" in text
     for c in cells:
@@ -120,7 +127,7 @@ def test_grid_writes_consistent_tables(tmp_path):
     results = json.loads((tmp_path / "leakage.json").read_text())
     assert len(results["cells"]) == len(cells) and not results["partial"]
     assert results["cells_done"] == results["cells_total"] == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES)
-    assert len(results["na"]) == 2 * len(DEFAULT_ATTACKS)
+    assert len(results["na"]) == 2 * len(DEFAULT_ATTACKS) * len(DEFAULT_DEFENSES) - len(runs)
     assert set(results["accuracy"]) == set(DEFAULT_DEFENSES)
     from ssgd.experiments.leakage import export_results
 
@@ -166,11 +173,11 @@ def test_grid_resumes_at_cell_granularity(tmp_path):
     assert len(files) == 2
     # mark one finished cell; drop the other: a resume keeps the first, recomputes only the second
     kept = json.loads(files[0].read_text())
-    kept["psnr_mean"] = -123.0
+    kept["rows"][0]["seconds"] = 12345.0  # a mark a run could have written (a forged number would be refused)
     files[0].write_text(json.dumps(kept))
     files[1].unlink()
     run_leakage(cfg, tmp_path, resume=True, progress=False)
-    assert json.loads(files[0].read_text())["psnr_mean"] == -123.0 and files[1].exists()
+    assert json.loads(files[0].read_text())["rows"][0]["seconds"] == 12345.0 and files[1].exists()
     with pytest.raises(ConfigMismatchError, match="dlg_iters"):
         run_leakage(_tiny(batch_sizes=[1], attacks=["idlg"], defenses=["none", "ssgd-global"], curve_budgets=[],
                           accuracy_epochs=0, dlg_iters=5), tmp_path, resume=True, progress=False)
@@ -266,7 +273,8 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
              _result_row(1, "dlg", "none", 48.0), _result_row(1, "idlg", "none", 49.0),
              _result_row(4, "dlg", "ssgd-layer", 3.0, 3.0, True), _result_row(4, "idlg", "ssgd-layer", 8.0, 12.0),
              _result_row(8, "dlg", "ssgd-layer", 3.0, 3.0, True)]
-    results = {"config": {"attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
+    grid = {"datasets": ["mnist", "fashion-mnist"], "states": ["untrained", "trained"], "batch_sizes": [1, 4, 8]}
+    results = {"config": {**grid, "attacks": ["dlg", "idlg"], "defenses": ["none", "ssgd-layer", "ssgd-shards:m=4"]},
                "cells": cells, "na": [["mnist", "untrained", 1, a, "ssgd-shards:m=4"] for a in ("dlg", "idlg")],
                "cells_done": 9, "cells_total": 18, "partial": True, "accuracy": {"none": 0.91},
                "accuracy_dataset": "mnist",
@@ -280,21 +288,31 @@ def test_worst_case_marks_protection_only_when_every_attack_is_below_twice():
     assert "11.5 dB on fashion-mnist" not in worst_case_markdown(results, "mnist")
     full = cells_markdown(results)
     assert full.count("## mnist, untrained model, batch") == 3
-    assert "| ssgd-layer | 3.1±0.5 / 0.10 (2×: 3.1 ✓) | 3.2±0.5 / 0.10 (2×: 3.2 ✓) |" in full
+    assert "| ssgd-layer | 3.1±0.5 / 0.10 (2×: 3.1, held) | 3.2±0.5 / 0.10 (2×: 3.2, held) | ✓ |" in full
+    assert "| none | 48.0±0.5 / 0.10 | 49.0±0.5 / 0.10 | ✗ |" in full
     head = cells_markdown(results, only=("mnist", "untrained", 4), compact=True)
-    assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0 ✓)** | 8.0 (2×: 12.0) |" in head
-    assert "| ssgd-shards:m=4 | – | – |" in head
+    assert "##" not in head and "| ssgd-layer | **3.0 (2×: 3.0)** | 8.0 (2×: 12.0) | ✗ |" in head
+    assert "| ssgd-shards:m=4 | – | – | – |" in head
     # the accuracies were measured on MNIST: never printed beside another dataset's columns
     assert worst_case_markdown(results, "fashion-mnist").splitlines()[0] == "| defence |"
     assert md.splitlines()[0].endswith("| test acc. (mnist, trained with it) |")
     # a closed-form attack has no budget to double: below the threshold once is final
     results["cells"] = [_result_row(1, "dlg", "sign", 3.0, 3.1, True), _result_row(1, "analytic", "sign", 8.5,
                                                                                     protects=True)]
-    results["config"] = {"attacks": ["dlg", "analytic"], "defenses": ["sign"]}
+    results["config"] = {**grid, "attacks": ["dlg", "analytic"], "defenses": ["sign"]}
     assert "| sign | 8.5 (analytic) ✓ | 0.910 |" not in worst_case_markdown(results)  # no accuracy for sign
     assert "| sign | 8.5 (analytic) ✓ | – |" in worst_case_markdown(results)
-    assert "| sign | **3.0 (2×: 3.1 ✓)** | **8.5 ✓** |" in cells_markdown(results, only=("mnist", "untrained", 1),
-                                                                         compact=True)
+    assert "| sign | **3.0 (2×: 3.1)** | **8.5** | ✓ |" in cells_markdown(results, only=("mnist", "untrained", 1),
+                                                                          compact=True)
+    # an attack that does not apply to a defence (n/a) does not block its verdict; the aware one counts
+    results["config"] = {**grid, "attacks": ["dlg", "dlg-aware"], "defenses": ["sign", "ssgd-layer"]}
+    results["cells"] = [_result_row(1, "dlg", "sign", 3.0, 3.1, True), _result_row(1, "dlg-aware", "sign", 12.5),
+                        _result_row(1, "dlg", "ssgd-layer", 3.0, 3.1, True)]
+    results["na"] = [["mnist", "untrained", 1, "dlg-aware", "ssgd-layer"]]
+    md = worst_case_markdown(results)
+    assert "| ssgd-layer | 3.0 (dlg) ✓ |" in md and "| sign | 12.5 (dlg-aware) |" in md
+    head = cells_markdown(results, only=("mnist", "untrained", 1), compact=True)
+    assert "| sign | **3.0 (2×: 3.1)** | 12.5 | ✗ |" in head and "| ssgd-layer | **3.0 (2×: 3.1)** | n/a | ✓ |" in head
 
 
 def test_prior_psnr_is_what_a_reconstruction_that_learned_nothing_scores():
@@ -337,3 +355,17 @@ def test_two_shards_split_the_grid_without_running_a_cell_twice(tmp_path):
 def test_cli_shard_is_validated(args, needle):
     r = runner.invoke(app, ["reproduce", "leakage", "--quick", *args])
     assert r.exit_code != 0 and needle in r.output
+
+
+def test_first_orders_the_work_not_the_cells(tmp_path):
+    """--first runs the named attacks' cells before the others; the cells are the same."""
+    kw = dict(batch_sizes=[1], attacks=["idlg", "dlg-aware"], defenses=["none", "sign"], curve_budgets=[],
+              accuracy_epochs=0)
+    res = _tiny(**kw).run(tmp_path, progress=False, first=("dlg-aware",))
+    cells = {p.name: json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")}
+    assert len(cells) == 4 and len(res.tables["cells"]) == 3  # dlg-aware x none is n/a
+    order = sorted(cells.values(), key=lambda c: (tmp_path / "cells").joinpath(
+        next(n for n, v in cells.items() if v is c)).stat().st_mtime_ns)
+    assert [c["attack"] for c in order[:2]] == ["dlg-aware", "dlg-aware"]
+    with pytest.raises(ValueError, match="not attacks of this grid"):
+        _tiny(**kw).run(tmp_path, resume=True, first=("inverting",))

@@ -179,6 +179,26 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, digits, damage):
     assert str(path) in str(ei.value) and "\n" not in str(ei.value)
 
 
+@pytest.mark.parametrize("field,value", [("test_acc", float("nan")), ("test_acc", "0.99"), ("train_loss", float("inf")),
+                                         ("note", "<script>"), ("epoch", 7)])
+def test_resume_refuses_a_history_that_would_reach_metrics_json(tmp_path, digits, field, value):
+    """Issue 19 #7: a crafted history (NaN, a string, an unknown field, a wrong epoch) is refused field by field,
+    in one line, and metrics.json is not rewritten."""
+    from ssgd.report import CheckpointError, save_checkpoint
+
+    run = tmp_path / "run"
+    train(_tiny(), run, data=digits, progress=False, stop_after=1)
+    path = run / CHECKPOINT
+    ck = torch.load(path, weights_only=True)
+    ck["history"][0][field] = value
+    save_checkpoint(path, ck, format=ck["format"])
+    before = (run / "metrics.json").read_bytes() if (run / "metrics.json").exists() else None
+    with pytest.raises(CheckpointError, match=f"refusing checkpoint .*{'epochs 1..1' if field == 'epoch' else field}") as ei:
+        train(_tiny(), run, data=digits, progress=False, resume=True)
+    assert "\n" not in str(ei.value)
+    assert ((run / "metrics.json").read_bytes() if (run / "metrics.json").exists() else None) == before
+
+
 def test_resume_refuses_a_checkpoint_of_another_number_of_nodes(tmp_path, digits):
     from ssgd.experiments.ddp_train import check_resume
     from ssgd.report import CheckpointError

@@ -78,7 +78,7 @@ def test_dp_example_is_refused_with_nodes():
     from ssgd.experiments.ddp_train import check_config
     from ssgd.experiments.train import TrainConfig
 
-    with pytest.raises(ValueError, match="--dp example is single-process only"):
+    with pytest.raises(ValueError, match="dp='example' is single-process only"):
         check_config(TrainConfig(dp="example", noise_multiplier=1.0, batch_size=64), 2)
-    with pytest.raises(ValueError, match="needs --optimizer ssgd"):
+    with pytest.raises(ValueError, match="needs optimizer='ssgd'"):
         check_config(TrainConfig(dp="node", noise_multiplier=1.0, optimizer="sgd"), 2)

@@ -76,10 +76,36 @@ def test_invalid_dp_settings_are_clear():
         _cfg(delta=1.0).validate()
     with pytest.raises(ValueError, match="exactly one of"):
         _cfg(noise_multiplier=None).validate()
-    with pytest.raises(ValueError, match="--shards 2 does not apply to --dp example"):
+    with pytest.raises(ValueError, match="shards=2 does not apply to dp='example'"):
         _cfg(shards=2).validate()
     with pytest.raises(ValueError, match="dp='off'"):
         TrainConfig(noise_multiplier=1.0).validate()
+
+
+def test_node_local_dp_refuses_sigma_below_the_node_minimum(small):
+    """Issue 19 #9: sigma 0 (or a target epsilon of inf) under node-local DP would send un-noised vectors."""
+    from ssgd.privacy import DPConfig, DPTraining, MIN_NODE_LOCAL_NOISE
+
+    assert MIN_NODE_LOCAL_NOISE > 0
+    for kw in (dict(noise_multiplier=0.0), dict(noise_multiplier=MIN_NODE_LOCAL_NOISE / 2),
+               dict(noise_multiplier=None, target_epsilon=math.inf)):
+        with pytest.raises(ValueError, match="below this node's minimum"):
+            _cfg(dp="node-local", shards=2, optimizer="ssgd", **kw).validate()
+    with pytest.raises(ValueError, match="below this node's minimum"):  # a sigma solved for a huge epsilon
+        DPTraining(DPConfig(level="node-local", target_epsilon=1e9), torch.nn.Linear(4, 2), 100, 10, 1, num_nodes=2)
+    _cfg(dp="node-local", shards=2, optimizer="ssgd", noise_multiplier=MIN_NODE_LOCAL_NOISE).validate()
+    _cfg(noise_multiplier=0.0).validate()  # example level: sigma 0 stays the non-private reference
+
+
+def test_cli_refuses_node_local_sigma_zero_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--dp", "node-local", "--shards", "2", "--noise-multiplier", "0",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--noise-multiplier 0.0 is below this node's minimum" in res.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_unreachable_target_and_batchnorm_fail_before_training(small):
@@ -101,7 +127,7 @@ def test_cli_train_prints_final_epsilon_and_rejects_bad_values(tmp_path):
 
     runner = CliRunner()
     bad = runner.invoke(app, ["train", "--dp", "example", "--noise-multiplier", "-1", "--out", str(tmp_path / "b")])
-    assert bad.exit_code == 2 and "noise_multiplier=-1" in bad.output
+    assert bad.exit_code == 2 and "--noise-multiplier -1" in bad.output  # the command layer names its flags
     bad = runner.invoke(app, ["train", "--dp", "example", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "exactly one of" in bad.output
     ok = runner.invoke(app, ["train", "--dataset", "digits", "--dp", "node", "--shards", "2", "--noise-multiplier",
@@ -129,14 +155,15 @@ def test_measured_noise_std_is_sigma_times_the_true_sensitivity(level, scope):
     m = 1 if level == "example" else 4
     sigma = 0.7
 
-    def grads(noise_multiplier):
+    def grads(noise_multiplier, level=level):
         dp = DPTraining(DPConfig(level, noise_multiplier=noise_multiplier), model, n_train=32, batch_size=32,
                         epochs=1, num_nodes=m, scope=scope, seed=5)
         model.zero_grad(set_to_none=True)
         dp.backward(model, x, y, idx)
         return torch.cat([p.grad.flatten() for p in model.parameters()]), dp
 
-    clean, _ = grads(0.0)
+    # the noise-free reference: node-local refuses sigma 0 (issue 19 #9); the node level computes the same sum
+    clean, _ = grads(0.0, "node" if level == "node-local" else level)
     noisy, dp = grads(sigma)
     noise = noisy - clean
     if level == "example":

@@ -13,26 +13,20 @@ Attacks are selected by spec strings (:func:`get_attack`): ``'dlg'``,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..specs import coerce_params, parse_spec
+from ..registry import Registry, spec_of
 
 __all__ = ["ATTACKS", "Attack", "AttackMeta", "Reconstruction", "get_attack", "list_attacks", "register_attack"]
 
-ATTACKS: dict[str, type["Attack"]] = {}
-
-
-def register_attack(cls):
-    ATTACKS[cls.name] = cls
-    return cls
-
-
-def list_attacks() -> list[str]:
-    return sorted(ATTACKS)
+_REGISTRY: Registry["Attack"] = Registry("attack")
+ATTACKS: dict[str, type["Attack"]] = _REGISTRY.classes
+register_attack = _REGISTRY.register
+list_attacks = _REGISTRY.names
 
 
 @dataclass
@@ -131,9 +125,7 @@ class Attack:
 
     @property
     def spec(self) -> str:
-        vals = [f"{f.name}={getattr(self, f.name):g}" if isinstance(getattr(self, f.name), float)
-                else f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.init]
-        return self.name + (":" + ",".join(vals) if vals else "")
+        return spec_of(self)
 
     def __str__(self) -> str:
         return self.spec
@@ -143,13 +135,4 @@ def get_attack(spec: "str | Attack", **overrides) -> Attack:
     """Build an attack from ``'name'`` or ``'name:key=val,...'``; ``overrides`` win over the spec."""
     if isinstance(spec, Attack):
         return spec
-    name, params = parse_spec(spec)
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(list_attacks())}")
-    cls = ATTACKS[name]
-    params.update({k: v for k, v in overrides.items() if v is not None})
-    obj = cls(**coerce_params(cls, params, f"attack {name!r}"))
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
+    return _REGISTRY.build(spec, **overrides)

@@ -20,9 +20,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["INITS", "DummyGradients", "initial_images", "resolve_init", "euclidean", "cosine_global", "cosine_layer",
-           "total_variation", "lbfgs", "signed_adam", "stack_targets", "target_norms"]
+           "flatten_grads", "total_variation", "lbfgs", "signed_adam", "stack_targets", "target_norms"]
 
 
 def stack_targets(shared: list[list[Tensor]], dtype: torch.dtype = torch.float32) -> list[Tensor]:
@@ -68,11 +69,19 @@ def initial_images(kind: str, rows: int, shape: tuple[int, ...], *, mean_image: 
     return (m + 0.1 * (torch.rand(rows, *shape, dtype=dtype) - 0.5)).clamp(0, 1)
 
 
-class DummyGradients:
-    """Gradients of a soft-label cross-entropy for stacked dummy batches, differentiable in the inputs.
+def _label_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Batch-mean cross-entropy: ``y`` class indices (fixed labels: ``F.cross_entropy``'s fused kernels,
+    a smaller double-backward graph) or soft labels ``(B, classes)`` (DLG's optimised labels)."""
+    if not y.is_floating_point():
+        return F.cross_entropy(logits, y)
+    return -(y * torch.log_softmax(logits, -1)).sum(-1).mean()
 
-    ``grads(x, y)`` with ``x`` of shape ``(K, B, C, H, W)`` and soft labels ``y`` of shape
-    ``(K, B, classes)`` returns one ``(K, *p.shape)`` tensor per parameter: the gradient of
+
+class DummyGradients:
+    """Gradients of the cross-entropy for stacked dummy batches, differentiable in the inputs.
+
+    ``grads(x, y)`` with ``x`` of shape ``(K, B, C, H, W)`` and labels ``y``, class indices ``(K, B)`` or
+    soft labels ``(K, B, classes)``, returns one ``(K, *p.shape)`` tensor per parameter: the gradient of
     the batch-mean loss of target ``k``. With ``shards=m`` the batch is split into ``m``
     contiguous shards and the result is ``(K, m, *p.shape)`` (shard gradients, each the mean
     over its own examples -- what each SSGD(m) node computes).
@@ -97,8 +106,7 @@ class DummyGradients:
         buffers = dict(model.named_buffers())
 
         def loss(pd, x, y):
-            out = functional_call(model, (pd, buffers), (x,))
-            return -(y * torch.log_softmax(out, -1)).sum(-1).mean()
+            return _label_loss(functional_call(model, (pd, buffers), (x,)), y)
 
         one = grad(loss)
         if shards == 1:
@@ -108,7 +116,7 @@ class DummyGradients:
 
     def grads(self, x: Tensor, y: Tensor) -> list[Tensor]:
         if x.shape[0] == 1 and self.shards == 1 and self._plain_ok:
-            loss = -(y[0] * torch.log_softmax(self.model(x[0]), -1)).sum(-1).mean()
+            loss = _label_loss(self.model(x[0]), y[0])
             return [g.unsqueeze(0) for g in torch.autograd.grad(loss, self.plist, create_graph=True)]
         if self.shards > 1:
             K, B = x.shape[:2]
@@ -125,19 +133,28 @@ def euclidean(dummy: list[Tensor], target: list[Tensor]) -> Tensor:
     return sum(((d - t) ** 2).flatten(1).sum(1) for d, t in zip(dummy, target))
 
 
-def target_norms(target: list[Tensor], per_layer: bool) -> Tensor | list[Tensor]:
+def flatten_grads(tensors: list[Tensor]) -> Tensor:
+    """``K`` stacked gradients (one ``(K, *shape)`` tensor per parameter) as one ``(K, P)`` matrix."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], 1)
+
+
+def target_norms(target: list[Tensor] | Tensor, per_layer: bool) -> Tensor | list[Tensor]:
     """The target's norms, computed once per attack: ``(K,)`` over all tensors, or one ``(K,)`` per tensor."""
+    if isinstance(target, Tensor):
+        return target.norm(dim=1)
     per = [t.flatten(1).norm(dim=1) for t in target]
     return per if per_layer else torch.sqrt(sum(n ** 2 for n in per))
 
 
-def cosine_global(dummy: list[Tensor], target: list[Tensor], tnorm: Tensor | None = None) -> Tensor:
-    """Per-target ``1 - cos`` between the whole dummy and target gradients (Geiping et al.);
-    ``tnorm``: the target's norms from :func:`target_norms` (computed here if not given)."""
-    dot = sum((d * t).flatten(1).sum(1) for d, t in zip(dummy, target))
-    dn = torch.sqrt(sum((d ** 2).flatten(1).sum(1) for d in dummy))
-    tn = target_norms(target, False) if tnorm is None else tnorm
-    return 1 - dot / (dn * tn).clamp_min(1e-20)
+def cosine_global(dummy: list[Tensor] | Tensor, target: list[Tensor] | Tensor, tnorm: Tensor | None = None) -> Tensor:
+    """Per-target ``1 - cos`` between the whole dummy and target gradients (Geiping et al.). Either may be
+    given flat (:func:`flatten_grads`, what an attack does with its target once); ``tnorm``: the target's
+    norms from :func:`target_norms` (computed here if not given). One product and one norm over the flat
+    gradient, not one per tensor: a smaller double-backward graph."""
+    d = dummy if isinstance(dummy, Tensor) else flatten_grads(dummy)
+    t = target if isinstance(target, Tensor) else flatten_grads(target)
+    tn = t.norm(dim=1) if tnorm is None else tnorm
+    return 1 - (d * t).sum(1) / (d.norm(dim=1) * tn).clamp_min(1e-20)
 
 
 def cosine_layer(dummy: list[Tensor], target: list[Tensor], tnorms: list[Tensor] | None = None) -> Tensor:

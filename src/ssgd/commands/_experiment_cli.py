@@ -11,13 +11,14 @@ import typer
 from ._options import Options, check_device, user_errors
 
 __all__ = ["TrainSize", "TestSize", "ValFraction", "Dataset", "DataDir", "Model", "Seed", "Device", "Out", "Resume",
-           "Progress", "LrPoints", "Widen", "sweep_options", "apply_options", "run_sweep", "run_experiment"]
+           "Progress", "LrPoints", "Widen", "sweep_options", "apply_options", "run_sweep", "run_experiment",
+           "open_run_dir", "interrupted_hint"]
 
 TrainSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many training examples")]
 TestSize = Annotated[Optional[int], typer.Option(help="use a stratified subset of this many test examples")]
 ValFraction = Annotated[float, typer.Option(help="fraction of the training set held out for choosing the lr")]
 Dataset = Annotated[str, typer.Option(help="dataset (fashion-mnist is the paper's)")]
-DataDir = Annotated[Optional[Path], typer.Option(help="folder with the dataset's files")]
+DataDir = Annotated[Optional[Path], typer.Option(help="folder with the dataset's files", file_okay=False)]
 Model = Annotated[str, typer.Option(help="model: mlp (784-256-256-10, default) | convnet | lenet")]
 Seed = Annotated[int, typer.Option(help="base seed (data split, first training seed)")]
 Device = Annotated[str, typer.Option(help="cpu | cuda")]
@@ -71,14 +72,51 @@ def apply_options(cfg: Any, overrides: dict[str, Any], **always: Any) -> Any:
 
 def run_experiment(cfg: Any, out: Path | None, prefix: str, *, resume: bool, progress: bool) -> None:
     """Validate (bad values: a one-line usage error), make the run folder, run, print the result."""
-    from ..report.io import make_run_dir
-
     try:
         cfg.validate()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     with user_errors((ValueError,)):
-        run_dir = make_run_dir(out, prefix, resume=resume)
+        run_dir = open_run_dir(out, prefix, resume=resume)
         res = cfg.run(run_dir, progress=progress, resume=resume)
     typer.echo(res.text)
     typer.echo(f"\nrun folder: {run_dir}  ({res.seconds:.0f} s)")
+
+
+_RUN: dict[str, Any] = {}  # the run folder of this process's command, for the Ctrl-C hint
+
+
+def open_run_dir(out: Path | None, prefix: str, *, resume: bool = False, resumable: bool = True,
+                 **kwargs: Any) -> Path:
+    """Make (or reopen) the run folder and say where it is at once, so an interrupted user knows what
+    to ``--resume``. Every command that writes a run folder opens it here, after its validation."""
+    from ..report.io import make_run_dir
+
+    run_dir = make_run_dir(out, prefix, resume=resume, **kwargs)
+    typer.echo(f"run folder: {run_dir}")
+    _RUN.update(run_dir=Path(run_dir), resumable=resumable)
+    return run_dir
+
+
+def interrupted_hint(args: list[str]) -> str:
+    """What Ctrl-C prints: the exact command that continues the run (``args``: the command line after ``ssgd``)."""
+    import shlex
+
+    run_dir = _RUN.get("run_dir")
+    if run_dir is None:
+        return "interrupted (no run folder was written)"
+    if not _RUN.get("resumable", True):
+        return f"interrupted; the partial run is in {run_dir} (this command has no --resume: run it again)"
+    keep: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if a.startswith("--out=") or a in ("--resume", "--no-resume"):
+            continue
+        keep.append(a)
+    return "interrupted; continue with:\n  " + shlex.join(["ssgd", *keep, "--out", str(run_dir), "--resume"])

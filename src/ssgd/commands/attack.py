@@ -16,7 +16,7 @@ def attack_cmd(
                                            "init=uniform|randn|mean)"),
     defense: str = typer.Option("none", help="defence spec, e.g. ssgd-global, ssgd-shards:m=4, noise:sigma=0.01"),
     dataset: str = typer.Option("mnist", help="dataset name"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset's files"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset's files", file_okay=False),
     batch_size: int = typer.Option(1, help="images in the attacked batch"),
     index: int = typer.Option(0, help="first training image of the batch"),
     iters: Optional[int] = typer.Option(None, help="optimiser iterations (default: the attack's own)"),
@@ -32,7 +32,8 @@ def attack_cmd(
     from ..data import load_dataset
     from ..defenses import get_defense
     from ..experiments.leakage import attack_once, build_state_model
-    from ..report.io import atomic_write_text, make_run_dir, new_figure, save_figure, write_json
+    from ._experiment_cli import open_run_dir
+    from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 
     try:
         get_attack(attack)
@@ -65,7 +66,7 @@ def attack_cmd(
                           mean_image=data.x_test.mean(0), progress=progress)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    run_dir = make_run_dir(out, "attack")
+    run_dir = open_run_dir(out, "attack", resumable=False)
     result = res["result"]
     result.update(dataset=dataset, model=name, model_test_acc=acc, batch_size=batch_size, index=index, seed=seed,
                   labels_known=labels_known)

@@ -32,16 +32,13 @@ def step_cmd(
     quick: bool = typer.Option(False, "--quick", help="a short run: resnet18 size and the mlp whole step, "
                                "5 repeats, 1 warmup"),
     threads: Optional[int] = typer.Option(None, min=1, help="torch.set_num_threads (default: torch's choice)"),
-    hooks: bool = typer.Option(False, "--hooks/--no-hooks", help="isolated step: also time SSGD with its norms "
-                               "taken before the step (what norm_hooks=True does inside backward)"),
-    capturable: Optional[bool] = typer.Option(None, "--capturable/--host-path", help="force SSGD's device path "
-                                              "(no host read) or its host path; default: SSGD's own choice "
-                                              "(device path on GPUs, host path on CPU)"),
+    batch: Optional[int] = typer.Option(None, min=1, help="whole step: this batch size for every model "
+                                        "(default: each model's own, mlp 256, convnet 64, resnet18 32)"),
     out: Optional[Path] = typer.Option(None, help="also write results.json, results.csv and report.md here"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """SSGD vs torch.optim.SGD(foreach=True): the isolated step (global, layer, each also with the
-    norms taken in backward; momentum 0 and 0.9) and the whole training step, with host syncs per step."""
+    """SSGD vs torch.optim.SGD(foreach=True): the isolated step (global, layer; momentum 0 and 0.9)
+    and the whole training step, with host syncs and ops per step."""
     from ..experiments.bench_step import (TRAIN_MODELS, StepBenchConfig, TrainBenchConfig, config_dict,
                                           format_table, format_train_table, run_step_bench, run_train_bench)
 
@@ -49,10 +46,8 @@ def step_cmd(
         sizes, models, repeats, warmup = "resnet18", "mlp", 5, 1
     names = tuple(s.strip() for s in sizes.split(",") if s.strip() and s.strip() != "none")
     whole = () if models.strip() == "none" else (parse_choices(models, "--models", list(TRAIN_MODELS)) or ())
-    cfg = StepBenchConfig(sizes=names, device=device, repeats=repeats, warmup=warmup, threads=threads,
-                          hooks=hooks, capturable=capturable)
-    tcfg = TrainBenchConfig(models=whole, device=device, repeats=repeats, warmup=warmup, threads=threads,
-                            capturable=capturable)
+    cfg = StepBenchConfig(sizes=names, device=device, repeats=repeats, warmup=warmup, threads=threads)
+    tcfg = TrainBenchConfig(models=whole, device=device, repeats=repeats, warmup=warmup, threads=threads, batch=batch)
     try:
         cfg.validate()
         tcfg.validate()

@@ -62,16 +62,18 @@ def _run_config(run: Options, min_nodes, round_timeout, straggler_timeout, extra
     from ..distributed.flower.config import FlowerRunConfig
 
     try:
-        FlowerRunConfig.from_mapping(cfg)
+        typed = FlowerRunConfig.from_mapping(cfg).to_run_config()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    return cfg
+    return {k: typed[k] for k in cfg}  # every value with its field's type (--set test-size=500 is the int 500)
 
 
-def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int) -> list[dict]:
+def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int, mode: str) -> list[dict]:
+    """Every node's own config: ``ssgd-mode`` is the run's ``--mode`` (the nodes started here are
+    yours: their mode is decided here, not by the server), then ``--node-set`` and ``--fault``."""
     from ..distributed.flower import FAULTS, NodePolicy
 
-    out: list[dict] = [{} for _ in range(nodes)]
+    out: list[dict] = [{"ssgd-mode": mode} for _ in range(nodes)]
     for spec in fault_specs:
         try:
             idx_s, fault = spec.split(":", 1)
@@ -84,7 +86,7 @@ def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int) -> l
             raise typer.BadParameter(f"--fault {spec!r}: unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
         out[idx]["fault"] = fault
     policy_keys = ("ssgd-scope", "ssgd-eps", "allowed-metrics", "min-batch-size", "min-noise-multiplier",
-                   "allow-evaluate")
+                   "allow-evaluate", "max-local-steps")
     for item in node_sets:
         k, v = _key_value(item, "--node-set", "allowed-metrics=train-loss", policy_keys, "node setting", "known")
         value = _typed(v)
@@ -110,6 +112,8 @@ def _typed(v: str):
 
 
 def _opts():
+    from ..distributed.flower.config import FlowerRunConfig
+
     d = _defaults()
     return dict(
         rounds=typer.Option(d.num_rounds, help="federated rounds"),
@@ -120,7 +124,7 @@ def _opts():
         client_lr=typer.Option(d.client_lr, help="delta mode: local learning rate"),
         batch_size=typer.Option(d.batch_size, help="batch size on each node"),
         dataset=typer.Option(d.dataset, help="dataset (mnist is embedded)"),
-        model=typer.Option(d.model, help="lenet | mlp | convnet (models without BatchNorm)"),
+        model=typer.Option(d.model, help=FlowerRunConfig.help()["model"]),
         partition=typer.Option(d.partition, help="iid | dirichlet"),
         alpha=typer.Option(d.alpha, help="Dirichlet concentration"),
         seed=typer.Option(d.seed, help="seed"),
@@ -132,7 +136,8 @@ def _opts():
                                     "repeatable"),
         node_set=typer.Option([], "--node-set", help="a node-config privacy setting for every node, key=value "
                                                      "(ssgd-scope, ssgd-eps, allowed-metrics, min-batch-size, "
-                                                     "min-noise-multiplier, allow-evaluate); repeatable"),
+                                                     "min-noise-multiplier, allow-evaluate, max-local-steps); "
+                                                     "repeatable; ssgd-mode is --mode"),
         set_=typer.Option([], "--set", help="any other run-config key=value; repeatable"),
         resume=typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
         overwrite=typer.Option(False, "--overwrite", help="replace the results in an existing --out"),
@@ -192,7 +197,7 @@ def _prepare(nodes: int, noun: str, run: Options, output: Options, prefix: str, 
     if nodes < 1:
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 {noun}")
     cfg = _run_config(run, min_nodes, round_timeout, straggler_timeout, output.set_)
-    node_configs = _node_configs(output.fault, output.node_set, nodes)
+    node_configs = _node_configs(output.fault, output.node_set, nodes, cfg["mode"])
     _check_nodes(cfg, nodes)
     run_dir = _run_dir(output.out, prefix, output.resume, output.overwrite)
     cfg.update({"out-dir": str(run_dir.absolute()), "resume": output.resume, "overwrite": output.overwrite})

@@ -52,6 +52,8 @@ def command(
     shard: Optional[str] = typer.Option(None, help="K/N: run only every N-th job from the K-th (0-based), to split "
                                                    "the grid over N processes sharing --out (each skips finished "
                                                    "cells; the folder is created or joined, its config must match)"),
+    first: Optional[str] = typer.Option(None, help="comma-separated attacks whose cells run first (order of work "
+                                                   "only), e.g. dlg-aware"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Gradient leakage: every attack against every defence; tables, image grids, budget curve, privacy vs accuracy."""
@@ -84,7 +86,8 @@ def command(
     with user_errors():
         shared = part[1] > 1
         run_dir = make_run_dir(out, "leakage", resume=resume or (shared and out.is_dir()))
-        res = cfg.run(run_dir, resume=resume or shared, progress=progress, shard=part)
+        res = cfg.run(run_dir, resume=resume or shared, progress=progress, shard=part,
+                      first=tuple(parse_list(first, "--first", str, "dlg-aware") or ()))
     typer.echo(res.text)
     typer.echo(f"run folder: {run_dir}  ({res.seconds:.0f} s)")
 

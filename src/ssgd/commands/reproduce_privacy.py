@@ -54,8 +54,14 @@ def command(
     ssgd_lrs: Optional[str] = typer.Option(None, help="benchmark: SSGD's learning-rate grid (default 0.2,0.4,0.8)"),
     opacus_lrs: Optional[str] = typer.Option(None, help="benchmark: Opacus's learning-rate grid, same size "
                                                         "(default 2,4,8)"),
-    pilot_epochs: Optional[int] = typer.Option(None, help="benchmark: epochs of each pilot run on the "
-                                                          "validation split (default 2)"),
+    seeds: Optional[str] = typer.Option(None, help="benchmark: comma-separated seeds, paired across methods "
+                                                   "(default 0,1,2)"),
+    features: Optional[str] = typer.Option(None, help="benchmark: train a linear model on these features instead "
+                                                      "of the end-to-end CNN: scatternet"),
+    max_widen: Optional[int] = typer.Option(None, help="benchmark: a best lr at a grid's edge adds one point "
+                                                       "beyond it, at most this many times (default 2)"),
+    workers: int = typer.Option(1, help="benchmark: independent runs (grid points, seeds) in parallel "
+                                        "processes, each on --device"),
     normalisation: Optional[str] = typer.Option(None, help="benchmark: SSGD's normalisation gamma | unit | layer "
                                                            "(default gamma: g/(||g|| + 0.01))"),
     device: str = typer.Option("cpu", help="benchmark: cpu | cuda[:k]"),
@@ -73,12 +79,15 @@ def command(
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder>")
     if benchmark:
-        cfg = _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, pilot_epochs,
-                                normalisation, device, seed)
+        if workers < 1:
+            raise typer.BadParameter(f"--workers {workers}: must be >= 1 (independent runs in parallel processes)")
+        cfg = _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, seeds, features,
+                                max_widen, normalisation, device)
         with user_errors():
             run_dir = make_run_dir(out, "dp-benchmark", resume=resume)
             try:
-                res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo, publish=publish)
+                res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo, publish=publish,
+                              workers=workers)
             except USER_ERRORS:
                 raise
             except ValueError as e:  # e.g. a dataset that is not installed
@@ -130,16 +139,32 @@ def command(
     typer.echo(f"run folder: {run_dir}")
 
 
-def _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, pilot_epochs,
-                      normalisation, device, seed):
+# DPBenchmarkConfig field -> the flag that sets it (the command layer names flags; the experiment names fields)
+_BENCHMARK_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "ssgd_lrs": "--ssgd-lrs",
+                    "opacus_lrs": "--opacus-lrs", "seeds": "--seeds", "max_widen": "--max-widen",
+                    "normalisation": "--normalisation", "delta": "--delta", "accountant": "--accountant",
+                    "features": "--features"}
+
+
+def _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, seeds, features,
+                      max_widen, normalisation, device):
     import dataclasses
 
-    from ..experiments.dp_benchmark import NORMALISATIONS, DPBenchmarkConfig
+    from ..experiments.dp_benchmark import FEATURES, NORMALISATIONS, DPBenchmarkConfig
 
-    cfg = DPBenchmarkConfig.quick() if quick else DPBenchmarkConfig()
-    kw: dict = {"delta": delta, "accountant": accountant, "seed": seed, "device": check_device(device)}
+    if features is not None:
+        features = parse_choices(features, "--features", tuple(FEATURES))[0]
+    cfg = DPBenchmarkConfig.for_features(features)
+    if quick:
+        q = DPBenchmarkConfig.quick()
+        cfg = dataclasses.replace(cfg, epochs=q.epochs, batch_size=q.batch_size, max_widen=q.max_widen,
+                                  seeds=q.seeds, n_train=q.n_train, n_test=q.n_test,
+                                  **({} if features else {"ssgd_lrs": q.ssgd_lrs, "opacus_lrs": q.opacus_lrs}))
+    kw: dict = {"delta": delta, "accountant": accountant, "device": check_device(device)}
     grids = (("ssgd_lrs", _finite(ssgd_lrs, "--ssgd-lrs")), ("opacus_lrs", _finite(opacus_lrs, "--opacus-lrs")))
-    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("pilot_epochs", pilot_epochs), *grids):
+    seed_list = parse_list(seeds, "--seeds", int, "0,1,2", check=lambda v: v >= 0, must="must be >= 0")
+    for key, val in (("epochs", epochs), ("batch_size", batch_size), ("max_widen", max_widen),
+                     ("seeds", seed_list), *grids):
         if val is not None:
             kw[key] = val
     if normalisation is not None:
@@ -148,4 +173,7 @@ def _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, op
     try:
         return cfg.validate()
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
+        msg = str(e)
+        for field, flag in _BENCHMARK_FLAGS.items():
+            msg = msg.replace(f"{field}=", f"{flag} ")
+        raise typer.BadParameter(msg) from e

@@ -7,6 +7,20 @@ from typing import Optional
 
 import typer
 
+# TrainConfig/DPConfig field -> the flag that sets it: lower layers name fields, this layer names flags
+_FLAGS = {"noise_multiplier": "--noise-multiplier", "target_epsilon": "--target-epsilon", "shards": "--shards",
+          "nodes": "--nodes", "optimizer": "--optimizer", "dp": "--dp", "delta": "--delta", "scope": "--scope",
+          "batch_size": "--batch-size", "epochs": "--epochs", "lr": "--lr", "momentum": "--momentum",
+          "weight_decay": "--weight-decay", "warmup": "--warmup", "val_fraction": "--val-fraction",
+          "noise_eps": "--noise-eps", "schedule": "--schedule", "device": "--device"}
+
+
+def flag_names(message: str) -> str:
+    """A lower layer's error with its field names (``shards=2``) turned into this command's flags (``--shards 2``)."""
+    import re
+
+    return re.sub(r"(?<![\w-])(" + "|".join(_FLAGS) + r")=", lambda m: _FLAGS[m.group(1)] + " ", message)
+
 
 def train_cmd(
     optimizer: str = typer.Option("ssgd", help="sgd | sgdm | adam | ssgd | nsgd (normalized SGD) | lars"),
@@ -68,7 +82,7 @@ def train_cmd(
 
             check_config(cfg, nodes)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise typer.BadParameter(flag_names(str(e))) from None
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder> holding checkpoint.pt")
     with user_errors((DatasetError,)):
@@ -115,7 +129,7 @@ def _train_local(cfg, run_dir: Path, resume: bool, progress: bool):
 
         if isinstance(e, (CheckpointError, ConfigMismatchError)):
             raise
-        raise typer.BadParameter(str(e)) from None
+        raise typer.BadParameter(flag_names(str(e))) from None
 
 
 def _train_nodes(cfg, out: Optional[Path], nodes: int, resume: bool, progress: bool) -> None:
@@ -135,7 +149,7 @@ def _train_nodes(cfg, out: Optional[Path], nodes: int, resume: bool, progress: b
         except (CheckpointError, ConfigMismatchError):
             raise
         except ValueError as e:  # e.g. --device cuda with fewer GPUs than nodes
-            raise typer.BadParameter(str(e)) from None
+            raise typer.BadParameter(flag_names(str(e))) from None
 
     run_dir, m = _in_run_dir(out, resume, body)
     typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")

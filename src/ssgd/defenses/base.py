@@ -13,27 +13,21 @@ Defences are selected by spec strings ``'name'`` or ``'name:key=val,...'``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..specs import coerce_params, parse_spec
+from ..registry import Registry, spec_of
 
 __all__ = ["DEFENSES", "Defense", "get_defense", "list_defenses", "register_defense", "batch_gradient"]
 
-DEFENSES: dict[str, type["Defense"]] = {}
-
-
-def register_defense(cls):
-    DEFENSES[cls.name] = cls
-    return cls
-
-
-def list_defenses() -> list[str]:
-    return sorted(DEFENSES)
+_REGISTRY: Registry["Defense"] = Registry("defence", "defences")
+DEFENSES: dict[str, type["Defense"]] = _REGISTRY.classes
+register_defense = _REGISTRY.register
+list_defenses = _REGISTRY.names
 
 
 def batch_gradient(model: nn.Module, x: Tensor, y: Tensor,
@@ -70,9 +64,7 @@ class Defense:
 
     @property
     def spec(self) -> str:
-        vals = [f"{f.name}={getattr(self, f.name):g}" if isinstance(getattr(self, f.name), float)
-                else f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.init]
-        return self.name + (":" + ",".join(vals) if vals else "")
+        return spec_of(self)
 
     def __str__(self) -> str:
         return self.spec
@@ -82,12 +74,4 @@ def get_defense(spec: "str | Defense") -> Defense:
     """Build a defence from ``'name'`` or ``'name:key=val,...'``; unknown names list the known ones."""
     if isinstance(spec, Defense):
         return spec
-    name, params = parse_spec(spec)
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defence {name!r}; known defences: {', '.join(list_defenses())}")
-    cls = DEFENSES[name]
-    obj = cls(**coerce_params(cls, params, f"defence {name!r}"))
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
+    return _REGISTRY.build(spec)

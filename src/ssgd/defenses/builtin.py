@@ -26,14 +26,14 @@ Noise defences draw from the ``generator`` passed in (or a generator seeded with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..shards import shard_unit_grad_
-from ..transform import unit
+from ..transform import batched_unit, check_scope, unit
 from .base import Defense, register_defense
 
 __all__ = ["NoDefense", "SSGDGlobal", "SSGDLayer", "SSGDShards", "Prune", "Noise", "Sign", "FP16", "DPSGD",
@@ -63,26 +63,31 @@ class NoDefense(Defense):
         return [g.clone() for g in grads]
 
 
+@dataclass
+class _SSGDUnit(Defense):
+    """The unit vector of the gradient in the class's ``scope`` (:func:`ssgd.unit`)."""
+
+    keeps_sign = True
+    scope: ClassVar[str] = "global"
+
+    def apply(self, grads, generator=None):
+        return unit(grads, self.scope)
+
+
 @register_defense
 @dataclass
-class SSGDGlobal(Defense):
+class SSGDGlobal(_SSGDUnit):
     name = "ssgd-global"
-    keeps_sign = True
     help = "unit vector of the whole gradient"
-
-    def apply(self, grads, generator=None):
-        return unit(grads, "global")
+    scope = "global"
 
 
 @register_defense
 @dataclass
-class SSGDLayer(Defense):
+class SSGDLayer(_SSGDUnit):
     name = "ssgd-layer"
-    keeps_sign = True
     help = "one unit vector per parameter tensor"
-
-    def apply(self, grads, generator=None):
-        return unit(grads, "layer")
+    scope = "layer"
 
 
 @register_defense
@@ -97,8 +102,10 @@ class SSGDShards(Defense):
     def validate(self):
         if self.m < 1:
             raise ValueError(f"ssgd-shards: m={self.m} must be >= 1")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"ssgd-shards: scope={self.scope!r}; expected 'global' or 'layer'")
+        try:
+            check_scope(self.scope)
+        except ValueError:
+            raise ValueError(f"ssgd-shards: scope={self.scope!r}; expected 'global' or 'layer'") from None
 
     def apply(self, grads, generator=None):
         if self.m != 1:
@@ -196,10 +203,11 @@ class DPSGD(Defense):
         """Without the batch: the whole update is treated as one example (clip, then noise)."""
         return self._finish([self._clip(grads)], 1, generator)
 
-    def _clip(self, grads: list[Tensor]) -> list[Tensor]:
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
-        scale = min(1.0, self.clip / max(float(norm), 1e-12))
-        return [g * scale for g in grads]
+    def _clip(self, grads: list[Tensor], batch_dims: int = 0) -> list[Tensor]:
+        """Clip to L2 norm ``clip`` (over all tensors, per leading batch index): ``g * min(1, C/|g|)`` is
+        ``C * g / max(|g|, C)``, the library's unit vector with ``eps = C`` (:func:`ssgd.batched_unit`)."""
+        units, _ = batched_unit(grads, scope="global", eps=self.clip, batch_dims=batch_dims)
+        return [self.clip * u for u in units]
 
     def _finish(self, clipped: list[list[Tensor]], n: int, generator) -> list[Tensor]:
         total = [sum(gs) for gs in zip(*clipped)]
@@ -218,10 +226,8 @@ class DPSGD(Defense):
             return loss_fn(functional_call(model, (pd, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0))
 
         g = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
-        per = torch.cat([g[n].flatten(1) for n in names], 1)
-        scale = (self.clip / per.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
         with torch.no_grad():
-            summed = [(g[n] * scale.view(-1, *[1] * (g[n].ndim - 1))).sum(0) for n in names]
+            summed = [c.sum(0) for c in self._clip([g[n] for n in names], batch_dims=1)]
             return self._finish([summed], x.shape[0], generator)
 
     @property

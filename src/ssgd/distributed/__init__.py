@@ -23,7 +23,6 @@ __all__ = [
     "torchrun_command",
     "NodeFailureError",
     "LocalNonFiniteError",
-    "PeerNonFiniteError",
 ]
 
 _EXPORTS = {
@@ -35,7 +34,6 @@ _EXPORTS = {
     "torchrun_command": "ssgd.distributed.launch",
     "NodeFailureError": "ssgd.distributed.launch",
     "LocalNonFiniteError": "ssgd.distributed._common",
-    "PeerNonFiniteError": "ssgd.distributed._common",
 }
 
 

@@ -1,24 +1,25 @@
 """Pieces shared by the DDP hook and :func:`ssgd.distributed.allreduce_unit_`.
 
-Everything here is rank-local: the norms computed here never leave the process.
+Everything here is rank-local: the norms computed here never leave the process. The unit
+vector is :mod:`ssgd.transform`'s (``grad_norms``, ``unit_denominator``, ``divide_``), with the
+all-reduce factor folded into the division.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ..transform import NONFINITE_POLICIES, NonFiniteGradientError, check_nonfinite, grad_norms, scale_
+from ..transform import NONFINITE_POLICIES, check_nonfinite, divide_, grad_norms, nonfinite_positions, unit_denominator
 
-__all__ = ["REDUCES", "NONFINITE", "check_reduce", "check_nonfinite", "check_finite_result", "scale_",
-           "normalise_local_", "nonfinite_message", "local_norms", "PeerNonFiniteError", "LocalNonFiniteError", "log"]
+__all__ = ["REDUCES", "NONFINITE", "check_reduce", "check_nonfinite", "raise_if_failed", "normalise_local_",
+           "nonfinite_message", "LocalNonFiniteError", "log"]
 
 REDUCES = ("mean", "sum")
-NONFINITE = NONFINITE_POLICIES  # 'raise': every rank raises after the all-reduce; 'skip': the rank contributes zeros
+NONFINITE = NONFINITE_POLICIES  # both send zeros for a non-finite gradient; 'raise' then raises on that rank
 
 log = logging.getLogger("ssgd.distributed")
 
@@ -27,25 +28,11 @@ class LocalNonFiniteError(FloatingPointError):
     """This rank's local gradient held NaN/inf (raised on that rank, after the collective)."""
 
 
-class PeerNonFiniteError(FloatingPointError):
-    """Another rank's local gradient held NaN/inf (raised on every healthy rank)."""
-
-
 def check_reduce(reduce: str) -> str:
     if reduce not in REDUCES:
         raise ValueError(f"Invalid reduce={reduce!r}; expected 'mean' (DDP's average of the unit vectors) "
                          "or 'sum' (the paper's sum of the m unit vectors)")
     return reduce
-
-
-def local_norms(grads: Sequence[Tensor]) -> list[float]:
-    """Per-tensor L2 norms as floats: :func:`ssgd.grad_norms` (the core's numerics: float32
-    accumulation in blocks, exact recomputation of overflowed or tiny norms, one host read;
-    :class:`~ssgd.NonFiniteGradientError` naming the tensor for NaN/inf)."""
-    ts = list(grads)
-    if not ts:
-        return []
-    return grad_norms(ts).tolist()
 
 
 def nonfinite_message(rank: int, name: str | None, shape: tuple[int, ...] | None) -> str:
@@ -60,58 +47,36 @@ def normalise_local_(grads: Sequence[Tensor], name_of: Callable[[int], str | Non
                      factor: float, nonfinite: str, rank: int) -> tuple[list[float], str | None]:
     """Turn ``grads`` in place into ``factor`` times their unit vector (global or per tensor).
 
-    Returns ``(norms, error)``. On a non-finite gradient, with ``nonfinite='raise'``, every
-    tensor is filled with NaN (so the NaN reaches every rank through the all-reduce and all
-    of them raise together, instead of the healthy ranks hanging in the collective) and
-    ``error`` is the message naming the parameter; with ``'skip'``, global scope zeroes the
-    whole contribution, layer scope zeroes only the non-finite tensors.
+    Returns ``(norms, error)``; one host read. What leaves the rank never depends on a non-finite
+    gradient's values: such a gradient is replaced by zeros -- the whole contribution for global
+    scope or ``nonfinite='raise'``, only the non-finite tensors for layer scope with ``'skip'`` --
+    and under ``'raise'`` ``error`` is the message naming the parameter, which the caller raises on
+    this rank after the collective (the other ranks are not told; the launcher stops them).
     """
     if not grads:
         return [], None
-    try:
-        norms = local_norms(grads)
-        bad: list[int] = []
-    except NonFiniteGradientError:
-        norms, bad = [], []
-        for i, g in enumerate(grads):
-            if bool(torch.isfinite(g).all()):
-                norms.append(float(grad_norms([g])[0]))
-            else:
-                norms.append(math.nan)
-                bad.append(i)
-    if bad:
-        msg = nonfinite_message(rank, name_of(bad[0]), tuple(grads[bad[0]].shape))
-        if nonfinite == "raise":
-            for g in grads:
-                g.fill_(math.nan)
-            return norms, msg
-        log.warning("%s -- skipped (contributing zeros)", msg.split(";")[0])
-        if scope == "global":
-            for g in grads:
-                g.zero_()
-            return norms, None
-        for i in bad:
-            grads[i].zero_()
-        good = [i for i in range(len(grads)) if i not in set(bad)]
-        scale_([grads[i] for i in good], [factor / max(norms[i], eps) for i in good])
+    norms_t = grad_norms(grads)
+    denom = unit_denominator(norms_t, scope, eps)
+    norms, bad = nonfinite_positions(norms_t, denom)
+    if not bad:
+        divide_(grads, denom / factor)
         return norms, None
-    if scope == "global":
-        total = math.hypot(*norms)
-        scale_(grads, [factor / max(total, eps)] * len(grads))
-    else:
-        scale_(grads, [factor / max(n, eps) for n in norms])
+    msg = nonfinite_message(rank, name_of(bad[0]), tuple(grads[bad[0]].shape))
+    if nonfinite == "raise" or scope == "global":
+        torch._foreach_zero_(list(grads))
+        if nonfinite == "skip":
+            log.warning("%s -- skipped (contributing zeros)", msg.split(";")[0])
+        return norms, msg if nonfinite == "raise" else None
+    log.warning("%s -- skipped (contributing zeros)", msg.split(";")[0])
+    good = [i for i in range(len(grads)) if i not in set(bad)]
+    torch._foreach_zero_([grads[i] for i in bad])
+    if good:
+        per = (denom / factor).unbind(0)
+        divide_([grads[i] for i in good], torch.stack([per[i] for i in good]))
     return norms, None
 
 
-def check_finite_result(reduced: Tensor, local_error: str | None, rank: int) -> None:
-    """After the all-reduce: raise on every rank if some rank sent its NaN sentinel.
-
-    A rank that failed fills its *whole* contribution with NaN, so one element of the
-    reduced tensor tells every rank (O(1), no extra collective)."""
+def raise_if_failed(local_error: str | None) -> None:
+    """After the all-reduce: raise this rank's :class:`LocalNonFiniteError`, if it had one."""
     if local_error is not None:
         raise LocalNonFiniteError(local_error)
-    if reduced.numel() and not math.isfinite(float(reduced.reshape(-1)[0])):
-        raise PeerNonFiniteError(
-            f"rank {rank}: the all-reduced SSGD gradient is non-finite because another rank's local gradient "
-            "held NaN/inf (that rank's error names the parameter). Every rank stops at this step; lower the "
-            "learning rate or check the data, or use nonfinite='skip'.")

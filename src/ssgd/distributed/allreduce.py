@@ -16,9 +16,9 @@ The gradients are flattened into one buffer per (device, dtype) and reduced with
 all-reduce each. Parameters that require grad but have ``.grad is None`` (unused in this
 step) contribute zeros and receive the reduced value, like DDP's unused parameters; every
 rank must pass the same parameters in the same order. Non-finite local gradients follow
-the same protocol as the DDP hook (see :mod:`ssgd.distributed.ddp`): with
-``nonfinite="raise"`` every rank raises after the all-reduce (no rank is left hanging),
-with ``"skip"`` the failing rank contributes zeros.
+the same protocol as the DDP hook (see :mod:`ssgd.distributed.ddp`): the failing rank
+contributes zeros (never a NaN sentinel) and, with ``nonfinite="raise"``, raises
+:class:`~ssgd.distributed.LocalNonFiniteError` after the all-reduce.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..transform import DEFAULT_EPS, check_eps, check_nonfinite, check_scope
-from ._common import check_finite_result, check_reduce, normalise_local_
+from ._common import check_reduce, normalise_local_, raise_if_failed
 
 __all__ = ["allreduce_unit_"]
 
@@ -105,8 +105,7 @@ def allreduce_unit_(params: Iterable[Tensor] | Iterable[tuple[str, Tensor]] | nn
     for idx, flat in flats:
         for i, v in zip(idx, _unflatten_dense_tensors(flat, [grads[i] for i in idx])):
             grads[i].copy_(v)
-    if flats:
-        check_finite_result(flats[0][1], err, rank)
+    raise_if_failed(err)
     dev = grads[0].device if grads else torch.device("cpu")
     if scope == "global":
         return torch.tensor(math.hypot(*norms), dtype=torch.float64, device=dev)

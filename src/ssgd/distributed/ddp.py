@@ -42,24 +42,29 @@ How the scopes use DDP's buckets
     all-reduces are launched back to back; the earlier futures complete from those.
     Cost: no overlap of communication with the backward pass (the gradient cannot be
     sent before it is complete without sending its modulus), one extra pass over the
-    gradient (the scaling) and one host synchronisation per bucket (to read its norm).
+    gradient (the scaling) and one host read per step (the finiteness of the norms).
     On CPU/gloo the backward-communication overlap is small anyway; see
     ``benchmarks/ddp_step.py`` for measured numbers.
 
 Non-finite local gradients (``nonfinite=``)
 -------------------------------------------
 A rank that raised inside the hook would leave the other ranks waiting in the
-all-reduce. Instead, the failing rank still joins every collective:
+all-reduce, so the failing rank still joins every collective; what it sends never depends on
+the non-finite values (no NaN sentinel: a NaN-filled bucket would tell every peer that this
+rank hit a non-finite gradient, and where in the model):
 
 ``"raise"`` (default)
-    the failing rank sends NaN for its whole contribution; after the all-reduce *every*
-    rank raises from ``backward()`` -- the failing rank naming the parameter
-    (:class:`LocalNonFiniteError`), the others saying a peer failed
-    (:class:`PeerNonFiniteError`). Detection costs one scalar read per step.
+    the failing rank sends zeros -- what a skip sends -- and raises
+    :class:`LocalNonFiniteError` naming the parameter from ``backward()``, after the collective.
+    The other ranks are not told; the launcher (``torchrun --max-restarts 0``) stops them.
 ``"skip"``
     the failing rank contributes zeros (global scope: its whole gradient; layer scope:
-    only the non-finite tensors) and logs a warning; training continues with the other
-    ranks' unit vectors (still divided by m with ``"mean"``).
+    only the non-finite tensors), counts it in ``state.skipped`` and logs a warning; training
+    continues with the other ranks' unit vectors (still divided by m with ``"mean"``).
+
+Either way a zero contribution is visible in the sum (it lacks one unit vector); see
+``docs/ddp.md`` for what the peers can read from it. Detection costs one host read per step
+(global scope) or per bucket (layer scope).
 
 Pitfalls this module handles (torch 2.13): the hook is a plain function whose second
 parameter is named ``bucket`` and whose state travels in ``state``; it always returns
@@ -77,20 +82,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..transform import DEFAULT_EPS, NonFiniteGradientError, check_eps, check_nonfinite, check_scope
+from ..transform import (DEFAULT_EPS, check_eps, check_nonfinite, check_scope, divide_, grad_norms,
+                         nonfinite_positions, unit_denominator)
 from ._common import (
     LocalNonFiniteError,
-    PeerNonFiniteError,
-    check_finite_result,
     check_reduce,
-    local_norms,
     log,
     nonfinite_message,
     normalise_local_,
-    scale_,
+    raise_if_failed,
 )
 
-__all__ = ["SSGDHookState", "ssgd_hook", "register", "LocalNonFiniteError", "PeerNonFiniteError"]
+__all__ = ["SSGDHookState", "ssgd_hook", "register", "LocalNonFiniteError"]
 
 
 @dataclass
@@ -124,7 +127,7 @@ class SSGDHookState:
     _buckets: list = field(default_factory=list, repr=False)
     _futures: list = field(default_factory=list, repr=False)
     _norms: list = field(default_factory=list, repr=False)
-    _bad_bucket: Optional[tuple] = field(default=None, repr=False)
+    _where: list = field(default_factory=list, repr=False)
     _error: Optional[str] = field(default=None, repr=False)
     _skipped_now: bool = field(default=False, repr=False)
 
@@ -138,8 +141,8 @@ class SSGDHookState:
         return math.hypot(*self.last_norms) if self.last_norms else 0.0
 
     def _begin(self) -> None:
-        self._buffers, self._buckets, self._futures, self._norms = [], [], [], []
-        self._bad_bucket, self._error, self._skipped_now = None, None, False
+        self._buffers, self._buckets, self._futures, self._norms, self._where = [], [], [], [], []
+        self._error, self._skipped_now = None, False
         self.last_norms = []
         self.num_buckets = 0
         self.steps += 1
@@ -154,7 +157,7 @@ class SSGDHookState:
 def _finish(state: SSGDHookState, buffer: torch.Tensor, last: bool, fut: torch.futures.Future) -> torch.Tensor:
     fut.value()  # re-raises a failed collective
     if last:
-        check_finite_result(buffer, state._error, state.rank)
+        raise_if_failed(state._error)
     return buffer
 
 
@@ -173,7 +176,7 @@ def _allreduce(state: SSGDHookState, buffer: torch.Tensor) -> torch.futures.Futu
 def _layer_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures.Future:
     buffer = bucket.buffer()
     if state._error is not None:
-        buffer.fill_(math.nan)  # an earlier bucket failed: keep the NaN sentinel in every later bucket
+        buffer.zero_()  # an earlier bucket failed under "raise": zeros, as for that bucket
     else:
         grads = bucket.gradients()
         norms, err = normalise_local_(grads, partial(state._name, bucket), "layer", state.eps, state.factor,
@@ -181,6 +184,7 @@ def _layer_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures.
         state.last_norms.extend(norms)
         if err is not None:
             state._error = err
+            buffer.zero_()  # the bucket may hold more than its gradients: send nothing of it
         elif not state._skipped_now and any(not math.isfinite(n) for n in norms):
             state._skipped_now = True
             state.skipped += 1
@@ -194,39 +198,33 @@ def _global_hook(state: SSGDHookState, bucket: dist.GradBucket) -> torch.futures
     state._buffers.append(buffer)
     state._buckets.append(bucket)
     grads = bucket.gradients()
-    # this bucket's per-parameter norms now, while the backward pass goes on; kept by parameter
-    # index so the global norm does not depend on DDP's bucket layout (which DDP rebuilds)
-    try:
-        norms = local_norms(grads)
-    except NonFiniteGradientError as e:
-        norms = [math.nan] * len(grads)
-        if state._bad_bucket is None:
-            state._bad_bucket = (len(state._buffers) - 1, e.index)
-    for p, n in zip(bucket.parameters(), norms):
+    # this bucket's per-parameter norms now (on the device, while the backward pass goes on); kept
+    # by parameter index so the global norm does not depend on DDP's bucket layout (which DDP rebuilds)
+    for i, (p, n) in enumerate(zip(bucket.parameters(), grad_norms(grads).unbind(0))):
         state._norms.append((state.index.get(id(p), len(state.index)), n))
+        state._where.append((state.index.get(id(p), len(state.index)), len(state._buckets) - 1, i))
     if not bucket.is_last():
         fut = torch.futures.Future(devices=[buffer.device] if buffer.device.type == "cuda" else None)
         state._futures.append(fut)
         return fut
 
-    state._norms.sort(key=lambda t: t[0])
-    state.last_norms = [n for _, n in state._norms]
-    if state._bad_bucket is not None:
-        bi, i = state._bad_bucket
+    order = sorted(range(len(state._norms)), key=lambda k: state._norms[k][0])
+    dev = state._buffers[-1].device
+    norms = torch.stack([state._norms[k][1].to(dev, torch.float64) for k in order])
+    denom = unit_denominator(norms, "global", state.eps)
+    state.last_norms, bad = nonfinite_positions(norms, denom)  # the one host read of the step
+    if bad:
+        _, bi, i = state._where[order[bad[0]]]
         b = state._buckets[bi]
         msg = nonfinite_message(state.rank, state._name(b, i), tuple(b.gradients()[i].shape))
         if state.nonfinite == "raise":
             state._error = msg
-            for buf in state._buffers:
-                buf.fill_(math.nan)
         else:
             log.warning("%s -- skipped (contributing zeros)", msg.split(";")[0])
             state.skipped += 1
-            for buf in state._buffers:
-                buf.zero_()
+        torch._foreach_zero_(state._buffers)  # the same zeros under both policies: no sentinel
     else:
-        total = math.hypot(*state.last_norms)
-        scale_(state._buffers, [state.factor / max(total, state.eps)] * len(state._buffers))
+        divide_(state._buffers, denom / state.factor)
 
     if state.noise is not None and state._error is None:  # DP: this rank's noise share (ssgd.privacy)
         state.noise.add_(state._buffers, scale=state.factor)

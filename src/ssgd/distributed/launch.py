@@ -9,10 +9,10 @@ torchrun's root-cause summary (the failing rank, its exit code and its traceback
 the workers record with ``torch.distributed.elastic``'s ``@record``). Ctrl-C or a
 ``timeout`` stop the whole process tree (SIGTERM, then SIGKILL after a grace period).
 
-:func:`launch_training` starts a training worker module (by name: ``ssgd train --nodes N``
-uses ``ssgd.experiments.ddp_train``, which checks the config and the checkpoint before it
-calls this) with the training config as one JSON object, and returns rank 0's
-``metrics.json``. The backend follows the device: gloo for ``cpu``, NCCL for ``cuda``
+:func:`launch_training` starts a training worker module, named by its caller (``ssgd train
+--nodes N`` passes its own per-rank entry point, after checking the config and the checkpoint;
+this layer knows no module above it), with the training config as one JSON object, and returns
+rank 0's ``metrics.json``. The backend follows the device: gloo for ``cpu``, NCCL for ``cuda``
 (one GPU per node).
 """
 
@@ -137,10 +137,11 @@ def launch(nproc: int, target: str, args: Sequence[str] = (), *, module: bool = 
     return err
 
 
-def launch_training(config: Mapping[str, Any], run_dir: str | os.PathLike, nodes: int, *,
-                    module: str = "ssgd.experiments.ddp_train", resume: bool = False, progress: bool = True,
-                    timeout: float | None = None, echo: bool = True) -> dict:
-    """Run the training worker ``module`` on ``nodes`` processes; return the ``metrics.json`` rank 0 wrote.
+def launch_training(config: Mapping[str, Any], run_dir: str | os.PathLike, nodes: int, *, module: str,
+                    resume: bool = False, progress: bool = True, timeout: float | None = None,
+                    echo: bool = True) -> dict:
+    """Run the training worker ``module`` (the caller's entry point, e.g. ``"pkg.worker"``) on ``nodes``
+    processes; return the ``metrics.json`` rank 0 wrote.
 
     ``config`` is the training config as a plain mapping (``TrainConfig.to_dict()``); the worker
     validates it again on every rank. ``run_dir`` must exist (the caller creates it with

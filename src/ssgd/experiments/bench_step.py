@@ -18,13 +18,15 @@ median`` (same momentum), and ``paired_ratio`` is the median over rounds of the
 per-round ratio (more robust on a loaded machine), and ``fastest_ratio`` the ratio of the
 fastest samples (what the machine can do when load leaves it alone). On a small shared CPU
 pass ``threads=1`` (``--threads 1``): oversubscribed intra-op threads make timings noise.
-Rows also count the *host reads* of one step (``syncs``): on CUDA the synchronisations that
-``torch.cuda.set_sync_debug_mode`` reports, on CPU the calls of ``Tensor.item``/``tolist``/
-``__bool__``/``__float__``/``__int__`` (each would be a synchronisation on a GPU).
+Rows also count, for one steady-state step, the *host reads* (``syncs``: on CUDA the
+synchronisations that ``torch.cuda.set_sync_debug_mode`` reports, on CPU the calls of
+``Tensor.item``/``tolist``/``__bool__``/``__float__``/``__int__``, each of which would be a
+synchronisation on a GPU) and the *ops* (``ops``: aten ops that compute, counted with a
+``TorchDispatchMode``; on a GPU each is at least one kernel launch).
 
 :func:`run_train_bench` times the *whole* training step (forward, backward, step) of real models
-(``mlp``, ``convnet``, ``resnet18`` from :mod:`ssgd.models`) the same way, for SGD, SSGD and
-SSGD with ``norm_hooks=True`` (the norm pass moved into the backward pass).
+(``mlp``, ``convnet``, ``resnet18`` from :mod:`ssgd.models`) the same way, for SGD and SSGD, at
+each model's own batch size or at ``batch``.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from typing import Any, Callable
 
 import torch
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..optim import SSGD
 
 __all__ = ["SIZES", "TRAIN_MODELS", "StepBenchConfig", "TrainBenchConfig", "config_dict", "count_host_reads",
-           "format_table", "format_train_table", "param_shapes", "run_step_bench", "run_train_bench"]
+           "count_ops", "format_table", "format_train_table", "param_shapes", "run_step_bench", "run_train_bench"]
 
 
 def _resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
@@ -118,6 +121,22 @@ def count_host_reads(device: torch.device):
             setattr(torch.Tensor, n, fn)
 
 
+class count_ops(TorchDispatchMode):
+    """Context manager: the aten ops dispatched inside it that compute (``.ops``); views,
+    allocations and profiler markers launch no kernel and are not counted."""
+
+    FREE = ("aten.detach.", "aten.slice.", "aten.unbind.", "aten.view.", "aten.alias.", "aten.empty.", "profiler.")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not str(func).startswith(self.FREE):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def param_shapes(size: str) -> list[tuple[int, ...]]:
     """The parameter shapes of a named size (see the module docstring)."""
     if size not in SIZES:
@@ -127,13 +146,12 @@ def param_shapes(size: str) -> list[tuple[int, ...]]:
 
 @dataclass(kw_only=True)
 class _TimingConfig:
-    """What both benchmarks take: where and how long to time, the seed, the threads, SSGD's device path."""
+    """What both benchmarks take: where and how long to time, the seed, the threads."""
     device: str = "cpu"
     repeats: int = 20
     warmup: int = 3
     seed: int = 0
     threads: int | None = None
-    capturable: bool | None = None  # SSGD's capturable (None: its default, the device path off CPU)
 
     def validate(self) -> "_TimingConfig":
         if self.repeats < 1:
@@ -151,7 +169,8 @@ class _TimingConfig:
         self.validate()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        return torch.device(self.device), torch.Generator(device="cpu").manual_seed(self.seed)
+        device = torch.device(self.device)  # data drawn on the device: a 1B-parameter set in seconds
+        return device, torch.Generator(device=device).manual_seed(self.seed)
 
 
 @dataclass
@@ -161,7 +180,6 @@ class StepBenchConfig(_TimingConfig):
     scopes: tuple[str, ...] = ("global", "layer")
     _: KW_ONLY
     lr: float = 1e-3
-    hooks: bool = False  # also time each scope with its norms taken before the step (norm_hooks=True)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "StepBenchConfig":
@@ -182,6 +200,13 @@ def _count_step_syncs(opt: torch.optim.Optimizer, device: torch.device) -> int:
         opt.step()
         _sync_quiet(device)
     return len(reads)
+
+
+def _count_step_ops(opt: torch.optim.Optimizer) -> int:
+    """Ops of one ``opt.step()`` (gradients already in place)."""
+    with count_ops() as counter:
+        opt.step()
+    return len(counter.ops)
 
 
 def _alternate(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device, bar,
@@ -223,26 +248,21 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
     bar = tqdm(total=total, desc="bench step", disable=not progress, leave=False)
     for size in cfg.sizes:
         shapes = param_shapes(size)
-        params = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
+        params = [torch.randn(s, generator=gen, device=device).requires_grad_() for s in shapes]
         for p in params:
-            p.grad = torch.randn(p.shape, generator=gen).to(device)
+            p.grad = torch.randn(p.shape, generator=gen, device=device)
         n_params = sum(p.numel() for p in params)
         for mom in cfg.momenta:
             opts: dict[str, torch.optim.Optimizer] = {"sgd": torch.optim.SGD(params, lr=cfg.lr, momentum=mom,
                                                                               foreach=True)}
             for scope in cfg.scopes:
-                opts[scope] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope, capturable=cfg.capturable)
-                if cfg.hooks:  # norms taken before the step, as norm_hooks=True takes them during backward
-                    opts[scope + "+hooks"] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope,
-                                                  capturable=cfg.capturable)
-            syncs = {}
+                opts[scope] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope)
+            syncs, ops = {}, {}
             for k, opt in opts.items():
-                if k.endswith("+hooks"):
-                    opt.precompute_norms()
+                opt.step()  # the first step creates the momentum buffers: count a steady one
                 syncs[k] = _count_step_syncs(opt, device)
-            # norm_hooks=True takes the norms inside backward: untimed here
-            times = _alternate({k: o.step for k, o in opts.items()}, cfg.repeats, cfg.warmup, device, bar,
-                               before={k: o.precompute_norms for k, o in opts.items() if k.endswith("+hooks")})
+                ops[k] = _count_step_ops(opt)
+            times = _alternate({k: o.step for k, o in opts.items()}, cfg.repeats, cfg.warmup, device, bar)
             base = statistics.median(times["sgd"])
             fast_base = min(times["sgd"])
             for scope in [k for k in opts if k != "sgd"]:
@@ -253,7 +273,7 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
                                  ratio=med / base if base > 0 else math.nan, paired_ratio=paired,
                                  sgd_fastest_ms=1e3 * fast_base, ssgd_fastest_ms=1e3 * min(times[scope]),
                                  fastest_ratio=min(times[scope]) / fast_base if fast_base > 0 else math.nan,
-                                 syncs=syncs[scope], sgd_syncs=syncs["sgd"],
+                                 syncs=syncs[scope], sgd_syncs=syncs["sgd"], ops=ops[scope], sgd_ops=ops["sgd"],
                                  repeats=cfg.repeats, threads=torch.get_num_threads()))
             del opts
         del params
@@ -264,19 +284,19 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows."""
     head = ("| size | params | tensors | device | threads | momentum | scope | SGD ms | SSGD ms | SSGD/SGD "
-            "| paired | fastest | syncs/step (SSGD, SGD) |\n"
-            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|")
+            "| paired | fastest | syncs/step (SSGD, SGD) | ops/step (SSGD, SGD) |\n"
+            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['size']} | {r['n_params'] / 1e6:.1f}M | {r['n_tensors']} | {r['device']} | "
                      f"{r['threads']} | {r['momentum']:g} | {r['scope']} | {r['sgd_ms']:.2f} | {r['ssgd_ms']:.2f} | "
                      f"{r['ratio']:.2f}x | {r['paired_ratio']:.2f}x | {r['fastest_ratio']:.2f}x | "
-                     f"{r['syncs']}, {r['sgd_syncs']} |")
+                     f"{r['syncs']}, {r['sgd_syncs']} | {r['ops']}, {r['sgd_ops']} |")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the whole training step
-TRAIN_MODELS = {  # model -> (input shape, batch size)
+TRAIN_MODELS = {  # model -> (input shape, default batch size)
     "mlp": ((1, 28, 28), 256),
     "convnet": ((1, 28, 28), 64),
     "resnet18": ((3, 32, 32), 32),
@@ -289,8 +309,11 @@ class TrainBenchConfig(_TimingConfig):
     momentum: float = 0.9
     _: KW_ONLY
     lr: float = 1e-2
+    batch: int | None = None  # None: each model's own batch size (TRAIN_MODELS)
 
     def validate(self) -> "TrainBenchConfig":
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"Invalid batch={self.batch}; must be >= 1 (or None for each model's default)")
         for m in self.models:
             if m not in TRAIN_MODELS:
                 raise ValueError(f"Unknown model {m!r} for the whole-step benchmark; known: {sorted(TRAIN_MODELS)}")
@@ -299,9 +322,9 @@ class TrainBenchConfig(_TimingConfig):
 
 
 def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Whole training steps (forward, backward, step): SGD vs SSGD vs SSGD(norm_hooks=True).
+    """Whole training steps (forward, backward, step): SGD vs SSGD.
 
-    Each optimizer trains its own copy of the same model on the same batch; the three steps
+    Each optimizer trains its own copy of the same model on the same batch; the steps
     alternate (order rotating every round). One row per (model, variant) with the fastest and
     median step times, their ratios to SGD and the host syncs of one step."""
     from tqdm.auto import tqdm
@@ -314,17 +337,17 @@ def run_train_bench(cfg: TrainBenchConfig, *, progress: bool = True) -> list[dic
                leave=False)
     for name in cfg.models:
         shape, batch = TRAIN_MODELS[name]
-        x = torch.randn(batch, *shape, generator=gen).to(device)
-        y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+        batch = cfg.batch or batch
+        x = torch.randn(batch, *shape, generator=gen, device=device)
+        y = torch.randint(0, 10, (batch,), generator=gen, device=device)
         variants: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}
-        for key in ("sgd", "ssgd", "ssgd+hooks"):
+        for key in ("sgd", "ssgd"):
             model = build_model(name, shape, 10, seed=cfg.seed).to(device)
             if key == "sgd":
                 opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                                              foreach=True)
             else:
-                opt = SSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, norm_hooks=key.endswith("hooks"),
-                           capturable=cfg.capturable)
+                opt = SSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
             variants[key] = (model, opt)
 
         def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

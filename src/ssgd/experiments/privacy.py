@@ -32,14 +32,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ..data import ImageDataset, load_dataset, subsample
-from ..models import build_model, build_optimizer, build_scheduler, evaluate
-from ..privacy import DPConfig, DPTraining, compute_epsilon, derive_seed, solve_noise_multiplier
+from ..models import build_model
+from ..privacy import compute_epsilon, derive_seed, solve_noise_multiplier
 from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
-from .opacus_baseline import make_private, train_epoch
 
 __all__ = ["PrivacyReproConfig", "METHODS", "train_private", "run_accuracy_grid", "run_attack_grid",
            "run_privacy_repro", "format_eps"]
@@ -123,86 +121,25 @@ def _load(name: str, cfg: PrivacyReproConfig) -> ImageDataset:
     return subsample(load_dataset(name), cfg.n_train, cfg.n_test, seed=cfg.seed)
 
 
-def _optimizer(params, cfg: PrivacyReproConfig) -> torch.optim.Optimizer:
-    return build_optimizer(cfg.optimizer, params, lr=cfg.lr)
-
-
-def _scheduler(opt: torch.optim.Optimizer, total_steps: int, cfg: PrivacyReproConfig):
-    return build_scheduler(opt, cfg.schedule, max(1, total_steps))
-
-
-def _model(data: ImageDataset, cfg: PrivacyReproConfig) -> nn.Module:
-    return build_model(cfg.model, data.shape, data.num_classes, seed=cfg.seed, **cfg.model_kwargs)
-
-
 def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyReproConfig, *,
                   progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """One private training run; returns final accuracy, per-epoch rows and both ε (ours / Opacus's)."""
-    from tqdm.auto import tqdm
+    """One private training run through the benchmark's loop (:func:`ssgd.experiments.dp_benchmark.fit_private`,
+    the one private-training loop); returns final accuracy, per-epoch rows and both ε (ours / Opacus's engine)."""
+    from .dp_benchmark import DPBenchmarkConfig, fit_private
 
-    n = data.x_train.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    q = 1.0 / steps_per_epoch
-    torch.manual_seed(cfg.seed)
-    model = _model(data, cfg)
-    history: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, desc=f"{method} sigma={sigma:.3g}", disable=not progress,
-               leave=False)
-    if method == "ssgd+noise":
-        opt = _optimizer(model.parameters(), cfg)
-        sched = _scheduler(opt, steps_per_epoch * cfg.epochs, cfg)
-        dp = DPTraining(DPConfig(level="example", noise_multiplier=sigma, delta=cfg.delta,
-                                 accountant=cfg.accountant), model, n, cfg.batch_size, cfg.epochs, seed=cfg.seed)
-        all_idx = torch.arange(n)
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            for _ in range(steps_per_epoch):
-                idx = dp.batch_indices(all_idx)
-                opt.zero_grad(set_to_none=True)
-                dp.backward(model, data.x_train[idx], data.y_train[idx], idx)
-                opt.step()
-                sched.step()
-                bar.update(1)
-            test_acc, _ = evaluate(model, data.x_test, data.y_test)
-            row = {"epoch": epoch, "test_acc": test_acc, "epsilon": dp.end_epoch(epoch)["epsilon"],
-                   "steps": dp.accountant.steps, "seconds": time.perf_counter() - t0}
-            history.append(row)
-            if on_epoch:
-                on_epoch(row)
-        eps_ours = dp.accountant.epsilon()
-        eps_opacus = compute_epsilon(sigma, q, dp.accountant.steps, cfg.delta, cfg.accountant)
-    elif method == "opacus":
-        opt = _optimizer(model.parameters(), cfg)
-        engine, pmodel, popt, ploader = make_private(
-            model, opt, data.x_train, data.y_train, batch_size=cfg.batch_size, noise_multiplier=sigma,
-            max_grad_norm=cfg.clip, accountant=cfg.accountant,
-            loader_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-loader")),
-            noise_generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "opacus-noise")))
-        sched = _scheduler(popt.original_optimizer, steps_per_epoch * cfg.epochs, cfg)
-        steps = 0
-
-        def after_step() -> None:
-            sched.step()
-            bar.update(1)
-
-        for epoch in range(1, cfg.epochs + 1):
-            steps += train_epoch(pmodel, popt, ploader, after_step=after_step)
-            test_acc, _ = evaluate(model, data.x_test, data.y_test)
-            eps = math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
-            row = {"epoch": epoch, "test_acc": test_acc, "epsilon": eps, "steps": steps,
-                   "seconds": time.perf_counter() - t0}
-            history.append(row)
-            if on_epoch:
-                on_epoch(row)
-        eps_opacus = math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
-        eps_ours = compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant)
-    else:
+    if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}")
-    bar.close()
-    return {"method": method, "sigma": sigma, "sample_rate": q, "steps": history[-1]["steps"],
-            "test_acc": history[-1]["test_acc"], "epsilon": eps_ours, "epsilon_opacus": eps_opacus,
-            "seconds": time.perf_counter() - t0, "history": history}
+    run = DPBenchmarkConfig(model=cfg.model, model_kwargs=dict(cfg.model_kwargs), batch_size=cfg.batch_size,
+                            momentum=0.9 if cfg.optimizer == "sgdm" else 0.0, schedule=cfg.schedule, clip=cfg.clip,
+                            delta=cfg.delta, accountant=cfg.accountant)
+    hist = fit_private("ssgd" if method == "ssgd+noise" else "opacus", data, run, lr=cfg.lr, epochs=cfg.epochs,
+                       sigma=sigma, seed=cfg.seed, progress=progress, desc=f"{method} sigma={sigma:.3g}",
+                       on_epoch=on_epoch)
+    last = hist[-1]
+    q = 1.0 / math.ceil(data.x_train.shape[0] / cfg.batch_size)
+    return {"method": method, "sigma": sigma, "sample_rate": q, "steps": last["steps"], "test_acc": last["test_acc"],
+            "epsilon": last["epsilon"], "epsilon_opacus": last["epsilon_opacus"], "seconds": last["seconds"],
+            "history": [{k: r[k] for k in ("epoch", "test_acc", "epsilon", "steps", "seconds")} for r in hist]}
 
 
 def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,

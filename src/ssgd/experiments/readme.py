@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..report.io import atomic_write_text
-from . import leakage, table2, table6
+from . import demo, leakage, table2, table6
 from .sweep import load_results
 
 __all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "SECTIONS", "Section", "render_section", "update_generated"]
@@ -35,6 +35,7 @@ class Section:
     name: str
     source: str
     render: Callable[[dict[str, Any]], str]
+    load: Callable[[Path], dict[str, Any]] = load_results
 
 
 # the README's per-attack leakage table: the paper's setting (MNIST, untrained LeNet, one image per update)
@@ -55,6 +56,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("leakage-worst-fashion-mnist", "docs/results/leakage.json",
             lambda r: leakage.worst_case_markdown(r, "fashion-mnist")),
     Section("leakage-cells", "docs/results/leakage.json", leakage.cells_markdown),
+    # the demo's numbers (exported from a `ssgd demo` run folder by ``scripts/update_tables.py --demo-run DIR``)
+    Section("demo", "docs/results/demo.json", demo.summary_markdown, demo.load_summary),
 )}
 
 # the documents (relative to the repository root) whose generated sections the script keeps current
@@ -69,7 +72,7 @@ def render_section(section: Section, root: Path) -> str | None:
     path = root / section.source
     if not path.exists():
         return None
-    return section.render(load_results(path)).rstrip("\n") + "\n"
+    return section.render(section.load(path)).rstrip("\n") + "\n"
 
 
 def update_generated(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:

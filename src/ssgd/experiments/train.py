@@ -40,6 +40,7 @@ from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
 from ..shards import shard_unit_grad_
+from ..transform import check_scope
 from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
                                 default_schedule, uses_shards)
 
@@ -104,8 +105,7 @@ class TrainConfig:
         if self.shards > self.batch_size:
             raise ValueError(f"shards={self.shards} exceeds batch_size={self.batch_size}; "
                              "each shard needs >= 1 example")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"Invalid scope={self.scope!r}; expected 'global' or 'layer'")
+        check_scope(self.scope)
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"Invalid schedule={self.schedule!r}; expected one of {list(SCHEDULES)}")
         if self.warmup < 0:
@@ -115,13 +115,20 @@ class TrainConfig:
         if self.noise_eps is not None and not self.noise_eps > 0:
             raise ValueError(f"Invalid noise_eps={self.noise_eps}; must be > 0 (the paper uses 5, 2, 1)")
         if self.dp != "off" or self.noise_multiplier is not None or self.target_epsilon is not None:
-            from ..privacy.training import check_train_config
+            from ..privacy.training import check_dp_setup
 
-            check_train_config(self)
+            check_dp_setup(self.dp_config(), optimizer=self.optimizer, shards=self.shards)
         if self.shards > 1 and self.optimizer != "ssgd":
-            raise ValueError(f"--shards {self.shards} only applies to --optimizer ssgd (got {self.optimizer!r}); "
-                             "drop --shards")
+            raise ValueError(f"shards={self.shards} only applies to optimizer='ssgd' (got {self.optimizer!r}); "
+                             "leave shards at 1")
         return self
+
+    def dp_config(self):
+        """The privacy layer's own settings object (:class:`ssgd.privacy.DPConfig`): configs flow down."""
+        from ..privacy.training import DPConfig
+
+        return DPConfig(level=self.dp, noise_multiplier=self.noise_multiplier, target_epsilon=self.target_epsilon,
+                        delta=self.delta, accountant=self.dp_accountant)
 
     @property
     def resolved_schedule(self) -> str:
@@ -204,6 +211,38 @@ def load_train_checkpoint(path: str | Path, cfg: TrainConfig, nodes: int = 1) ->
     return ck
 
 
+# a training history row: what fit() writes (epsilon may be +inf: dp with sigma 0)
+_HISTORY_FIELDS = {"epoch": "int", "lr": "number", "train_loss": "number", "test_loss": "number", "test_acc": "number",
+                   "val_acc": "number", "val_loss": "number", "epsilon": "number?", "delta": "number",
+                   "seconds": "number"}
+
+
+def _check_history(path: Path, rows: Any, epoch: int) -> list[dict[str, Any]]:
+    """The saved history, field by field (:func:`ssgd.report.check_history`): epochs 1..``epoch`` in order,
+    finite numbers (ε may be +inf), no strings, no unknown keys -- nothing unchecked reaches metrics.json."""
+    from ..report import ResultFileError, check_history
+
+    if not isinstance(rows, list):
+        raise CheckpointError(f"refusing checkpoint {path}: its history is not a list; move it away to start afresh")
+    inf = [isinstance(r, dict) and r.get("epsilon") == math.inf for r in rows]
+    plain = [{**r, "epsilon": None} if f else r for r, f in zip(rows, inf)]
+    try:
+        out = check_history(plain, _HISTORY_FIELDS, source=f"checkpoint {path}",
+                            required=("epoch", "lr", "train_loss", "test_loss", "test_acc", "seconds"))
+    except ResultFileError as e:
+        raise CheckpointError(str(e)) from None
+    for i, (r, f) in enumerate(zip(out, inf)):
+        if f:
+            r["epsilon"] = math.inf
+        elif "epsilon" in r and r["epsilon"] is None:
+            raise CheckpointError(f"refusing checkpoint {path}: history row {i} field 'epsilon' is None; "
+                                  "move it away to start afresh")
+    if [r["epoch"] for r in out] != list(range(1, epoch + 1)):
+        raise CheckpointError(f"refusing checkpoint {path}: its history does not hold epochs 1..{epoch} in order; "
+                              "move it away to start afresh")
+    return out
+
+
 def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: torch.Generator, dp) -> tuple:
     """Load every state of ``ck``; any shape or type that does not fit is a one-line CheckpointError."""
     try:
@@ -214,7 +253,7 @@ def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: 
         torch.set_rng_state(ck["torch_rng"])
         if dp is not None:
             dp.load_state_dict(ck["dp"])
-        history = [dict(r) for r in ck["history"]]
+        history = _check_history(path, ck["history"], ck["epoch"])
         seconds = float(ck["seconds"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
@@ -290,7 +329,8 @@ class LocalEngine(TrainEngine):
 
             if self.custom:
                 raise ValueError("cfg.dp and a custom grad_fn are exclusive: DP computes the gradient itself")
-            self.dp = DPTraining.from_train_config(cfg, model, n_train)
+            self.dp = DPTraining(cfg.dp_config(), model, n_train, cfg.batch_size, cfg.epochs, num_nodes=cfg.shards,
+                                 scope=cfg.scope, seed=cfg.seed)
             self.grad_fn = self.dp.grad_fn
         return model, cfg.shards
 
@@ -387,6 +427,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
             tot_loss += float(loss) * idx.numel()
             seen += idx.numel()
             bar.update(1)
+        check_finite = getattr(opt, "check_finite", None)
+        if check_finite is not None:  # a GPU step raises a NaN's error later: surface the last steps' errors now
+            check_finite()
         row = full_row(public_row(epoch), tot_loss / max(seen, 1))
         history.append(row)
         done_here += 1

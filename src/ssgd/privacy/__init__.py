@@ -23,11 +23,13 @@ from .accountant import (
     compute_epsilon,
     solve_noise_multiplier,
 )
+from .engine import make_private
 from .example import (DEFAULT_GAMMA, NonFiniteExampleError, PoissonSampler, check_per_example_model,
                       per_example_unit_grads, private_unit_grad_)
 from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
-from .training import DP_LEVELS, DPConfig, DPTraining, check_ddp_config, ddp_privacy
+from .training import (DP_LEVELS, MIN_NODE_LOCAL_NOISE, DPConfig, DPTraining, check_ddp_config, check_dp_setup,
+                       check_node_local_sigma, ddp_privacy)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -45,10 +47,14 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacyBudgetError",
     "check_ddp_config",
+    "check_dp_setup",
+    "check_node_local_sigma",
+    "MIN_NODE_LOCAL_NOISE",
     "check_per_example_model",
     "compute_epsilon",
     "ddp_privacy",
     "derive_seed",
+    "make_private",
     "node_unit_sum_",
     "per_example_unit_grads",
     "private_unit_grad_",

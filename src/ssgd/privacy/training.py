@@ -36,9 +36,21 @@ from .example import PoissonSampler, check_per_example_model, private_unit_grad_
 from .node import NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import GaussianNoise, derive_seed, sensitivity
 
-__all__ = ["DP_LEVELS", "DPConfig", "DPTraining", "check_train_config", "check_ddp_config", "ddp_privacy"]
+__all__ = ["DP_LEVELS", "MIN_NODE_LOCAL_NOISE", "DPConfig", "DPTraining", "check_dp_setup", "check_ddp_config",
+           "check_node_local_sigma", "ddp_privacy"]
 
 DP_LEVELS = ("off", "example", "node", "node-local")
+# node-local: a node never releases a vector with less noise than this (sigma 0 = un-noised vectors labelled DP)
+MIN_NODE_LOCAL_NOISE = 0.1
+
+
+def check_node_local_sigma(sigma: float, minimum: float = MIN_NODE_LOCAL_NOISE) -> float:
+    """Node-local DP: ``sigma`` (given or solved) must reach the node's minimum (ValueError naming both)."""
+    if not sigma >= minimum:
+        raise ValueError(f"noise_multiplier={sigma!r} is below this node's minimum {minimum:g} for dp='node-local' "
+                         f"(it would release vectors with too little noise); give noise_multiplier >= {minimum:g} "
+                         "or a finite target_epsilon")
+    return sigma
 
 
 @dataclass
@@ -62,15 +74,19 @@ class DPConfig:
         if not self.enabled:
             if self.noise_multiplier is not None or self.target_epsilon is not None:
                 raise ValueError("noise_multiplier/target_epsilon were given but dp='off'; "
-                                 "choose a privacy level with --dp example|node|node-local")
+                                 f"choose a privacy level dp= one of {DP_LEVELS[1:]}")
             return self
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
             raise ValueError(f"dp={self.level!r} needs exactly one of noise_multiplier (sigma) or target_epsilon "
                              f"(got noise_multiplier={self.noise_multiplier!r}, target_epsilon={self.target_epsilon!r})")
         if self.noise_multiplier is not None:
             check_noise_multiplier(self.noise_multiplier)
+            if self.level == "node-local":
+                check_node_local_sigma(self.noise_multiplier)
         else:
             check_target_epsilon(self.target_epsilon)
+            if self.level == "node-local" and math.isinf(self.target_epsilon):
+                check_node_local_sigma(0.0)
         check_delta(self.delta)
         check_accountant(self.accountant)
         return self
@@ -79,17 +95,15 @@ class DPConfig:
         return asdict(self)
 
 
-def _dp_config(cfg: Any) -> DPConfig:
-    return DPConfig(level=cfg.dp, noise_multiplier=cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
-                    delta=cfg.delta, accountant=cfg.dp_accountant)
-
-
-def check_train_config(cfg: Any) -> None:
-    """Validate the DP fields of an ``ssgd.experiments.train.TrainConfig`` (ValueError naming the fix)."""
-    dpc = _dp_config(cfg).validate()
-    if dpc.level == "example" and cfg.shards != 1:
-        raise ValueError(f"--shards {cfg.shards} does not apply to --dp example (every example is its own unit "
-                         "vector); drop --shards, or use --dp node to simulate nodes")
+def check_dp_setup(config: DPConfig, *, optimizer: str, shards: int = 1, nodes: int = 1) -> DPConfig:
+    """The DP settings against the run's other settings (ValueError naming the fields, never CLI flags)."""
+    config.validate()
+    if config.level == "example" and shards != 1:
+        raise ValueError(f"shards={shards} does not apply to dp='example' (every example is its own unit vector); "
+                         "leave shards at 1, or use dp='node' to simulate nodes")
+    if nodes > 1 and config.enabled:
+        check_ddp_config(config.level, optimizer)
+    return config
 
 
 class DPTraining:
@@ -123,8 +137,8 @@ class DPTraining:
         n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
         if self.level == "example":
             if num_nodes != 1:
-                raise ValueError(f"--shards {num_nodes} does not apply to --dp example (every example is its own "
-                                 "unit vector); drop --shards, or use --dp node to simulate nodes")
+                raise ValueError(f"shards={num_nodes} does not apply to dp='example' (every example is its own "
+                                 "unit vector); leave shards at 1, or use dp='node' to simulate nodes")
             check_per_example_model(model)
             self.sample_rate = 1.0 / self.steps_per_epoch
             self.sampler = PoissonSampler(n_train, self.sample_rate, seed=derive_seed(seed, "dp-sampler"))
@@ -138,6 +152,8 @@ class DPTraining:
         else:
             sigma = solve_noise_multiplier(config.target_epsilon, config.delta, self.sample_rate,
                                            self.planned_steps, config.accountant)
+        if self.level == "node-local":
+            check_node_local_sigma(sigma)
         self.noise_multiplier = sigma
         self.num_nodes = num_nodes
         if self.level == "example":
@@ -152,16 +168,6 @@ class DPTraining:
                                 for j in range(num_nodes)]
         self.accountant = PrivacyAccountant(sigma, self.sample_rate, config.delta, config.accountant,
                                             level="example" if self.level == "example" else "node")
-
-    @classmethod
-    def from_train_config(cls, cfg: Any, model: nn.Module, n_train: int) -> "DPTraining | None":
-        """Build from an ``ssgd.experiments.train.TrainConfig`` (None when ``cfg.dp == 'off'``)."""
-        check_train_config(cfg)
-        dpc = _dp_config(cfg)
-        if not dpc.enabled:
-            return None
-        return cls(dpc, model, n_train, cfg.batch_size, cfg.epochs, num_nodes=cfg.shards, scope=cfg.scope,
-                   seed=cfg.seed)
 
     def batch_indices(self, default: Tensor) -> Tensor:
         """The indices of the next batch: a Poisson sample (example level) or ``default``.
@@ -223,27 +229,28 @@ class DPTraining:
             nn_.load_state_dict(st)
 
 
-def check_ddp_config(cfg: Any, nodes: int) -> None:
-    """DP fields for ``ssgd train --nodes N`` (DDP): node level only, through the SSGD hook."""
-    check_train_config(cfg)
-    if cfg.dp == "off":
-        return
-    if cfg.dp == "example":
-        raise ValueError("--dp example is single-process only (per-example unit vectors); with --nodes N use "
-                         "--dp node (noise once on the sum, split across the nodes) or --dp node-local")
-    if cfg.optimizer != "ssgd":
-        raise ValueError(f"--dp {cfg.dp} with --nodes needs --optimizer ssgd: the noise is calibrated to the unit "
-                         f"vectors the SSGD hook all-reduces (got --optimizer {cfg.optimizer})")
+def check_ddp_config(level: str, optimizer: str) -> None:
+    """DP with several DDP processes: node level only, through the SSGD hook."""
+    if level == "example":
+        raise ValueError("dp='example' is single-process only (per-example unit vectors); with nodes > 1 use "
+                         "dp='node' (noise once on the sum, split across the nodes) or dp='node-local'")
+    if level != "off" and optimizer != "ssgd":
+        raise ValueError(f"dp={level!r} with nodes > 1 needs optimizer='ssgd': the noise is calibrated to the unit "
+                         f"vectors the SSGD hook all-reduces (got optimizer={optimizer!r})")
 
 
-def ddp_privacy(cfg: Any, world: int, rank: int, model: nn.Module, steps_per_epoch: int) -> NodePrivacy:
-    """This rank's :class:`NodePrivacy` for DDP: ``--dp node`` splits σ over the ranks (σ/√n each,
-    secure-aggregation model), ``--dp node-local`` adds the full local noise on every rank."""
+def ddp_privacy(config: DPConfig, *, world: int, rank: int, model: nn.Module, rounds: int, scope: str,
+                seed: int | None) -> NodePrivacy:
+    """This rank's :class:`NodePrivacy` for DDP: dp='node' splits σ over the ranks (σ/√n each,
+    secure-aggregation model), dp='node-local' adds the full local noise on every rank."""
     from .node import NodePrivacy
 
     n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
-    return NodePrivacy(cfg.noise_multiplier, target_epsilon=cfg.target_epsilon,
-                       rounds=max(1, steps_per_epoch * cfg.epochs), delta=cfg.delta, accountant=cfg.dp_accountant,
-                       mode="local" if cfg.dp == "node-local" else "aggregate", split="distributed",
-                       num_nodes=world, rank=rank, scope=cfg.scope, n_tensors=n_tensors,
-                       seed=derive_seed(cfg.seed, "dp-noise"))
+    priv = NodePrivacy(config.noise_multiplier, target_epsilon=config.target_epsilon, rounds=max(1, rounds),
+                       delta=config.delta, accountant=config.accountant,
+                       mode="local" if config.level == "node-local" else "aggregate", split="distributed",
+                       num_nodes=world, rank=rank, scope=scope, n_tensors=n_tensors,
+                       seed=derive_seed(seed, "dp-noise"))
+    if config.level == "node-local":
+        check_node_local_sigma(priv.noise_multiplier)
+    return priv

@@ -22,11 +22,12 @@ from typing import Any, Mapping
 import torch
 
 from .io import atomic_write_bytes
+from .validate import ResultFileError
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ResultFileError):
     """A checkpoint that cannot be used: unreadable, not a checkpoint of this kind, or unsafe."""
 
 

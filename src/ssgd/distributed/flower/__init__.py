@@ -11,6 +11,11 @@
   batch size and noise multiplier); no server message can lower them.
 * :class:`PrivateSSGDStrategy`, :class:`LocalNoiseMod` -- node-level DP (server-side noise on
   the sum, or node-local noise).
+* :func:`current_request` -- in a ClientApp's train function: the request :class:`SSGDMod`
+  resolved against the node's policy (batch size, local steps, ...): compute with it, never
+  with the run config.
+* :class:`AppSigner`, :class:`AppRegistry` -- sign the app (FAB) so that SuperNodes started with
+  ``--trusted-entities`` run only it.
 
 Needs ``flwr`` (``pip install 'ssgd[flower]'``); ``import ssgd.distributed`` does not import it.
 """
@@ -24,7 +29,8 @@ __all__ = [
     "SSGDMod", "ssgd_mod", "SSGDStrategy", "NotEnoughNodesError", "UpdateSpec", "Verdict", "validate_update",
     "FlowerRunConfig", "FaultMod", "FAULTS", "InProcessGrid", "run_server", "save_checkpoint", "load_checkpoint",
     "CheckpointMismatchError", "Deployment", "DeploymentError", "run_in_process", "NodePolicy", "PolicyError",
-    "DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound",
+    "DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound", "NodeRequest",
+    "current_request", "AppSigner", "AppRegistry",
 ]
 
 _EXPORTS = {
@@ -35,6 +41,7 @@ _EXPORTS = {
     "CheckpointMismatchError": "checkpoint", "Deployment": "deploy", "DeploymentError": "deploy",
     "run_in_process": "deploy", "NodePolicy": "policy", "PolicyError": "policy", "DP_NOISE_MULTIPLIER": "privacy",
     "LocalNoiseMod": "privacy", "PrivateSSGDStrategy": "privacy", "noisy_norm_bound": "privacy",
+    "NodeRequest": "request", "current_request": "request", "AppSigner": "trust", "AppRegistry": "trust",
 }
 
 

@@ -2,9 +2,11 @@
 share of the data, and let :class:`SSGDMod` turn it into a unit vector.
 
 Loaded by a SuperNode as ``ssgd.distributed.flower.client_app:app``. The node's share comes
-from its node config (``partition-id``, ``num-partitions``); everything else from the run
-config (:class:`~ssgd.distributed.flower.FlowerRunConfig`) and, per round, the message's
-ConfigRecord. ``fault`` in the node config makes the node misbehave (see :mod:`.faults`).
+from its node config (``partition-id``, ``num-partitions``); the dataset and model from the
+run config (:class:`~ssgd.distributed.flower.FlowerRunConfig`); every privacy-relevant value
+(mode, batch size, local steps, ...) from the request :class:`SSGDMod` resolved against the
+node's own policy (:mod:`.request`) -- never from the run config. ``fault`` in the node config
+makes the node misbehave (see :mod:`.faults`).
 
 The train function reports ``num-examples`` and ``train-loss`` to the mods; :class:`SSGDMod`
 lets them leave only when the node config's ``allowed-metrics`` names them (default: none).
@@ -14,42 +16,41 @@ are answered only with node config ``allow-evaluate=true``.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from . import keys
+from . import request as node_request
 from .config import FlowerRunConfig
 from .faults import FaultMod
-from .mod import ssgd_mod
+from .mod import NOT_SENT, REFUSED, error_reply, ssgd_mod
 from .policy import NodePolicy
 from .task import dataset, evaluate_arrays, local_update, load_arrays, make_model, node_share, partition_of
 from .validation import arrays_from_record, record_from_arrays
 
 __all__ = ["app", "train", "evaluate"]
 
+log = logging.getLogger(__name__)
+
 app = ClientApp(mods=[FaultMod(), ssgd_mod])
-
-
-def _conf(msg) -> dict:
-    return dict(msg.content["config"]) if "config" in msg.content.config_records else {}
 
 
 @app.train()
 def train(msg: Message, context) -> Message:
+    # every privacy-relevant value comes from the request SSGDMod resolved against this node's
+    # policy -- never from the run config or the raw message (refused here without SSGDMod)
+    req = node_request.get(context)
     cfg = FlowerRunConfig.from_mapping(context.run_config)
     pid, num = partition_of(context.node_config)
-    conf = _conf(msg)
-    rnd = int(conf.get(keys.ROUND, 0))
     model = make_model(cfg)
-    load_arrays(model, arrays_from_record(msg.content["arrays"]))
+    load_arrays(model, arrays_from_record(msg.content[node_request.ARRAYS]))
     x, y = node_share(cfg, pid, num)
-    gen = torch.Generator().manual_seed(int(conf.get(keys.SEED, cfg.seed)) * 1_000_003 + rnd * 1_009 + pid)
-    arrays, loss, used = local_update(
-        model, x, y, mode=str(conf.get(keys.MODE, cfg.mode)), batch_size=int(conf.get(keys.BATCH_SIZE, cfg.batch_size)),
-        local_steps=int(conf.get(keys.LOCAL_STEPS, cfg.local_steps)),
-        client_lr=float(conf.get(keys.CLIENT_LR, cfg.client_lr)), generator=gen)
+    gen = torch.Generator().manual_seed(req.seed * 1_000_003 + req.round * 1_009 + pid)
+    arrays, loss, used = local_update(model, x, y, mode=req.mode, batch_size=req.batch_size,
+                                      local_steps=req.local_steps, client_lr=req.client_lr, generator=gen)
     content = RecordDict({"arrays": record_from_arrays(arrays),
                           "metrics": MetricRecord({"num-examples": used, "train-loss": loss})})
     return Message(content=content, reply_to=msg)
@@ -58,13 +59,17 @@ def train(msg: Message, context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context) -> Message:
     if not NodePolicy.from_node_config(context.node_config).allow_evaluate:
-        raise PermissionError("this node does not evaluate models for the server (node config allow-evaluate=false)")
-    cfg = FlowerRunConfig.from_mapping(context.run_config)
-    pid, num = partition_of(context.node_config)
-    data = dataset(cfg.dataset, cfg.data_dir)
-    idx = torch.arange(pid, data.x_test.shape[0], num)  # this node's share of the test split
-    acc, loss = evaluate_arrays(make_model(cfg), arrays_from_record(msg.content["arrays"]), data.x_test[idx],
-                                data.y_test[idx])
+        log.info("evaluate request refused: node config allow-evaluate=false")
+        return error_reply(msg, REFUSED, "this node does not evaluate models for the server (allow-evaluate=false)")
+    try:
+        cfg = FlowerRunConfig.from_mapping(context.run_config)
+        pid, num = partition_of(context.node_config)
+        data = dataset(cfg.dataset, cfg.data_dir)
+        idx = torch.arange(pid, data.x_test.shape[0], num)  # this node's share of the test split
+        acc, loss = evaluate_arrays(make_model(cfg), arrays_from_record(msg.content["arrays"]), data.x_test[idx],
+                                    data.y_test[idx])
+    except Exception as e:  # noqa: BLE001 - the text may carry data; it stays on the node
+        return error_reply(msg, NOT_SENT, f"evaluate failed: {type(e).__name__}: {e}")
     content = RecordDict({"metrics": MetricRecord({"num-examples": int(idx.numel()), "eval-acc": acc,
                                                    "eval-loss": loss})})
     return Message(content=content, reply_to=msg)

@@ -10,10 +10,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...transform import SCOPES
+from ...transform import SCOPES, check_scope
 from . import keys
 
-__all__ = ["FlowerRunConfig", "ROUND_TIMEOUT", "default_min_nodes"]
+__all__ = ["FlowerRunConfig", "ROUND_TIMEOUT", "default_min_nodes", "FLOWER_MODELS"]
+
+#: the models a federation may train: updates carry trainable parameters only, so a model with
+#: buffers (BatchNorm running statistics) would be silently wrong; each of these has none (tested)
+FLOWER_MODELS = ("convnet", "lenet", "mlp", "tanh-cnn")
 
 
 #: seconds the server waits for replies in a round (the one default: run config, CLI and template)
@@ -42,7 +46,7 @@ class FlowerRunConfig:
     batch_size: int = _f(64, "batch size on each node (a node refuses one below its min-batch-size)")
     dataset: str = _f("mnist", "dataset (mnist is embedded)")
     data_dir: str = _f("", "\"\" = the dataset's default location")
-    model: str = _f("mlp", "lenet | mlp | convnet (models without BatchNorm)")
+    model: str = _f("mlp", " | ".join(FLOWER_MODELS) + " (models without BatchNorm)")
     partition: str = _f("iid", "iid | dirichlet (with alpha)")
     alpha: float = _f(0.5, "Dirichlet concentration")
     seed: int = _f(0, "seed")
@@ -107,7 +111,9 @@ class FlowerRunConfig:
             bad("num_rounds", "must be >= 1")
         if self.mode not in keys.MODES:
             bad("mode", f"expected one of {keys.MODES}")
-        if self.scope not in SCOPES:
+        try:
+            check_scope(self.scope)
+        except ValueError:
             bad("scope", f"expected one of {SCOPES}")
         for name in ("server_lr", "client_lr", "norm_tol", "round_timeout", "node_wait_timeout", "alpha"):
             if not getattr(self, name) > 0:
@@ -119,8 +125,9 @@ class FlowerRunConfig:
         from ...data import DATASETS
         from ...models import MODELS
 
-        if self.model not in MODELS:
-            bad("model", f"expected one of {sorted(MODELS)}")
+        if self.model not in FLOWER_MODELS or self.model not in MODELS:
+            bad("model", f"expected one of {list(m for m in FLOWER_MODELS if m in MODELS)} (models without BatchNorm: "
+                         "Flower updates carry trainable parameters only)")
         if self.dataset not in DATASETS:
             bad("dataset", f"expected one of {sorted(DATASETS)}")
         if self.partition not in ("iid", "dirichlet"):

@@ -8,7 +8,10 @@
 Every process gets ``FLWR_TELEMETRY_ENABLED=0``, ``FLWR_DISABLE_UPDATE_CHECK=1``,
 ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` and a private ``FLWR_HOME`` (under
 ``workdir``); ports are chosen free at run time; everything listens on 127.0.0.1 only.
-Each waiting step has a deadline. On exit -- also after an error or Ctrl-C -- every
+With ``signed=True`` (the default, and what ``ssgd flower up`` uses) the app is signed with a
+key made for this deployment, served from a loopback app registry, and every SuperNode runs
+with ``--trusted-entities`` naming only that key: a FAB not signed with it is refused by the
+node before any of its code runs (:mod:`.trust`). Each waiting step has a deadline. On exit -- also after an error or Ctrl-C -- every
 process started here and every descendant (Flower's SuperExec detaches into its own
 session) is terminated, then killed if it does not stop within a few seconds. Logs of
 every process stay in ``workdir/logs``.
@@ -257,7 +260,8 @@ class Deployment:
     """
 
     def __init__(self, num_nodes: int, workdir: str | Path, *, node_configs: Sequence[Mapping[str, Any]] | None = None,
-                 start_timeout: float = 90.0, dataset: str | None = "mnist", data_dir: str = "") -> None:
+                 start_timeout: float = 90.0, dataset: str | None = "mnist", data_dir: str = "",
+                 signed: bool = True) -> None:
         if num_nodes < 1:
             raise ValueError(f"Invalid num_nodes={num_nodes}; must be >= 1")
         if node_configs is not None and len(node_configs) != num_nodes:
@@ -279,6 +283,11 @@ class Deployment:
         self.env.setdefault(CACHE_ENV, str(self.workdir / "data-cache"))
         self.superlink: _Proc | None = None
         self.supernodes: list[_Proc] = []
+        #: signed=True: every SuperNode trusts only this deployment's key (see :mod:`.trust`)
+        self.signed = bool(signed)
+        self.signer = None
+        self.registry = None
+        self.trusted_entities: Path | None = None
         self.port: int | None = None
         self.run_ids: list[int] = []
         self.node_ids: list[int | None] = []
@@ -313,10 +322,22 @@ class Deployment:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        link_env = dict(self.env)
+        if self.signed:
+            from .trust import AppRegistry, AppSigner, write_trusted_entities
+
+            self.signer = AppSigner()
+            self.registry = AppRegistry(HOST)
+            # the SuperLink fetches apps (FAB + verification record) from this loopback registry
+            link_env["FLWR_SUPERGRID_API_URL"] = self.registry.url
+            for var in ("NO_PROXY", "no_proxy"):  # the registry is on loopback: never through a proxy
+                link_env[var] = ",".join(filter(None, [HOST, "localhost", link_env.get(var, "")]))
+            self.trusted_entities = write_trusted_entities(self.workdir / "trusted-entities.yaml",
+                                                           self.signer.trusted_entities())
         self.superlink = _Proc("superlink", [
             "flower-superlink", "--insecure", "--host", HOST, "--port", str(self.port),
             "--isolation", "subprocess", "--disable-runtime-dependency-installation",
-        ], self.env, self.logs / "superlink.log")
+        ], link_env, self.logs / "superlink.log")
         self._wait_port(self.port, self.superlink)
         for i in range(self.num_nodes):
             self.supernodes.append(self._start_node(i))
@@ -330,9 +351,10 @@ class Deployment:
     def _start_node(self, i: int) -> _Proc:
         cfg = {"partition-id": i, "num-partitions": self.num_nodes, **self.node_configs[i]}
         node_cfg = " ".join(f"{k}={_toml_value(v)}" for k, v in cfg.items())
+        trust = ["--trusted-entities", str(self.trusted_entities)] if self.trusted_entities is not None else []
         return _Proc(f"supernode-{i}", [
             "flower-supernode", "--insecure", "--superlink", f"{HOST}:{self.port}", "--port", str(free_port()),
-            "--host", HOST, "--isolation", "subprocess", "--node-config", node_cfg,
+            "--host", HOST, "--isolation", "subprocess", "--node-config", node_cfg, *trust,
         ], self.env, self.logs / f"supernode-{i}.log")
 
     def _wait_nodes(self) -> None:
@@ -382,6 +404,9 @@ class Deployment:
             time.sleep(0.1)
         for p in procs:
             p.kill_rest()
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
         if self._own_cache:  # the decoded-data cache is a speed-up, not a result
             from .task import CACHE_ENV
 
@@ -396,11 +421,37 @@ class Deployment:
         return subprocess.run(["flwr", *args], env=self.env, cwd=self.workdir, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
-    def submit(self, run_config: Mapping[str, Any], app_dir: str | Path | None = None) -> int:
-        """``flwr run`` the SSGD app with ``run_config`` overrides; return the run id."""
+    def publish(self, fab: bytes, verifications: list[dict[str, Any]] | None = None, *,
+                app_id: str | None = None, version: str | None = None) -> str:
+        """Serve ``fab`` from this deployment's app registry as ``app_id==version`` (default: the
+        packaged app's), signed with its key unless ``verifications`` are given; return the app spec
+        for ``flwr run``."""
+        from .trust import APP_ID, APP_VERSION
+
+        if self.registry is None or self.signer is None:
+            raise DeploymentError("this deployment was started with signed=False: it has no app registry")
+        return self.registry.publish(fab, [self.signer.sign(fab)] if verifications is None else verifications,
+                                     app_id or APP_ID, version or APP_VERSION)
+
+    def submit(self, run_config: Mapping[str, Any], app_dir: str | Path | None = None, *,
+               app_spec: str | None = None, sign: bool | None = None) -> int:
+        """``flwr run`` the SSGD app with ``run_config`` overrides; return the run id.
+
+        A signed deployment builds the FAB of ``app_dir`` (default: the packaged app), signs it and
+        runs it from its registry (``app_spec`` runs an app already published there instead);
+        ``signed=False`` (or ``sign=False``: what a server that skips signing does) sends the app
+        directory as it is (``flwr run <dir>``)."""
         app_dir = Path(app_dir) if app_dir is not None else write_app_dir(self.workdir / "app")
+        if app_spec is None and (self.signed if sign is None else sign):
+            import tomllib
+
+            from .trust import build_fab
+
+            meta = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+            app_id = f"@{meta['tool']['flwr']['app']['publisher']}/{meta['project']['name']}"
+            app_spec = self.publish(build_fab(app_dir), app_id=app_id, version=meta["project"]["version"])
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-        args = ["run", str(app_dir), CONNECTION, "--format", "json"]
+        args = ["run", app_spec or str(app_dir), CONNECTION, "--format", "json"]
         if overrides:
             args += ["--run-config", overrides]
         res = self.flwr(*args)

@@ -99,6 +99,7 @@ class InProcessGrid(Grid):
         for msg in messages:
             self._counter += 1
             mid = f"local-{self._counter}"
+            msg.metadata.__dict__["_message_id"] = mid  # as Flower's grids do when they push a message
             reply = self._deliver(msg, mid)
             if reply is not None:
                 self._outbox[mid] = reply

@@ -5,8 +5,8 @@ Put it in a ``ClientApp``'s mods; it acts on ``train`` messages only::
     from ssgd.distributed.flower import SSGDMod
     app = ClientApp(mods=[SSGDMod()])
 
-What the ``ClientApp`` returns, and what leaves the node, depends on the mode (read per
-call from the incoming ConfigRecord key ``ssgd-mode``, default from the constructor):
+What the ``ClientApp`` returns, and what leaves the node, depends on the node's mode (its
+policy: the constructor's ``mode``, node config ``ssgd-mode``; a request for another is refused):
 
 ``"fedsgd"``
     the ``ClientApp`` replies with a gradient :math:`g`; the node sends :math:`g/\lVert g\rVert`.
@@ -19,68 +19,86 @@ call from the incoming ConfigRecord key ``ssgd-mode``, default from the construc
 The normalisation is :func:`ssgd.unit_` (float32 norms, zero stays zero, NaN refused).
 
 **The node decides how it normalises and what leaves it** (:class:`~.policy.NodePolicy`):
-scope, eps, the smallest batch and the metrics that may leave come from the mod's
-constructor and, over it, the node's own ``node_config``; the server's ``ssgd-scope`` /
-``ssgd-eps`` / ``batch-size`` are only requests, refused (error reply naming the setting)
-when they ask for less protection. The reply that leaves the node is rebuilt from scratch:
+mode, scope, eps, the smallest batch, the most local steps and the metrics that may leave
+come from the mod's constructor and, over it, the node's own ``node_config``. The server's
+message is parsed once (:func:`~.request.parse_request`: one ConfigRecord ``"config"``, named
+fields only; a run config that touches these values is refused) and resolved against the
+policy; the ClientApp computes with that same resolved request (handed over in the node's
+``Context``). The reply that leaves the node is rebuilt from scratch:
 one ``ArrayRecord`` with the unit vector, plus -- only if the node's ``allowed-metrics``
 names them -- scalar metrics; nothing else of the ClientApp's reply (no loss, no count, no
 config echo) passes. Before sending, the mod checks the vector it built: norm 1 within
 ``unit_tol`` (per tensor for ``scope="layer"``) or exactly 0, else an error reply.
 
-Like Flower's ``LocalDpMod``, the mod never crashes the node: a malformed request or
-reply (not exactly one ArrayRecord, names or shapes that differ from the model it was
-sent, non-finite values, a bad setting) becomes an error reply
-(``ErrorCode.MOD_FAILED_PRECONDITION``) whose reason says what was wrong.
+Like Flower's ``LocalDpMod``, the mod never crashes the node: a malformed or refused request,
+a raising ClientApp, or a bad reply (not exactly one ArrayRecord, names or shapes that differ
+from the model it was sent, non-finite values) becomes an error reply
+(``ErrorCode.MOD_FAILED_PRECONDITION``) with one of two **fixed** texts (:data:`REFUSED`:
+decided from the request alone, before any data was touched; :data:`NOT_SENT`: everything
+after). What went wrong is logged on the node only: a reason naming a parameter or a value
+would tell the server something about the data.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...transform import DEFAULT_EPS, NonFiniteGradientError, unit_
+from ...report.validate import bounded_text
+from ...transform import DEFAULT_EPS, NonFiniteGradientError, grad_norms, unit_
 from . import keys
-from .policy import NodePolicy, PolicyError, check_outgoing, request_config
+from . import request as node_request
+from .policy import NodePolicy, PolicyError, check_outgoing
 
-__all__ = ["SSGDMod", "ssgd_mod", "error_reply"]
+__all__ = ["SSGDMod", "ssgd_mod", "error_reply", "REFUSED", "NOT_SENT", "PUBLIC_REASONS"]
 
 log = logging.getLogger(__name__)
+
+#: the only error texts that leave a node (fixed: no setting name, no value, no number from the data)
+REFUSED = "request refused by the node's policy (details in the node's log)"
+NOT_SENT = "no update sent (details in the node's log)"
+PUBLIC_REASONS = (REFUSED, NOT_SENT)
 
 
 class _ModError(Exception):
     pass
 
 
-def error_reply(msg, reason: str):
-    """The error reply (``ErrorCode.MOD_FAILED_PRECONDITION``) a mod sends instead of an update."""
+def error_reply(msg, public: str, detail: str = ""):
+    """The error reply (``ErrorCode.MOD_FAILED_PRECONDITION``) a mod sends instead of an update: the
+    fixed text ``public`` (one of :data:`PUBLIC_REASONS`) leaves the node; ``detail`` is logged here only."""
     from flwr.app import Error, Message
     from flwr.common.constant import ErrorCode
 
-    log.error(reason)
-    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+    if public not in PUBLIC_REASONS:
+        raise ValueError(f"an error reply carries one of the fixed texts {PUBLIC_REASONS}")
+    log.error("%s: %s", public, bounded_text(detail, 2000))
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=public), reply_to=msg)
 
 
 class SSGDMod:
     """Client mod: normalise the outgoing update (gradient or model delta) to a unit vector.
 
-    ``mode`` ("fedsgd" | "delta") is the default when a message sets no ``ssgd-mode``. The
-    other arguments are this node's policy (:class:`~.policy.NodePolicy`; the node config's
-    keys override them): ``scope``, ``eps``, ``allowed_metrics`` (default: none),
-    ``min_batch_size`` and ``unit_tol``.
+    The arguments are this node's policy (:class:`~.policy.NodePolicy`; the node config's
+    keys override them): ``mode`` (what the node computes; a request for another is refused),
+    ``scope``, ``eps``, ``allowed_metrics`` (default: none), ``min_batch_size``,
+    ``max_local_steps`` and ``unit_tol``.
     """
 
     def __init__(self, mode: str = "fedsgd", scope: str = "global", eps: float = DEFAULT_EPS, *,
-                 allowed_metrics: Any = (), min_batch_size: int = 1, unit_tol: float = 1e-3) -> None:
+                 allowed_metrics: Any = (), min_batch_size: int = 1, max_local_steps: int = 100,
+                 unit_tol: float = 1e-3) -> None:
         if mode not in keys.MODES:
             raise ValueError(f"Invalid {keys.MODE}={mode!r}; expected one of {keys.MODES}")
-        self.mode = mode
-        self.policy = NodePolicy(scope=scope, eps=eps, allowed_metrics=allowed_metrics,
-                                 min_batch_size=min_batch_size, unit_tol=unit_tol)
+        self.policy = NodePolicy(scope=scope, eps=eps, allowed_metrics=allowed_metrics, mode=mode,
+                                 min_batch_size=min_batch_size, max_local_steps=max_local_steps, unit_tol=unit_tol)
+
+    @property
+    def mode(self) -> str:
+        return self.policy.mode
 
     @property
     def scope(self) -> str:
@@ -94,15 +112,10 @@ class SSGDMod:
         """This node's policy: the constructor's, with the node config (``ctxt.node_config``) over it."""
         return NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
 
-    def settings(self, msg, ctxt=None) -> tuple[str, NodePolicy]:
-        """This call's mode (from the request) and the node's policy, after checking the request against it."""
+    def settings(self, msg, ctxt=None) -> tuple[node_request.NodeRequest, NodePolicy]:
+        """This call's request resolved against the node's policy (:func:`~.request.parse_request`)."""
         policy = self.node_policy(ctxt)
-        cfg = request_config(msg)
-        mode = cfg.get(keys.MODE, self.mode)
-        if mode not in keys.MODES:
-            raise ValueError(f"Invalid {keys.MODE}={mode!r}; expected one of {keys.MODES}")
-        policy.check_request(cfg)
-        return mode, policy
+        return node_request.parse_request(msg, policy, getattr(ctxt, "run_config", None)), policy
 
     def __call__(self, msg, ctxt, call_next):
         from flwr.app import MessageType
@@ -110,16 +123,22 @@ class SSGDMod:
         if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
             return call_next(msg, ctxt)
         try:
-            mode, policy = self.settings(msg, ctxt)
-            sent = self._single_record(msg, "request")
+            req, policy = self.settings(msg, ctxt)
+            sent = msg.content.array_records[node_request.ARRAYS]
             sent_meta = {k: tuple(int(s) for s in a.shape) for k, a in sent.items()}
-            sent_arrays = {k: np.asarray(a.numpy()) for k, a in sent.items()} if mode == "delta" else None
-        except (_ModError, PolicyError, ValueError, TypeError) as e:
-            return error_reply(msg, f"SSGDMod: {e}")
+            sent_arrays = {k: np.asarray(a.numpy()) for k, a in sent.items()} if req.mode == "delta" else None
+        except (_ModError, PolicyError, ValueError, TypeError, KeyError) as e:
+            return error_reply(msg, REFUSED, f"SSGDMod: {e}")
 
-        out = call_next(msg, ctxt)
+        node_request.put(ctxt, req)
+        try:
+            out = call_next(msg, ctxt)
+        except Exception as e:  # the ClientApp raised: its text may carry data; it stays here
+            return error_reply(msg, NOT_SENT, f"SSGDMod: the ClientApp raised {type(e).__name__}: {e}")
+        finally:
+            node_request.drop(ctxt)
         if out.has_error():
-            return out
+            return error_reply(msg, NOT_SENT, f"SSGDMod: the ClientApp replied with an error: {out.error.reason}")
         try:
             key = self._single_record_key(out, "reply")
             reply = out.content.array_records[key]
@@ -134,24 +153,19 @@ class SSGDMod:
                 if not np.issubdtype(a.dtype, np.floating):
                     raise _ModError(f"the reply's {name!r} has dtype {a.dtype}; SSGD updates must be floating point")
                 t = torch.from_numpy(np.array(a, copy=True))
-                if mode == "delta":
+                if req.mode == "delta":
                     t = t - torch.from_numpy(np.asarray(sent_arrays[name], dtype=a.dtype))
                 tensors.append(t)
             if not tensors:
                 raise _ModError("the reply's ArrayRecord is empty")
             unit_(tensors, scope=policy.scope, eps=policy.eps, names=names)
-            sq = [float(torch.sum(t.double() ** 2)) for t in tensors]
-            norms = [math.sqrt(sum(sq))] if policy.scope == "global" else [math.sqrt(v) for v in sq]
-            if not check_outgoing(norms, policy.unit_tol):
-                # no number in the reason: it would travel to the server
+            if not check_outgoing(self.outgoing_norms(tensors, policy.scope), policy.unit_tol):
                 raise _ModError(f"the outgoing update is not a unit vector (scope={policy.scope!r}) nor 0; not sent")
             metrics = {}
             for record in out.content.metric_records.values():
                 metrics.update(policy.allowed(record))
-        except NonFiniteGradientError as e:
-            return error_reply(msg, f"SSGDMod: {e}")
-        except (_ModError, ValueError, TypeError) as e:
-            return error_reply(msg, f"SSGDMod: {e}")
+        except (NonFiniteGradientError, _ModError, ValueError, TypeError) as e:
+            return error_reply(msg, NOT_SENT, f"SSGDMod: {e}")
 
         from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
@@ -161,15 +175,19 @@ class SSGDMod:
         return Message(content=content, reply_to=msg)
 
     @staticmethod
+    def outgoing_norms(tensors, scope: str) -> list[float]:
+        """The norms the outgoing check compares with 1: one joint norm (global) or one per tensor
+        (layer), from the library's :func:`ssgd.transform.grad_norms`."""
+        per = grad_norms(tensors)
+        return [float(torch.linalg.vector_norm(per))] if scope == "global" else [float(v) for v in per]
+
+    @staticmethod
     def _single_record_key(msg, what: str) -> str:
         records = msg.content.array_records
         if len(records) != 1:
             raise _ModError(f"SSGDMod expects exactly one ArrayRecord in the {what}, found {len(records)}")
         return next(iter(records))
 
-    def _single_record(self, msg, what: str):
-        return msg.content.array_records[self._single_record_key(msg, what)]
 
-
-#: A ready instance with the default policy (the node config may change it; the mode comes from each request).
+#: A ready instance with the default policy (the node config may change it).
 ssgd_mod = SSGDMod()

@@ -17,6 +17,9 @@ node config key            default                  what it controls
                            ``LocalNoiseMod``)       :class:`~ssgd.distributed.flower.LocalNoiseMod`
 ``allow-evaluate``         ``false``                whether the packaged ClientApp answers
                                                     evaluate messages (loss/accuracy of its data)
+``ssgd-mode``              ``"fedsgd"``             what the node computes: one batch's gradient
+                                                    (``fedsgd``) or the delta of local steps
+``max-local-steps``        ``100``                  most local SGD steps a request may ask for
 =========================  =======================  ==============================================
 
 The server still *sends* its view (``ssgd-scope``, ``ssgd-eps``, ``batch-size``,
@@ -43,13 +46,14 @@ from ...transform import DEFAULT_EPS, check_eps, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
-           "ALLOW_EVALUATE", "request_config", "check_outgoing"]
+           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
 ALLOWED_METRICS = "allowed-metrics"
 MIN_BATCH_SIZE = "min-batch-size"
 MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
 ALLOW_EVALUATE = "allow-evaluate"
+MAX_LOCAL_STEPS = "max-local-steps"
 
 #: the metrics the packaged ClientApp can report (each opt-in, see the module doc)
 METRICS = ("num-examples", "train-loss")
@@ -57,16 +61,6 @@ METRICS = ("num-examples", "train-loss")
 
 class PolicyError(ValueError):
     """A server request asks for less protection than the node's policy allows (names the setting)."""
-
-
-def request_config(msg) -> dict[str, Any]:
-    """The settings a server message carries: its ConfigRecord ``"config"`` (or its only ConfigRecord)."""
-    records = msg.content.config_records
-    if "config" in records:
-        return dict(records["config"])
-    if len(records) == 1:
-        return dict(next(iter(records.values())))
-    return {}
 
 
 def _number(key: str, value: Any) -> float:
@@ -110,6 +104,8 @@ class NodePolicy:
     allow_evaluate: bool = False
     #: the outgoing vector must have norm 1 +- unit_tol (per tensor for scope="layer"), or be exactly 0
     unit_tol: float = 1e-3
+    mode: str = "fedsgd"
+    max_local_steps: int = 100
 
     def __post_init__(self) -> None:
         try:
@@ -136,6 +132,11 @@ class NodePolicy:
         object.__setattr__(self, "allow_evaluate", _bool(ALLOW_EVALUATE, self.allow_evaluate))
         if not (isinstance(self.unit_tol, (int, float)) and 0 < self.unit_tol < 1):
             raise ValueError(f"Invalid unit_tol={self.unit_tol!r}; must be in (0, 1), e.g. 1e-3")
+        if self.mode not in keys.MODES:
+            raise ValueError(f"Invalid node config {keys.MODE}={self.mode!r}; expected one of {keys.MODES}")
+        if (isinstance(self.max_local_steps, bool) or not isinstance(self.max_local_steps, int)
+                or self.max_local_steps < 1):
+            raise ValueError(f"Invalid {MAX_LOCAL_STEPS}={self.max_local_steps!r}; must be an integer >= 1")
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any] | None, base: "NodePolicy | None" = None) -> "NodePolicy":
@@ -145,24 +146,30 @@ class NodePolicy:
         kw: dict[str, Any] = {}
         for key, field in ((keys.SCOPE, "scope"), (keys.EPS, "eps"), (ALLOWED_METRICS, "allowed_metrics"),
                            (MIN_BATCH_SIZE, "min_batch_size"), (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
-                           (ALLOW_EVALUATE, "allow_evaluate")):
+                           (ALLOW_EVALUATE, "allow_evaluate"), (keys.MODE, "mode"),
+                           (MAX_LOCAL_STEPS, "max_local_steps")):
             if key in nc:
                 kw[field] = nc[key]
         return dataclasses.replace(base, **kw) if kw else base
 
     # ------------------------------------------------------------------ requests
     def check_request(self, cfg: Mapping[str, Any]) -> None:
-        """Refuse (:class:`PolicyError`) a request asking for less protection than this policy."""
-        if keys.SCOPE in cfg and cfg[keys.SCOPE] != self.scope:
-            raise PolicyError(f"the server asks {keys.SCOPE}={cfg[keys.SCOPE]!r}, this node's policy is "
-                              f"{self.scope!r} (node config {keys.SCOPE}); not sent")
-        if keys.EPS in cfg:
+        """Refuse (:class:`PolicyError`) a request (typed request fields, see :mod:`.request`) asking
+        for less protection than this policy: another scope, a larger eps, a smaller batch, more
+        local steps than the node allows."""
+        if keys.SCOPE in cfg:
             try:
-                eps = _number(keys.EPS, cfg[keys.EPS])
+                scope = check_scope(cfg[keys.SCOPE])
             except ValueError as e:
                 raise PolicyError(str(e)) from None
-            if not eps > 0:
-                raise PolicyError(f"Invalid {keys.EPS}={cfg[keys.EPS]!r}; must be a finite number > 0")
+            if scope != self.scope:
+                raise PolicyError(f"the server asks {keys.SCOPE}={scope!r}, this node's policy is "
+                                  f"{self.scope!r} (node config {keys.SCOPE}); not sent")
+        if keys.EPS in cfg:
+            try:
+                eps = check_eps(cfg[keys.EPS])
+            except ValueError as e:
+                raise PolicyError(str(e)) from None
             if eps > self.eps:
                 raise PolicyError(f"the server asks {keys.EPS}={eps:g}, above this node's {self.eps:g} (node config "
                                   f"{keys.EPS}): a larger eps sends a scaled raw gradient; not sent")
@@ -171,6 +178,11 @@ class NodePolicy:
             if isinstance(b, bool) or not isinstance(b, int) or b < self.min_batch_size:
                 raise PolicyError(f"the server asks {keys.BATCH_SIZE}={b!r}, below this node's minimum "
                                   f"{self.min_batch_size} (node config {MIN_BATCH_SIZE}); not sent")
+        if keys.LOCAL_STEPS in cfg:
+            s = cfg[keys.LOCAL_STEPS]
+            if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= self.max_local_steps:
+                raise PolicyError(f"the server asks {keys.LOCAL_STEPS}={s!r}, outside this node's [1, "
+                                  f"{self.max_local_steps}] (node config {MAX_LOCAL_STEPS}); not sent")
 
     def check_noise_multiplier(self, sigma: Any) -> float:
         """The σ a request asks for, if this node accepts it (its minimum must be set and met)."""

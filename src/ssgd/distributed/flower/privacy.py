@@ -77,8 +77,9 @@ import torch
 from ...privacy import NodePrivacy, derive_seed, sensitivity
 from ...privacy.accountant import check_noise_multiplier
 from . import keys
-from .mod import error_reply
-from .policy import NodePolicy, PolicyError, check_outgoing, request_config
+from .mod import REFUSED, SSGDMod, error_reply
+from .policy import NodePolicy, check_outgoing
+from .request import ARRAYS, read_fields
 from .strategy import SSGDStrategy
 
 __all__ = ["DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound"]
@@ -122,14 +123,20 @@ class LocalNoiseMod:
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
         seed: ``None`` draws each call's noise from OS entropy; an int derives it from
-            (seed, node id, round) -- reproducible, fresh every round, different on every node.
+            (seed, node id, round) -- reproducible, fresh every round, different on every node. A
+            seeded mod noises each round once per node (recorded in the node's ``Context.state``)
+            and refuses a repeated round: the same noise twice would cancel in the difference.
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
 
     The reply that leaves the node holds the noisy vector and nothing else (no metric: a
-    loss or a count would be released outside the accountant). A bad setting, or a reply
-    that is not a unit vector (the mod is listed inside SSGDMod), becomes an error reply
-    (``MOD_FAILED_PRECONDITION``) whose reason says what to fix -- and carries no number
-    computed from the node's data; the node never sends an un-noised vector.
+    loss or a count would be released outside the accountant). A request refused from its
+    own content (a bad or too small σ, another scope, a malformed message) becomes an error
+    reply with the fixed text :data:`~.mod.REFUSED`. **Anything that fails after that** -- a
+    non-finite step, a raising ClientApp, an inner error reply, a reply that is not a unit
+    vector (the mod listed inside SSGDMod) -- could depend on the data, so no error leaves:
+    the node releases the mechanism's output on a zero vector (the same kind of noisy vector,
+    counted by the strategy as a release) and logs the reason locally. The node never sends
+    an un-noised vector or a data-dependent error.
     """
 
     def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float | None = None,
@@ -143,14 +150,33 @@ class LocalNoiseMod:
         self.calls = 0
 
     def settings(self, msg, ctxt=None) -> tuple[float, str]:
-        """This call's (σ, scope): the request checked against the node's policy."""
+        """This call's (σ, scope): the request (:func:`~.request.read_fields`) checked against the node's policy."""
         policy = NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
-        cfg = request_config(msg)
+        cfg = read_fields(msg)
         sigma = policy.check_noise_multiplier(cfg.get(DP_NOISE_MULTIPLIER, self.noise_multiplier))
-        if keys.SCOPE in cfg and cfg[keys.SCOPE] != policy.scope:
-            raise PolicyError(f"the server asks {keys.SCOPE}={cfg[keys.SCOPE]!r}, this node's policy is "
-                              f"{policy.scope!r} (node config {keys.SCOPE}); not sent")
+        policy.check_request({k: v for k, v in cfg.items() if k == keys.SCOPE})
         return sigma, policy.scope
+
+    #: where a seeded mod records the rounds it has noised (the node's own Context.state, kept across messages)
+    ROUNDS_KEY = "ssgd-noised-rounds"
+
+    def _claim_round(self, ctxt, rnd: int | None) -> None:
+        """Seeded noise is a function of (seed, node, round): a server that asks for the same round twice
+        (at another model) would get the same noise twice and cancel it in the difference. A seeded mod
+        therefore noises each round once per node and refuses a repeat (and a request without a round)."""
+        if self.seed is None:
+            return
+        if rnd is None:
+            raise _NoiseModError("a seeded LocalNoiseMod needs the request's server-round")
+        state = getattr(ctxt, "state", None)
+        if state is None:
+            return
+        from flwr.app import ConfigRecord
+
+        used = list(state.config_records[self.ROUNDS_KEY]["rounds"]) if self.ROUNDS_KEY in state.config_records else []
+        if int(rnd) in used:
+            raise _NoiseModError(f"round {rnd} was already noised by this node: seeded noise would repeat")
+        state[self.ROUNDS_KEY] = ConfigRecord({"rounds": used + [int(rnd)]})
 
     def _generator(self, ctxt, rnd: int | None) -> torch.Generator:
         self.calls += 1
@@ -168,38 +194,55 @@ class LocalNoiseMod:
             return call_next(msg, ctxt)
         try:
             sigma, scope = self.settings(msg, ctxt)
-        except (ValueError, TypeError) as e:
-            return error_reply(msg, f"LocalNoiseMod: {e}")
-        out = call_next(msg, ctxt)
-        if out.has_error():
-            return out
+            model = {k: np.asarray(a.numpy()) for k, a in msg.content.array_records[ARRAYS].items()}
+            if not model or any(not np.issubdtype(a.dtype, np.floating) for a in model.values()):
+                raise _NoiseModError("the request's model is empty or not floating point")
+            rnd = read_fields(msg).get(keys.ROUND)
+            self._claim_round(ctxt, rnd)
+        except (_NoiseModError, ValueError, TypeError, KeyError) as e:  # decided from the request alone
+            return error_reply(msg, REFUSED, f"LocalNoiseMod: {e}")
         try:
-            records = out.content.array_records
-            if len(records) != 1:
-                raise _NoiseModError(f"expected exactly one ArrayRecord in the reply, found {len(records)}")
-            key = next(iter(records))
-            arrays = {k: np.asarray(a.numpy()) for k, a in records[key].items()}
-            if not arrays:
-                raise _NoiseModError("the reply's ArrayRecord is empty")
-            for k, a in arrays.items():
-                if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
-                    raise _NoiseModError(f"{k!r} is not a finite floating-point array")
-            sq = [float(np.sum(a.astype(np.float64) ** 2)) for a in arrays.values()]
-            norms = [math.sqrt(sum(sq))] if scope == "global" else [math.sqrt(v) for v in sq]
-            if not check_outgoing(norms, self.unit_tol):
-                # no number in the reason: outside SSGDMod it would be the raw gradient norm
-                raise _NoiseModError(
-                    "the update is not a unit vector: list LocalNoiseMod before SSGDMod "
-                    "(mods=[LocalNoiseMod(...), SSGDMod()]) so that it noises the vector SSGDMod produced")
-            std = sigma * sensitivity("node-local", scope, len(arrays))
-            rnd = request_config(msg).get(keys.ROUND)
-            gen = self._generator(ctxt, None if rnd is None else int(rnd))
-            noisy = {}
-            for k, a in arrays.items():
-                z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
-                noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=a.dtype)
-        except (_NoiseModError, ValueError, TypeError) as e:
-            return error_reply(msg, f"LocalNoiseMod: {e}")
+            out = call_next(msg, ctxt)
+        except Exception as e:  # noqa: BLE001 - whatever failed inside, the node releases the mechanism's output
+            out, failure = None, f"the inner mods or ClientApp raised {type(e).__name__}: {e}"
+        else:
+            failure = None
+        if out is not None and out.has_error():
+            if out.error.reason == REFUSED:  # refused from the request alone, before any data was touched
+                return out
+            failure = f"the inner mods or ClientApp replied with an error: {out.error.reason}"
+        arrays, key = None, ARRAYS
+        if failure is None:
+            try:
+                records = out.content.array_records
+                if len(records) != 1:
+                    raise _NoiseModError(f"expected exactly one ArrayRecord in the reply, found {len(records)}")
+                key = next(iter(records))
+                arrays = {k: np.asarray(a.numpy()) for k, a in records[key].items()}
+                if list(arrays) != list(model) or any(arrays[k].shape != model[k].shape for k in model):
+                    raise _NoiseModError("the reply's arrays are not the model's")
+                for k, a in arrays.items():
+                    if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+                        raise _NoiseModError(f"{k!r} is not a finite floating-point array")
+                tensors = [torch.from_numpy(a) for a in arrays.values()]
+                if not check_outgoing(SSGDMod.outgoing_norms(tensors, scope), self.unit_tol):
+                    raise _NoiseModError(
+                        "the update is not a unit vector: list LocalNoiseMod before SSGDMod "
+                        "(mods=[LocalNoiseMod(...), SSGDMod()]) so that it noises the vector SSGDMod produced")
+            except (_NoiseModError, ValueError, TypeError) as e:
+                failure = str(e)
+        if failure is not None:
+            # no data-dependent error leaves the node: it releases exactly what a normal step
+            # releases -- the mechanism's output, here on a zero vector -- and logs why, locally
+            log.error("LocalNoiseMod: %s; releasing noise on a zero vector instead", failure)
+            arrays = {k: np.zeros(a.shape, dtype=a.dtype) for k, a in model.items()}
+            key = ARRAYS
+        std = sigma * sensitivity("node-local", scope, len(arrays))
+        gen = self._generator(ctxt, None if rnd is None else int(rnd))
+        noisy = {}
+        for k, a in arrays.items():
+            z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
+            noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=a.dtype)
         # only the noisy vector leaves: no metric (outside the accountant), no config echo
         return Message(content=RecordDict({key: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
 

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import ServerApp
 
 from ...report.io import RunDirError, atomic_write_text, make_run_dir, write_csv, write_json
+from ...report.validate import md_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FlowerRunConfig
 from .strategy import SSGDStrategy
@@ -50,7 +51,8 @@ def run_server(grid, run_config: Mapping[str, Any], *, progress: bool = False) -
     history: list[dict[str, Any]] = []
     start_round = 1
     # decide before writing anything: a refused resume leaves the folder as it was
-    ckpt = load_checkpoint(ckpt_path, cfg.to_dict()) if cfg.resume else None  # CheckpointMismatchError
+    # a checkpoint is hostile data: checked field by field against this run and its model
+    ckpt = load_checkpoint(ckpt_path, cfg.to_dict(), reference=arrays) if cfg.resume else None
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if ckpt is None and existing and not cfg.overwrite:
         why = "resume=false" if ckpt_path.exists() else "there is no checkpoint to resume from"
@@ -125,7 +127,9 @@ def _write_report(out: Path, cfg: FlowerRunConfig, history: list[dict], summary:
         lines.append(f"| {r['round']} | {acc} | {r['accepted']} | {r['rejected']} | {r['failed']} |")
     rej = [(r["round"], n, why) for r in history for n, why in r["rejections"] + r["failures"]]
     if rej:
-        lines += ["", "Rejected or failed replies:", ""] + [f"- round {a}, node {n}: {w}" for a, n, w in rej[:50]]
+        # a node's reason is foreign text: escaped and bounded (a node could inject Markdown or HTML)
+        lines += ["", "Rejected or failed replies:", ""] + [f"- round {a}, node {n}: {md_text(w)}"
+                                                            for a, n, w in rej[:50]]
     lines += ["", "Files: [config.json](config.json), [metrics.json](metrics.json), [metrics.csv](metrics.csv), "
               "[result.json](result.json), checkpoint.pt"]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

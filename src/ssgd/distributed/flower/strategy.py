@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ...report.validate import bounded_text
 from ...transform import DEFAULT_EPS, check_scope
 from . import keys
 from .policy import METRICS
@@ -136,6 +137,8 @@ class SSGDStrategy(FedAvg):
         self._spec: UpdateSpec | None = None
         #: per round: the node ids the train messages went to
         self.sampled: dict[int, set[int]] = {}
+        #: per round: the train messages this strategy built (their ids are set when the grid pushes them)
+        self.sent: dict[int, list[Message]] = {}
         #: per round: {"accepted": [(node_id, norm)], "rejected": [(node_id, reason)], "failed": [(node_id, reason)]}
         self.rounds: dict[int, dict[str, list]] = {}
 
@@ -187,7 +190,28 @@ class SSGDStrategy(FedAvg):
         cfg[keys.ROUND] = server_round
         log.info("round %d: sampled %d node(s): %s", server_round, len(nodes), nodes)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
-        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+        messages = [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+        self.sent[server_round] = messages
+        return messages
+
+    def sent_ids(self, server_round: int) -> dict[str, int]:
+        """``{message id: destination node}`` of the train messages sent in ``server_round`` (ids are
+        set by the grid when it pushes a message)."""
+        out = {}
+        for m in self.sent.get(server_round, []):
+            mid = m.metadata.message_id
+            if mid:
+                out[mid] = int(m.metadata.dst_node_id)
+        return out
+
+    def max_examples(self) -> int | None:
+        """The most examples a node may report (``num-examples``): the batch size asked for, times the
+        local steps in delta mode; ``None`` when this strategy asks for no batch size."""
+        b = self.client_config.get(keys.BATCH_SIZE)
+        if isinstance(b, bool) or not isinstance(b, int):
+            return None
+        steps = self.client_config.get(keys.LOCAL_STEPS, 1) if self.mode == "delta" else 1
+        return b * steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
         if self.fraction_evaluate == 0.0:
@@ -218,6 +242,12 @@ class SSGDStrategy(FedAvg):
             sampled = self.sampled.get(server_round, set())
             if node not in sampled:
                 return node, f"node {node} was not sampled in round {server_round}", None
+            sent = self.sent_ids(server_round)
+            reply_to = msg.metadata.reply_to_message_id
+            if reply_to not in sent:
+                return node, f"a reply to a message not sent in round {server_round}", None
+            if sent[reply_to] != node:
+                return node, f"a reply from node {node} to a message sent to node {sent[reply_to]}", None
             if node in seen:
                 return node, f"a second reply from node {node} in round {server_round} (one per node)", None
             seen.add(node)
@@ -235,6 +265,8 @@ class SSGDStrategy(FedAvg):
                         return node, f"metric {k!r}={v!r} is not a finite number", None
                     if k == "num-examples" and (not isinstance(v, int) or v < 1):
                         return node, f"metric 'num-examples'={v!r} is not an integer >= 1", None
+                    if k == "num-examples" and self.max_examples() is not None and v > self.max_examples():
+                        return node, f"metric 'num-examples'={v!r} is more than the {self.max_examples()} asked for", None
                     if k == "train-loss" and v < 0:
                         return node, f"metric 'train-loss'={v!r} is negative", None
                     metrics[k] = v
@@ -243,17 +275,18 @@ class SSGDStrategy(FedAvg):
                 return node, verdict.reason, None
             return node, "", (arrays, verdict.norm, metrics)
         except Exception as e:  # a malformed reply must never crash the server
-            return node, f"malformed reply ({type(e).__name__}: {e})", None
+            return node, f"malformed reply ({type(e).__name__}: {bounded_text(e)})", None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._current is None or self._spec is None:
             raise RuntimeError("aggregate_train called before configure_train")
         book = self.rounds.setdefault(server_round, {"accepted": [], "rejected": [], "failed": []})
         accepted: list[dict[str, np.ndarray]] = []
-        losses, weights = [], []
+        losses: list[float] = []
         seen: set[int] = set()
         for msg in replies:
             node, reason, payload = self.check_reply(server_round, msg, seen)
+            reason = bounded_text(reason)  # foreign text (a node's error reason, its names): one line, bounded
             if reason.startswith("error: "):
                 book["failed"].append((node, reason[len("error: "):]))
                 log.warning("round %d: node %s failed: %s", server_round, node, reason[len("error: "):])
@@ -267,7 +300,6 @@ class SSGDStrategy(FedAvg):
             accepted.append(arrays)
             if "train-loss" in metrics:  # opt-in on the node (allowed-metrics)
                 losses.append(float(metrics["train-loss"]))
-                weights.append(float(metrics.get("num-examples", 1)))
         n_ok = len(accepted)
         log.info("round %d: %d accepted, %d rejected, %d failed", server_round, n_ok, len(book["rejected"]),
                  len(book["failed"]))
@@ -276,10 +308,8 @@ class SSGDStrategy(FedAvg):
             log.warning("round %d: no valid update; the global model is unchanged", server_round)
             return None, metrics
         try:
-            if losses:
-                total_w = math.fsum(weights)
-                metrics["train-loss"] = float(np.average(losses, weights=weights)) if total_w > 0 else \
-                    float(np.mean(losses))
+            if losses:  # the median over nodes: no single node (and no claimed example count) sets it
+                metrics["train-loss"] = float(np.median(losses))
             sign = -1.0 if self.mode == "fedsgd" else 1.0
             step = sign * self.server_lr / n_ok
             new: dict[str, Array] = {}

@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from ...transform import check_scope, grad_norms
 
 __all__ = ["UpdateSpec", "Verdict", "validate_update", "arrays_from_record", "record_from_arrays"]
 
@@ -39,8 +42,7 @@ class UpdateSpec:
     def __post_init__(self) -> None:
         if len(self.names) != len(self.shapes):
             raise ValueError(f"UpdateSpec: {len(self.names)} names but {len(self.shapes)} shapes")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"Invalid scope={self.scope!r}; expected 'global' or 'layer'")
+        check_scope(self.scope)
         if not 0 < self.tol < 1:
             raise ValueError(f"Invalid norm tolerance tol={self.tol}; must be in (0, 1), e.g. 1e-3")
         if self.norm_bound is not None and (not math.isfinite(self.norm_bound) or self.norm_bound <= 0
@@ -115,13 +117,14 @@ def validate_update(content, spec: UpdateSpec) -> tuple[Verdict, dict[str, np.nd
                 return Verdict(False, f"{name!r} has serialisation type {stype!r}, expected 'numpy.ndarray'"), None
         arrays = {k: (np.asarray(record[k].numpy()) if arrays_records is not None else np.asarray(record[k]))
                   for k in spec.names}
-        sq = []
         for name, a in arrays.items():
             if a.shape != dict(zip(spec.names, spec.shapes))[name] or str(a.dtype) != spec.dtype:
                 return Verdict(False, f"{name!r} decodes to {a.dtype}{a.shape}, not its declared metadata"), None
             if not np.isfinite(a).all():
                 return Verdict(False, f"non-finite values (NaN/inf) in {name!r}"), None
-            sq.append(float(np.linalg.norm(a.astype(np.float64).ravel())) ** 2)
+        # the library's one norm rule (ssgd.transform.grad_norms), as on the node
+        per = grad_norms([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values()]).tolist()
+        sq = [v * v for v in per]
         total = math.sqrt(sum(sq))
         if spec.scope == "global":
             if not _norm_ok(total, spec):

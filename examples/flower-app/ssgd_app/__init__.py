@@ -1,0 +1,1 @@
+"""An SSGD Flower app: edit task.py (model and data); the rest is the wiring."""

@@ -1,0 +1,52 @@
+"""ssgd.report.validate: the shared checks of result files and of foreign text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssgd.report import ResultFileError, bounded_text, check_arrays, check_count, check_history, md_text
+
+FIELDS = {"epoch": "int", "acc": "number", "eps": "number?", "note": "text", "norms": "node-numbers"}
+
+
+def test_md_text_renders_foreign_text_literally_on_one_bounded_line():
+    evil = "<script>x</script> [a](http://e) | *b* _c_ `d`\n# head\x00" + "A" * 500
+    out = md_text(evil)
+    assert len(out) <= 2 * 200 and "\n" not in out and "\x00" not in out
+    for raw in ("<script", "[a](", "| *", "`d`"):
+        assert raw not in out
+    assert out.startswith("&lt;script&gt;x&lt;/script&gt; \\[a\\](http://e) \\| \\*b\\*")
+    assert bounded_text("a\nb", 10) == "a b" and bounded_text("x" * 50, 10) == "x" * 7 + "..."
+
+
+def test_check_history_keeps_good_rows_and_refuses_anything_else_in_one_line():
+    good = [{"epoch": 1, "acc": 0.5, "eps": None, "note": "ok\nfine", "norms": [[1, 1.0]]}]
+    assert check_history(good, FIELDS, source="f.pt", required=("epoch",)) == [
+        {"epoch": 1, "acc": 0.5, "eps": None, "note": "ok fine", "norms": [[1, 1.0]]}]
+    bad_rows = [
+        [{"epoch": 1, "acc": float("nan")}], [{"epoch": 1, "acc": "0.5"}], [{"epoch": "1"}], [{"epoch": True}],
+        [{"epoch": 1, "other": 1}], [{"acc": 0.5}], [[1, 2]], {"epoch": 1}, [{"epoch": 1, "norms": [[1, "x"]]}],
+        [{"epoch": 1, "eps": float("inf")}],
+    ]
+    for rows in bad_rows:
+        with pytest.raises(ResultFileError) as info:
+            check_history(rows, FIELDS, source="f.pt", required=("epoch",))
+        assert "\n" not in str(info.value) and "f.pt" in str(info.value), rows
+
+
+def test_check_arrays_and_check_count():
+    ref = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32)}
+    got = check_arrays({"w": torch.ones(2, 3), "b": torch.ones(2)}, ref, source="c.pt")
+    assert list(got) == ["w", "b"] and got["w"].dtype == np.float32
+    for arrays in ({"w": torch.ones(2, 3, dtype=torch.float64), "b": torch.ones(2)},
+                   {"w": torch.ones(2, 3), "b": torch.tensor([1.0, float("nan")])},
+                   {"b": torch.ones(2), "w": torch.ones(2, 3)}, {"w": torch.ones(2, 3)},
+                   {"w": torch.ones(3, 2), "b": torch.ones(2)}, {"w": [1, 2], "b": torch.ones(2)}, [1, 2]):
+        with pytest.raises(ResultFileError):
+            check_arrays(arrays, ref, source="c.pt")
+    assert check_count(3, what="round", source="c.pt", low=1, high=5) == 3
+    for v in (0, 6, "3", 3.0, True, None):
+        with pytest.raises(ResultFileError):
+            check_count(v, what="round", source="c.pt", low=1, high=5)
