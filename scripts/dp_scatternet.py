@@ -1,7 +1,8 @@
 """Driver: SSGD + noise vs Opacus DP-SGD on ScatterNet features of Fashion-MNIST at (ε = 3, δ = 1e-5).
 
-Not the product command: until the DP benchmark (``ssgd reproduce privacy --benchmark``) takes seeds and a
-dataset/model choice, this script runs its private training (:func:`ssgd.experiments.dp_benchmark.fit_private`,
+Not the product command (which now has ``ssgd reproduce privacy --benchmark --features scatternet``, with lrs
+chosen on validation): this script produced the published ``docs/results/dp_scatternet.json`` (at commit 46b71ba,
+before the benchmark's paired Poisson masks; a rerun needs a new ``--out``). It runs its private training (:func:`ssgd.experiments.dp_benchmark.fit_private`,
 the same accountant, model init and checkpoints) with the protocol of issue 21:
 
 * Tramèr & Boneh's ScatterNet + linear setting (their README: batch 8192, lr 16, momentum 0.9, C = 0.1,
@@ -52,14 +53,13 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = DPBenchmarkConfig(dataset="fashion-mnist-scatternet", model="scatter-linear", epochs=args.epochs,
-                             batch_size=8192, momentum=0.9, clip=0.1, ssgd_lrs=(args.ssgd_lr,),
-                             opacus_lrs=(args.opacus_lr,), device=args.device).validate()
-    config = {**base.to_dict(), "seeds": seeds, "lrs": {"ssgd": args.ssgd_lr, "opacus": args.opacus_lr}}
-    config.pop("seed")
+    base = DPBenchmarkConfig.for_features("scatternet", epochs=args.epochs, batch_size=8192, momentum=0.9,
+                                          clip=0.1, ssgd_lrs=(args.ssgd_lr,), opacus_lrs=(args.opacus_lr,),
+                                          seeds=tuple(seeds), device=args.device).validate()
+    config = {**base.to_dict(), "lrs": {"ssgd": args.ssgd_lr, "opacus": args.opacus_lr}}
     check_saved_config(out, config)  # refuses a folder that holds another configuration
     write_json(out / "config.json", config)
-    data = _load_data(base)
+    data = _load_data(base, "test")
     n = data.x_train.shape[0]
     steps = math.ceil(n / base.batch_size)
     q = 1.0 / steps
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     finished: dict[str, dict[int, list[dict]]] = {m: {} for m in METHODS}
     for seed in seeds:
         for method in METHODS:
-            cfg = DPBenchmarkConfig(**{**base.to_dict(), "seed": seed})
-            hist = fit_private(method, data, cfg, lr=lrs[method], epochs=cfg.epochs, sigma=sigma,
+            cfg = base
+            hist = fit_private(method, data, cfg, lr=lrs[method], epochs=cfg.epochs, sigma=sigma, seed=seed,
                                checkpoint=out / f"{method}_seed{seed}.ckpt", resume=True, progress=False,
                                desc=f"{method} seed {seed}", log=lambda s: print(s, flush=True))
             write_csv(out / f"{method}_seed{seed}_history.csv", hist)
