@@ -170,3 +170,28 @@ def test_benchmark_quick_cli_writes_the_result_json(tmp_path):
     bad = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
                                    "--out", str(out), "--resume", "--epochs", "3"])
     assert bad.exit_code == 2 and "epochs: saved 2, now 3" in bad.output
+
+
+def test_published_json_renders_and_hostile_fields_are_refused(tmp_path):
+    """The README's DP tables come from the published JSON; a crafted file is refused in one line."""
+    import json
+    from pathlib import Path
+
+    from ssgd.experiments import dp_benchmark
+
+    src = Path(__file__).resolve().parents[2] / "docs" / "results" / "dp_benchmark.json"
+    doc = dp_benchmark.load_published(src)
+    md = dp_benchmark.results_markdown(doc)
+    mean = doc["runs"]["ssgd"]["test_acc_mean"]
+    assert f"{mean:.4f}" in md and "Welch" in md
+    for path, value in ((("runs", "ssgd", "test_acc_mean"), float("nan")), (("runs", "opacus", "test_accs"), [1.5]),
+                        (("dataset",), "x | <script>"), (("epochs",), True)):
+        bad = json.loads(src.read_text())
+        node = bad
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        f = tmp_path / "bad.json"
+        f.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="bad.json"):
+            dp_benchmark.load_published(f)

@@ -694,3 +694,85 @@ def _report(doc: dict[str, Any], cfg: DPBenchmarkConfig, sigma: float, spe: int,
         f"All numbers: [{name}.json]({name}.json). Total time of this call: {seconds:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def results_markdown(doc: dict[str, Any]) -> str:
+    """The README's table for one published benchmark JSON (``docs/results/dp_benchmark.json`` or
+    ``dp_scatternet.json``): the anchor, both methods' mean ± std over paired seeds, ε from the same accountant,
+    throughput, and the verdicts against the anchor and against Opacus, all read from the file."""
+    s, o, a = doc["runs"]["ssgd"], doc["runs"]["opacus"], doc["anchor"]
+    seeds = doc.get("seeds") or []
+    tp = lambda r: f"{r['throughput']:,.0f}" if r.get("throughput") else "-"  # noqa: E731
+    per = lambda r: " / ".join(f"{v:.4f}" for v in r["test_accs"])  # noqa: E731
+    diff = s["test_acc_mean"] - o["test_acc_mean"]
+    p = doc.get("welch_p")
+    gap_anchor = s["test_acc_mean"] - a["test_acc"]
+    lines = [
+        f"| {doc['dataset']}, `{doc['model']}`, ε = {doc['epsilon']:g}, δ = {doc['delta']:g}, {doc['epochs']} epochs"
+        f" | test accuracy (mean ± std, {len(seeds)} seeds) | per seed | lr | ε | examples/s ({doc['device']}) |",
+        "|---|---|---|---|---|---|",
+        f"| {a['source']} (anchor) | {a['test_acc']:.3f} | - | {a['lr']:g} | {a['epsilon']:g} | - |",
+        f"| **SSGD + noise** | **{_pm(s)}** | {per(s)} | {s['lr']:g} | {s['epsilon']:.3f} | {tp(s)} |",
+        f"| Opacus DP-SGD (C = {o['max_grad_norm']:g}) | {_pm(o)} | {per(o)} | {o['lr']:g} | {o['epsilon']:.3f} "
+        f"| {tp(o)} |",
+        "",
+        f"SSGD + noise − Opacus: {100 * diff:+.2f} points (Welch's p = "
+        + (f"{p:.2f}" if p is not None else "n/a") + "); SSGD + noise − anchor: "
+        f"{100 * gap_anchor:+.2f} points"
+        + (f"; throughput {doc['throughput_ratio']:.2f}× Opacus's." if doc.get("throughput_ratio") else ".")
+        + (" **Partial: not every run has finished.**" if doc.get("partial") else ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_published(path: str | Path) -> dict[str, Any]:
+    """Read a published benchmark JSON as hostile input: every field :func:`results_markdown` prints is checked
+    (type, finite, accuracies in [0, 1]); anything else is a one-line ValueError."""
+    import json
+    import math
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
+
+    def num(v: Any, what: str, low: float = -math.inf, high: float = math.inf, none: bool = False) -> None:
+        if v is None and none:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+            raise ValueError(f"{path}: {what} must be a finite number in [{low:g}, {high:g}], got {str(v)[:40]!r}")
+
+    def text(v: Any, what: str) -> None:
+        if not isinstance(v, str) or len(v) > 200 or any(c in v for c in "|\n<>[]"):
+            raise ValueError(f"{path}: {what} must be a short plain string")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), dict) or not isinstance(doc.get("anchor"), dict):
+        raise ValueError(f"{path}: not a dp_benchmark.json (needs 'runs' and 'anchor'); give the file a run wrote")
+    for k in ("dataset", "model", "device"):
+        text(doc.get(k), k)
+    for k in ("epsilon", "delta"):
+        num(doc.get(k), k, 0)
+    num(doc.get("epochs"), "epochs", 1, 10_000)
+    num(doc.get("welch_p"), "welch_p", 0, 1, none=True)
+    num(doc.get("throughput_ratio"), "throughput_ratio", 0, none=True)
+    if not isinstance(doc.get("seeds"), list) or not isinstance(doc.get("partial", False), bool):
+        raise ValueError(f"{path}: 'seeds' must be a list and 'partial' a boolean")
+    a = doc["anchor"]
+    text(a.get("source"), "anchor.source")
+    num(a.get("test_acc"), "anchor.test_acc", 0, 1)
+    num(a.get("lr"), "anchor.lr", 0)
+    num(a.get("epsilon"), "anchor.epsilon", 0)
+    for m in ("ssgd", "opacus"):
+        r = doc["runs"].get(m)
+        if not isinstance(r, dict) or not isinstance(r.get("test_accs"), list) or not r["test_accs"]:
+            raise ValueError(f"{path}: runs.{m} needs a non-empty 'test_accs' list")
+        for v in r["test_accs"]:
+            num(v, f"runs.{m}.test_accs", 0, 1)
+        num(r.get("test_acc_mean"), f"runs.{m}.test_acc_mean", 0, 1)
+        num(r.get("test_acc_std"), f"runs.{m}.test_acc_std", 0, 1, none=True)
+        num(r.get("lr"), f"runs.{m}.lr", 0)
+        num(r.get("epsilon"), f"runs.{m}.epsilon", 0)
+        num(r.get("throughput"), f"runs.{m}.throughput", 0, none=True)
+    num(doc["runs"]["opacus"].get("max_grad_norm"), "runs.opacus.max_grad_norm", 0)
+    return doc

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..report.io import atomic_write_text
-from . import demo, leakage, table2, table6
+from . import demo, dp_benchmark, leakage, table2, table6
 from .sweep import load_results
 
 __all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "SECTIONS", "Section", "render_section", "update_generated"]
@@ -58,6 +58,11 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("leakage-cells", "docs/results/leakage.json", leakage.cells_markdown),
     # the demo's numbers (exported from a `ssgd demo` run folder by ``scripts/update_tables.py --demo-run DIR``)
     Section("demo", "docs/results/demo.json", demo.summary_markdown, demo.load_summary),
+    # the DP benchmark (`ssgd reproduce privacy --benchmark [--features scatternet] --publish docs/results`)
+    Section("dp-benchmark", "docs/results/dp_benchmark.json", dp_benchmark.results_markdown,
+            dp_benchmark.load_published),
+    Section("dp-scatternet", "docs/results/dp_scatternet.json", dp_benchmark.results_markdown,
+            dp_benchmark.load_published),
 )}
 
 # the documents (relative to the repository root) whose generated sections the script keeps current
