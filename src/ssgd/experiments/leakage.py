@@ -17,9 +17,15 @@ budget-vs-PSNR curve, a privacy-vs-accuracy plot and ``report.md``.
 * **Budgets**: every cell records its attack spec, iterations actually run, restarts and
   init. A cell whose mean PSNR is below ``confirm_below`` (10 dB) is rerun with twice the
   iterations and both results are kept; it counts as protection only if both stay below.
-* The SSGD-aware attacks are told the defence (the threat model "the attacker knows SSGD is
-  used"): ``dlg-unit`` uses the defence's scope and shard count, ``analytic`` rescales under
-  layer scope. ``ssgd-shards:m=M`` cells whose batch is not a multiple of ``M`` are not run
+* Every defence faces an attacker told about it (the threat model "the attacker knows the
+  defence"; :data:`AWARE`, :func:`adapt_attack`): ``dlg-unit`` and ``inverting-layer`` use the
+  SSGD defence's scope and shard count (searching the label-to-shard deal), ``analytic`` rescales
+  under layer scope, ``dlg-aware`` matches only the entries pruning kept, a surrogate of the sign,
+  or the mean of :data:`AWARE_DRAWS` noisy releases; where it has nothing to add it is n/a.
+  A defence is protected on a cell only if every attack held (:func:`_verdict`).
+* Cell files are hostile input: only ``cells/<cell id>.json`` of this config, with the grid's
+  image count and finite numbers in range, are read (:func:`_read_cells`); export refuses
+  anything else in one line. ``ssgd-shards:m=M`` cells whose batch is not a multiple of ``M`` are not run
   (marked n/a): the defence needs ``M`` shards of equal size.
 """
 
