@@ -143,9 +143,15 @@ def test_benchmark_quick_cli_writes_the_result_json(tmp_path):
         load_dataset("fashion-mnist")
     except DatasetError as e:
         pytest.skip(f"Fashion-MNIST is not installed: {e}")
+    import shutil
+
+    from ssgd.data.datasets import FASHION_MNIST_DIR
+
+    data = tmp_path / "fm"  # a folder of the user's, not the default location
+    shutil.copytree(FASHION_MNIST_DIR, data)
     out, pub = tmp_path / "run", tmp_path / "pub"
     res = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress", "--workers",
-                                   "2", "--out", str(out), "--publish", str(pub)])
+                                   "2", "--out", str(out), "--publish", str(pub), "--data-dir", str(data)])
     assert res.exit_code == 0, res.output
     doc = json.loads((pub / "dp_benchmark.json").read_text())
     assert doc == json.loads((out / "dp_benchmark.json").read_text())
@@ -164,11 +170,11 @@ def test_benchmark_quick_cli_writes_the_result_json(tmp_path):
     assert (pub / "dp_benchmark.png").is_file()
     # resume: everything is done, nothing reruns; other settings are refused with the fix
     again = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
-                                     "--out", str(out), "--resume"])
+                                     "--out", str(out), "--resume", "--data-dir", str(data)])
     assert again.exit_code == 0, again.output
     assert "examples/s)" not in again.output  # no run line: every run was kept
     bad = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--quick", "--no-progress",
-                                   "--out", str(out), "--resume", "--epochs", "3"])
+                                   "--out", str(out), "--resume", "--epochs", "3", "--data-dir", str(data)])
     assert bad.exit_code == 2 and "epochs: saved 2, now 3" in bad.output
 
 
@@ -195,3 +201,14 @@ def test_published_json_renders_and_hostile_fields_are_refused(tmp_path):
         f.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="bad.json"):
             dp_benchmark.load_published(f)
+
+
+def test_benchmark_data_dir_must_be_a_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssgd.cli import app
+
+    res = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--no-progress", "--out",
+                                   str(tmp_path / "run"), "--data-dir", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "missing" in res.output
+    assert not (tmp_path / "run").exists()

@@ -60,6 +60,9 @@ def command(
                                                       "of the end-to-end CNN: scatternet"),
     max_widen: Optional[int] = typer.Option(None, help="benchmark: a best lr at a grid's edge adds one point "
                                                        "beyond it, at most this many times (default 2)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", file_okay=False,
+                                            help="benchmark: Fashion-MNIST IDX folder (default: Debian's "
+                                                 "/usr/share/datasets/fashion-mnist)"),
     workers: int = typer.Option(1, help="benchmark: independent runs (grid points, seeds) in parallel "
                                         "processes, each on --device"),
     normalisation: Optional[str] = typer.Option(None, help="benchmark: SSGD's normalisation gamma | unit | layer "
@@ -83,6 +86,13 @@ def command(
             raise typer.BadParameter(f"--workers {workers}: must be >= 1 (independent runs in parallel processes)")
         cfg = _benchmark_config(quick, delta, accountant, epochs, batch_size, ssgd_lrs, opacus_lrs, seeds, features,
                                 max_widen, normalisation, device)
+        if data_dir is not None:
+            if not data_dir.is_dir():
+                raise typer.BadParameter(f"--data-dir {data_dir}: no such folder; give the folder with the "
+                                         "Fashion-MNIST *-ubyte.gz files")
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         with user_errors():
             run_dir = make_run_dir(out, "dp-benchmark", resume=resume)
             try:

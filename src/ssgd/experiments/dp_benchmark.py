@@ -100,6 +100,7 @@ class DPBenchmarkConfig:
     n_train: int | None = None
     n_test: int | None = None
     device: str = "cpu"
+    data_dir: str | None = None  # the dataset's folder (None: its default location)
 
     @property
     def anchor(self) -> dict[str, Any]:
@@ -343,7 +344,7 @@ def _load_data(cfg: DPBenchmarkConfig, split: str) -> ImageDataset:
     and that held-out part in the test slots. Memoised per process (a worker runs many jobs)."""
     key = (cfg.dataset, cfg.n_train, cfg.n_test, cfg.val_fraction, split)
     if key not in _DATA:
-        data = load_dataset(cfg.dataset)
+        data = load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.n_train is not None or cfg.n_test is not None:
             data = subsample(data, cfg.n_train, cfg.n_test, seed=0)
         if split == "val":
