@@ -41,6 +41,36 @@ class Section:
 # the README's per-attack leakage table: the paper's setting (MNIST, untrained LeNet, one image per update)
 HEADLINE_LEAKAGE = ("mnist", "untrained", 1)
 
+def _load_gpu_summary(path: Path) -> dict[str, Any]:
+    """``benchmarks/gpu.sh``'s summary.md, read as hostile text: only its Markdown table rows are kept, each
+    bounded and free of HTML."""
+    rows, head = [], ""
+    for line in path.read_text(errors="replace").replace("<=", "≤").splitlines()[:400]:
+        if line.startswith("torch ") and "|" in line:
+            head = line[:120]
+        if line.startswith("|") and len(line) < 400 and "<" not in line and ">" not in line:
+            rows.append(line)
+        elif rows and rows[-1] != "":
+            rows.append("")
+    if not head or not rows:
+        raise ValueError(f"{path}: not a benchmarks/gpu.sh summary (no 'torch ... | GPU' line or no tables)")
+    return {"head": head, "rows": rows}
+
+
+def _gpu_markdown(doc: dict[str, Any]) -> str:
+    """The isolated-step and whole-step tables of a GPU summary (the step-status table is left out)."""
+    blocks, cur = [], []
+    for line in doc["rows"] + [""]:
+        if line:
+            cur.append(line)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    keep = [b for b in blocks if b[0].startswith(("| isolated step", "| whole step"))]
+    head = doc["head"].replace("|", "on")
+    return f"`{head}`\n\n" + "\n\n".join("\n".join(b) for b in keep) + "\n"
+
+
 SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("table2", "docs/results/table2.json", table2.results_markdown),
     Section("table2-summary", "docs/results/table2.json", table2.summary_markdown),
@@ -58,12 +88,16 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("leakage-cells", "docs/results/leakage.json", leakage.cells_markdown),
     # the demo's numbers (exported from a `ssgd demo` run folder by ``scripts/update_tables.py --demo-run DIR``)
     Section("demo", "docs/results/demo.json", demo.summary_markdown, demo.load_summary),
+    # the GPU run of benchmarks/gpu.sh (its summary.md, copied under docs/results/gpu/)
+    Section("gpu-step", "docs/results/gpu/summary-2026-12-04.md", _gpu_markdown, _load_gpu_summary),
     # the DP benchmark (`ssgd reproduce privacy --benchmark [--features scatternet] --publish docs/results`)
     Section("dp-benchmark", "docs/results/dp_benchmark.json", dp_benchmark.results_markdown,
             dp_benchmark.load_published),
     Section("dp-scatternet", "docs/results/dp_scatternet.json", dp_benchmark.results_markdown,
             dp_benchmark.load_published),
 )}
+
+
 
 # the documents (relative to the repository root) whose generated sections the script keeps current
 GENERATED_FILES = ("README.md", "docs/reproductions.md", "docs/protection.md", "docs/results/leakage_full_table.md")

@@ -48,6 +48,12 @@ def train(msg: Message, context) -> Message:
     model = make_model(cfg)
     load_arrays(model, arrays_from_record(msg.content[node_request.ARRAYS]))
     x, y = node_share(cfg, pid, num)
+    if len(y) < req.batch_size:
+        # the run config chooses the partition, so it could leave this node fewer examples than its own
+        # min-batch-size allows (one example's gradient gives its label away): refuse, never compute on fewer
+        log.warning("train request refused: this node's share (%d examples) is below the batch size %d",
+                    len(y), req.batch_size)
+        return error_reply(msg, REFUSED, "this node holds fewer examples than the batch it computes on")
     gen = torch.Generator().manual_seed(req.seed * 1_000_003 + req.round * 1_009 + pid)
     arrays, loss, used = local_update(model, x, y, mode=req.mode, batch_size=req.batch_size,
                                       local_steps=req.local_steps, client_lr=req.client_lr, generator=gen)

@@ -195,8 +195,9 @@ class LocalNoiseMod:
         try:
             sigma, scope = self.settings(msg, ctxt)
             model = {k: np.asarray(a.numpy()) for k, a in msg.content.array_records[ARRAYS].items()}
-            if not model or any(not np.issubdtype(a.dtype, np.floating) for a in model.values()):
-                raise _NoiseModError("the request's model is empty or not floating point")
+            if not model or any(a.dtype != np.float32 for a in model.values()):
+                # decided from the request alone: a reply's dtype must never depend on whether the step failed
+                raise _NoiseModError("the request's model is empty or not float32")
             rnd = read_fields(msg).get(keys.ROUND)
             self._claim_round(ctxt, rnd)
         except (_NoiseModError, ValueError, TypeError, KeyError) as e:  # decided from the request alone
@@ -235,16 +236,16 @@ class LocalNoiseMod:
             # no data-dependent error leaves the node: it releases exactly what a normal step
             # releases -- the mechanism's output, here on a zero vector -- and logs why, locally
             log.error("LocalNoiseMod: %s; releasing noise on a zero vector instead", failure)
-            arrays = {k: np.zeros(a.shape, dtype=a.dtype) for k, a in model.items()}
-            key = ARRAYS
+            arrays = {k: np.zeros(a.shape, dtype=np.float32) for k, a in model.items()}
         std = sigma * sensitivity("node-local", scope, len(arrays))
         gen = self._generator(ctxt, None if rnd is None else int(rnd))
         noisy = {}
         for k, a in arrays.items():
             z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
-            noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=a.dtype)
-        # only the noisy vector leaves: no metric (outside the accountant), no config echo
-        return Message(content=RecordDict({key: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
+            noisy[k] = np.asarray(a.astype(np.float64) + std * z, dtype=np.float32)
+        # only the noisy vector leaves, always float32 under the record name ARRAYS (its form never depends on
+        # whether the step failed): no metric (outside the accountant), no config echo
+        return Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
 
 
 class PrivateSSGDStrategy(SSGDStrategy):
