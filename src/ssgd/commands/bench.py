@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from ._experiment_cli import open_run_dir
+
 from ._options import parse_choices
 
 __all__ = ["app", "step_cmd"]
@@ -62,9 +64,9 @@ def step_cmd(
     if ttable:
         typer.echo("Whole training step (forward + backward + step)\n\n" + ttable)
     if out is not None:
-        from ..report.io import atomic_write_text, make_run_dir, write_csv, write_json
+        from ..report.io import atomic_write_text, write_csv, write_json
 
-        run_dir = make_run_dir(out, "bench-step")
+        run_dir = open_run_dir(out, "bench-step", resumable=False)
         write_json(run_dir / "config.json", {"step": config_dict(cfg), "train": config_dict(tcfg)})
         write_json(run_dir / "results.json", {"rows": rows, "train_rows": trows})
         if rows:

@@ -15,6 +15,8 @@ from typing import Iterator, Optional, Sequence
 
 import typer
 
+from ._experiment_cli import open_run_dir
+
 from ._options import Options, user_errors, with_options
 
 __all__ = ["app", "up", "local"]
@@ -171,14 +173,13 @@ def _output_options(prefix: str):
 
 
 def _run_dir(out: Optional[Path], prefix: str, resume: bool, overwrite: bool) -> Path:
-    from ..report.io import make_run_dir
 
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite contradict each other; pass one")
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out naming the run folder to continue")
     with user_errors():
-        return make_run_dir(out, prefix, resume=resume, overwrite=overwrite)
+        return open_run_dir(out, prefix, resume=resume, overwrite=overwrite)
 
 
 def _check_nodes(cfg: dict, nodes: int) -> None:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ._experiment_cli import open_run_dir
+
 from ._options import parse_choices, parse_float_list, parse_int_list, parse_list, user_errors
 
 __all__ = ["command"]
@@ -58,7 +60,6 @@ def command(
 ) -> None:
     """Gradient leakage: every attack against every defence; tables, image grids, budget curve, privacy vs accuracy."""
     from ..experiments.leakage import LeakageConfig
-    from ..report.io import make_run_dir
 
     kw = {}
     for key, val in (("datasets", parse_list(datasets, "--datasets", str, "mnist,fashion-mnist")),
@@ -85,7 +86,7 @@ def command(
         raise typer.BadParameter(str(e)) from e
     with user_errors():
         shared = part[1] > 1
-        run_dir = make_run_dir(out, "leakage", resume=resume or (shared and out.is_dir()))
+        run_dir = open_run_dir(out, "leakage", resume=resume or (shared and out.is_dir()))
         res = cfg.run(run_dir, resume=resume or shared, progress=progress, shard=part,
                       first=tuple(parse_list(first, "--first", str, "dlg-aware") or ()))
     typer.echo(res.text)

@@ -26,7 +26,7 @@ def command(
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1; --quick: 0)"),
     lr: Optional[float] = typer.Option(None, help="learning rate of the raw-gradient aggregators (default 0.2)"),
     ssgd_lr: Optional[float] = typer.Option(None, help="learning rate of the SSGD unit-vector mean (default 0.5)"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with Fashion-MNIST's IDX files"),
+    data_dir: Optional[Path] = typer.Option(None, file_okay=False, help="folder with Fashion-MNIST's IDX files"),
     out: Out = None,
     resume: Resume = False,
     progress: Progress = True,

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ._experiment_cli import open_run_dir
+
 from ._options import USER_ERRORS, check_device, parse_choices, parse_float_list, parse_list, user_errors
 
 __all__ = ["command", "parse_epsilons"]
@@ -77,7 +79,6 @@ def command(
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Accuracy vs epsilon for SSGD + calibrated noise and Opacus DP-SGD, and attack PSNR vs epsilon."""
-    from ..report.io import make_run_dir
 
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out <run folder>")
@@ -94,7 +95,7 @@ def command(
 
             cfg = dataclasses.replace(cfg, data_dir=str(data_dir))
         with user_errors():
-            run_dir = make_run_dir(out, "dp-benchmark", resume=resume)
+            run_dir = open_run_dir(out, "dp-benchmark", resume=resume)
             try:
                 res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo, publish=publish,
                               workers=workers)
@@ -138,7 +139,7 @@ def command(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     with user_errors():
-        run_dir = make_run_dir(out, "privacy", resume=resume)
+        run_dir = open_run_dir(out, "privacy", resume=resume)
         try:
             res = cfg.run(run_dir, resume=resume, progress=progress, log=typer.echo)
         except USER_ERRORS:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ._experiment_cli import open_run_dir
+
 # TrainConfig/DPConfig field -> the flag that sets it: lower layers name fields, this layer names flags
 _FLAGS = {"noise_multiplier": "--noise-multiplier", "target_epsilon": "--target-epsilon", "shards": "--shards",
           "nodes": "--nodes", "optimizer": "--optimizer", "dp": "--dp", "delta": "--delta", "scope": "--scope",
@@ -32,7 +34,7 @@ def train_cmd(
     momentum: Optional[float] = typer.Option(None, help="momentum (default: 0.9 for sgdm, else 0)"),
     weight_decay: float = typer.Option(0.0, help="L2 weight decay"),
     dataset: str = typer.Option("mnist", help="mnist (embedded) | fashion-mnist | digits | cifar10 (--data-dir)"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder with the dataset's files"),
+    data_dir: Optional[Path] = typer.Option(None, file_okay=False, help="folder with the dataset's files"),
     model: str = typer.Option("convnet", help="lenet | mlp | convnet | resnet18"),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -104,10 +106,9 @@ def _in_run_dir(out: Optional[Path], resume: bool, body):
     """``body(run_dir)`` in a checked run folder (ssgd.report.make_run_dir: an existing run needs
     --resume; a file or a read-only folder is refused). A folder this call created is removed
     again if ``body`` fails before the first epoch's checkpoint (it would hold nothing to resume)."""
-    from ..report.io import make_run_dir
 
     created = out is None or not Path(out).exists()
-    run_dir = make_run_dir(out, "train", resume=resume)
+    run_dir = open_run_dir(out, "train", resume=resume)
     try:
         return body(run_dir)
     except BaseException:
