@@ -755,6 +755,8 @@ def load_published(path: str | Path) -> dict[str, Any]:
     for k in ("epsilon", "delta"):
         num(doc.get(k), k, 0)
     num(doc.get("epochs"), "epochs", 1, 10_000)
+    num(doc.get("n_train"), "n_train", 1, 1e9)
+    num(doc.get("sample_rate"), "sample_rate", 0, 1)
     num(doc.get("welch_p"), "welch_p", 0, 1, none=True)
     num(doc.get("throughput_ratio"), "throughput_ratio", 0, none=True)
     if not isinstance(doc.get("seeds"), list) or not isinstance(doc.get("partial", False), bool):
@@ -777,3 +779,13 @@ def load_published(path: str | Path) -> dict[str, Any]:
         num(r.get("throughput"), f"runs.{m}.throughput", 0, none=True)
     num(doc["runs"]["opacus"].get("max_grad_norm"), "runs.opacus.max_grad_norm", 0)
     return doc
+
+
+def throughput_markdown(doc: dict[str, Any]) -> str:
+    """One line: both methods' training throughput from a benchmark JSON (each timed alone on its device)."""
+    s, o = doc["runs"]["ssgd"], doc["runs"]["opacus"]
+    if not s.get("throughput") or not o.get("throughput"):
+        return "(no throughput in this file)\n"
+    return (f"On `{doc['device']}` (`{doc['model']}`, {doc['n_train']} examples, expected batch "
+            f"{doc['n_train'] * doc['sample_rate']:.0f}): SSGD + noise {s['throughput']:,.0f} examples/s, Opacus "
+            f"{o['throughput']:,.0f} examples/s, ratio {s['throughput'] / o['throughput']:.2f}×.\n")

@@ -93,6 +93,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
     # the DP benchmark (`ssgd reproduce privacy --benchmark [--features scatternet] --publish docs/results`)
     Section("dp-benchmark", "docs/results/dp_benchmark.json", dp_benchmark.results_markdown,
             dp_benchmark.load_published),
+    Section("dp-throughput-cpu", "docs/results/dp_benchmark_cpu_quick.json", dp_benchmark.throughput_markdown,
+            dp_benchmark.load_published),
     Section("dp-scatternet", "docs/results/dp_scatternet.json", dp_benchmark.results_markdown,
             dp_benchmark.load_published),
 )}
