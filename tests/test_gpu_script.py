@@ -99,7 +99,8 @@ def test_full_run_with_a_stand_in_gpu(tmp_path):
     assert target in privacy["pythonpath"] and str(REPO / "src") in privacy["pythonpath"]
     # the DP step's command line, as wired
     assert privacy["args"] == ["-m", "ssgd", "reproduce", "privacy", "--benchmark", "--device", "cuda", "--data-dir",
-                               env["SSGD_FMNIST_DIR"], "--out", privacy["args"][10], "--no-progress", "--epochs", "1"]
+                               env["SSGD_FMNIST_DIR"], "--out", privacy["args"][10], "--no-progress", "--workers", "8",
+                               "--epochs", "1"]
     # steps in order; Table 2 only on request
     order = [" ".join(c[:4]) for c in calls if c[:1] != ["-c"] and c[:2] != ["-m", "pip"]]
     assert [o.split()[1] if o.startswith("-m") else o.split()[1] for o in order] == [

@@ -101,7 +101,7 @@ def test_a_winner_at_a_grid_edge_widens_the_grid():
 def test_protocol_tunes_on_validation_then_runs_paired_seeds_and_resumes(tmp_path, monkeypatch):
     from ssgd.experiments import dp_benchmark as mod
 
-    monkeypatch.setattr(mod, "load_dataset", lambda name: _data())
+    monkeypatch.setattr(mod, "load_dataset", lambda name, data_dir=None: _data())
     monkeypatch.setattr(mod, "_DATA", {})
     cfg = _cfg(epochs=2, ssgd_lrs=(0.2, 0.4), opacus_lrs=(4.0, 8.0), seeds=(0, 1), max_widen=1)
     logs: list[str] = []
