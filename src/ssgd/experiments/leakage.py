@@ -1098,6 +1098,8 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         check_saved_config(run_dir, cfg.to_dict(), ignore=("budget_minutes",))
     write_json(run_dir / "config.json", cfg.to_dict())
     grid = _Grid(cfg, run_dir, progress)
+    if resume:  # the attacked models' accuracies of earlier calls (this call may build only some models)
+        grid.model_acc.update(_numbers((_load_json(run_dir / "summary.json") or {}).get("model_acc")))
     k, n = shard
     jobs = _jobs(cfg, list(grid.datasets))
     if first:
