@@ -32,6 +32,11 @@ def test_adaptive_attacker_knows_the_defence():
     assert (a.shards, a.scope) == (4, "global")
     assert adapt_attack("dlg-unit:scope=global", get_defense("ssgd-layer"), 1).scope == "global"  # explicit wins
     assert adapt_attack("analytic", get_defense("ssgd-layer"), 1).rescale is True
+    # analytic-aware is told the defence: the sign, or the noise std of one release and the draws averaged
+    assert adapt_attack("analytic-aware", get_defense("sign"), 1).sign is True
+    a = adapt_attack("analytic-aware", get_defense("ssgd-noise:sigma=0.01"), 1)
+    assert (a.noise, a.draws, a.sign) == (0.01, 16, False)
+    assert adapt_attack("analytic-aware", get_defense("dp:clip=2,sigma=1"), 4).noise == 0.5  # sigma * clip / B
     assert adapt_attack("dlg", get_defense("none"), 1, iters=7).iters == 7
 
 
@@ -44,7 +49,7 @@ def test_cli_every_attack_by_name(tmp_path, attack):
     r = json.loads((out / "result.json").read_text())
     for key in ("psnr", "ssim", "mse", "label_acc", "attack", "defense", "seconds", "iterations", "restarts", "init"):
         assert key in r
-    if attack != "analytic":  # every result records its budget: iterations run, restarts, init
+    if not attack.startswith("analytic"):  # every result records its budget: iterations run, restarts, init
         assert r["iterations"] == 2 and r["restarts"] >= 1 and r["init"] in ("uniform", "mean")
     assert r["attack"].startswith(attack) and r["defense"] == "ssgd-global"
     assert all(isinstance(r[k], float) and math.isfinite(r[k]) for k in ("psnr", "ssim", "mse", "seconds"))
@@ -105,14 +110,15 @@ def test_grid_writes_consistent_tables(tmp_path):
 
     runs = [(b, a, d) for b in (1, 2) for a in DEFAULT_ATTACKS for d in DEFAULT_DEFENSES
             if not_applicable(a, get_defense(d), b) is None]
-    assert len(runs) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1) - 2 * 4  # none, ssgd-global/layer, fp16
+    # dlg-aware is n/a on none, ssgd-global/layer, fp16; analytic-aware also on prune (it targets sign and noise)
+    assert len(runs) == 2 * len(DEFAULT_ATTACKS) * (len(DEFAULT_DEFENSES) - 1) - 2 * 4 - 2 * 5
     assert len(cells) == len(runs)
     assert not [c for c in cells if c["defense"].startswith("ssgd-shards")]
     assert "| ssgd-shards:m=4 | n/a |" in text
     for c in cells:
         assert int(c["images"]) == 2
         assert math.isfinite(float(c["psnr_mean"])) and float(c["psnr_std"]) >= 0
-        if c["attack"] != "analytic":  # the budget is recorded per cell
+        if not c["attack"].startswith("analytic"):  # the budget is recorded per cell
             assert int(c["iterations"]) == 2 and int(c["restarts"]) == 1 and c["init"] in ("uniform", "mean")
     per_image = list(csv.DictReader((tmp_path / "images.csv").open()))
     assert len(per_image) == 2 * len(cells)

@@ -39,6 +39,7 @@ class AttackMeta:
     labels: Tensor | None = None  # the true labels when the threat model grants them, else None
     seed: int = 0
     mean_image: Tensor | None = None  # the attacker's prior mean image (C, H, W), for init=mean
+    public_images: Tensor | None = None  # public images of the same kind (N, C, H, W): the aware attacks' prior
 
     def validate(self) -> "AttackMeta":
         if len(tuple(self.shape)) != 3:
@@ -51,6 +52,10 @@ class AttackMeta:
             raise ValueError(f"meta.labels has {self.labels.numel()} entries, batch_size is {self.batch_size}")
         if self.mean_image is not None and tuple(self.mean_image.shape) != tuple(self.shape):
             raise ValueError(f"meta.mean_image has shape {tuple(self.mean_image.shape)}, expected {tuple(self.shape)}")
+        if self.public_images is not None and (self.public_images.ndim != 4 or self.public_images.shape[0] < 2
+                                               or tuple(self.public_images.shape[1:]) != tuple(self.shape)):
+            raise ValueError(f"meta.public_images has shape {tuple(self.public_images.shape)}, expected "
+                             f"(N >= 2, {', '.join(map(str, self.shape))})")
         return self
 
 

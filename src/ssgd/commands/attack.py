@@ -54,7 +54,7 @@ def attack_cmd(
     if not 0 <= index <= n - batch_size:
         raise typer.BadParameter(f"--index {index} with --batch-size {batch_size} is outside the {n} training images; "
                                  f"use 0 <= index <= {n - batch_size}")
-    name = model if model != "auto" else ("mlp" if attack.split(":")[0] == "analytic" else "lenet")
+    name = model if model != "auto" else ("mlp" if attack.split(":")[0] in ("analytic", "analytic-aware") else "lenet")
     try:
         net, acc = build_state_model(name, "trained" if trained_epochs else "untrained", data, seed=seed,
                                      epochs=trained_epochs, progress=progress)
@@ -63,7 +63,7 @@ def attack_cmd(
     x, y = data.x_train[index:index + batch_size], data.y_train[index:index + batch_size]
     try:
         res = attack_once(net, x, y, attack, defense, iters=iters, seed=seed, labels_known=labels_known,
-                          mean_image=data.x_test.mean(0), progress=progress)
+                          mean_image=data.x_test.mean(0), public_images=data.x_test, progress=progress)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     run_dir = open_run_dir(out, "attack", resumable=False)

@@ -21,7 +21,9 @@ budget-vs-PSNR curve, a privacy-vs-accuracy plot and ``report.md``.
   defence"; :data:`AWARE`, :func:`adapt_attack`): ``dlg-unit`` and ``inverting-layer`` use the
   SSGD defence's scope and shard count (searching the label-to-shard deal), ``analytic`` rescales
   under layer scope, ``dlg-aware`` matches only the entries pruning kept, a surrogate of the sign,
-  or the mean of :data:`AWARE_DRAWS` noisy releases; where it has nothing to add it is n/a.
+  or the mean of :data:`AWARE_DRAWS` noisy releases; ``analytic-aware`` (:data:`ANALYTIC_AWARE`) reads
+  the sign mask or fits the mean of the same releases knowing their noise std; where an aware attack
+  has nothing to add it is n/a.
   A defence is protected on a cell only if every attack held (:func:`_verdict`).
 * Cell files are hostile input: only ``cells/<cell id>.json`` of this config, with the grid's
   image count and finite numbers in range, are read (:func:`_read_cells`); export refuses
@@ -59,7 +61,8 @@ __all__ = ["LeakageConfig", "DEFAULT_ATTACKS", "DEFAULT_DEFENSES", "PRIMARY_DEFE
            "attack_once", "build_state_model", "cell_images", "cells_markdown", "export_results", "prior_psnr", "results_json",
            "run_leakage", "summarize", "train_with_defense", "worst_case_markdown"]
 
-DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic", "dlg-aware"]
+DEFAULT_ATTACKS = ["dlg", "idlg", "dlg-unit", "inverting", "inverting-layer", "analytic", "dlg-aware", "analytic-aware"]
+ANALYTIC_ATTACKS = ("analytic", "analytic-aware")  # closed form on the first linear layer: attack the MLP
 PRIMARY_DEFENSES = ["none", "ssgd-global", "ssgd-layer", "ssgd-shards:m=4"]
 DEFAULT_DEFENSES = PRIMARY_DEFENSES + ["prune:p=90", "noise:sigma=0.01", "sign", "fp16", "dp:clip=1,sigma=1",
                                        "ssgd-noise:sigma=0.01"]
@@ -74,6 +77,9 @@ SSGD_VARIANTS = ("ssgd-global", "ssgd-layer", "ssgd-shards")
 AWARE_DRAWS = 16
 AWARE = {"prune": {"mask": "true"}, "sign": {"sign": "true"}, "noise": {"draws": str(AWARE_DRAWS)},
          "dp": {"draws": str(AWARE_DRAWS)}, "ssgd-noise": {"draws": str(AWARE_DRAWS), "scope": "global"}}
+# the closed-form attack told the same defences (red team, issue 24): the sign mask, or the noise-debiased least
+# squares over the same AWARE_DRAWS releases; its noise std per release is set from the defence (adapt_attack)
+ANALYTIC_AWARE = ("sign", "noise", "dp", "ssgd-noise")
 AWARE_ELSEWHERE = {"none": "no defence to know", "fp16": "dlg and idlg already match the rounded gradient",
                    **{v: "its aware attacks are dlg-unit and inverting-layer (told scope and shards)"
                       for v in SSGD_VARIANTS}}
@@ -204,6 +210,14 @@ def adapt_attack(attack: str, defense: Defense, batch_size: int, **overrides) ->
     if name == "dlg-aware":
         for k, v in AWARE.get(defense.name, {}).items():
             params.setdefault(k, v)
+    if name == "analytic-aware":
+        if defense.name == "sign":
+            params.setdefault("sign", "true")
+        elif defense.name in ANALYTIC_AWARE:
+            # the noise std of one release: sigma, or DP's sigma * clip divided by the batch size
+            std = defense.sigma * defense.clip / batch_size if defense.name == "dp" else defense.sigma
+            params.setdefault("noise", repr(float(std)))
+            params.setdefault("draws", str(AWARE_DRAWS))
     if name == "analytic" and (defense.name == "ssgd-layer" or
                                (defense.name == "ssgd-shards" and defense.scope == "layer")):
         params.setdefault("rescale", "true")
@@ -225,6 +239,8 @@ def not_applicable(attack: str, defense: Defense, batch_size: int) -> str | None
         return f"{defense.spec} needs a batch that is a multiple of m"
     if parse_spec(attack)[0] == "dlg-aware" and defense.name not in AWARE:
         return f"dlg-aware against {defense.name}: {AWARE_ELSEWHERE.get(defense.name, 'no aware variant')}"
+    if parse_spec(attack)[0] == "analytic-aware" and defense.name not in ANALYTIC_AWARE:
+        return f"analytic-aware against {defense.name}: the analytic attack already sees all it can use"
     return None
 
 
@@ -303,7 +319,7 @@ def _budget(a: Attack, rec) -> dict[str, Any]:
 
 def attack_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, defense: str, *,
                 iters: int | None = None, seed: int = 0, labels_known: bool = False, mean_image=None,
-                progress: bool = False) -> dict[str, Any]:
+                public_images=None, progress: bool = False) -> dict[str, Any]:
     """One attack on the shared update of batch ``(x, y)``: returns scores, the budget and the matched
     reconstruction. ``ssgd-shards:m=M`` needs a batch that is a multiple of ``M`` (ValueError otherwise)."""
     d = get_defense(defense)
@@ -316,7 +332,8 @@ def attack_once(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str,
     a = adapt_attack(attack, d, x.shape[0], iters=iters)
     shared = shared_for(a, d, model, x, y, gen)
     meta = AttackMeta(tuple(x.shape[1:]), x.shape[0], int(shared[-1].shape[0]),
-                      labels=y.clone() if labels_known else None, seed=seed, mean_image=mean_image)
+                      labels=y.clone() if labels_known else None, seed=seed, mean_image=mean_image,
+                      public_images=public_images)
     rec = a.reconstruct_batch(model, [shared], [meta], progress=progress)[0]
     per, matched = _score(rec, x, y)
     out = {k: float(sum(r[k] for r in per) / len(per)) for k in ("psnr", "ssim", "mse")}
@@ -453,7 +470,7 @@ class _Grid:
         per-image rows, the budget and the first target's matched reconstruction."""
         cfg, data = self.cfg, self.datasets[ds]
         aname = parse_spec(attack)[0]
-        net = self.model(ds, st, "mlp" if aname == "analytic" else "lenet")
+        net = self.model(ds, st, "mlp" if aname in ANALYTIC_ATTACKS else "lenet")
         mean_image = data.x_test.mean(0)  # the attacker's prior: public images, not the targets
         groups: dict[str, tuple[Attack, list[tuple[str, Defense, int]]]] = {}
         for dspec in defenses:
@@ -472,13 +489,13 @@ class _Grid:
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + di * 1009 + k)
                     shared.append(shared_for(a, d, net, xs[k], ys[k], gen))
                     metas.append(AttackMeta(tuple(data.shape), b, data.num_classes, seed=cfg.seed,
-                                            mean_image=mean_image))
+                                            mean_image=mean_image, public_images=data.x_test))
                     owners.append((dspec, d, k, xs[k], ys[k]))
             recs = a.reconstruct_batch(net, shared, metas, progress=self.progress)
             for rec, (dspec, d, k, x, y) in zip(recs, owners):
                 per, matched = _score(rec, x, y)
                 cell = out.setdefault(dspec, {"rows": [], "budget": _budget(a, rec), "defense_spec": d.spec,
-                                              "model": "mlp" if aname == "analytic" else "lenet"})
+                                              "model": "mlp" if aname in ANALYTIC_ATTACKS else "lenet"})
                 if k == 0:
                     cell["first"] = matched
                 for i, p in enumerate(per):
@@ -931,7 +948,7 @@ def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy
              f"rerun's mean PSNR and ✓ marks a cell that stayed below {cfg.confirm_below:g} dB both times (the only "
              "cells that count as protection). `n/a`: SSGD(m) needs a batch that is a multiple of m. Label accuracy "
              "is in `leakage.csv`.", "", "Budgets (iterations actually run per restart x restarts, init):", ""]
-    lines += [f"- `{a}`: closed form (`{spec}`)" if a == "analytic" else
+    lines += [f"- `{a}`: closed form (`{spec}`)" if a in ANALYTIC_ATTACKS else
               f"- `{a}`: {it} x {r}, init {ini} (`{spec}`)" for a, spec, it, r, ini in budgets] + [""]
     dp_lines = _epsilons(cfg.defenses)
     if dp_lines:
@@ -1081,6 +1098,8 @@ def _run_grid(cfg: LeakageConfig, run_dir: Path, *, resume: bool, progress: bool
         check_saved_config(run_dir, cfg.to_dict(), ignore=("budget_minutes",))
     write_json(run_dir / "config.json", cfg.to_dict())
     grid = _Grid(cfg, run_dir, progress)
+    if resume:  # the attacked models' accuracies of earlier calls (this call may build only some models)
+        grid.model_acc.update(_numbers((_load_json(run_dir / "summary.json") or {}).get("model_acc")))
     k, n = shard
     jobs = _jobs(cfg, list(grid.datasets))
     if first:
