@@ -375,3 +375,14 @@ def test_first_orders_the_work_not_the_cells(tmp_path):
     assert [c["attack"] for c in order[:2]] == ["dlg-aware", "dlg-aware"]
     with pytest.raises(ValueError, match="not attacks of this grid"):
         _tiny(**kw).run(tmp_path, resume=True, first=("inverting",))
+
+
+def test_resume_keeps_the_attacked_models_accuracies(tmp_path):
+    """A resumed call that builds no model (every cell finished) keeps the earlier calls' model accuracies in
+    summary.json, which export_results publishes as model_acc (they were dropped before)."""
+    kw = dict(batch_sizes=[1], attacks=["analytic"], defenses=["none"], curve_budgets=[], accuracy_epochs=0)
+    _tiny(**kw).run(tmp_path, progress=False)
+    first = json.loads((tmp_path / "summary.json").read_text())["model_acc"]
+    assert set(first) == {"digits/untrained/mlp"}
+    _tiny(**kw).run(tmp_path, resume=True, progress=False)
+    assert json.loads((tmp_path / "summary.json").read_text())["model_acc"] == first
