@@ -209,6 +209,7 @@ def test_benchmark_data_dir_must_be_a_folder(tmp_path):
     from ssgd.cli import app
 
     res = CliRunner().invoke(app, ["reproduce", "privacy", "--benchmark", "--no-progress", "--out",
-                                   str(tmp_path / "run"), "--data-dir", str(tmp_path / "missing")])
-    assert res.exit_code == 2 and "missing" in res.output
+                                   str(tmp_path / "run"), "--data-dir", str(tmp_path / "missing")],
+                             env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert res.exit_code == 2 and "missing" in " ".join(res.output.split())
     assert not (tmp_path / "run").exists()
