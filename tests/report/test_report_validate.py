@@ -50,3 +50,24 @@ def test_check_arrays_and_check_count():
     for v in (0, 6, "3", 3.0, True, None):
         with pytest.raises(ResultFileError):
             check_count(v, what="round", source="c.pt", low=1, high=5)
+
+
+def test_bidi_overrides_are_removed_from_foreign_text():
+    from ssgd.report import bounded_text, md_text
+
+    evil = "ok\u202eexe.txt\u2066x\u2069"
+    for f in (bounded_text, md_text):
+        out = f(evil)
+        assert not any(c in out for c in "\u202e\u2066\u2069"), out
+
+
+@pytest.mark.parametrize("bad", ["bfloat16", "sparse"])
+def test_arrays_numpy_cannot_read_are_refused_in_one_line(bad):
+    import torch
+
+    from ssgd.report import ResultFileError, check_arrays
+
+    ref = {"w": np.zeros((2, 2), dtype=np.float32)}
+    t = torch.zeros(2, 2, dtype=torch.bfloat16) if bad == "bfloat16" else torch.zeros(2, 2).to_sparse()
+    with pytest.raises(ResultFileError, match="refusing ckpt: array 'w'"):
+        check_arrays({"w": t}, ref, source="ckpt")

@@ -33,15 +33,18 @@ class ResultFileError(ValueError):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
 
 
 def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
-    """``value`` as one line of at most ``limit`` characters: control characters and newlines become
-    a space, and a longer text is cut with ``...``. Works on anything (``str()`` first)."""
+    """``value`` as one line of at most ``limit`` characters: control characters, newlines and Unicode
+    bidirectional overrides/isolates (which reorder what a reader sees) become a space, and a longer text
+    is cut with ``...``. Works on anything (``str()`` first)."""
     if not isinstance(limit, int) or limit < 4:
         raise ValueError(f"Invalid limit={limit!r}; must be an integer >= 4")
-    text = _CONTROL.sub(" ", value if isinstance(value, str) else str(value)).strip()
+    text = _CONTROL.sub(" ", value if isinstance(value, str) else str(value))
+    text = _BIDI.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -167,7 +170,11 @@ def check_arrays(arrays: Any, reference: Mapping[str, Any], *, source: Any) -> "
     for name in want:
         v = arrays[name]
         if hasattr(v, "detach") and hasattr(v, "numpy"):  # a torch tensor
-            v = v.detach().cpu().numpy()
+            try:  # a sparse or bfloat16 tensor has no numpy form: refused like any other mismatch
+                v = v.detach().cpu().numpy()
+            except (TypeError, RuntimeError) as e:
+                raise ResultFileError(f"refusing {source}: array {name!r} is not a dense tensor numpy can read "
+                                      f"({bounded_text(e, 80)}); it belongs to another model") from None
         if not isinstance(v, np.ndarray):
             raise ResultFileError(f"refusing {source}: array {name!r} is a {type(v).__name__}, not a tensor; "
                                   "move it away to start afresh")
