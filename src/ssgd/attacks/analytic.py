@@ -49,15 +49,7 @@ class Analytic(Attack):
         dist = torch.cdist(cands, cands) / scale
         near = dist < self.dup_tol
         support = near.sum(1).double() + w / (w.max() + 1e-30)
-        chosen: list[int] = []
-        blocked = torch.zeros(cands.shape[0], dtype=torch.bool)
-        for i in torch.argsort(support, descending=True).tolist():
-            if len(chosen) == B:
-                break
-            if blocked[i]:
-                continue
-            chosen.append(i)
-            blocked |= near[i]
+        chosen = _pick_distinct(near, support, B)
         return chosen
 
     def _run(self, model, shared, metas, progress):
@@ -174,15 +166,7 @@ class AnalyticAware(Analytic):
         cn = c / c.norm(dim=1, keepdim=True).clamp_min(1e-30)
         near = (cn @ cn.T) > 1 - self.tol
         support = near.sum(1).double() + gb[order].abs() / gb.abs().max()
-        chosen: list[int] = []
-        blocked = torch.zeros(len(order), dtype=torch.bool)
-        for i in torch.argsort(support, descending=True).tolist():
-            if len(chosen) == B:
-                break
-            if blocked[i]:
-                continue
-            chosen.append(i)
-            blocked |= near[i]
+        chosen = _pick_distinct(near, support, B)
         out = torch.stack([c[near[i]].mean(0) for i in chosen])
         if out.shape[0] < B:
             out = torch.cat([out, mu.unsqueeze(0).repeat(B - out.shape[0], 1)])
@@ -210,3 +194,16 @@ class AnalyticAware(Analytic):
             labels = m.labels.long().reshape(-1) if m.labels is not None else recover_labels(s, m.num_classes, B)
             out.append(Reconstruction(images=imgs, labels=labels, loss=0.0, seconds=0.0, iterations=0))
         return out
+
+
+def _pick_distinct(near: torch.Tensor, support: torch.Tensor, B: int) -> list[int]:
+    """Greedily the ``B`` best-supported candidates, none a near-duplicate (``near``) of one already chosen."""
+    chosen: list[int] = []
+    blocked = torch.zeros(near.shape[0], dtype=torch.bool)
+    for i in torch.argsort(support, descending=True).tolist():
+        if len(chosen) == B:
+            break
+        if not blocked[i]:
+            chosen.append(i)
+            blocked |= near[i]
+    return chosen
