@@ -16,11 +16,12 @@ from typing import Optional, Sequence
 import typer
 
 from .commands import attack, bench, demo, flower, reproduce, train
+from .models import OPTIMIZERS
 
 app = typer.Typer(
     name="ssgd",
     help="SSGD: share only unit vectors of gradients, and measure what that hides.\n\n"
-         "Optimizers: ssgd (unit vector, SSGD(m) with --shards m), sgd, sgdm, adam, nsgd, lars.",
+         f"Optimizers: {', '.join(OPTIMIZERS)} (ssgd: the unit vector; SSGD(m) with --shards m).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

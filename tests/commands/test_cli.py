@@ -115,3 +115,14 @@ def test_opacus_loose_bound_warning_becomes_one_note(capsys):
     err = capsys.readouterr().err
     assert err.count("may be loose") == 1 and "Optimal order" not in err
     assert passed == ["something else"]  # other warnings pass through untouched
+
+
+def test_train_help_lists_the_registries(capsys, monkeypatch):
+    from ssgd.data import DATASETS
+    from ssgd.models import MODELS, OPTIMIZERS
+
+    monkeypatch.setenv("COLUMNS", "300")  # one option per line: no name is wrapped
+    rc, out, _ = _run(capsys, "train", "--help")
+    assert rc == 0
+    for name in [*MODELS, *OPTIMIZERS, *DATASETS]:  # tanh-cnn was missing when the list was typed by hand
+        assert name in out, name

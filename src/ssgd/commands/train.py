@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
+from ..data import DATASETS
+from ..models import MODELS, OPTIMIZERS, SCHEDULES
 from ._experiment_cli import open_run_dir
+
+# the choices the help lists, from the registries (a registered model or dataset is listed without an edit here)
+_OPTIMIZERS = " | ".join(OPTIMIZERS) + " (nsgd: normalized SGD; lars: layer-wise trust ratio)"
+_MODELS = " | ".join(MODELS)
+_DATASETS = " | ".join(DATASETS) + " (mnist is embedded; the others read --data-dir)"
 
 # TrainConfig/DPConfig field -> the flag that sets it: lower layers name fields, this layer names flags
 _FLAGS = {"noise_multiplier": "--noise-multiplier", "target_epsilon": "--target-epsilon", "shards": "--shards",
@@ -25,7 +32,7 @@ def flag_names(message: str) -> str:
 
 
 def train_cmd(
-    optimizer: str = typer.Option("ssgd", help="sgd | sgdm | adam | ssgd | nsgd (normalized SGD) | lars"),
+    optimizer: str = typer.Option("ssgd", help=_OPTIMIZERS),
     scope: str = typer.Option("global", help="SSGD normalisation scope: global | layer"),
     shards: int = typer.Option(1, "--shards", "-m", help="SSGD(m): sum the unit vectors of m sub-batches"),
     batch_size: int = typer.Option(64, help="batch size"),
@@ -33,14 +40,14 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="learning rate (default depends on the optimizer)"),
     momentum: Optional[float] = typer.Option(None, help="momentum (default: 0.9 for sgdm, else 0)"),
     weight_decay: float = typer.Option(0.0, help="L2 weight decay"),
-    dataset: str = typer.Option("mnist", help="mnist (embedded) | fashion-mnist | digits | cifar10 (--data-dir)"),
+    dataset: str = typer.Option("mnist", help=_DATASETS),
     data_dir: Optional[Path] = typer.Option(None, file_okay=False, help="folder with the dataset's files"),
-    model: str = typer.Option("convnet", help="lenet | mlp | convnet | resnet18"),
+    model: str = typer.Option("convnet", help=_MODELS),
     seed: int = typer.Option(0, help="random seed"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Optional[Path] = typer.Option(None, help="run folder (default: runs/train-<time>)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
-    schedule: Optional[str] = typer.Option(None, help="lr schedule: constant | step | cosine "
+    schedule: Optional[str] = typer.Option(None, help=f"lr schedule: {' | '.join(SCHEDULES)} "
                                                       "(default: cosine for nsgd, else constant)"),
     warmup: float = typer.Option(0.0, help="linear lr warm-up, in epochs"),
     val_fraction: float = typer.Option(0.0, help="hold out this fraction of the training set for validation"),
@@ -59,7 +66,7 @@ def train_cmd(
     delta: float = typer.Option(1e-5, help="DP delta (should be < 1/number of records)"),
     accountant: str = typer.Option("rdp", help="DP accountant (Opacus): rdp | prv"),
 ) -> None:
-    """Train a model with SGD, SGD+momentum, Adam or SSGD and report test accuracy."""
+    """Train a model (SGD, SGDm, Adam, SSGD, NSGD or LARS); the run folder gets report.md and curves.png."""
     from ..data import DATASETS, DatasetError
     from ..experiments.train import TrainConfig
     from ..transform import NonFiniteGradientError
@@ -97,6 +104,7 @@ def train_cmd(
             typer.echo(f"Error: training diverged at --lr {cfg.lr if cfg.lr is not None else 'default'} "
                        f"(--optimizer {cfg.optimizer}): {e}", err=True)
             raise typer.Exit(2) from None
+    _report(res.run_dir)
     typer.echo(f"test accuracy: {res.test_acc:.4f}  ({res.seconds:.1f} s)  run folder: {res.run_dir}")
     if res.privacy is not None:
         _echo_privacy(res.privacy)
@@ -153,11 +161,25 @@ def _train_nodes(cfg, out: Optional[Path], nodes: int, resume: bool, progress: b
             raise typer.BadParameter(flag_names(str(e))) from None
 
     run_dir, m = _in_run_dir(out, resume, body)
+    _report(run_dir)
     typer.echo(f"test accuracy: {m['test_acc']:.4f}  ({m['seconds']:.1f} s, {nodes} nodes)  run folder: {run_dir}")
     if (run_dir / "privacy.json").is_file():  # written by rank 0 when --dp is on
         import json
 
         _echo_privacy(json.loads((run_dir / "privacy.json").read_text()))
+
+
+def _report(run_dir: Path) -> None:
+    """report.md and curves.png from the finished run folder's own files (ssgd.experiments.train_report).
+    A result file that fails its checks costs the report, never the trained run: one line, exit 2."""
+    from ..experiments.train_report import write_train_report
+    from ..report import ResultFileError
+
+    try:
+        write_train_report(run_dir)
+    except ResultFileError as e:
+        typer.echo(f"Error: no report.md: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _echo_privacy(p: dict) -> None:
