@@ -215,6 +215,39 @@ def _exit_on(*errors: type[BaseException]) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+@contextlib.contextmanager
+def _round_bar(run_dir: Path, rounds: int, enabled: bool) -> Iterator[None]:
+    """While the SuperLink runs the app: a bar of the rounds finished, read from the run's metrics.json."""
+    if not enabled:
+        yield
+        return
+    import json
+    import threading
+
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(total=rounds, desc="flower rounds", leave=False)
+
+    def follow() -> None:
+        while not stop.wait(1.0):
+            try:
+                last = json.loads((run_dir / "metrics.json").read_text())["history"][-1]["round"]
+            except (OSError, ValueError, KeyError, IndexError, TypeError):
+                continue
+            if isinstance(last, int) and bar.n < last <= rounds:
+                bar.update(last - bar.n)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
 def _print_result(run_dir: Path, summary: dict) -> None:
     typer.echo((run_dir / "report.md").read_text())
     typer.echo(f"final test accuracy {summary['final_test_acc']:.4f}; run folder: {run_dir}")
@@ -230,6 +263,7 @@ def up(
                                                        "up, so the run survives losing a node)"),
     output: Options = None,  # --fault ... --overwrite: _output_options
     timeout: float = typer.Option(1800.0, help="give up (and shut everything down) after this many seconds"),
+    progress: bool = typer.Option(True, help="show a progress bar of the rounds"),
 ) -> None:
     """Start a SuperLink and N SuperNodes on 127.0.0.1 (free ports), run the SSGD app, shut everything down."""
     from ..distributed.flower import CheckpointMismatchError, Deployment, DeploymentError
@@ -241,7 +275,8 @@ def up(
         with Deployment(nodes, run_dir / "deployment", node_configs=node_configs, dataset=cfg["dataset"],
                         data_dir=str(cfg.get("data-dir", ""))) as dep:
             typer.echo(f"SuperLink on 127.0.0.1:{dep.port}; SuperNode ids {dep.node_ids}")
-            summary = dep.run(cfg, timeout=timeout)
+            with _round_bar(run_dir, cfg["num-rounds"], progress):
+                summary = dep.run(cfg, timeout=timeout)
     _print_result(run_dir, summary)
 
 

@@ -7,7 +7,7 @@ is the same logic for any ``Grid`` (the in-process one included).
 Run folder (``out-dir``): ``config.json``, ``checkpoint.pt`` (every round), ``metrics.json`` /
 ``metrics.csv`` (per round: test accuracy, accepted update norms with node ids, rejected and
 failed nodes with reasons), ``result.json`` (written last: its presence means the run
-finished) and ``report.md``. A folder that already holds these files is continued only from a
+finished), ``report.md`` and ``accuracy.png`` (test accuracy per round). A folder that already holds these files is continued only from a
 matching checkpoint (``resume=true``, the default; another experiment's checkpoint is refused
 with :class:`~.checkpoint.CheckpointMismatchError` before anything is written) or replaced with
 ``overwrite=true``; otherwise the run is refused and the folder left as it was.
@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import ServerApp
 
+from ...report.curves import plot_curves
 from ...report.io import RunDirError, atomic_write_text, make_run_dir, write_csv, write_json
 from ...report.validate import md_text
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -118,9 +119,15 @@ def run_server(grid, run_config: Mapping[str, Any], *, progress: bool = False) -
 
 
 def _write_report(out: Path, cfg: FlowerRunConfig, history: list[dict], summary: dict) -> None:
+    resumed = summary["resumed_after_round"]
+    plot_curves(out / "accuracy.png", [("round", "test accuracy", {
+        "test": ([r["round"] for r in history if r["test_acc"] is not None],
+                 [r["test_acc"] for r in history if r["test_acc"] is not None])})],
+        f"SSGD on Flower: {cfg.mode}, {cfg.model} on {cfg.dataset}")
     lines = [f"# SSGD on Flower: {cfg.mode}, {cfg.model} on {cfg.dataset}", "",
-             f"Rounds: {cfg.num_rounds} (resumed after round {summary['resumed_after_round']}); server lr "
+             f"Rounds: {cfg.num_rounds}{f' (resumed after round {resumed})' if resumed > 0 else ''}; server lr "
              f"{cfg.server_lr}; scope {cfg.scope}; strict validation {cfg.strict}.", "",
+             "![test accuracy per round](accuracy.png)", "",
              "| round | test acc | accepted | rejected | failed |", "|---:|---:|---:|---:|---:|"]
     for r in history:
         acc = "" if r["test_acc"] is None else f"{r['test_acc']:.4f}"

@@ -1,0 +1,37 @@
+"""`ssgd flower`: the report says "resumed" only after a real resume, `local` plots its rounds, and `up`
+takes --no-progress like `local`."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssgd import cli
+
+
+@pytest.fixture(autouse=True)
+def _flower_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+
+
+def _local(capsys, out, rounds, *extra):
+    rc = cli.main(["flower", "local", "--nodes", "2", "--rounds", str(rounds), "--set", "test-size=100",
+                   "--out", str(out), "--no-progress", *extra])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    return (out / "report.md").read_text()
+
+
+def test_local_report_plots_and_says_resumed_only_on_a_resume(capsys, tmp_path):
+    out = tmp_path / "run"
+    fresh = _local(capsys, out, 1)
+    assert "resumed" not in fresh  # it read "resumed after round 0" on every fresh run
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG" and "](accuracy.png)" in fresh
+    resumed = _local(capsys, out, 2, "--resume")
+    assert "Rounds: 2 (resumed after round 1)" in resumed
+
+
+def test_up_accepts_no_progress(capsys):
+    rc = cli.main(["flower", "up", "--no-progress", "--nodes", "0"])  # refused for --nodes, not for the flag
+    err = capsys.readouterr().err
+    assert rc == 2 and "--nodes 0" in err and "No such option" not in err
