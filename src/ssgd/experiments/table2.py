@@ -99,6 +99,11 @@ class Table2Config(SweepConfig):
     def m_for(self, b: int) -> int:
         return self.shards.get(b, paper_m(b))
 
+    def is_quick(self) -> bool:
+        """A reduced budget (``--quick``, a training subset, fewer epochs than the full run): its numbers are
+        not comparable with the paper's, and its report says so instead of judging the paper's claims."""
+        return self.train_size is not None or (self.steps is None and self.epochs < Table2Config().epochs)
+
     def epochs_for(self, b: int, n_train: int) -> int:
         if self.steps is None:
             return self.epochs
@@ -163,10 +168,17 @@ def verdicts(cells: list[dict[str, Any]], *, tol: float = PAPER_TOL) -> list[dic
     return out
 
 
+def _at(batches: list[int]) -> str:
+    """``at batch 16, 128`` or ``at no batch size`` (never "at batch none")."""
+    return f"at batch {', '.join(map(str, batches))}" if batches else "at no batch size"
+
+
 def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MATCH_TOL,
-                     train_examples: int | None = None, model: str = "mlp", steps: int | None = None) -> str:
+                     train_examples: int | None = None, model: str = "mlp", steps: int | None = None,
+                     quick: bool = False) -> str:
     """The 'what matched, what did not, why' paragraph, generated from the numbers
-    (``steps``: the fixed-steps view, about that many steps per cell instead of ``epochs``)."""
+    (``steps``: the fixed-steps view, about that many steps per cell instead of ``epochs``; ``quick``: a
+    reduced budget, whose numbers are compared with each other but not used to judge the paper's claims)."""
     acc = {(r["batch"], r["method"]): _acc(r) for r in best}
     rows = {(r["batch"], r["method"]): r for r in best}
     batches = sorted({r["batch"] for r in best})
@@ -178,15 +190,17 @@ def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MA
             cls[_compare(rows[(b, "ssgd")], rows[(b, "sgd")], tol)[2]].append(b)
         parts.append("SSGD(m) vs SGD (ours, |difference| <= {:.1f} points, or not significant over seeds, counts "
                      "as matched): ".format(100 * tol) +
-                     "; ".join(f"{k} at batch {', '.join(map(str, v))}" for k, v in cls.items() if v) + ".")
+                     "; ".join(f"{k} {_at(v)}" for k, v in cls.items() if v) + ".")
         paper_b = [b for b in pair if b in PAPER_TABLE2]
-        if paper_b:
+        if paper_b and quick:
+            parts.append("This is a quick run (a reduced budget): its numbers are not comparable with the paper's, "
+                         "so the paper's claims are not judged here; run without --quick for that.")
+        elif paper_b:
             agree = [b for b in paper_b
                      if (acc[(b, "ssgd")] >= acc[(b, "sgd")]) == (PAPER_TABLE2[b]["ssgd"] >= PAPER_TABLE2[b]["sgd"])]
             paper_wins = [b for b in paper_b if PAPER_TABLE2[b]["ssgd"] > PAPER_TABLE2[b]["sgd"]]
             our_wins = [b for b in paper_b if acc[(b, "ssgd")] > acc[(b, "sgd")]]
-            parts.append(f"The paper has SSGD ahead of SGD at batch {', '.join(map(str, paper_wins)) or 'none'}; "
-                         f"we have it ahead at {', '.join(map(str, our_wins)) or 'none'} "
+            parts.append(f"The paper has SSGD ahead of SGD {_at(paper_wins)}; we have it ahead {_at(our_wins)} "
                          f"(same ordering at {len(agree)} of {len(paper_b)} batch sizes with a paper number).")
             big = [b for b in paper_b if b >= 1024]
             if big:
@@ -202,9 +216,9 @@ def summarize_table2(best: list[dict[str, Any]], *, epochs: int, tol: float = MA
         cmp = {b: _compare(rows[(b, "ssgd")], rows[(b, "nsgd")], tol) for b in npair}
         ahead = [b for b in npair if cmp[b][2] == "beat"]
         behind = [b for b in npair if cmp[b][2] == "trailed"]
-        parts.append(f"The m-shard sum against plain NSGD (one global unit step): SSGD(m) ahead at batch "
-                     f"{', '.join(map(str, ahead)) or 'none'}, behind at {', '.join(map(str, behind)) or 'none'}, "
-                     f"matched at the other {len(npair) - len(ahead) - len(behind)} of {len(npair)}.")
+        parts.append(f"The m-shard sum against plain NSGD (one global unit step): SSGD(m) ahead {_at(ahead)}, "
+                     f"behind {_at(behind)}, matched at the other {len(npair) - len(ahead) - len(behind)} "
+                     f"of {len(npair)}.")
     others = [m for m in ("sgdm", "adam") if all((b, m) in acc for b in batches)]
     if others and all((b, "ssgd") in acc for b in batches):
         wins = [b for b in batches if all(acc[(b, "ssgd")] >= acc[(b, m)] for m in others)]
@@ -280,9 +294,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("partial"):
         lines.append(f"**Partial**: {results['cells_done']} of {results['cells_total']} cells finished; "
                      "the missing cells print —.")
+    quick = results.get("quick") is True
+    if quick:
+        lines.append("**Quick run** (a reduced budget): the paper's numbers are shown beside ours for orientation "
+                     "only; they are not comparable, so no row is judged against them.")
     lines += ["", "| batch | ours vs paper (±2 points = matched) | SSGD(m) − SGD | SSGD(m) − NSGD |", "|---|---|---|---|"]
     for v in verdicts(cells):
-        paper = ", ".join(f"{LABELS[m]} {x}" for m, x in v["vs_paper"].items()) or "—"
+        paper = ("not judged (quick run)" if quick else
+                 ", ".join(f"{LABELS[m]} {x}" for m, x in v["vs_paper"].items()) or "—")
 
         def diff(key):
             c = v.get(key)
@@ -299,7 +318,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     """The generated 'what matched' paragraph from a ``table2.json`` (:func:`summarize_table2` on its cells)."""
     return "Generated summary: " + summarize_table2(
         results["cells"], epochs=results["epochs"], train_examples=results.get("train_examples"),
-        model=results.get("model") or "mlp", steps=results.get("steps_target"))
+        model=results.get("model") or "mlp", steps=results.get("steps_target"), quick=results.get("quick") is True)
 
 
 def _plot(best: list[dict[str, Any]], methods: Iterable[str], path: Path, title: str) -> None:
@@ -330,7 +349,7 @@ def _results_json(cfg: Table2Config, cells: list[Cell], done: list[dict[str, Any
             "seeds", "test_accs", "val_acc", "val_acc_mean", "paper_test_acc", "lrs_tried", "lrs_rejected")
     return {"epochs": cfg.epochs, "steps_target": cfg.steps, "seeds": cfg.seeds, "train_examples": train_examples,
             "partial": len(done) < len(cells), "cells_done": len(done), "cells_total": len(cells),
-            "model": cfg.model, "dataset": cfg.dataset,
+            "model": cfg.model, "dataset": cfg.dataset, **({"quick": True} if cfg.is_quick() else {}),
             "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["batch"],
                                                                                         METHODS.index(c["method"])))]}
 
@@ -353,12 +372,15 @@ def _run(cfg: Table2Config, run_dir: Path, *, resume: bool, progress: bool,
     best, results, store, n_train = sw.cells, sw.results, sw.store, sw.train_examples
     table = (run_dir / "table2.md").read_text().rstrip("\n")
     budget = f"~{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epoch(s)"
-    summary = summarize_table2(best, epochs=cfg.epochs, train_examples=n_train, model=cfg.model, steps=cfg.steps)
+    quick = cfg.is_quick()
+    summary = summarize_table2(best, epochs=cfg.epochs, train_examples=n_train, model=cfg.model, steps=cfg.steps,
+                               quick=quick)
     fig = run_dir / "accuracy_vs_batch.png"
-    _plot(best, cfg.methods, fig, f"{cfg.dataset}: test accuracy vs batch size ({budget}, {cfg.model})")
+    _plot(best, cfg.methods, fig, ("quick run: " if quick else "")
+          + f"{cfg.dataset}: test accuracy vs batch size ({budget}, {cfg.model})")
     seconds = time.perf_counter() - t0
     total_run_s = sum(r.get("seconds", 0.0) for r in store.rows if "reused_from" not in r)
-    report = f"""# Table 2 reproduction: {cfg.dataset} accuracy vs batch size
+    report = f"""# Table 2 reproduction{" (quick run)" if quick else ""}: {cfg.dataset} accuracy vs batch size
 
 Model: `{cfg.model}`; {n_train} training / {sw.val_examples} validation (carved from the training set) /
 {sw.test_examples} test examples; budget: **{budget} per cell**; learning rate chosen per cell on the

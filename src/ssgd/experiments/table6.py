@@ -74,6 +74,11 @@ class Table6Config(SweepConfig):
         """About a minute on 2 cores: m, n in {4, 16} on 4,000 examples, 1 epoch."""
         return cls(ms=(4, 16), ns=(4, 16), epochs=1, lr_points=3, widen=1, train_size=4000, test_size=2000)
 
+    def is_quick(self) -> bool:
+        """A reduced budget (``--quick``, a training subset, fewer epochs than the full run): not comparable
+        with the paper's numbers, and its report says so instead of judging them."""
+        return self.train_size is not None or self.epochs < Table6Config().epochs
+
     def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
             data: ImageDataset | None = None) -> ExperimentResult:
         return _run(self, Path(run_dir), resume=resume, progress=progress, data=data)
@@ -101,7 +106,8 @@ def _acc(r: dict[str, Any]) -> float:
     return r["test_acc_mean"] if "test_acc_mean" in r else r["test_acc"]
 
 
-def summarize_table6(best: list[dict[str, Any]], *, epochs: int, eps: float, tol: float = MATCH_TOL) -> str:
+def summarize_table6(best: list[dict[str, Any]], *, epochs: int, eps: float, tol: float = MATCH_TOL,
+                     quick: bool = False) -> str:
     acc = {(r["m"], r["n"], r["method"]): _acc(r) for r in best}
     cells = sorted({(r["m"], r["n"]) for r in best})
     parts = []
@@ -121,7 +127,10 @@ def summarize_table6(best: list[dict[str, Any]], *, epochs: int, eps: float, tol
             beat, matched = sum(x > PAPER_TOL for x in d), sum(abs(x) <= PAPER_TOL for x in d)
             vs_paper.append(f"{LABELS[meth]} matched in {matched}, beat in {beat}, trailed in {len(d) - beat - matched} "
                             f"of {len(d)} (mean {100 * sum(d) / len(d):+.1f} points)")
-    if vs_paper:
+    if vs_paper and quick:
+        parts.append("This is a quick run (a reduced budget): its numbers are not comparable with the paper's "
+                     "Table 6, so they are not judged against it; run without --quick for that.")
+    elif vs_paper:
         parts.append(f"Against the paper's Table 6 (within ±{100 * PAPER_TOL:.0f} points = matched): "
                      + "; ".join(vs_paper) + ".")
     for meth in ("sgdm", "adam", "ssgd"):
@@ -172,7 +181,7 @@ def results_markdown(results: dict[str, Any]) -> str:
 def summary_markdown(results: dict[str, Any]) -> str:
     """The generated 'what matched' paragraph from a ``table6.json`` (:func:`summarize_table6` on its cells)."""
     return "Generated summary: " + summarize_table6(results["cells"], epochs=results["epochs"],
-                                                    eps=results.get("noise_eps") or 2.0)
+                                                    eps=results.get("noise_eps") or 2.0, quick=results.get("quick") is True)
 
 
 def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
@@ -187,7 +196,7 @@ def _plot(best: list[dict[str, Any]], cfg: Table6Config, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size m·n (log scale)")
     ax.set_ylabel("clean test accuracy")
-    ax.set_title(f"{cfg.dataset}, Laplace eps={cfg.noise_eps:g} training noise ({cfg.epochs} epoch(s), {cfg.model})")
+    ax.set_title(("quick run: " if cfg.is_quick() else "") + f"{cfg.dataset}, Laplace eps={cfg.noise_eps:g} training noise ({cfg.epochs} epoch(s), {cfg.model})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=3)
     save_figure(fig, path)
@@ -198,7 +207,7 @@ def _results_json(cfg: Table6Config, cells: list[Cell], done: list[dict[str, Any
             "lr_at_grid_edge", "seeds", "test_accs", "val_acc", "val_acc_mean", "paper_test_acc", "lrs_tried", "lrs_rejected")
     return {"epochs": cfg.epochs, "seeds": cfg.seeds, "noise_eps": cfg.noise_eps, "partial": len(done) < len(cells),
             "cells_done": len(done), "cells_total": len(cells), "model": cfg.model, "dataset": cfg.dataset,
-            "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["m"], c["n"],
+            **({"quick": True} if cfg.is_quick() else {}), "cells": [{k: c.get(k) for k in keep} for c in sorted(done, key=lambda c: (c["m"], c["n"],
                                                                                         METHODS6.index(c["method"])))]}
 
 
@@ -213,11 +222,11 @@ def _run(cfg: Table6Config, run_dir: Path, *, resume: bool, progress: bool,
                    markdown=results_markdown, resume=resume, progress=progress, data=data)
     best, results, store, n_train = sw.cells, sw.results, sw.store, sw.train_examples
     table = (run_dir / "table6.md").read_text().rstrip("\n")
-    summary = summarize_table6(best, epochs=cfg.epochs, eps=cfg.noise_eps)
+    summary = summarize_table6(best, epochs=cfg.epochs, eps=cfg.noise_eps, quick=cfg.is_quick())
     fig = run_dir / "accuracy_vs_batch.png"
     _plot(best, cfg, fig)
     seconds = time.perf_counter() - t0
-    report = f"""# Table 6 reproduction: {cfg.dataset} with Laplace noise (eps = {cfg.noise_eps:g})
+    report = f"""# Table 6 reproduction{" (quick run)" if cfg.is_quick() else ""}: {cfg.dataset} with Laplace noise (eps = {cfg.noise_eps:g})
 
 Training images (and the validation split carved from them) carry per-pixel Laplace noise of scale
 1/eps = {1 / cfg.noise_eps:.3g} (sensitivity 1, pixels in [0, 1]); the test set is clean. Model `{cfg.model}`;
