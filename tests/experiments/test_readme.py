@@ -33,7 +33,8 @@ def test_committed_documents_match_their_json(rel):
     status = update_generated(ROOT / rel, ROOT, check=True)
     assert status, f"{rel} lost its generated sections"
     if rel == "README.md":
-        assert {"table2", "table6", "leakage-headline", "leakage-worst-mnist", "demo"} <= set(status)
+        # the README keeps the headline tables; the deep ones (worst case per cell, fixed steps) live in docs/
+        assert {"table2", "table6", "leakage-headline", "demo"} <= set(status)
     stale = [name for name, s in status.items() if s == "updated"]
     assert not stale, f"{rel}: sections {stale} are out of date: run python scripts/update_tables.py"
 

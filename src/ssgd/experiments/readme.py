@@ -71,6 +71,70 @@ def _gpu_markdown(doc: dict[str, Any]) -> str:
     return f"`{head}`\n\n" + "\n\n".join("\n".join(b) for b in keep) + "\n"
 
 
+_THREAD_CONDITIONS = ("idle", "busy neighbour")
+_THREAD_MODES = ("default", "all cores")
+
+
+def _load_threads(path: Path) -> dict[str, Any]:
+    """``benchmarks/threads.py``'s JSON, read as hostile input: the conditions and modes it writes, each run a
+    positive finite time, a thread count and a load average; the command line bounded plain text."""
+    import json
+    import math
+
+    from ..report.validate import ResultFileError, bounded_text
+
+    def bad(what: str) -> ResultFileError:
+        return ResultFileError(f"refusing {path}: {what}; rerun python benchmarks/threads.py")
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"not a JSON file ({type(e).__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), dict):
+        raise bad("no 'runs' object")
+    cores = doc.get("cores")
+    if not isinstance(cores, int) or isinstance(cores, bool) or not 1 <= cores <= 4096:
+        raise bad("'cores' is not a core count")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for cond in _THREAD_CONDITIONS:
+        for mode in _THREAD_MODES:
+            rows = doc["runs"].get(cond, {}).get(mode) if isinstance(doc["runs"].get(cond), dict) else None
+            if not isinstance(rows, list) or not 1 <= len(rows) <= 100:
+                raise bad(f"no runs for {cond!r} / {mode!r}")
+            clean = []
+            for r in rows:
+                vals = [r.get(k) if isinstance(r, dict) else None for k in ("seconds", "threads", "load_before")]
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                           for v in vals) or not vals[0] > 0 or not isinstance(vals[1], int):
+                    raise bad(f"a run of {cond!r} / {mode!r} is not (seconds, threads, load_before) numbers")
+                clean.append({"seconds": float(vals[0]), "threads": int(vals[1]), "load_before": float(vals[2])})
+            runs.setdefault(cond, {})[mode] = clean
+    command = bounded_text(doc.get("command", "?"), 120).replace("`", "'").replace("|", "/")  # inside a code span
+    return {"command": command, "cores": cores, "runs": runs,
+            "date": bounded_text(doc.get("date", "?"), 20), "torch": bounded_text(doc.get("torch", "?"), 30)}
+
+
+def _threads_markdown(doc: dict[str, Any]) -> str:
+    """The thread-choice table: median wall time per condition, the CLI's default against every core."""
+    from statistics import median
+
+    lines = [f"| `{doc['command']}` | default (threads chosen) | `--threads {doc['cores']}` (torch's default) "
+             "| all cores / default |", "|---|---|---|---|"]
+    loads = []
+    for cond in _THREAD_CONDITIONS:
+        d, a = doc["runs"][cond]["default"], doc["runs"][cond]["all cores"]
+        md, ma = median(r["seconds"] for r in d), median(r["seconds"] for r in a)
+        chosen = sorted({r["threads"] for r in d})
+        loads += [r["load_before"] for r in d + a]
+        lines.append(f"| {cond} | {md:.1f} s ({', '.join(map(str, chosen))}) | {ma:.1f} s | {ma / md:.2f}× |")
+    n = len(doc["runs"]["idle"]["default"])
+    lines += ["", f"Median wall time of {n} runs per cell, modes alternating, on {doc['cores']} cores "
+              f"({doc['date']}, torch {doc['torch']}); the busy neighbour is one pure-Python loop. The cores were "
+              f"shared with other processes too: the 1-minute load average before a run was {min(loads):.1f}-"
+              f"{max(loads):.1f}, so \"idle\" is only no extra neighbour. Measured by `python benchmarks/threads.py`."]
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Section] = {s.name: s for s in (
     Section("table2", "docs/results/table2.json", table2.results_markdown),
     Section("table2-summary", "docs/results/table2.json", table2.summary_markdown),
@@ -97,6 +161,8 @@ SECTIONS: dict[str, Section] = {s.name: s for s in (
             dp_benchmark.load_published),
     Section("dp-scatternet", "docs/results/dp_scatternet.json", dp_benchmark.results_markdown,
             dp_benchmark.load_published),
+    # the CLI's thread default against torch's, idle and with a busy neighbour (benchmarks/threads.py)
+    Section("threads", "docs/results/threads.json", _threads_markdown, _load_threads),
 )}
 
 
