@@ -102,7 +102,7 @@ def _note_loose_bound() -> None:
             if not told:
                 told.append(1)
                 typer.echo("note: the RDP accountant's optimum lies at the edge of its orders, so the epsilon "
-                           "reported is a valid upper bound but may be loose (--dp-accountant prv gives a tighter "
+                           "reported is a valid upper bound but may be loose (--accountant prv gives a tighter "
                            "one)", err=True)
             return
         shown(message, category, filename, lineno, file, line)

@@ -114,6 +114,7 @@ def test_opacus_loose_bound_warning_becomes_one_note(capsys):
         warnings.warn("something else")
     err = capsys.readouterr().err
     assert err.count("may be loose") == 1 and "Optimal order" not in err
+    assert len(err.strip().splitlines()) == 1 and "--accountant prv" in err  # the option train/privacy take
     assert passed == ["something else"]  # other warnings pass through untouched
 
 
