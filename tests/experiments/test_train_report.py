@@ -44,6 +44,7 @@ def test_report_shows_the_recorded_lr_nodes_and_privacy(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({**m, "replicas_identical": True}))
     report = write_train_report(tmp_path).read_text()
     assert report.startswith("# ssgd train --nodes 2") and "2 processes (gloo" in report
+    assert "SSGD(m = 2)" in report  # one unit vector per node, whatever config.json's shards says
     assert "replicas bit-identical at the end: True" in report
     assert "lr 0.1," in report and "ε = 2.5 at δ = 1e-05" in report and "| ∞ |" in report
 

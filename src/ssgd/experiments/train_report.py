@@ -115,7 +115,8 @@ def write_train_report(run_dir: str | Path) -> Path:
     nodes = cfg.get("nodes") if isinstance(cfg.get("nodes"), int) and not isinstance(cfg.get("nodes"), bool) else 1
     opt = val("optimizer")
     if cfg.get("optimizer") == "ssgd":
-        opt += f" (scope {val('scope')}, m = {val('shards', '1')})"
+        opt += (f" (scope {val('scope')}, one unit vector per node: SSGD(m = {nodes}))" if nodes > 1 else
+                f" (scope {val('scope')}, m = {val('shards', '1')})")
     lr_cfg = _number(cfg.get("lr"))
     lr_text = _fmt(lr_cfg, "g") if lr_cfg is not None else "the optimizer's default (each epoch's lr is in the table)"
     where = (f"{nodes} processes ({val('backend')}, {val('reduction')})" if nodes > 1 else "one process")
