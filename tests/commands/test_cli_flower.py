@@ -35,3 +35,32 @@ def test_up_accepts_no_progress(capsys):
     rc = cli.main(["flower", "up", "--no-progress", "--nodes", "0"])  # refused for --nodes, not for the flag
     err = capsys.readouterr().err
     assert rc == 2 and "--nodes 0" in err and "No such option" not in err
+
+
+def test_up_round_bar_follows_metrics_json_and_ignores_a_damaged_file(tmp_path, monkeypatch):
+    import json
+    import time
+
+    import tqdm
+
+    from ssgd.commands import flower
+
+    seen = []
+
+    class Bar(tqdm.tqdm):
+        def update(self, n=1):
+            seen.append(self.n + n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    (tmp_path / "metrics.json").write_text("{not json")
+    with flower._round_bar(tmp_path, 3, True, poll=0.02):
+        time.sleep(0.1)  # a damaged file is skipped, not raised
+        (tmp_path / "metrics.json").write_text(json.dumps({"history": [{"round": 0}, {"round": 2}]}))
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert seen == [2]
+    with flower._round_bar(tmp_path, 3, False):  # --no-progress: no bar, no thread
+        pass
+    assert seen == [2]

@@ -216,7 +216,7 @@ def _exit_on(*errors: type[BaseException]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _round_bar(run_dir: Path, rounds: int, enabled: bool) -> Iterator[None]:
+def _round_bar(run_dir: Path, rounds: int, enabled: bool, poll: float = 1.0) -> Iterator[None]:
     """While the SuperLink runs the app: a bar of the rounds finished, read from the run's metrics.json."""
     if not enabled:
         yield
@@ -230,7 +230,7 @@ def _round_bar(run_dir: Path, rounds: int, enabled: bool) -> Iterator[None]:
     bar = tqdm(total=rounds, desc="flower rounds", leave=False)
 
     def follow() -> None:
-        while not stop.wait(1.0):
+        while not stop.wait(poll):
             try:
                 last = json.loads((run_dir / "metrics.json").read_text())["history"][-1]["round"]
             except (OSError, ValueError, KeyError, IndexError, TypeError):
