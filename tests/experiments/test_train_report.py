@@ -38,7 +38,7 @@ def test_report_shows_the_recorded_lr_nodes_and_privacy(tmp_path):
             "accountant": "rdp"}
     rows = [{"epoch": 1, "lr": 0.1, "train_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5, "epsilon": "inf",
              "delta": 1e-5, "seconds": 1.0}]
-    _folder(tmp_path, config={"lr": 0.1, "nodes": 2, "backend": "gloo", "reduction": "ssgd-hook-sum"},
+    _folder(tmp_path, config={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "nodes": 2, "backend": "gloo", "reduction": "ssgd-hook-sum"},
             history=rows, privacy=priv)
     m = json.loads((tmp_path / "metrics.json").read_text())
     (tmp_path / "metrics.json").write_text(json.dumps({**m, "replicas_identical": True}))
@@ -46,7 +46,7 @@ def test_report_shows_the_recorded_lr_nodes_and_privacy(tmp_path):
     assert report.startswith("# ssgd train --nodes 2") and "2 processes (gloo" in report
     assert "SSGD(m = 2)" in report  # one unit vector per node, whatever config.json's shards says
     assert "replicas bit-identical at the end: True" in report
-    assert "lr 0.1," in report and "ε = 2.5 at δ = 1e-05" in report and "| ∞ |" in report
+    assert "lr 0.1, momentum 0.9," in report and "weight decay" not in report and "ε = 2.5 at δ = 1e-05" in report and "| ∞ |" in report
 
 
 def test_foreign_text_in_config_is_escaped(tmp_path):

@@ -119,6 +119,10 @@ def write_train_report(run_dir: str | Path) -> Path:
                 f" (scope {val('scope')}, m = {val('shards', '1')})")
     lr_cfg = _number(cfg.get("lr"))
     lr_text = _fmt(lr_cfg, "g") if lr_cfg is not None else "the optimizer's default (each epoch's lr is in the table)"
+    for key, name in (("momentum", "momentum"), ("weight_decay", "weight decay")):
+        v = _number(cfg.get(key))
+        if v:  # recorded and not 0
+            lr_text += f", {name} {_fmt(v, 'g')}"
     where = (f"{nodes} processes ({val('backend')}, {val('reduction')})" if nodes > 1 else "one process")
     title = f"{cfg.get('dataset', '?')}, {cfg.get('model', '?')}, {cfg.get('optimizer', '?')}"
     title = bounded_text(title, 80)
