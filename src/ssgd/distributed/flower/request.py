@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import keys
-from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, MAX_LOCAL_STEPS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER, NodePolicy,
-                     PolicyError)
+from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_EPSILON, MAX_LOCAL_STEPS, MIN_BATCH_SIZE,
+                     MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "parse_request", "put", "get",
            "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config",
@@ -53,7 +53,7 @@ REQUEST_FIELDS: dict[str, type] = {
 
 #: node-config keys and request-only keys: a run config holding one of them is refused
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
-                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS)
+                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MAX_EPSILON, DP_DELTA, PRIVACY_LEDGER)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
 RUN_CONFIG_MIRRORS = {"mode": "mode", "scope": "scope", "batch-size": "batch_size", "local-steps": "local_steps",
