@@ -17,8 +17,27 @@ def test_md_text_renders_foreign_text_literally_on_one_bounded_line():
     assert len(out) <= 2 * 200 and "\n" not in out and "\x00" not in out
     for raw in ("<script", "[a](", "| *", "`d`"):
         assert raw not in out
-    assert out.startswith("&lt;script&gt;x&lt;/script&gt; \\[a\\](http://e) \\| \\*b\\*")
+    assert out.startswith("&lt;script&gt;x&lt;/script&gt; \\[a\\](http\\://e) \\| \\*b\\*")
     assert bounded_text("a\nb", 10) == "a b" and bounded_text("x" * 50, 10) == "x" * 7 + "..."
+
+
+# GFM's extended autolinks (https://github.github.com/gfm/#autolinks-extension-): www., scheme://, e-mail
+_GFM_AUTOLINK = __import__("re").compile(r"(?i)(?:\bwww\.|\b(?:https?|ftp)://|\b(?:mailto|xmpp):|[\w.+-]@[\w-]+\.)")
+
+
+def test_md_text_leaves_no_autolink():
+    """Red team 19, still open: md_text left bare URLs, which Markdown renderers turn into links."""
+    from markdown_it import MarkdownIt
+
+    evil = ("see http://evil.example/x and HTTPS://a.b, ftp://f.g, www.evil.example, <https://auto.link>, "
+            "mailto:a@b.c, xmpp:x@y.z, e-mail bob@evil.example")
+    out = md_text(evil)
+    assert not _GFM_AUTOLINK.search(out), out
+    html = MarkdownIt("commonmark").render(out)
+    assert "<a " not in html and "&lt;https://auto.link&gt;" in html
+    # the escapes render as the literal text: a reader sees the original characters, unlinked
+    assert "http://evil.example/x" in html and "www.evil.example" in html and "bob@evil.example" in html
+    assert md_text("error: no update, ratio 1.5") == "error: no update, ratio 1.5"  # ordinary text is untouched
 
 
 def test_check_history_keeps_good_rows_and_refuses_anything_else_in_one_line():

@@ -35,6 +35,8 @@ class ResultFileError(ValueError):
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
+_SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.\-]*):(?=/|(?<=mailto:)|(?<=xmpp:))")
+_WWW = re.compile(r"(?i)(\bwww)\.")
 
 
 def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
@@ -51,10 +53,17 @@ def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
 def md_text(value: Any, limit: int = TEXT_LIMIT) -> str:
     """:func:`bounded_text`, then escaped for Markdown and HTML: ``<``, ``>``, ``&`` become entities
     and every Markdown punctuation character (links, emphasis, tables, headings) is backslash-escaped,
-    so foreign text renders as the literal text it is."""
+    so foreign text renders as the literal text it is. Autolinks are neutralised too: ``<...>`` by the
+    entities, and GFM's bare ``scheme://``, ``www.`` and e-mail autolinks by escaping their ``:``, ``.``
+    or ``@`` (``http\\://``: rendered as ``http://``, but not a link)."""
     text = bounded_text(value, limit)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    # autolinks: CommonMark's <...> are gone with < and >; GFM's extended ones (a scheme://, www., an e-mail
+    # address, mailto:/xmpp:) are broken by escaping the character they hinge on (renders the same, links nothing)
+    text = _SCHEME.sub(r"\1\\:", text)
+    text = _WWW.sub(lambda m: m.group(1) + "\\.", text)
+    return text.replace("@", "\\@")
 
 
 def _is_int(v: Any) -> bool:
