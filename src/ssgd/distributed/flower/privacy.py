@@ -39,6 +39,15 @@ that bound is about :math:`\eta s\sqrt d/|A|`, the size of the noise itself.
 ε is per node: every reply a node sends (accepted or not: the server saw it) is one release
 of the Gaussian mechanism with noise multiplier σ; the reported ``epsilon`` is that of the
 node that released most often (with ``fraction_train=1``: every node, once per round).
+That number is the server's; **the node keeps its own**: ``LocalNoiseMod`` counts every release
+it makes (a zero-vector release after a failure too) with Opacus's accountant
+(:class:`ssgd.privacy.ReleaseBudget`) before it computes, against its node config
+``max-epsilon`` (default 10) at ``dp-delta`` (default 1e-5), and once the next release would
+exceed it answers with the fixed text :data:`~.mod.BUDGET_SPENT`. A request refused after the
+count (by ``SSGDMod``, from the request alone) still counts: the node counts what it committed
+to, never less than it released. ``privacy-ledger`` keeps the count in a locked file across
+runs and SuperNode restarts (without it: the node's ``Context.state``, one run on one running
+SuperNode; docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
 noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from
