@@ -156,3 +156,35 @@ def test_node_config_budget_keys_are_validated():
                 {"privacy-ledger": 3}):
         with pytest.raises(ValueError, match="max-epsilon|dp-delta|privacy-ledger"):
             NodePolicy.from_node_config(bad)
+
+
+def test_a_federation_longer_than_the_budget_ends_with_refusals_and_the_servers_epsilon_stops():
+    """Through the strategy and an in-process grid: every node releases exactly its budget's count, the
+    server's own ε (which counts only what it received) stops there, and later rounds leave the model as it was."""
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import (FaultMod, FlowerRunConfig, InProcessGrid, LocalNoiseMod, PrivateSSGDStrategy,
+                                         ssgd_mod)
+    from ssgd.distributed.flower.client_app import train
+    from ssgd.distributed.flower.mod import BUDGET_SPENT
+    from ssgd.distributed.flower.task import make_model, param_arrays
+    from ssgd.distributed.flower.validation import record_from_arrays
+    from ssgd.privacy import NodePrivacy, compute_epsilon
+
+    k = _budget_releases(SIGMA, MAX_EPS, DELTA)
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=0.1), ssgd_mod])
+    app.train()(train)
+    w0 = param_arrays(make_model(FlowerRunConfig.from_mapping(RUN)))
+    strategy = PrivateSSGDStrategy(privacy=NodePrivacy(SIGMA, mode="local", delta=DELTA), mode="fedsgd",
+                                   server_lr=0.1, update_keys=list(w0), client_config={"batch-size": 32})
+    grid = InProcessGrid(app, 2, RUN, node_configs=[{"max-epsilon": MAX_EPS}] * 2)
+    res = strategy.start(grid, record_from_arrays(w0), num_rounds=k + 2)
+    assert strategy.releases == {1001: k, 1002: k}
+    for r in range(1, k + 3):
+        book = strategy.rounds[r]
+        if r <= k:
+            assert len(book["accepted"]) == 2 and not book["failed"]
+        else:
+            assert not book["accepted"] and [why for _, why in book["failed"]] == [
+                f"error reply (code 6): {BUDGET_SPENT}"] * 2
+    assert res.train_metrics_clientapp[k + 2]["epsilon"] == pytest.approx(compute_epsilon(SIGMA, 1.0, k, DELTA))
