@@ -654,20 +654,46 @@ def _cell_problem(c: Any, key: tuple[str, str, int, str, str], cfg: LeakageConfi
 def _text_problem(c: dict, key: tuple[str, str, int, str, str], cfg: LeakageConfig, factor: float,
                   what: str) -> str | None:
     """Why the text fields of cell ``key`` (or of its 2x rerun: ``factor`` 2) are not the ones this grid writes
-    for it -- the attack's spec as :func:`adapt_attack` builds it, the defence's spec, the attacked model, an
-    init of :data:`ssgd.attacks.INITS` (or ``-``) -- or None when they are."""
+    for it -- a spec of the attack :func:`adapt_attack` builds (the same attack once parsed: a cell written
+    before the attack gained a parameter stays valid), the defence's spec, the attacked model, an init of
+    :data:`ssgd.attacks.INITS` (or ``-``) -- or None when they are."""
     _, _, b, attack, defense = key
     aname = parse_spec(attack)[0]
     d = get_defense(defense)
-    want = {"attack_spec": adapt_attack(attack, d, b, **cfg._overrides(aname, factor)).spec}
-    if not what:
-        want.update(defense_spec=d.spec, model="mlp" if aname in ANALYTIC_ATTACKS else "lenet")
+    spec = adapt_attack(attack, d, b, **cfg._overrides(aname, factor)).spec
+    stored = c.get("attack_spec")
+    if not (isinstance(stored, str) and len(stored) <= 1000 and _same_attack(stored, spec)):
+        return f"{what}attack_spec={bounded_text(repr(stored), 60)} is not this grid's {spec!r}"
+    want = {} if what else {"defense_spec": d.spec, "model": "mlp" if aname in ANALYTIC_ATTACKS else "lenet"}
     for k, v in want.items():
         if c.get(k) != v:
             return f"{what}{k}={bounded_text(repr(c.get(k)), 60)} is not this grid's {v!r}"
     if c.get("init", "-") not in (*INITS, "-") or not isinstance(c.get("init", "-"), str):
         return f"{what}init={bounded_text(repr(c.get('init')), 60)} is not one of {', '.join(INITS)} or -"
     return None
+
+
+def _same_attack(stored: str, spec: str) -> bool:
+    """``stored`` is a valid spec (:func:`ssgd.attacks.get_attack` accepts it) of the attack ``spec`` names, and
+    every parameter it states has ``spec``'s value. A spec written before the attack gained a parameter does not
+    state it (older cells stay valid); a forged one does not parse, names another attack or states another value."""
+    try:
+        get_attack(stored)
+        (name, params), (want_name, want) = parse_spec(stored), parse_spec(spec)
+    except (ValueError, TypeError, KeyError):
+        return False
+    if name != want_name:
+        return False
+    for k, v in params.items():
+        if k not in want:
+            return False
+        if v != want[k]:
+            try:
+                if float(v) != float(want[k]):
+                    return False
+            except ValueError:
+                return False
+    return True
 
 
 def _code(text: Any) -> str:
