@@ -69,3 +69,13 @@ def test_report_md_writes_cell_text_as_code_or_escaped():
     html = MarkdownIt("commonmark").render(text)
     assert "<img" not in html and "<strong>pwned" not in html and 'href="http://evil' not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # shown as the literal text
+
+
+@pytest.mark.parametrize("spec, ok", [("idlg:iters=2,restarts=1", True),  # written before later parameters existed
+                                      ("idlg:iters=3", False), ("dlg:iters=2", False), ("idlg:iters=2,x=1", False),
+                                      ("idlg:init=<b>x</b>", False)])
+def test_an_older_spec_of_the_same_attack_is_kept_another_one_is_refused(tmp_path, spec, ok):
+    from ssgd.experiments.leakage import _load_cells
+
+    _write(tmp_path, _cell(attack_spec=spec))
+    assert len(_load_cells(tmp_path, _cfg())) == (1 if ok else 0)
