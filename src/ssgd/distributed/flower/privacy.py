@@ -248,7 +248,8 @@ class LocalNoiseMod:
                 raise _NoiseModError("the request's model is empty or not float32")
             rnd = read_fields(msg).get(keys.ROUND)
             self._claim_round(ctxt, rnd)
-            # counted before anything touches the data: every path below releases exactly once
+            # counted before anything touches the data: every path below releases at most once (an inner refusal
+            # decided from the request alone releases nothing and is counted all the same: never fewer than released)
             eps = self.charge(ctxt, sigma)
         except BudgetSpentError as e:  # a function of the node's release history and sigma only
             return error_reply(msg, BUDGET_SPENT, f"LocalNoiseMod: {e}")
