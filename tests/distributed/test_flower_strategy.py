@@ -342,6 +342,23 @@ def test_error_replies_are_checked_for_this_rounds_message_id_first():
     # the genuine round-2 error reply is this round's failure
     strategy.aggregate_train(2, [Message(Error(code=2, reason="round-2 failure"), reply_to=m2)])
     assert strategy.rounds[2]["failed"] == [(11, "error reply (code 2): round-2 failure")]
+    # the SuperLink's own error reply for an unreachable node (src = SUPERLINK_NODE_ID, reply_to = our message)
+    # is that node's failure, not a rejection
+    from flwr.app import Metadata
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    [m3] = strategy.configure_train(3, record(w), ConfigRecord(), _Grid([11]))
+    pushed(m3, "r3-n11")
+    meta = Metadata(run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
+                    reply_to_message_id="r3-n11", group_id="3", created_at=0.0, ttl=10.0, message_type="train")
+    lost = Message(metadata=meta, error=Error(code=1, reason="node unavailable"))
+    stale = Message(metadata=Metadata(**{**{k: getattr(meta, k) for k in ("run_id", "message_id", "src_node_id",
+                                                                         "dst_node_id", "group_id", "created_at",
+                                                                         "ttl", "message_type")},
+                                         "reply_to_message_id": "r2-n11"}), error=Error(code=1, reason="stale"))
+    strategy.aggregate_train(3, [lost, stale])
+    assert strategy.rounds[3]["failed"] == [(11, "error reply (code 1): node unavailable")]
+    assert [why for _, why in strategy.rounds[3]["rejected"]] == ["a reply to a message not sent in round 3"]
 
 
 def test_one_node_cannot_set_the_rounds_train_loss():

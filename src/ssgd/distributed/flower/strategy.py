@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from ...report.validate import bounded_text
 from ...transform import DEFAULT_EPS, check_scope
@@ -243,6 +244,9 @@ class SSGDStrategy(FedAvg):
             reply_to = msg.metadata.reply_to_message_id
             if reply_to not in sent:
                 return node, f"a reply to a message not sent in round {server_round}", None
+            if msg.has_error() and node == SUPERLINK_NODE_ID:
+                # the SuperLink answers (from its own id) for a node it cannot reach: that node's failure
+                node = sent[reply_to]
             if sent[reply_to] != node:
                 return node, f"a reply from node {node} to a message sent to node {sent[reply_to]}", None
             if msg.has_error():  # carries no update (the SuperLink also sends these for vanished nodes)
