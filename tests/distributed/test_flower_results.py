@@ -63,11 +63,20 @@ def _craft(payload, case):
         p["history"][1]["note"] = "# forged"
     elif case == "history-rounds":
         p["history"] = [dict(r) for r in p["history"]] + [dict(p["history"][1], round=7)]
+    elif case in ("acc-above-1", "acc-negative", "loss-negative", "seconds-negative"):  # red team 19, still open
+        field, value = {"acc-above-1": ("test_acc", 1.5), "acc-negative": ("test_acc", -0.1),
+                        "loss-negative": ("test_loss", -3.0), "seconds-negative": ("seconds", -1.0)}[case]
+        p["history"] = [dict(r) for r in p["history"]]
+        p["history"][1][field] = value
+    elif case == "texts-many":  # 10^5 short texts: each bounded, but the list was not
+        p["history"] = [dict(r) for r in p["history"]]
+        p["history"][1]["rejections"] = [[1001, "x"]] * 100_000
     return p
 
 
 CASES = ["float64", "int64", "nan", "shape", "round-huge", "round-str", "config-list", "no-arrays", "history-nan",
-         "history-str", "history-extra", "history-rounds"]
+         "history-str", "history-extra", "history-rounds", "acc-above-1", "acc-negative", "loss-negative",
+         "seconds-negative", "texts-many"]
 
 
 @pytest.mark.parametrize("case", CASES)

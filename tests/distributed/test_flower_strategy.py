@@ -266,7 +266,8 @@ def test_twenty_replies_from_one_node_count_once_and_unsampled_nodes_are_rejecte
     spoof_to = with_message_id(request(w, node=99), "x")  # a message this strategy never sent to node 99
     new2, metrics2 = strategy2.aggregate_train(1, [_reply(pushed(m, "a"), honest), _reply(spoof_to, attacker)])
     assert metrics2["accepted"] == 1 and metrics2["rejected"] == 1
-    assert "not sampled" in strategy2.rounds[1]["rejected"][0][1]
+    # rejected on its message id first (every reply, error replies included, is checked for it first)
+    assert "not sent in round 1" in strategy2.rounds[1]["rejected"][0][1]
 
 
 def test_one_node_against_the_honest_sum_moves_the_round_by_more_than_lr_over_n():
@@ -315,6 +316,49 @@ def test_replies_belong_to_this_round_replays_and_unsent_ids_are_rejected():
     assert all("not sent in round 2" in why for _, why in strategy.rounds[2]["rejected"])
     # the genuine round-2 reply is accepted
     assert strategy.aggregate_train(2, [_reply(m2, _unit(3))])[1]["accepted"] == 1
+
+
+def test_error_replies_are_checked_for_this_rounds_message_id_first():
+    """Red team 19, still open: check_reply returned an error reply before looking at its reply_to_message_id,
+    so a replayed round-1 error reply, or one to an id never sent, was counted as a round-2 failure (with its
+    text stored in the round's record)."""
+    from flwr.app import ConfigRecord, Error, Message
+
+    from ssgd.distributed.flower.local import with_message_id
+
+    w = model_arrays(0)
+    strategy = SSGDStrategy(server_lr=0.3)
+    [m1] = strategy.configure_train(1, record(w), ConfigRecord(), _Grid([11]))
+    old = Message(Error(code=2, reason="round-1 failure"), reply_to=pushed(m1, "r1-n11"))
+    strategy.aggregate_train(1, [old])
+    assert strategy.rounds[1]["failed"] == [(11, "error reply (code 2): round-1 failure")]
+    [m2] = strategy.configure_train(2, record(w), ConfigRecord(), _Grid([11]))
+    pushed(m2, "r2-n11")
+    foreign = Message(Error(code=2, reason="<b>forged</b>"), reply_to=with_message_id(m2, "never-sent"))
+    _, metrics = strategy.aggregate_train(2, [old, foreign])
+    assert strategy.rounds[2]["failed"] == []
+    assert [why for _, why in strategy.rounds[2]["rejected"]] == ["a reply to a message not sent in round 2"] * 2
+    assert metrics["rejected"] == 2
+    # the genuine round-2 error reply is this round's failure
+    strategy.aggregate_train(2, [Message(Error(code=2, reason="round-2 failure"), reply_to=m2)])
+    assert strategy.rounds[2]["failed"] == [(11, "error reply (code 2): round-2 failure")]
+    # the SuperLink's own error reply for an unreachable node (src = SUPERLINK_NODE_ID, reply_to = our message)
+    # is that node's failure, not a rejection
+    from flwr.app import Metadata
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    [m3] = strategy.configure_train(3, record(w), ConfigRecord(), _Grid([11]))
+    pushed(m3, "r3-n11")
+    meta = Metadata(run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
+                    reply_to_message_id="r3-n11", group_id="3", created_at=0.0, ttl=10.0, message_type="train")
+    lost = Message(metadata=meta, error=Error(code=1, reason="node unavailable"))
+    stale = Message(metadata=Metadata(**{**{k: getattr(meta, k) for k in ("run_id", "message_id", "src_node_id",
+                                                                         "dst_node_id", "group_id", "created_at",
+                                                                         "ttl", "message_type")},
+                                         "reply_to_message_id": "r2-n11"}), error=Error(code=1, reason="stale"))
+    strategy.aggregate_train(3, [lost, stale])
+    assert strategy.rounds[3]["failed"] == [(11, "error reply (code 1): node unavailable")]
+    assert [why for _, why in strategy.rounds[3]["rejected"]] == ["a reply to a message not sent in round 3"]
 
 
 def test_one_node_cannot_set_the_rounds_train_loss():

@@ -45,9 +45,13 @@ def test_results_readers_refuse_damaged_or_foreign_files(tmp_path, load, text, n
     assert path.read_text() == text  # left as it was
 
 
+# the spec the grid of _grid_cfg() runs (a cell's text fields must be its grid's own values)
+IDLG_SPEC = "idlg:iters=2,lr=0.3,history=100,labels=recover,normalize=True,restarts=1,init=auto,dtype=auto"
+
+
 def _done_cell(**kw):
     cell = {"dataset": "digits", "state": "untrained", "batch": 1, "attack": "idlg", "defense": "none",
-            "status": "done", "defense_spec": "none", "model": "lenet", "attack_spec": "idlg:iters=2",
+            "status": "done", "defense_spec": "none", "model": "lenet", "attack_spec": IDLG_SPEC,
             "iterations": 2, "restarts": 1, "init": "mean", "psnr_mean": 12.0, "protects": False,
             "rows": [{"target": 0, "image": 0, "label": 3, "psnr": 12.0, "ssim": 0.1, "mse": 0.06,
                       "label_acc": 1.0, "seconds": 0.5}], "first_image": [0.5] * 64}

@@ -17,8 +17,27 @@ def test_md_text_renders_foreign_text_literally_on_one_bounded_line():
     assert len(out) <= 2 * 200 and "\n" not in out and "\x00" not in out
     for raw in ("<script", "[a](", "| *", "`d`"):
         assert raw not in out
-    assert out.startswith("&lt;script&gt;x&lt;/script&gt; \\[a\\](http://e) \\| \\*b\\*")
+    assert out.startswith("&lt;script&gt;x&lt;/script&gt; \\[a\\](http\\://e) \\| \\*b\\*")
     assert bounded_text("a\nb", 10) == "a b" and bounded_text("x" * 50, 10) == "x" * 7 + "..."
+
+
+# GFM's extended autolinks (https://github.github.com/gfm/#autolinks-extension-): www., scheme://, e-mail
+_GFM_AUTOLINK = __import__("re").compile(r"(?i)(?:\bwww\.|\b(?:https?|ftp)://|\b(?:mailto|xmpp):|[\w.+-]@[\w-]+\.)")
+
+
+def test_md_text_leaves_no_autolink():
+    """Red team 19, still open: md_text left bare URLs, which Markdown renderers turn into links."""
+    from markdown_it import MarkdownIt
+
+    evil = ("see http://evil.example/x and HTTPS://a.b, ftp://f.g, www.evil.example, <https://auto.link>, "
+            "mailto:a@b.c, xmpp:x@y.z, e-mail bob@evil.example")
+    out = md_text(evil)
+    assert not _GFM_AUTOLINK.search(out), out
+    html = MarkdownIt("commonmark").render(out)
+    assert "<a " not in html and "&lt;https://auto.link&gt;" in html
+    # the escapes render as the literal text: a reader sees the original characters, unlinked
+    assert "http://evil.example/x" in html and "www.evil.example" in html and "bob@evil.example" in html
+    assert md_text("error: no update, ratio 1.5") == "error: no update, ratio 1.5"  # ordinary text is untouched
 
 
 def test_check_history_keeps_good_rows_and_refuses_anything_else_in_one_line():
@@ -71,3 +90,25 @@ def test_arrays_numpy_cannot_read_are_refused_in_one_line(bad):
     t = torch.zeros(2, 2, dtype=torch.bfloat16) if bad == "bfloat16" else torch.zeros(2, 2).to_sparse()
     with pytest.raises(ResultFileError, match="refusing ckpt: array 'w'"):
         check_arrays({"w": t}, ref, source="ckpt")
+
+
+def test_number_fraction_and_list_bounds_are_one_line_refusals():
+    """Red team 19, still open: an accuracy outside [0, 1], a negative loss or clock, an unbounded per-node list."""
+    from ssgd.report import LIST_LIMIT, check_finite_state, check_number
+
+    fields = {"round": "int", "acc": "fraction?", "loss": "nonneg", "texts": "node-texts"}
+    ok = [{"round": 1, "acc": 1.0, "loss": 0, "texts": [[1, "a"]] * LIST_LIMIT}]
+    assert check_history(ok, fields, source="f")[0]["acc"] == 1.0
+    for row in ({"round": 1, "acc": 1.01, "loss": 0}, {"round": 1, "acc": -0.1, "loss": 0},
+                {"round": 1, "loss": -1e-9}, {"round": 1, "loss": 0, "texts": [[1, "a"]] * (LIST_LIMIT + 1)}):
+        with pytest.raises(ResultFileError, match="refusing f: history row 0") as ei:
+            check_history([row], fields, source="f")
+        assert "\n" not in str(ei.value)
+    assert check_number(3, what="x", source="f", low=0) == 3.0
+    for bad in ("12", float("nan"), float("inf"), True, -1.0, None):
+        with pytest.raises(ResultFileError, match="refusing f: x is"):
+            check_number(bad, what="x", source="f", low=0.0)
+    check_finite_state({"w": torch.ones(2), "steps": torch.tensor(3)}, what="w", source="f")
+    for bad in ({"w": torch.tensor([1.0, float("nan")])}, {"w": torch.tensor([float("-inf")])}, {"w": 1.0}, [1]):
+        with pytest.raises(ResultFileError, match="refusing f"):
+            check_finite_state(bad, what="its weights", source="f")

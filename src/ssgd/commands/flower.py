@@ -70,12 +70,15 @@ def _run_config(run: Options, min_nodes, round_timeout, straggler_timeout, extra
     return {k: typed[k] for k in cfg}  # every value with its field's type (--set test-size=500 is the int 500)
 
 
-def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int, mode: str) -> list[dict]:
-    """Every node's own config: ``ssgd-mode`` is the run's ``--mode`` (the nodes started here are
-    yours: their mode is decided here, not by the server), then ``--node-set`` and ``--fault``."""
+def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int, mode: str, dataset: str = "mnist",
+                  data_dir: str = "") -> list[dict]:
+    """Every node's own config: ``ssgd-mode`` is the run's ``--mode``, ``dataset`` and ``data-dir`` the
+    run's (the nodes started here are yours: what they compute on is decided here, not by the server --
+    a node reads none of these from the run config), then ``--node-set`` and ``--fault``."""
     from ..distributed.flower import FAULTS, NodePolicy
 
-    out: list[dict] = [{"ssgd-mode": mode} for _ in range(nodes)]
+    data = {"dataset": dataset, **({"data-dir": data_dir} if data_dir else {})}
+    out: list[dict] = [{"ssgd-mode": mode, **data} for _ in range(nodes)]
     for spec in fault_specs:
         try:
             idx_s, fault = spec.split(":", 1)
@@ -198,7 +201,8 @@ def _prepare(nodes: int, noun: str, run: Options, output: Options, prefix: str, 
     if nodes < 1:
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 {noun}")
     cfg = _run_config(run, min_nodes, round_timeout, straggler_timeout, output.set_)
-    node_configs = _node_configs(output.fault, output.node_set, nodes, cfg["mode"])
+    node_configs = _node_configs(output.fault, output.node_set, nodes, cfg["mode"], str(cfg["dataset"]),
+                                 str(cfg.get("data-dir", "")))
     _check_nodes(cfg, nodes)
     run_dir = _run_dir(output.out, prefix, output.resume, output.overwrite)
     cfg.update({"out-dir": str(run_dir.absolute()), "resume": output.resume, "overwrite": output.overwrite})

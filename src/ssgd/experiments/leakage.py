@@ -47,13 +47,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks import AttackMeta, get_attack
+from ..attacks import INITS, AttackMeta, get_attack
 from ..attacks.base import Attack
 from ..data import ImageDataset, load_dataset
 from ..defenses import Defense, get_defense
 from ..metrics import PSNR_MAX, label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
 from ..models import build_model, evaluate
 from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
+from ..report.validate import bounded_text, md_text
 from ..specs import format_spec, parse_spec
 from .contract import ExperimentResult
 
@@ -626,6 +627,10 @@ def _cell_problem(c: Any, key: tuple[str, str, int, str, str], cfg: LeakageConfi
         return f"missing or mistyped {', '.join(bad)}"
     if c["iterations"] < 0 or c["restarts"] < 1:
         return f"iterations={c['iterations']} / restarts={c['restarts']} out of range"
+    # the text fields are this grid's own values for this cell id, never free text (they reach report.md)
+    problem = _text_problem(c, key, cfg, 1.0, "")
+    if problem:
+        return problem
     n = cfg.images_for(defense, b)
     problem = _rows_problem(c["rows"], n, b) or _mean_problem(c, "")
     if problem:
@@ -634,6 +639,9 @@ def _cell_problem(c: Any, key: tuple[str, str, int, str, str], cfg: LeakageConfi
     if conf is not None:
         if not isinstance(conf, dict) or not _is_int(conf.get("iterations")) or conf["iterations"] < 1:
             return "a 2x rerun ('confirm') without its iterations"
+        problem = _text_problem(conf, key, cfg, 2.0, "confirm ")
+        if problem:
+            return problem
         problem = _rows_problem(conf.get("rows"), n, b) or _mean_problem(conf, "confirm ")
         if problem:
             return problem
@@ -641,6 +649,56 @@ def _cell_problem(c: Any, key: tuple[str, str, int, str, str], cfg: LeakageConfi
     if first is not None and not (isinstance(first, list) and all(_is_num(v) and 0 <= v <= 1 for v in first)):
         return "first_image is not a list of pixel values in [0, 1]"
     return None
+
+
+def _text_problem(c: dict, key: tuple[str, str, int, str, str], cfg: LeakageConfig, factor: float,
+                  what: str) -> str | None:
+    """Why the text fields of cell ``key`` (or of its 2x rerun: ``factor`` 2) are not the ones this grid writes
+    for it -- a spec of the attack :func:`adapt_attack` builds (the same attack once parsed: a cell written
+    before the attack gained a parameter stays valid), the defence's spec, the attacked model, an init of
+    :data:`ssgd.attacks.INITS` (or ``-``) -- or None when they are."""
+    _, _, b, attack, defense = key
+    aname = parse_spec(attack)[0]
+    d = get_defense(defense)
+    spec = adapt_attack(attack, d, b, **cfg._overrides(aname, factor)).spec
+    stored = c.get("attack_spec")
+    if not (isinstance(stored, str) and len(stored) <= 1000 and _same_attack(stored, spec)):
+        return f"{what}attack_spec={bounded_text(repr(stored), 60)} is not this grid's {spec!r}"
+    want = {} if what else {"defense_spec": d.spec, "model": "mlp" if aname in ANALYTIC_ATTACKS else "lenet"}
+    for k, v in want.items():
+        if c.get(k) != v:
+            return f"{what}{k}={bounded_text(repr(c.get(k)), 60)} is not this grid's {v!r}"
+    if c.get("init", "-") not in (*INITS, "-") or not isinstance(c.get("init", "-"), str):
+        return f"{what}init={bounded_text(repr(c.get('init')), 60)} is not one of {', '.join(INITS)} or -"
+    return None
+
+
+def _same_attack(stored: str, spec: str) -> bool:
+    """``stored`` is a valid spec (:func:`ssgd.attacks.get_attack` accepts it) of the attack ``spec`` names, and
+    every parameter it states has ``spec``'s value. A spec written before the attack gained a parameter does not
+    state it (older cells stay valid); a forged one does not parse, names another attack or states another value."""
+    try:
+        get_attack(stored)
+        (name, params), (want_name, want) = parse_spec(stored), parse_spec(spec)
+    except (ValueError, TypeError, KeyError):
+        return False
+    if name != want_name:
+        return False
+    for k, v in params.items():
+        if k not in want:
+            return False
+        if v != want[k]:
+            try:
+                if float(v) != float(want[k]):
+                    return False
+            except ValueError:
+                return False
+    return True
+
+
+def _code(text: Any) -> str:
+    """``text`` as a Markdown code span: one bounded line, no backtick (a code span renders nothing inside)."""
+    return "`" + bounded_text(text, 120).replace("`", "'") + "`"
 
 
 def _cell_ids(cfg: LeakageConfig) -> dict[str, tuple[str, str, int, str, str]]:
@@ -948,8 +1006,9 @@ def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy
              f"rerun's mean PSNR and ✓ marks a cell that stayed below {cfg.confirm_below:g} dB both times (the only "
              "cells that count as protection). `n/a`: SSGD(m) needs a batch that is a multiple of m. Label accuracy "
              "is in `leakage.csv`.", "", "Budgets (iterations actually run per restart x restarts, init):", ""]
-    lines += [f"- `{a}`: closed form (`{spec}`)" if a in ANALYTIC_ATTACKS else
-              f"- `{a}`: {it} x {r}, init {ini} (`{spec}`)" for a, spec, it, r, ini in budgets] + [""]
+    # texts from cell files: checked against the grid on loading, and written as code spans / escaped anyway
+    lines += [f"- {_code(a)}: closed form ({_code(spec)})" if a in ANALYTIC_ATTACKS else
+              f"- {_code(a)}: {it} x {r}, init {md_text(ini)} ({_code(spec)})" for a, spec, it, r, ini in budgets] + [""]
     dp_lines = _epsilons(cfg.defenses)
     if dp_lines:
         lines += ["Privacy of the noise defences (one release, δ = 1e-5, Opacus RDP via "
@@ -965,7 +1024,7 @@ def _markdown(table: list[dict], cells: list[dict], cfg: LeakageConfig, accuracy
         "`accuracy.csv`, `curve.csv`, `cells/` (one JSON per finished cell), `config.json`.", ""]
     if model_acc:
         lines += ["Model test accuracies (attacked models): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in model_acc.items()), ""]
+                  + ", ".join(f"{md_text(k)} {v:.3f}" for k, v in model_acc.items()), ""]
     return "\n".join(lines)
 
 

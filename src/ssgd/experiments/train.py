@@ -39,6 +39,7 @@ from ..data import ImageDataset, load_dataset
 from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
+from ..report.validate import check_finite_state, check_number
 from ..shards import shard_unit_grad_
 from ..transform import check_scope
 from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
@@ -208,6 +209,8 @@ def load_train_checkpoint(path: str | Path, cfg: TrainConfig, nodes: int = 1) ->
     if not isinstance(epoch, int) or not 1 <= epoch <= max(cfg.epochs, 1) or not isinstance(ck["history"], list):
         raise CheckpointError(f"refusing checkpoint {path}: its epoch {epoch!r} / history do not fit a "
                               f"{cfg.epochs}-epoch run; move it away to start afresh")
+    check_finite_state(ck["model"], what="its model weights", source=f"checkpoint {path}", error=CheckpointError)
+    check_number(ck["seconds"], what="its seconds", source=f"checkpoint {path}", low=0.0, error=CheckpointError)
     return ck
 
 

@@ -26,13 +26,18 @@ from .accountant import (
 from .engine import make_private
 from .example import (DEFAULT_GAMMA, NonFiniteExampleError, PoissonSampler, check_per_example_model,
                       per_example_unit_grads, private_unit_grad_)
-from .node import NODE_MODES, NodeNoise, NodePrivacy, node_unit_sum_
+from .node import (DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, NODE_MODES, BudgetSpentError, NodeNoise, NodePrivacy,
+                   ReleaseBudget, node_unit_sum_)
 from .noise import LEVELS, GaussianNoise, derive_seed, sensitivity
 from .training import (DP_LEVELS, MIN_NODE_LOCAL_NOISE, DPConfig, DPTraining, check_ddp_config, check_dp_setup,
                        check_node_local_sigma, ddp_privacy)
 
 __all__ = [
     "ACCOUNTANTS",
+    "BudgetSpentError",
+    "DEFAULT_BUDGET_DELTA",
+    "DEFAULT_MAX_EPSILON",
+    "ReleaseBudget",
     "DEFAULT_GAMMA",
     "NonFiniteExampleError",
     "DPConfig",

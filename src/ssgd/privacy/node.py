@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +39,14 @@ from torch import Tensor, nn
 from ..transform import DEFAULT_EPS, check_scope, unit_
 from .noise import GaussianNoise, derive_seed, sensitivity
 
-__all__ = ["NODE_MODES", "NodeNoise", "NodePrivacy", "node_unit_sum_"]
+__all__ = ["NODE_MODES", "NodeNoise", "NodePrivacy", "node_unit_sum_", "ReleaseBudget", "BudgetSpentError",
+           "DEFAULT_MAX_EPSILON", "DEFAULT_BUDGET_DELTA"]
 
 NODE_MODES = ("aggregate", "local")
+
+#: the default release budget of a node that noises its own vectors (node-local DP): (ε, δ) = (10, 1e-5)
+DEFAULT_MAX_EPSILON = 10.0
+DEFAULT_BUDGET_DELTA = 1e-5
 
 
 class NodeNoise:
@@ -235,3 +240,97 @@ class NodePrivacy:
                     "noise_std_this_node": self.noise.std, "noise_std_sum": self.noise.total_std,
                     "target_epsilon": self.target_epsilon})
         return out
+
+
+class BudgetSpentError(ValueError):
+    """One more release would take a node past its own (ε, δ) budget."""
+
+
+class ReleaseBudget:
+    r"""A node's own privacy budget: every release it makes, counted by itself, and a cap.
+
+    Under node-local DP the server, the adversary, must not be the one who counts: a server
+    that asks for the same batch again and again averages the noise away unless the *node*
+    stops answering. Each release is one Gaussian mechanism with noise multiplier σ on a
+    unit vector (sampling rate 1); ε is Opacus's accountant (:class:`~.accountant.PrivacyAccountant`)
+    over the node's whole release history at the node's δ. :meth:`charge` records one more
+    release at σ when the total stays within ``max_epsilon`` and raises
+    :class:`BudgetSpentError` otherwise (the history is left as it was). A charge depends on
+    the history and σ only, never on the data.
+
+    The history is a list of ``(σ, count)`` pairs (:meth:`to_dict` / :meth:`from_dict`, checked
+    field by field: it is read back from the node's state or ledger file).
+    """
+
+    def __init__(self, max_epsilon: float = DEFAULT_MAX_EPSILON, delta: float = DEFAULT_BUDGET_DELTA, *,
+                 releases: Iterable[tuple[float, int]] = (), accountant: str = "rdp") -> None:
+        from .accountant import check_accountant, check_delta
+
+        if (isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float))
+                or not math.isfinite(max_epsilon) or max_epsilon <= 0):
+            raise ValueError(f"Invalid max_epsilon={max_epsilon!r}; must be a finite number > 0 (the most "
+                             f"epsilon this node spends, e.g. {DEFAULT_MAX_EPSILON:g})")
+        self.max_epsilon = float(max_epsilon)
+        self.delta = check_delta(delta)
+        self.accountant = check_accountant(accountant)
+        self.releases: list[tuple[float, int]] = []
+        for sigma, n in releases:
+            self._add(sigma, n)
+
+    def _add(self, sigma: Any, n: Any) -> None:
+        from .accountant import check_noise_multiplier
+
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"Invalid release count {n!r}; must be an integer >= 1")
+        sigma = check_noise_multiplier(sigma)
+        if self.releases and self.releases[-1][0] == sigma:
+            self.releases[-1] = (sigma, self.releases[-1][1] + n)
+        else:
+            self.releases.append((sigma, n))
+
+    @property
+    def count(self) -> int:
+        """Releases made so far."""
+        return sum(n for _, n in self.releases)
+
+    def epsilon(self, extra: float | None = None) -> float:
+        """ε of the releases so far (plus one more at σ = ``extra``) at this budget's δ."""
+        from .accountant import PrivacyAccountant, check_noise_multiplier
+
+        history = list(self.releases) + ([(check_noise_multiplier(extra), 1)] if extra is not None else [])
+        if not history:
+            return 0.0
+        acc = PrivacyAccountant(history[0][0], 1.0, self.delta, self.accountant, level="node")
+        for sigma, n in history:
+            acc.step(n, noise_multiplier=sigma)
+        return acc.epsilon()
+
+    def charge(self, sigma: float) -> float:
+        """Record one release at σ and return the ε spent after it; :class:`BudgetSpentError` (nothing
+        recorded) when that ε would exceed ``max_epsilon``."""
+        eps = self.epsilon(sigma)
+        if not eps <= self.max_epsilon:
+            raise BudgetSpentError(f"one more release at sigma={sigma:g} would spend epsilon={eps:.4g} > this "
+                                   f"node's max-epsilon={self.max_epsilon:g} (delta={self.delta:g}) after "
+                                   f"{self.count} release(s)")
+        self._add(sigma, 1)
+        return eps
+
+    def to_dict(self) -> dict[str, list]:
+        return {"sigmas": [float(s) for s, _ in self.releases], "counts": [int(n) for _, n in self.releases]}
+
+    @classmethod
+    def from_dict(cls, data: Any, max_epsilon: float = DEFAULT_MAX_EPSILON, delta: float = DEFAULT_BUDGET_DELTA,
+                  **kw: Any) -> "ReleaseBudget":
+        """The budget of a stored history (``{"sigmas": [...], "counts": [...]}``, or empty for none);
+        ValueError on anything else."""
+        if data is None or (hasattr(data, "__len__") and len(data) == 0):
+            return cls(max_epsilon, delta, **kw)
+        try:
+            sigmas, counts = list(data["sigmas"]), list(data["counts"])
+        except (TypeError, KeyError):
+            raise ValueError("a release history must hold the lists 'sigmas' and 'counts'") from None
+        if len(sigmas) != len(counts) or len(sigmas) > 100_000:
+            raise ValueError(f"a release history's 'sigmas' and 'counts' differ in length ({len(sigmas)}, "
+                             f"{len(counts)}) or are too long")
+        return cls(max_epsilon, delta, releases=zip(sigmas, counts), **kw)

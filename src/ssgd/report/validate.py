@@ -21,11 +21,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["ResultFileError", "TEXT_LIMIT", "bounded_text", "md_text", "check_count", "check_history", "check_arrays",
-           "HISTORY_KINDS"]
+__all__ = ["ResultFileError", "TEXT_LIMIT", "LIST_LIMIT", "bounded_text", "md_text", "check_count", "check_number",
+           "check_history", "check_arrays", "check_finite_state", "HISTORY_KINDS"]
 
 #: default bound of one foreign text (an error reason, a name) written to a result file or report
 TEXT_LIMIT = 200
+
+#: most entries of one per-node list in a history row (accepted norms, rejection or failure texts of a round)
+LIST_LIMIT = 10_000
 
 
 class ResultFileError(ValueError):
@@ -35,6 +38,8 @@ class ResultFileError(ValueError):
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
+_SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.\-]*):(?=/|(?<=mailto:)|(?<=xmpp:))")
+_WWW = re.compile(r"(?i)(\bwww)\.")
 
 
 def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
@@ -51,10 +56,17 @@ def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
 def md_text(value: Any, limit: int = TEXT_LIMIT) -> str:
     """:func:`bounded_text`, then escaped for Markdown and HTML: ``<``, ``>``, ``&`` become entities
     and every Markdown punctuation character (links, emphasis, tables, headings) is backslash-escaped,
-    so foreign text renders as the literal text it is."""
+    so foreign text renders as the literal text it is. Autolinks are neutralised too: ``<...>`` by the
+    entities, and GFM's bare ``scheme://``, ``www.`` and e-mail autolinks by escaping their ``:``, ``.``
+    or ``@`` (``http\\://``: rendered as ``http://``, but not a link)."""
     text = bounded_text(value, limit)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    # autolinks: CommonMark's <...> are gone with < and >; GFM's extended ones (a scheme://, www., an e-mail
+    # address, mailto:/xmpp:) are broken by escaping the character they hinge on (renders the same, links nothing)
+    text = _SCHEME.sub(r"\1\\:", text)
+    text = _WWW.sub(lambda m: m.group(1) + "\\.", text)
+    return text.replace("@", "\\@")
 
 
 def _is_int(v: Any) -> bool:
@@ -66,6 +78,32 @@ def _is_number(v: Any) -> bool:
             and math.isfinite(float(v)))
 
 
+def check_number(value: Any, *, what: str, source: Any, low: float | None = None, high: float | None = None,
+                 error: type[Exception] = ResultFileError) -> float:
+    """``value`` as a finite real number in ``[low, high]`` (a string, a bool, NaN or inf is refused); else
+    ``error`` (:class:`ResultFileError` or a subclass) naming ``what`` and ``source`` in one line."""
+    if not _is_number(value) or (low is not None and value < low) or (high is not None and value > high):
+        rng = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise error(f"refusing {source}: {what} is {bounded_text(repr(value), 40)}, not a finite number in {rng}; "
+                    "it was not written by this run; move it away to start afresh")
+    return float(value)
+
+
+def check_finite_state(state: Any, *, what: str, source: Any, error: type[Exception] = ResultFileError) -> None:
+    """Every floating-point tensor of ``state`` (a model's ``state_dict``: name -> tensor) is finite;
+    anything else (not a mapping, a non-tensor value, a NaN or inf entry) is a one-line ``error``."""
+    if not isinstance(state, Mapping):
+        raise error(f"refusing {source}: {what} are a {type(state).__name__}, not a name -> tensor map; "
+                    "move it away to start afresh")
+    for name, t in state.items():
+        if not hasattr(t, "is_floating_point"):
+            raise error(f"refusing {source}: {what} hold {bounded_text(repr(name), 40)} as a {type(t).__name__}, "
+                        "not a tensor; move it away to start afresh")
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise error(f"refusing {source}: {what} hold non-finite values (NaN or inf) in "
+                        f"{bounded_text(repr(name), 40)}; move it away to start afresh")
+
+
 def check_count(value: Any, *, what: str, source: Any, low: int = 0, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]``; else :class:`ResultFileError` naming ``what`` and ``source``."""
     if not _is_int(value) or value < low or (high is not None and value > high):
@@ -75,8 +113,10 @@ def check_count(value: Any, *, what: str, source: Any, low: int = 0, high: int |
     return int(value)
 
 
-#: the field kinds :func:`check_history` knows
-HISTORY_KINDS = ("int", "int?", "number", "number?", "text", "node-numbers", "node-texts")
+#: the field kinds :func:`check_history` knows: ``fraction`` is a number in [0, 1] (an accuracy), ``nonneg`` one
+#: >= 0 (a loss, seconds); ``node-*`` lists hold at most :data:`LIST_LIMIT` ``[node id, value]`` pairs
+HISTORY_KINDS = ("int", "int?", "number", "number?", "fraction", "fraction?", "nonneg", "nonneg?", "text",
+                 "node-numbers", "node-texts")
 
 
 def _check_value(kind: str, v: Any, text_limit: int) -> Any:
@@ -93,6 +133,10 @@ def _check_value(kind: str, v: Any, text_limit: int) -> Any:
         if not _is_number(v):
             raise ValueError("not a finite number")
         return v if isinstance(v, int) and not isinstance(v, bool) else float(v)
+    if kind in ("fraction", "nonneg"):
+        if not _is_number(v) or v < 0 or (kind == "fraction" and v > 1):
+            raise ValueError("not a finite number in [0, 1]" if kind == "fraction" else "not a finite number >= 0")
+        return float(v)
     if kind == "text":
         if not isinstance(v, str):
             raise ValueError("not a string")
@@ -100,6 +144,8 @@ def _check_value(kind: str, v: Any, text_limit: int) -> Any:
     if kind in ("node-numbers", "node-texts"):
         if not isinstance(v, (list, tuple)):
             raise ValueError("not a list")
+        if len(v) > LIST_LIMIT:
+            raise ValueError(f"a list of {len(v)} entries, more than {LIST_LIMIT}")
         out = []
         for item in v:
             if not isinstance(item, (list, tuple)) or len(item) != 2 or not (item[0] is None or _is_int(item[0])):

@@ -9,7 +9,8 @@ run config that produced it. :func:`load_checkpoint` reads it with ``torch.load(
   else :class:`CheckpointMismatchError` (resuming would silently mix two experiments);
 * ``round`` an integer in ``[1, num-rounds]`` of this run;
 * ``arrays`` exactly the model's names, in order, with its shapes and dtypes, every entry finite;
-* ``history`` rows of known fields and types (finite numbers, bounded texts), rounds increasing
+* ``history`` rows of known fields and types (finite numbers, an accuracy in [0, 1], losses and seconds
+  >= 0, at most :data:`~ssgd.report.LIST_LIMIT` per-node entries, bounded texts), rounds increasing
   and ending at ``round``.
 
 Anything else is a one-line :class:`~ssgd.report.validate.ResultFileError`, never a traceback.
@@ -38,9 +39,9 @@ FORMAT = "ssgd-flower-checkpoint-1"
 IDENTITY_KEYS = ("model", "dataset", "mode", "scope", "partition", "seed")
 
 #: the fields of one history row (the ServerApp writes these; a checkpoint may hold nothing else)
-HISTORY_FIELDS = {"round": "int", "test_acc": "number?", "test_loss": "number?", "train_loss": "number?",
+HISTORY_FIELDS = {"round": "int", "test_acc": "fraction?", "test_loss": "nonneg?", "train_loss": "nonneg?",
                   "accepted": "int", "rejected": "int", "failed": "int", "norms": "node-numbers",
-                  "rejections": "node-texts", "failures": "node-texts", "seconds": "number?"}
+                  "rejections": "node-texts", "failures": "node-texts", "seconds": "nonneg?"}
 
 
 class CheckpointMismatchError(CheckpointError):

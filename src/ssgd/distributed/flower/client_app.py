@@ -2,8 +2,10 @@
 share of the data, and let :class:`SSGDMod` turn it into a unit vector.
 
 Loaded by a SuperNode as ``ssgd.distributed.flower.client_app:app``. The node's share comes
-from its node config (``partition-id``, ``num-partitions``); the dataset and model from the
-run config (:class:`~ssgd.distributed.flower.FlowerRunConfig`); every privacy-relevant value
+from its node config (``partition-id``, ``num-partitions``), and so does its data
+(``dataset``, ``data-dir``: a run config naming another dataset is refused, the run config's
+``data-dir`` is the server's and never read here); the model from the run config
+(:class:`~ssgd.distributed.flower.FlowerRunConfig`); every privacy-relevant value
 (mode, batch size, local steps, ...) from the request :class:`SSGDMod` resolved against the
 node's own policy (:mod:`.request`) -- never from the run config. ``fault`` in the node config
 makes the node misbehave (see :mod:`.faults`).
@@ -16,6 +18,7 @@ are answered only with node config ``allow-evaluate=true``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -43,7 +46,9 @@ def train(msg: Message, context) -> Message:
     # every privacy-relevant value comes from the request SSGDMod resolved against this node's
     # policy -- never from the run config or the raw message (refused here without SSGDMod)
     req = node_request.get(context)
-    cfg = FlowerRunConfig.from_mapping(context.run_config)
+    # the node's own data: dataset and data-dir from its node config (the request carries them), never the run config's
+    cfg = dataclasses.replace(FlowerRunConfig.from_mapping(context.run_config), dataset=req.dataset,
+                              data_dir=req.data_dir)
     pid, num = partition_of(context.node_config)
     model = make_model(cfg)
     load_arrays(model, arrays_from_record(msg.content[node_request.ARRAYS]))
@@ -64,11 +69,17 @@ def train(msg: Message, context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context) -> Message:
-    if not NodePolicy.from_node_config(context.node_config).allow_evaluate:
+    policy = NodePolicy.from_node_config(context.node_config)
+    if not policy.allow_evaluate:
         log.info("evaluate request refused: node config allow-evaluate=false")
         return error_reply(msg, REFUSED, "this node does not evaluate models for the server (allow-evaluate=false)")
+    run_dataset = context.run_config.get("dataset", policy.dataset)
+    if run_dataset != policy.dataset:
+        return error_reply(msg, REFUSED, f"the run config's dataset {run_dataset!r} is not this node's "
+                                         f"{policy.dataset!r} (node config dataset)")
     try:
-        cfg = FlowerRunConfig.from_mapping(context.run_config)
+        cfg = dataclasses.replace(FlowerRunConfig.from_mapping(context.run_config), dataset=policy.dataset,
+                                  data_dir=policy.data_dir)
         pid, num = partition_of(context.node_config)
         data = dataset(cfg.dataset, cfg.data_dir)
         idx = torch.arange(pid, data.x_test.shape[0], num)  # this node's share of the test split

@@ -255,7 +255,9 @@ class Deployment:
     """One SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1, as a context manager.
 
     ``node_configs[i]`` adds to node ``i``'s ``--node-config`` (which always holds
-    ``partition-id`` and ``num-partitions``), e.g. ``{"fault": "nan"}``. ``dataset`` is decoded
+    ``partition-id`` and ``num-partitions``), e.g. ``{"fault": "nan"}``. A node computes on its own
+    node config's ``dataset`` / ``data-dir`` (default ``mnist``), never the run config's: for another
+    dataset put it into ``node_configs`` (``ssgd flower up`` does). ``dataset`` here is decoded
     once at start-up into the cache every Flower process reads (``None``: skip).
     """
 

@@ -53,14 +53,16 @@ from . import keys
 from . import request as node_request
 from .policy import NodePolicy, PolicyError, check_outgoing
 
-__all__ = ["SSGDMod", "ssgd_mod", "error_reply", "REFUSED", "NOT_SENT", "PUBLIC_REASONS"]
+__all__ = ["SSGDMod", "ssgd_mod", "error_reply", "REFUSED", "NOT_SENT", "BUDGET_SPENT", "PUBLIC_REASONS"]
 
 log = logging.getLogger(__name__)
 
 #: the only error texts that leave a node (fixed: no setting name, no value, no number from the data)
 REFUSED = "request refused by the node's policy (details in the node's log)"
 NOT_SENT = "no update sent (details in the node's log)"
-PUBLIC_REASONS = (REFUSED, NOT_SENT)
+#: node-local DP: the node's own release budget (node config ``max-epsilon``) is spent
+BUDGET_SPENT = "this node's privacy budget is spent (details in the node's log)"
+PUBLIC_REASONS = (REFUSED, NOT_SENT, BUDGET_SPENT)
 
 
 class _ModError(Exception):

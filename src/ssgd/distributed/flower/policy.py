@@ -20,6 +20,18 @@ node config key            default                  what it controls
 ``ssgd-mode``              ``"fedsgd"``             what the node computes: one batch's gradient
                                                     (``fedsgd``) or the delta of local steps
 ``max-local-steps``        ``100``                  most local SGD steps a request may ask for
+``max-epsilon``            ``10``                   node-local DP: the most ε this node spends over
+                                                    all its releases, counted by the node itself
+                                                    (:class:`~ssgd.privacy.ReleaseBudget`); once the
+                                                    next release would exceed it, it refuses
+``dp-delta``               ``1e-5``                 the δ at which ``max-epsilon`` is counted
+``privacy-ledger``         ``""``                   a file where the node records its releases
+                                                    (all runs, restarts included); ``""``: the
+                                                    node's per-run state only (docs/threat-model.md)
+``dataset``                ``"mnist"``              the data the packaged ClientApp computes on
+                                                    (a run config naming another is refused)
+``data-dir``               ``""``                   where the node reads that data (``""``: the
+                                                    dataset's default location); never the run config's
 =========================  =======================  ==============================================
 
 The server still *sends* its view (``ssgd-scope``, ``ssgd-eps``, ``batch-size``,
@@ -42,11 +54,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, ReleaseBudget
 from ...transform import DEFAULT_EPS, check_eps, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
-           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "check_outgoing"]
+           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "DATASET", "DATA_DIR",
+           "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
 ALLOWED_METRICS = "allowed-metrics"
@@ -54,6 +68,11 @@ MIN_BATCH_SIZE = "min-batch-size"
 MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
 ALLOW_EVALUATE = "allow-evaluate"
 MAX_LOCAL_STEPS = "max-local-steps"
+MAX_EPSILON = "max-epsilon"
+DP_DELTA = "dp-delta"
+PRIVACY_LEDGER = "privacy-ledger"
+DATASET = "dataset"
+DATA_DIR = "data-dir"
 
 #: the metrics the packaged ClientApp can report (each opt-in, see the module doc)
 METRICS = ("num-examples", "train-loss")
@@ -106,6 +125,11 @@ class NodePolicy:
     unit_tol: float = 1e-3
     mode: str = "fedsgd"
     max_local_steps: int = 100
+    max_epsilon: float = DEFAULT_MAX_EPSILON
+    dp_delta: float = DEFAULT_BUDGET_DELTA
+    privacy_ledger: str = ""
+    dataset: str = "mnist"
+    data_dir: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -137,6 +161,19 @@ class NodePolicy:
         if (isinstance(self.max_local_steps, bool) or not isinstance(self.max_local_steps, int)
                 or self.max_local_steps < 1):
             raise ValueError(f"Invalid {MAX_LOCAL_STEPS}={self.max_local_steps!r}; must be an integer >= 1")
+        for key, field in ((MAX_EPSILON, "max_epsilon"), (DP_DELTA, "dp_delta")):
+            object.__setattr__(self, field, _number(key, getattr(self, field)))
+        try:
+            ReleaseBudget(self.max_epsilon, self.dp_delta)
+        except ValueError as e:
+            raise ValueError(f"Invalid node config {MAX_EPSILON}/{DP_DELTA}: {e}") from None
+        for key, field in ((PRIVACY_LEDGER, "privacy_ledger"), (DATA_DIR, "data_dir"), (DATASET, "dataset")):
+            if not isinstance(getattr(self, field), str):
+                raise ValueError(f"Invalid node config {key}={getattr(self, field)!r}; expected a string")
+        from ...data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Invalid node config {DATASET}={self.dataset!r}; expected one of {sorted(DATASETS)}")
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any] | None, base: "NodePolicy | None" = None) -> "NodePolicy":
@@ -147,7 +184,9 @@ class NodePolicy:
         for key, field in ((keys.SCOPE, "scope"), (keys.EPS, "eps"), (ALLOWED_METRICS, "allowed_metrics"),
                            (MIN_BATCH_SIZE, "min_batch_size"), (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
                            (ALLOW_EVALUATE, "allow_evaluate"), (keys.MODE, "mode"),
-                           (MAX_LOCAL_STEPS, "max_local_steps")):
+                           (MAX_LOCAL_STEPS, "max_local_steps"), (MAX_EPSILON, "max_epsilon"),
+                           (DP_DELTA, "dp_delta"), (PRIVACY_LEDGER, "privacy_ledger"), (DATASET, "dataset"),
+                           (DATA_DIR, "data_dir")):
             if key in nc:
                 kw[field] = nc[key]
         return dataclasses.replace(base, **kw) if kw else base

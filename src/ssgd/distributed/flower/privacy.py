@@ -39,6 +39,15 @@ that bound is about :math:`\eta s\sqrt d/|A|`, the size of the noise itself.
 ε is per node: every reply a node sends (accepted or not: the server saw it) is one release
 of the Gaussian mechanism with noise multiplier σ; the reported ``epsilon`` is that of the
 node that released most often (with ``fraction_train=1``: every node, once per round).
+That number is the server's; **the node keeps its own**: ``LocalNoiseMod`` counts every release
+it makes (a zero-vector release after a failure too) with Opacus's accountant
+(:class:`ssgd.privacy.ReleaseBudget`) before it computes, against its node config
+``max-epsilon`` (default 10) at ``dp-delta`` (default 1e-5), and once the next release would
+exceed it answers with the fixed text :data:`~.mod.BUDGET_SPENT`. A request refused after the
+count (by ``SSGDMod``, from the request alone) still counts: the node counts what it committed
+to, never less than it released. ``privacy-ledger`` keeps the count in a locked file across
+runs and SuperNode restarts (without it: the node's ``Context.state``, one run on one running
+SuperNode; docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
 noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from
@@ -76,8 +85,10 @@ import torch
 
 from ...privacy import NodePrivacy, derive_seed, sensitivity
 from ...privacy.accountant import check_noise_multiplier
+from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, BudgetSpentError, ReleaseBudget
+from ...report.io import atomic_write_text
 from . import keys
-from .mod import REFUSED, SSGDMod, error_reply
+from .mod import BUDGET_SPENT, REFUSED, SSGDMod, error_reply
 from .policy import NodePolicy, check_outgoing
 from .request import ARRAYS, read_fields
 from .strategy import SSGDStrategy
@@ -127,6 +138,17 @@ class LocalNoiseMod:
             seeded mod noises each round once per node (recorded in the node's ``Context.state``)
             and refuses a repeated round: the same noise twice would cancel in the difference.
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
+        max_epsilon, delta: this node's own release budget (node config ``max-epsilon``,
+            ``dp-delta`` take precedence; default (10, 1e-5)). The node counts every release it
+            makes -- a normal one and one on a zero vector after a failure alike -- with Opacus's
+            accountant (:class:`~ssgd.privacy.ReleaseBudget`), *before* it computes; once the
+            next release would take it past ``max_epsilon`` it answers with the fixed text
+            :data:`~.mod.BUDGET_SPENT` and computes nothing. The server cannot raise the budget.
+        ledger: a file where the count is kept (node config ``privacy-ledger``): it covers every
+            run and survives a SuperNode restart; locked, so concurrent messages are counted
+            one by one. ``None``/``""``: the count lives in the node's ``Context.state``, which
+            Flower keeps across the rounds of one run (series) on a running SuperNode only --
+            a new run or a restarted SuperNode starts from zero (docs/threat-model.md).
 
     The reply that leaves the node holds the noisy vector and nothing else (no metric: a
     loss or a count would be released outside the accountant). A request refused from its
@@ -140,22 +162,48 @@ class LocalNoiseMod:
     """
 
     def __init__(self, noise_multiplier: float | None = None, *, min_noise_multiplier: float | None = None,
-                 seed: int | None = None, unit_tol: float = 1e-3) -> None:
+                 seed: int | None = None, unit_tol: float = 1e-3, max_epsilon: float = DEFAULT_MAX_EPSILON,
+                 delta: float = DEFAULT_BUDGET_DELTA, ledger: str | None = None) -> None:
         self.noise_multiplier = None if noise_multiplier is None else check_noise_multiplier(noise_multiplier)
-        self.policy = NodePolicy(min_noise_multiplier=min_noise_multiplier, unit_tol=unit_tol)
+        self.policy = NodePolicy(min_noise_multiplier=min_noise_multiplier, unit_tol=unit_tol, max_epsilon=max_epsilon,
+                                 dp_delta=delta, privacy_ledger=str(ledger or ""))
         self.min_noise_multiplier = self.policy.min_noise_multiplier
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Invalid seed={seed!r}; must be an int or None (OS entropy)")
         self.seed, self.unit_tol = seed, float(unit_tol)
         self.calls = 0
 
+    def node_policy(self, ctxt) -> NodePolicy:
+        return NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
+
     def settings(self, msg, ctxt=None) -> tuple[float, str]:
         """This call's (σ, scope): the request (:func:`~.request.read_fields`) checked against the node's policy."""
-        policy = NodePolicy.from_node_config(getattr(ctxt, "node_config", None), self.policy)
+        policy = self.node_policy(ctxt)
         cfg = read_fields(msg)
         sigma = policy.check_noise_multiplier(cfg.get(DP_NOISE_MULTIPLIER, self.noise_multiplier))
         policy.check_request({k: v for k, v in cfg.items() if k == keys.SCOPE})
         return sigma, policy.scope
+
+    #: where the node's release history lives without a ledger file (its own Context.state)
+    BUDGET_KEY = "ssgd-release-budget"
+
+    def charge(self, ctxt, sigma: float) -> float:
+        """Count one release at σ in this node's own budget (:class:`~ssgd.privacy.ReleaseBudget`) and return
+        the ε spent after it; :class:`~ssgd.privacy.BudgetSpentError` (nothing counted) past the budget.
+        The count lives in the node config's ``privacy-ledger`` file, else in ``ctxt.state``."""
+        policy = self.node_policy(ctxt)
+        if policy.privacy_ledger:
+            return _charge_ledger(policy.privacy_ledger, sigma, policy.max_epsilon, policy.dp_delta)
+        from flwr.app import ConfigRecord
+
+        state = getattr(ctxt, "state", None)
+        if state is None:
+            raise _NoiseModError("no node state to keep the release budget in (and no privacy-ledger)")
+        stored = dict(state.config_records[self.BUDGET_KEY]) if self.BUDGET_KEY in state.config_records else None
+        budget = ReleaseBudget.from_dict(stored, policy.max_epsilon, policy.dp_delta)
+        eps = budget.charge(sigma)
+        state[self.BUDGET_KEY] = ConfigRecord(budget.to_dict())
+        return eps
 
     #: where a seeded mod records the rounds it has noised (the node's own Context.state, kept across messages)
     ROUNDS_KEY = "ssgd-noised-rounds"
@@ -200,8 +248,14 @@ class LocalNoiseMod:
                 raise _NoiseModError("the request's model is empty or not float32")
             rnd = read_fields(msg).get(keys.ROUND)
             self._claim_round(ctxt, rnd)
-        except (_NoiseModError, ValueError, TypeError, KeyError) as e:  # decided from the request alone
+            # counted before anything touches the data: every path below releases at most once (an inner refusal
+            # decided from the request alone releases nothing and is counted all the same: never fewer than released)
+            eps = self.charge(ctxt, sigma)
+        except BudgetSpentError as e:  # a function of the node's release history and sigma only
+            return error_reply(msg, BUDGET_SPENT, f"LocalNoiseMod: {e}")
+        except (_NoiseModError, ValueError, TypeError, KeyError, OSError) as e:  # decided from the request alone
             return error_reply(msg, REFUSED, f"LocalNoiseMod: {e}")
+        log.info("LocalNoiseMod: release at sigma=%g; this node has spent epsilon=%.4g", sigma, eps)
         try:
             out = call_next(msg, ctxt)
         except Exception as e:  # noqa: BLE001 - whatever failed inside, the node releases the mechanism's output
@@ -246,6 +300,36 @@ class LocalNoiseMod:
         # only the noisy vector leaves, always float32 under the record name ARRAYS (its form never depends on
         # whether the step failed): no metric (outside the accountant), no config echo
         return Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
+
+
+def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) -> float:
+    """:meth:`ReleaseBudget.charge` on the history in the ledger file ``path`` (created when missing), under an
+    exclusive lock so that concurrent ClientApp processes count one by one; a damaged ledger refuses (ValueError)."""
+    import fcntl
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    lock = file.with_name(file.name + ".lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if file.exists():
+                try:
+                    data = json.loads(file.read_text(encoding="utf-8"))
+                    if not isinstance(data, dict) or data.get("format") != "ssgd-release-ledger":
+                        raise ValueError("not an ssgd release ledger")
+                    budget = ReleaseBudget.from_dict(data, max_epsilon, delta)
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"privacy-ledger {path}: {e}; fix or move the file (every release is "
+                                     "refused until then)") from None
+            else:
+                budget = ReleaseBudget(max_epsilon, delta)
+            eps = budget.charge(sigma)
+            atomic_write_text(file, json.dumps({"format": "ssgd-release-ledger", **budget.to_dict()}))
+            return eps
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class PrivateSSGDStrategy(SSGDStrategy):

@@ -13,8 +13,10 @@ place -- the message's ConfigRecord ``"config"`` -- through one named field set
 * the **run config** (``flwr run --run-config``, the app's pyproject -- both server-controlled)
   never sets a node's value. A run-config key that names a node setting
   (:data:`NODE_SETTING_KEYS`) is refused; one of the run keys that mirror a request field
-  (``mode``, ``scope``, ``batch-size``, ``local-steps``, ``client-lr``) must agree with the
-  resolved request, else the request is refused;
+  (``mode``, ``scope``, ``batch-size``, ``local-steps``, ``client-lr``, ``dataset``) must agree
+  with the resolved request, else the request is refused; ``data-dir`` and ``test-size`` are
+  the server's own (:data:`SERVER_ONLY_KEYS`): the node reads its data from its node config's
+  ``dataset`` and ``data-dir`` only;
 * the resolved :class:`NodeRequest` holds every value filled in (a field the server did not
   send takes the node's own value) and is what the ClientApp computes with: the mod hands it
   to the ClientApp through the node's ``Context`` (:func:`put`, :func:`get`), so the two
@@ -32,10 +34,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import keys
-from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, MAX_LOCAL_STEPS, MIN_BATCH_SIZE, MIN_NOISE_MULTIPLIER, NodePolicy,
-                     PolicyError)
+from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_EPSILON, MAX_LOCAL_STEPS, MIN_BATCH_SIZE,
+                     MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
 
-__all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "parse_request", "put", "get",
+__all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "SERVER_ONLY_KEYS", "parse_request",
+           "put", "get",
            "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config",
            "current_request"]
 
@@ -53,11 +56,16 @@ REQUEST_FIELDS: dict[str, type] = {
 
 #: node-config keys and request-only keys: a run config holding one of them is refused
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
-                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS)
+                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MAX_EPSILON, DP_DELTA, PRIVACY_LEDGER)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
+#: (``dataset``: the server builds its model for it; the node computes on its own node config's ``dataset``)
 RUN_CONFIG_MIRRORS = {"mode": "mode", "scope": "scope", "batch-size": "batch_size", "local-steps": "local_steps",
-                      "client-lr": "client_lr"}
+                      "client-lr": "client_lr", "dataset": "dataset"}
+
+#: run-config keys a node never reads: ``data-dir`` and ``test-size`` are the server's own (its central
+#: evaluation); the node reads its data from its node config's ``dataset`` / ``data-dir`` only
+SERVER_ONLY_KEYS = ("data-dir", "test-size")
 
 #: where the resolved request travels from SSGDMod to the ClientApp (the node's own Context.state)
 STATE_KEY = "ssgd-request"
@@ -76,6 +84,9 @@ class NodeRequest:
     seed: int
     round: int
     noise_multiplier: float | None = None
+    #: the node's own data (node config ``dataset`` / ``data-dir``), never the run config's
+    dataset: str = "mnist"
+    data_dir: str = ""
 
     def to_record(self):
         from flwr.app import ConfigRecord
@@ -147,7 +158,7 @@ def parse_request(msg, policy: NodePolicy, run_config: Mapping[str, Any] | None 
     req = NodeRequest(mode=mode, scope=policy.scope, eps=policy.eps,
                       batch_size=cfg.get(keys.BATCH_SIZE, policy.min_batch_size),
                       local_steps=cfg.get(keys.LOCAL_STEPS, 1), client_lr=client_lr, seed=cfg.get(keys.SEED, 0),
-                      round=rnd, noise_multiplier=sigma)
+                      round=rnd, noise_multiplier=sigma, dataset=policy.dataset, data_dir=policy.data_dir)
     check_run_config(run_config or {}, req)
     return req
 

@@ -25,7 +25,7 @@ from flwr.serverapp import ServerApp
 
 from ...report.curves import plot_curves
 from ...report.io import RunDirError, atomic_write_text, make_run_dir, write_csv, write_json
-from ...report.validate import md_text
+from ...report.validate import LIST_LIMIT, md_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FlowerRunConfig
 from .strategy import SSGDStrategy
@@ -96,8 +96,10 @@ def run_server(grid, run_config: Mapping[str, Any], *, progress: bool = False) -
             "round": rnd, "test_acc": ev.get("test-acc"), "test_loss": ev.get("test-loss"),
             "train_loss": info["train"].get("train-loss"), "accepted": len(book["accepted"]),
             "rejected": len(book["rejected"]), "failed": len(book["failed"]),
-            "norms": [[n, v] for n, v in book["accepted"]], "rejections": [[n, r] for n, r in book["rejected"]],
-            "failures": [[n, r] for n, r in book["failed"]], "seconds": time.perf_counter() - t0})
+            # the counts are exact; the per-node lists keep their first LIST_LIMIT entries (what a resume accepts)
+            "norms": [[n, v] for n, v in book["accepted"][:LIST_LIMIT]],
+            "rejections": [[n, r] for n, r in book["rejected"][:LIST_LIMIT]],
+            "failures": [[n, r] for n, r in book["failed"][:LIST_LIMIT]], "seconds": time.perf_counter() - t0})
         save_checkpoint(ckpt_path, rnd, arrays_from_record(record), history, cfg.to_dict())
         write_metrics()
 

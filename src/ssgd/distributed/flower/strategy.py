@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from ...report.validate import bounded_text
 from ...transform import DEFAULT_EPS, check_scope
@@ -237,17 +238,22 @@ class SSGDStrategy(FedAvg):
         node = None
         try:
             node = int(msg.metadata.src_node_id)
+            # every reply, an error reply included, must answer a message this strategy sent to that node in
+            # this round: a replayed or foreign error reply is rejected, never counted as this round's failure
+            sent = self.sent_ids(server_round)
+            reply_to = msg.metadata.reply_to_message_id
+            if reply_to not in sent:
+                return node, f"a reply to a message not sent in round {server_round}", None
+            if msg.has_error() and node == SUPERLINK_NODE_ID:
+                # the SuperLink answers (from its own id) for a node it cannot reach: that node's failure
+                node = sent[reply_to]
+            if sent[reply_to] != node:
+                return node, f"a reply from node {node} to a message sent to node {sent[reply_to]}", None
             if msg.has_error():  # carries no update (the SuperLink also sends these for vanished nodes)
                 return node, f"error: error reply (code {msg.error.code}): {msg.error.reason}", None
             sampled = self.sampled.get(server_round, set())
             if node not in sampled:
                 return node, f"node {node} was not sampled in round {server_round}", None
-            sent = self.sent_ids(server_round)
-            reply_to = msg.metadata.reply_to_message_id
-            if reply_to not in sent:
-                return node, f"a reply to a message not sent in round {server_round}", None
-            if sent[reply_to] != node:
-                return node, f"a reply from node {node} to a message sent to node {sent[reply_to]}", None
             if node in seen:
                 return node, f"a second reply from node {node} in round {server_round} (one per node)", None
             seen.add(node)
