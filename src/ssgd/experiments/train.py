@@ -39,6 +39,7 @@ from ..data import ImageDataset, load_dataset
 from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
+from ..loop import EpochStats, train_loop
 from ..shards import shard_unit_grad_
 from ..transform import check_scope
 from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
@@ -380,8 +381,10 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
     if ck is not None:
         history, start_epoch, elapsed = _restore(ck_path, ck, model, opt, sched, gen, dp)
     writes = run_dir is not None and engine.writes
-    if writes:
-        write_json(run_dir / "config.json", {**cfg.to_dict(), **engine.config_extra()})
+    if writes:  # the values actually used: the optimizer's lr and momentum (defaults resolved), the schedule
+        group = opt.param_groups[0]
+        used = {"lr": group["initial_lr"], "momentum": group.get("momentum"), "schedule": cfg.resolved_schedule}
+        write_json(run_dir / "config.json", {**cfg.to_dict(), **used, **engine.config_extra()})
 
     def public_row(epoch: int) -> dict[str, Any]:
         """What is evaluated on the test set / validation split: public values, no training data."""
@@ -406,44 +409,42 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
     remaining = max(0, cfg.epochs - start_epoch + 1)
     tag = f"train {cfg.optimizer}" + (f" x{engine.nodes}" if engine.nodes > 1 else "")
     bar = tqdm(total=steps_per_epoch * remaining, desc=tag, disable=not progress or not engine.writes, leave=False)
-    done_here = 0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stop_after is not None and done_here >= stop_after:
-            break
-        net.train()
+
+    def batches(epoch: int):  # a seeded permutation in batches; the engine picks this process's part
         perm = torch.randperm(n, generator=gen).to(device)
-        engine.start_epoch(epoch)
-        tot_loss, seen = 0.0, 0
         for i in range(0, n, cfg.batch_size):
             idx = engine.batch(perm[i:i + cfg.batch_size])
-            if idx is None:
-                continue
-            xb, yb = xtr[idx], ytr[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = engine.step(net, xb, yb, cfg)
-            opt.step()
-            sched.step()
-            engine.after_step()
-            tot_loss += float(loss) * idx.numel()
-            seen += idx.numel()
-            bar.update(1)
+            if idx is not None:
+                yield xtr[idx], ytr[idx]
+
+    def after_step() -> None:
+        engine.after_step()
+        bar.update(1)
+
+    def end_epoch(epoch: int, stats: EpochStats) -> dict[str, Any]:
         check_finite = getattr(opt, "check_finite", None)
         if check_finite is not None:  # a GPU step raises a NaN's error later: surface the last steps' errors now
             check_finite()
-        row = full_row(public_row(epoch), tot_loss / max(seen, 1))
-        history.append(row)
-        done_here += 1
+        return full_row(public_row(epoch), stats.train_loss)
+
+    def epoch_done(row: dict[str, Any]) -> None:
         bar.set_postfix(acc=f"{row['test_acc']:.4f}")
         if on_epoch is not None:
             on_epoch(row)
-        if writes and checkpoint:
-            save_checkpoint(ck_path, {"config": cfg.to_dict(), "nodes": engine.nodes, "epoch": epoch,
-                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                                      "torch_rng": torch.get_rng_state(), "history": history,
-                                      "seconds": row["seconds"], "dp": dp.state_dict() if dp is not None else None},
-                            format=CHECKPOINT_FORMAT)
-            write_csv(run_dir / "metrics.csv", history)
+
+    def save(epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(ck_path, {"config": cfg.to_dict(), "nodes": engine.nodes, "epoch": epoch,
+                                  "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                                  "torch_rng": torch.get_rng_state(), "history": history,
+                                  "seconds": history[-1]["seconds"], "dp": dp.state_dict() if dp is not None else None},
+                        format=CHECKPOINT_FORMAT)
+        write_csv(run_dir / "metrics.csv", history)
+
+    train_loop(net, opt, batches, epochs=cfg.epochs, grad=lambda m, x, y: engine.step(m, x, y, cfg),
+               scheduler=sched, start_epoch=start_epoch, history=history, stop_after=stop_after,
+               before_epoch=engine.start_epoch, after_step=after_step, end_epoch=end_epoch, on_epoch=epoch_done,
+               checkpoint=save if writes and checkpoint else None)
     bar.close()
     if not history:
         history.append(full_row(public_row(0), float("nan")))
