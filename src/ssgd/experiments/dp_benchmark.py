@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
 from ..models import build_model, build_scheduler, evaluate
-from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed, private_unit_grad_
+from ..loop import EpochStats, train_loop
+from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed
 from ..privacy import solve_noise_multiplier
 from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
 from ..report.checkpoint import load_checkpoint, save_checkpoint
@@ -52,7 +52,7 @@ from ..report.io import (ConfigMismatchError, atomic_write_text, check_saved_con
                          write_csv, write_json)
 from ..transform import check_gamma
 from .contract import ExperimentResult
-from .opacus_baseline import make_private, train_epoch
+from .opacus_baseline import make_private, opacus_grad
 
 __all__ = ["ANCHORS", "ANCHOR", "BENCHMARK_METHODS", "FEATURES", "NORMALISATIONS", "DPBenchmarkConfig",
            "fit_private", "run_dp_benchmark", "widen", "summarise"]
@@ -214,29 +214,25 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     q = 1.0 / steps_per_epoch
     model = build_model(cfg.model, data.shape, data.num_classes, seed=seed, **cfg.model_kwargs).to(device)
     masks = _mask_generator(seed)
-    seen = [0]
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
     sched = build_scheduler(opt, cfg.schedule, max(1, steps_per_epoch * epochs))
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
-    if method == "ssgd":
+    if method == "ssgd":  # per-example unit vectors + noise (ssgd.privacy.DPTraining), on the paired masks
         scope, gamma = _gamma_scope(cfg, normalisation)
         dp = DPTraining(DPConfig(level="example", noise_multiplier=sigma, delta=cfg.delta, accountant=cfg.accountant),
-                        model, n, cfg.batch_size, epochs, scope=scope, seed=seed)
+                        model, n, cfg.batch_size, epochs, scope=scope, seed=seed, gamma=gamma)
+        net, net_opt = model, opt
 
-        def one_epoch(bar) -> None:
+        def batches(epoch: int):
             # Opacus's loader: its iterator draws a base seed, then the sampler one mask per step; the same
             # draws here give the same masks as the Opacus run of this seed
             torch.empty((), dtype=torch.int64).random_(generator=masks)
             for _ in range(steps_per_epoch):
                 idx = torch.nonzero(torch.rand(n, generator=masks) < q).flatten().to(device)
-                seen[0] += int(idx.numel())
-                opt.zero_grad(set_to_none=True)
-                private_unit_grad_(model, F.cross_entropy, xtr[idx], ytr[idx], dp.noise,
-                                   expected_batch_size=dp.expected_batch_size, scope=scope, gamma=gamma)
-                dp.accountant.step()
-                opt.step()
-                sched.step()
-                bar.update(1)
+                yield xtr[idx], ytr[idx]
+
+        def grad(m, x, y):
+            return dp.backward(m, x, y, None)
 
         def state() -> dict[str, Any]:
             return {"dp": dp.state_dict(), "masks": masks.get_state()}
@@ -247,23 +243,16 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
 
         def engine_eps() -> float:
             return dp.accountant.epsilon()
-    else:
-        loader_gen = masks
+    else:  # Opacus's PrivacyEngine: its Poisson loader, per-sample clipping and noise
         noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "opacus-noise"))
-        engine, pmodel, popt, ploader = make_private(
+        engine, net, net_opt, ploader = make_private(
             model, opt, xtr, ytr, batch_size=cfg.batch_size, noise_multiplier=sigma, max_grad_norm=cfg.clip,
-            accountant=cfg.accountant, loader_generator=loader_gen, noise_generator=noise_gen)
-        sampler_gen = ploader.batch_sampler.generator or loader_gen
+            accountant=cfg.accountant, loader_generator=masks, noise_generator=noise_gen)
+        sampler_gen = ploader.batch_sampler.generator or masks
+        grad = opacus_grad
 
-        def one_epoch(bar) -> None:
-            def count(xb, yb) -> None:
-                seen[0] += int(xb.shape[0])
-
-            def after() -> None:
-                sched.step()
-                bar.update(1)
-
-            train_epoch(pmodel, popt, ploader, after_step=after, before_step=count)
+        def batches(epoch: int):
+            return ploader
 
         def state() -> dict[str, Any]:
             return {"opacus_accountant": engine.accountant.state_dict(), "sampler_gen": sampler_gen.get_state(),
@@ -278,7 +267,7 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             return math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
 
     history: list[dict[str, Any]] = []
-    start, elapsed, train_s = 1, 0.0, 0.0
+    start, elapsed = 1, 0.0
     want = {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma, "normalisation": normalisation,
             "seed": seed}
     if resume and checkpoint is not None and checkpoint.is_file():
@@ -292,42 +281,40 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         sched.load_state_dict(ck["scheduler"])
         load(ck["state"])
         history, start, elapsed = list(ck["history"]), int(ck["epoch"]) + 1, float(ck["seconds"])
-        if history:
-            seen[0], train_s = int(history[-1]["examples"]), float(history[-1]["train_seconds"])
         torch.set_rng_state(ck["torch_rng"])
         if log is not None and start <= epochs:
             log(f"resume: {desc or method} from epoch {start}")
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=steps_per_epoch * max(0, epochs - start + 1), desc=desc or method, disable=not progress,
                leave=False)
-    for epoch in range(start, epochs + 1):
-        if stop_after is not None and epoch - start >= stop_after:
-            break
-        model.train()
-        t_ep = time.perf_counter()
-        one_epoch(bar)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s += time.perf_counter() - t_ep
+
+    def end_epoch(epoch: int, stats: EpochStats) -> dict[str, Any]:
+        before = history[-1] if history else {"examples": 0, "train_seconds": 0.0}
         acc, loss = evaluate(model, data.x_test, data.y_test, device=device)
         steps = steps_per_epoch * epoch
-        row = {"epoch": epoch, "test_acc": acc, "test_loss": loss,
-               "epsilon": compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf,
-               "epsilon_opacus": engine_eps(), "steps": steps, "examples": seen[0], "train_seconds": train_s,
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(acc=f"{acc:.4f}", eps=f"{row['epsilon']:.3g}")
+        return {"epoch": epoch, "test_acc": acc, "test_loss": loss,
+                "epsilon": compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf,
+                "epsilon_opacus": engine_eps(), "steps": steps, "examples": int(before["examples"]) + stats.examples,
+                "train_seconds": float(before["train_seconds"]) + stats.seconds, "seconds": time.perf_counter() - t0}
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        bar.set_postfix(acc=f"{row['test_acc']:.4f}", eps=f"{row['epsilon']:.3g}")
         if on_epoch is not None:
             on_epoch(row)
         if log is not None:
-            log(f"{desc or method} epoch {epoch}/{epochs}: acc {acc:.4f} eps {row['epsilon']:.4g} "
-                f"({row['seconds']:.0f} s)")
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "history": history, "seconds": row["seconds"], "state": state(),
-                                         "torch_rng": torch.get_rng_state(),
-                                         "run": want},
-                            format=CHECKPOINT_FORMAT)
+            log(f"{desc or method} epoch {row['epoch']}/{epochs}: acc {row['test_acc']:.4f} eps "
+                f"{row['epsilon']:.4g} ({row['seconds']:.0f} s)")
+
+    def save(epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "history": history,
+                                     "seconds": history[-1]["seconds"], "state": state(),
+                                     "torch_rng": torch.get_rng_state(), "run": want},
+                        format=CHECKPOINT_FORMAT)
+
+    train_loop(net, net_opt, batches, epochs=epochs, grad=grad, scheduler=sched, start_epoch=start, history=history,
+               stop_after=stop_after, after_step=lambda: bar.update(1), end_epoch=end_epoch, on_epoch=epoch_done,
+               checkpoint=save if checkpoint is not None else None)
     bar.close()
     return history
 

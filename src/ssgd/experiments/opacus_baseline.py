@@ -1,20 +1,20 @@
 """The DP-SGD baseline every privacy experiment compares against: Opacus's own
 ``PrivacyEngine`` with per-example clipping and Poisson sampling (never a re-implementation).
 
-:func:`make_private` wraps a model, an optimizer and in-memory data; :func:`train_epoch` runs
-one pass of the Poisson-sampled loader (an empty batch still takes a noise-only step, as
-DP-SGD's analysis requires)."""
+:func:`make_private` wraps a model, an optimizer and in-memory data; :func:`opacus_grad` is its
+gradient path in the one training loop (:func:`ssgd.loop.train_loop`; an empty batch still takes a
+noise-only step, as DP-SGD's analysis requires)."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["make_private", "train_epoch"]
+__all__ = ["make_private", "opacus_grad"]
 
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
@@ -34,25 +34,14 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
     return engine, pmodel, popt, ploader
 
 
-def train_epoch(pmodel: nn.Module, popt: torch.optim.Optimizer, ploader, *,
-                after_step: Callable[[], None] | None = None, device: str | torch.device | None = None,
-                before_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> int:
-    """One epoch of DP-SGD over ``ploader``; returns the number of steps (``before_step(xb, yb)`` runs before
-    each step, ``after_step()`` after it)."""
-    pmodel.train()
-    steps = 0
-    for xb, yb in ploader:
-        if device is not None:
-            xb, yb = xb.to(device), yb.to(device)
-        if before_step is not None:
-            before_step(xb, yb)
-        popt.zero_grad(set_to_none=True)
-        if xb.shape[0] > 0:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                F.cross_entropy(pmodel(xb), yb).backward()
-        popt.step()
-        steps += 1
-        if after_step is not None:
-            after_step()
-    return steps
+def opacus_grad(pmodel: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor | None:
+    """The Opacus gradient path of :func:`ssgd.loop.train_loop`: backward through the wrapped model
+    (its hooks keep per-sample gradients; the private optimizer clips and noises them at its step).
+    An empty Poisson batch computes nothing: the step that follows is pure noise, as DP-SGD requires."""
+    if xb.shape[0] == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss = F.cross_entropy(pmodel(xb), yb)
+        loss.backward()
+    return loss.detach()

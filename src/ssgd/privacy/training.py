@@ -32,9 +32,10 @@ from .accountant import (
     check_target_epsilon,
     solve_noise_multiplier,
 )
-from .example import PoissonSampler, check_per_example_model, private_unit_grad_
+from .example import DEFAULT_GAMMA, PoissonSampler, check_per_example_model, private_unit_grad_
 from .node import NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import GaussianNoise, derive_seed, sensitivity
+from ..transform import check_gamma
 
 __all__ = ["DP_LEVELS", "MIN_NODE_LOCAL_NOISE", "DPConfig", "DPTraining", "check_dp_setup", "check_ddp_config",
            "check_node_local_sigma", "ddp_privacy"]
@@ -118,12 +119,13 @@ class DPTraining:
         epochs: planned epochs (to solve σ for a target ε).
         num_nodes: simulated nodes for node level (``--shards``).
         scope: SSGD scope of the unit vectors.
+        gamma: example level: each gradient is scaled by ``1/(||g|| + gamma)`` (0: the pure unit vector).
         seed: seeds the sampler and the noise (separate streams, model RNG untouched).
     """
 
     def __init__(self, config: DPConfig, model: nn.Module, n_train: int, batch_size: int, epochs: int, *,
                  num_nodes: int = 1, scope: str = "global", seed: int | None = 0,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, gamma: float = DEFAULT_GAMMA):
         self.config = config.validate()
         if not config.enabled:
             raise ValueError("DPTraining needs a privacy level other than 'off'")
@@ -131,6 +133,7 @@ class DPTraining:
             raise ValueError(f"Invalid batch_size={batch_size} / n_train={n_train}; both must be >= 1")
         self.level = config.level
         self.scope = scope
+        self.gamma = check_gamma(gamma)
         self.loss_fn = loss_fn
         self.steps_per_epoch = max(1, math.ceil(n_train / batch_size))
         self.planned_steps = self.steps_per_epoch * max(0, epochs)
@@ -188,7 +191,8 @@ class DPTraining:
         """Write the noisy gradient into ``.grad``, count one release; return the mean loss (detached)."""
         if self.level == "example":
             losses, _ = private_unit_grad_(model, self.loss_fn, inputs, targets, self.noise,
-                                           expected_batch_size=self.expected_batch_size, scope=self.scope)
+                                           expected_batch_size=self.expected_batch_size, scope=self.scope,
+                                           gamma=self.gamma)
             loss = losses.mean() if losses.numel() else torch.zeros(())
         else:
             owners = (indices % self.num_nodes).to(inputs.device)
