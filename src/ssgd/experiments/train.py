@@ -39,7 +39,7 @@ from ..data import ImageDataset, load_dataset
 from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
-from ..loop import EpochStats, train_loop
+from ..loop import EpochStats, backward, train_loop
 from ..shards import shard_unit_grad_
 from ..transform import check_scope
 from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
@@ -166,9 +166,7 @@ def compute_grads(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: Tra
         shard_unit_grad_(model, F.cross_entropy, xb, yb, cfg.shards, scope=cfg.scope)
         with torch.no_grad():
             return F.cross_entropy(model(xb), yb)
-    loss = F.cross_entropy(model(xb), yb)
-    loss.backward()
-    return loss.detach()
+    return backward(model, xb, yb)
 
 
 def prepare_data(cfg: TrainConfig, data: ImageDataset | None = None) -> tuple[ImageDataset, ImageDataset | None]:
