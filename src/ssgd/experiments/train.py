@@ -13,13 +13,15 @@ run (bit-identical on CPU). A checkpoint is hostile input: it is loaded as plain
 (``weights_only``) and refused in one line (:class:`ssgd.report.CheckpointError`) when it
 is corrupt, foreign, or from another configuration or number of nodes.
 
-One loop, :func:`fit`, serves every engine; what differs is a :class:`TrainEngine`:
-:class:`LocalEngine` (one process: plain backward, SSGD(m)'s shard unit vectors, or the
-DP glue of :mod:`ssgd.privacy.training`) and ``ssgd.experiments.ddp_train.DDPEngine``
-(one rank of ``ssgd train --nodes N``). The per-batch gradient computation of the local
-engine is one swappable function, ``grad_fn(model, xb, yb, cfg) -> loss`` that fills
-``.grad`` (default :func:`compute_grads`), so other gradient rules plug in without
-touching the loop.
+:func:`fit` runs the project's one training loop (:func:`ssgd.loop.train_loop`) for every
+engine; what differs is a :class:`TrainEngine`: :class:`LocalEngine` (one process: plain
+backward, SSGD(m)'s shard unit vectors, or :class:`ssgd.privacy.DPTraining`'s noisy unit
+vectors) and ``ssgd.experiments.ddp_train.DDPEngine`` (one rank of a multi-node run). ``fit``
+turns the engine into the loop's hooks: the batch source (a seeded permutation, of which the
+engine picks this process's part), the gradient path (``engine.step``), evaluation (the
+public row, shared by the engine) and the checkpoint. The local engine's gradient is one
+swappable function, ``grad_fn(model, xb, yb, cfg) -> loss`` that fills ``.grad`` (default
+:func:`compute_grads`), so other gradient rules plug in without touching the loop.
 """
 
 from __future__ import annotations
@@ -330,7 +332,6 @@ class LocalEngine(TrainEngine):
                 raise ValueError("cfg.dp and a custom grad_fn are exclusive: DP computes the gradient itself")
             self.dp = DPTraining(cfg.dp_config(), model, n_train, cfg.batch_size, cfg.epochs, num_nodes=cfg.shards,
                                  scope=cfg.scope, seed=cfg.seed)
-            self.grad_fn = self.dp.grad_fn
         return model, cfg.shards
 
     def batch(self, idx):
@@ -338,20 +339,24 @@ class LocalEngine(TrainEngine):
             idx = self.dp.batch_indices(idx)  # example level: a Poisson-sampled batch
         if self.sharded and idx.numel() < self.shards:
             return None  # a tail smaller than m cannot be split into m shards
+        self.idx = idx
         return idx
 
     def step(self, net, xb, yb, cfg):
+        if self.dp is not None:  # node level needs the indices: which node owns which example
+            return self.dp.backward(net, xb, yb, self.idx)
         return self.grad_fn(net, xb, yb, cfg)
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 
 
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEngine | None = None,
         data: ImageDataset | None = None, val: ImageDataset | None = None, progress: bool = True,
         on_epoch: Callable[[dict[str, float]], None] | None = None, resume: bool = False, checkpoint: bool = True,
         stop_after: int | None = None) -> TrainResult:
-    """The one training loop (see :func:`train` for the arguments); ``engine`` defaults to :class:`LocalEngine`."""
+    """Train through the one loop (:func:`ssgd.loop.train_loop`) with ``engine``'s hooks (see :func:`train` for the
+    arguments); ``engine`` defaults to :class:`LocalEngine`."""
     from tqdm.auto import tqdm
 
     cfg.validate()
