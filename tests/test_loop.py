@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -120,3 +123,62 @@ def test_without_an_optimizer_the_gradient_is_the_result():
     for p, r, b in zip(model.parameters(), ref.parameters(), before):
         assert torch.equal(p, b) and torch.equal(p.grad, r.grad)
     assert hist[0]["steps"] == 1 and hist[0]["examples"] == 5
+
+
+# ------------------------------------------------------------------ one loop in the package
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "ssgd"
+# loops that step on purpose and are not training runs: an attack optimising its dummy images, and the
+# benchmarks that time one step
+NOT_TRAINING = {("attacks/engine.py", "signed_adam"), ("experiments/bench_step.py", "run_step_bench"),
+                ("experiments/bench_step.py", "run_train_bench")}
+
+
+def _steps(node: ast.AST):
+    """Calls in ``node`` (not inside a nested def) of ``<x>.backward(...)`` or ``<opt-like>.step(...)``."""
+    stack = list(ast.iter_child_nodes(node))
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+            base = n.func.value
+            name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
+            if n.func.attr == "backward" or (n.func.attr == "step" and "opt" in name.lower()):
+                yield n
+        stack.extend(ast.iter_child_nodes(n))
+
+
+def training_loops(src: Path) -> list[tuple[str, str, int]]:
+    """``(file, function, line)`` of every for/while loop whose body steps an optimizer or calls backward()."""
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            todo = [(c, False) for c in ast.iter_child_nodes(fn)]
+            while todo:
+                node, inside = todo.pop()
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                    continue
+                hit = isinstance(node, (ast.For, ast.While)) and not inside and any(True for _ in _steps(node))
+                if hit:
+                    found.append((rel, fn.name, node.lineno))
+                todo += [(c, inside or hit) for c in ast.iter_child_nodes(node)]
+    return found
+
+
+def test_the_package_has_one_training_loop():
+    loops = [(f, fn) for f, fn, _ in training_loops(SRC) if (f, fn) not in NOT_TRAINING]
+    assert loops == [("loop.py", "train_loop")], (
+        f"training loops outside ssgd.loop: {loops}; give ssgd.loop.train_loop hooks instead (docs/architecture.md)")
+
+
+def test_the_loop_counter_sees_a_planted_loop(tmp_path):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mine.py").write_text(
+        "def fit(model, opt, data):\n    for x, y in data:\n        def f():\n            pass\n"
+        "        opt.zero_grad()\n        model(x).sum().backward()\n        opt.step()\n"
+        "def ok(sched, data):\n    for _ in data:\n        sched.step()\n")
+    assert [(f, fn) for f, fn, _ in training_loops(tmp_path)] == [("experiments/mine.py", "fit")]
