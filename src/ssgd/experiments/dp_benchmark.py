@@ -202,8 +202,9 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     (bit-identical to an uninterrupted run on CPU). ``stop_after`` ends this call after that many
     epochs (an interruption, for tests); ``on_epoch(row)`` runs after every epoch.
 
-    The one private-training loop of the project's experiments: the benchmark and ``ssgd reproduce
-    privacy`` (:func:`ssgd.experiments.privacy.train_private`) both train through it."""
+    The one private-training experiment: the benchmark and ``ssgd reproduce privacy`` (with
+    :meth:`ssgd.experiments.privacy.PrivacyReproConfig.run_config`) both call it; it trains through the
+    project's one loop (:func:`ssgd.loop.train_loop`) with this method's batch source and gradient path."""
     from tqdm.auto import tqdm
 
     if method not in BENCHMARK_METHODS:
