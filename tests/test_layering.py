@@ -1,6 +1,6 @@
 """The package's layers only look down (docs/architecture.md).
 
-core (transform, optim, wrapper, shards, specs, registry, private _*.py) -> report -> data, models, metrics ->
+core (transform, optim, wrapper, shards, loop, specs, registry, private _*.py) -> report -> data, models, metrics ->
 defenses, attacks, privacy -> distributed -> experiments -> commands -> cli.
 
 Checked on the source text of every module under ``src/ssgd`` (every import, also the ones
