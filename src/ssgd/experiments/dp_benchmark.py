@@ -42,7 +42,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..models import build_model, build_scheduler, evaluate
+from ..models import build_model, build_optimizer, build_scheduler, evaluate
 from ..loop import EpochStats, train_loop
 from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed
 from ..privacy import solve_noise_multiplier
@@ -215,7 +215,7 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     q = 1.0 / steps_per_epoch
     model = build_model(cfg.model, data.shape, data.num_classes, seed=seed, **cfg.model_kwargs).to(device)
     masks = _mask_generator(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
+    opt = build_optimizer("sgd", model.parameters(), lr=lr, momentum=cfg.momentum)  # plain SGD (+ momentum)
     sched = build_scheduler(opt, cfg.schedule, max(1, steps_per_epoch * epochs))
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
     if method == "ssgd":  # per-example unit vectors + noise (ssgd.privacy.DPTraining), on the paired masks

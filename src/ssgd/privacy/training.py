@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..transform import check_gamma
 from .accountant import (
     PrivacyAccountant,
     check_accountant,
@@ -35,7 +36,6 @@ from .accountant import (
 from .example import DEFAULT_GAMMA, PoissonSampler, check_per_example_model, private_unit_grad_
 from .node import NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import GaussianNoise, derive_seed, sensitivity
-from ..transform import check_gamma
 
 __all__ = ["DP_LEVELS", "MIN_NODE_LOCAL_NOISE", "DPConfig", "DPTraining", "check_dp_setup", "check_ddp_config",
            "check_node_local_sigma", "ddp_privacy"]

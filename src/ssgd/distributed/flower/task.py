@@ -19,7 +19,7 @@ from torch import nn
 
 from ...data import ImageDataset, load_dataset, partition, subsample
 from ...loop import train_loop
-from ...models import build_model, evaluate
+from ...models import build_model, build_optimizer, evaluate
 from ...report.io import atomic_write_bytes
 from .config import FlowerRunConfig
 
@@ -151,7 +151,7 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: st
             idx = torch.randperm(n, generator=generator)[:batch_size]
             yield x[idx], y[idx]
 
-    opt = None if fedsgd else torch.optim.SGD(model.parameters(), lr=client_lr)
+    opt = None if fedsgd else build_optimizer("sgd", model.parameters(), lr=client_lr, momentum=0.0)
     stats = train_loop(model, opt, batches)[-1]  # fedsgd: no step, the gradient is the update
     if fedsgd:
         arrays = OrderedDict((name, (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy().copy())
