@@ -53,7 +53,7 @@ from ..data import ImageDataset, load_dataset
 from ..defenses import Defense, get_defense
 from ..loop import train_loop
 from ..metrics import PSNR_MAX, label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
-from ..models import build_model, evaluate
+from ..models import build_model, build_optimizer, evaluate
 from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
 from ..specs import format_spec, parse_spec
 from .contract import ExperimentResult
@@ -394,7 +394,7 @@ def train_with_defense(defense: str, data: ImageDataset, *, model: str = "convne
     lr = {"ssgd-global": 0.5, "ssgd-layer": 0.5, "ssgd-noise": 0.5, "sign": 1e-3}.get(d.name, 0.1)
     if d.name == "ssgd-shards":
         lr = 0.5 / d.m
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    opt = build_optimizer("sgd", net.parameters(), lr=lr, momentum=0.0)
     n = sub.x_train.shape[0]
     bar = tqdm(total=epochs * -(-n // batch_size), desc=f"train {d.spec}", disable=not progress, leave=False)
 
