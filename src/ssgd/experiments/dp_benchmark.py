@@ -47,7 +47,7 @@ from ..loop import EpochStats, train_loop
 from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed
 from ..privacy import solve_noise_multiplier
 from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
-from ..report.checkpoint import load_checkpoint, save_checkpoint
+from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import (ConfigMismatchError, atomic_write_text, check_saved_config, new_figure, save_figure,
                          write_csv, write_json)
 from ..transform import check_gamma
@@ -277,12 +277,19 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         if ck["run"] != want:
             raise ConfigMismatchError(f"checkpoint {checkpoint} belongs to the run {ck['run']}, not {want}; "
                                       "resume with the same settings or use a new run folder")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        load(ck["state"])
-        history, start, elapsed = list(ck["history"]), int(ck["epoch"]) + 1, float(ck["seconds"])
-        torch.set_rng_state(ck["torch_rng"])
+        try:  # hostile input: every state must fit, every history row be one this run writes
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            load(ck["state"])
+            torch.set_rng_state(ck["torch_rng"])
+            history, start, elapsed = _check_rows(ck["history"], ck["epoch"], epochs), ck["epoch"] + 1, ck["seconds"]
+            if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < math.inf:
+                raise ValueError(f"seconds={elapsed!r}")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(f"refusing checkpoint {checkpoint}: its state does not fit this run "
+                                  f"({type(e).__name__}: {first}); move it away to start afresh") from None
         if log is not None and start <= epochs:
             log(f"resume: {desc or method} from epoch {start}")
     t0 = time.perf_counter() - elapsed
@@ -320,6 +327,26 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     return history
 
 
+
+
+_ROW = ("epoch", "test_acc", "test_loss", "epsilon", "epsilon_opacus", "steps", "examples", "train_seconds", "seconds")
+
+
+def _check_rows(rows: Any, epoch: Any, epochs: int) -> list[dict[str, Any]]:
+    """A saved history of :func:`fit_private`: epochs 1..``epoch`` in order, each row of exactly this run's fields,
+    numbers only (finite, but ε may be +inf: σ = 0); anything else is a ValueError naming what is wrong."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        raise ValueError(f"epoch {epoch!r} does not fit a {epochs}-epoch run")
+    if not isinstance(rows, list) or [r.get("epoch") if isinstance(r, dict) else None for r in rows] \
+            != list(range(1, epoch + 1)):
+        raise ValueError(f"its history does not hold epochs 1..{epoch} in order")
+    for r in rows:
+        bad = [k for k in _ROW if k not in r or isinstance(r[k], bool) or not isinstance(r[k], (int, float))
+               or math.isnan(r[k]) or (math.isinf(r[k]) and k not in ("epsilon", "epsilon_opacus"))]
+        if bad or len(r) != len(_ROW):
+            what = (bad or [k for k in r if k not in _ROW])[0]
+            raise ValueError(f"history row {r['epoch']} has a bad or unknown field {str(what)[:40]!r}")
+    return [dict(r) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------- the protocol
