@@ -35,15 +35,18 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..models import build_model, build_optimizer, build_scheduler, evaluate
 from ..loop import EpochStats, train_loop
+from ..models import build_model, build_optimizer, build_scheduler, evaluate
 from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed
 from ..privacy import solve_noise_multiplier
 from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
@@ -52,10 +55,9 @@ from ..report.io import (ConfigMismatchError, atomic_write_text, check_saved_con
                          write_csv, write_json)
 from ..transform import check_gamma
 from .contract import ExperimentResult
-from .opacus_baseline import make_private, opacus_grad
 
 __all__ = ["ANCHORS", "ANCHOR", "BENCHMARK_METHODS", "FEATURES", "NORMALISATIONS", "DPBenchmarkConfig",
-           "fit_private", "run_dp_benchmark", "widen", "summarise"]
+           "fit_private", "make_private", "opacus_grad", "run_dp_benchmark", "widen", "summarise"]
 
 BENCHMARK_METHODS = ("ssgd", "opacus")
 # SSGD normalisations: name -> (scope, uses gamma); "gamma" is the default of --dp example
@@ -186,6 +188,40 @@ def _gamma_scope(cfg: DPBenchmarkConfig, normalisation: str) -> tuple[str, float
 def _mask_generator(seed: int) -> torch.Generator:
     """The Poisson masks of seed ``seed``: one stream that both methods draw from (paired seeds)."""
     return torch.Generator().manual_seed(derive_seed(seed, "dp-benchmark-poisson"))
+
+
+# ---------------------------------------------------------------------------------------------- the Opacus method
+# The DP-SGD baseline: Opacus's own PrivacyEngine (per-sample clipping, Poisson sampling), never a re-implementation.
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                 batch_size: int, noise_multiplier: float, max_grad_norm: float, accountant: str,
+                 loader_generator: torch.Generator, noise_generator: torch.Generator) -> tuple[Any, ...]:
+    """``(engine, private_model, private_optimizer, poisson_loader)`` from Opacus's ``PrivacyEngine``."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=loader_generator)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        engine = PrivacyEngine(accountant=accountant)
+        pmodel, popt, ploader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_generator)
+    return engine, pmodel, popt, ploader
+
+
+def opacus_grad(pmodel: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor | None:
+    """The Opacus gradient path of :func:`ssgd.loop.train_loop`: backward through the wrapped model
+    (its hooks keep per-sample gradients; the private optimizer clips and noises them at its step).
+    An empty Poisson batch computes nothing: the step that follows is pure noise, as DP-SGD requires."""
+    if xb.shape[0] == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss = F.cross_entropy(pmodel(xb), yb)
+        loss.backward()
+    return loss.detach()
 
 
 def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: float, epochs: int, sigma: float,
