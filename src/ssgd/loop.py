@@ -122,8 +122,8 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer | None,
             if after_step is not None:
                 after_step()
             k = int(x.shape[0])
-            if loss is not None:
-                stats.losses.append((loss, k))
+            if loss is not None:  # detached: a hook's loss must not keep its graph alive for the epoch
+                stats.losses.append((loss.detach(), k))
             stats.steps += 1
             stats.examples += k
         _sync(model)
