@@ -1,6 +1,6 @@
 """The package's layers only look down (docs/architecture.md).
 
-core (transform, optim, wrapper, shards, specs, registry, private _*.py) -> report -> data, models, metrics ->
+core (transform, optim, wrapper, shards, loop, specs, registry, private _*.py) -> report -> data, models, metrics ->
 defenses, attacks, privacy -> distributed -> experiments -> commands -> cli.
 
 Checked on the source text of every module under ``src/ssgd`` (every import, also the ones
@@ -47,7 +47,7 @@ LAYERS = {
 }
 # top-level modules of the package (``ssgd.<name>``) that are not subpackages
 TOP_LEVEL = {"transform": "core", "optim": "core", "wrapper": "core", "shards": "core", "specs": "core",
-             "registry": "core", "_numerics": "core", "_state": "core", "cli": "cli", "__main__": "cli"}
+             "registry": "core", "loop": "core", "_numerics": "core", "_state": "core", "cli": "cli", "__main__": "cli"}
 DYNAMIC_IMPORTERS = {"import_module", "__import__", "run_module", "find_spec"}
 MODULE_STRING = re.compile(r"^ssgd(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 

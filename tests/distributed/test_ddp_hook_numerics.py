@@ -24,14 +24,22 @@ def test_hook_and_allreduce_share_the_core_eps_rule(eps):
         ssgd.SSGD(nn.Linear(2, 2).parameters(), eps=eps)
 
 
-def test_validators_and_numerics_are_the_cores():
-    from ssgd import transform
-
-    assert _common.check_nonfinite is transform.check_nonfinite
-    assert _common.NONFINITE == transform.NONFINITE_POLICIES
-    assert _common.grad_norms is transform.grad_norms and _common.divide_ is transform.divide_
-    with pytest.raises(ValueError, match="Invalid nonfinite policy"):
-        allreduce_unit_(nn.Linear(2, 2).parameters(), nonfinite="ignore")
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_rank_local_numerics_are_the_cores_unit_rule(scope):
+    """What a rank sends is exactly ssgd.unit_'s vector (times the reduce factor), and a bad policy is refused
+    with the core's message by both DDP entry points."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=g) * 4, torch.randn(7, generator=g) * 1e-3]
+    want = [t.clone() for t in grads]
+    ssgd.unit_(want, scope)
+    norms, err = _common.normalise_local_(grads, str, scope, ssgd.transform.DEFAULT_EPS, 0.5, "raise", 0)
+    assert err is None
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, 0.5 * b, rtol=1e-6, atol=0)
+    for fn in (lambda: allreduce_unit_(nn.Linear(2, 2).parameters(), nonfinite="ignore"),
+               lambda: register(nn.Linear(2, 2), nonfinite="ignore")):
+        with pytest.raises(ValueError, match="Invalid nonfinite policy"):
+            fn()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -56,6 +56,29 @@ def test_resume_continues_bit_identically(method, tmp_path):
         fit_private(method, data, cfg, lr=lr * 2, epochs=3, sigma=0.8, checkpoint=tmp_path / "b.ckpt", resume=True)
 
 
+@pytest.mark.parametrize("damage, needle", [
+    (lambda ck: ck["history"][0].update(test_acc=float("nan")), "bad or unknown field 'test_acc'"),
+    (lambda ck: ck["history"][0].update(note="x"), "unknown field 'note'"),
+    (lambda ck: ck.update(epoch=7), "epoch 7 does not fit a 3-epoch run"),
+    (lambda ck: ck.update(history=[]), "does not hold epochs 1..1"),
+    (lambda ck: ck.update(seconds="soon"), "seconds='soon'"),
+    (lambda ck: ck["model"].update({k: v[:1] for k, v in ck["model"].items()}), "RuntimeError"),
+])
+def test_resume_refuses_a_damaged_checkpoint_in_one_line(tmp_path, damage, needle):
+    """A checkpoint is hostile input: a NaN, a foreign field or a state that does not fit is refused before any
+    epoch runs, in one line (it used to flow into the results or end in a traceback)."""
+    from ssgd.report import CheckpointError
+
+    cfg, data, ck = _cfg(), _data(), tmp_path / "c.ckpt"
+    fit_private("ssgd", data, cfg, lr=0.4, epochs=3, sigma=0.8, checkpoint=ck, stop_after=1)
+    state = torch.load(ck, weights_only=True)
+    damage(state)
+    torch.save(state, ck)
+    with pytest.raises(CheckpointError, match="refusing checkpoint") as e:
+        fit_private("ssgd", data, cfg, lr=0.4, epochs=3, sigma=0.8, checkpoint=ck, resume=True)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
 def test_config_errors_name_the_value_and_the_fix():
     with pytest.raises(ValueError, match="anchor's lr 0.4 must lie inside"):
         DPBenchmarkConfig(ssgd_lrs=(0.8, 1.6)).validate()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ssgd.data import ImageDataset
-from ssgd.experiments.privacy import PrivacyReproConfig, train_private
+from ssgd.experiments.dp_benchmark import fit_private
+from ssgd.experiments.privacy import BENCHMARK_METHOD, PrivacyReproConfig
 from ssgd.privacy import compute_epsilon
 
 
@@ -25,14 +26,15 @@ def test_ssgd_noise_and_opacus_spend_the_same_epsilon():
     cfg = PrivacyReproConfig(model="mlp", model_kwargs={"hidden": 16, "depth": 1}, batch_size=50, epochs=2,
                              lr=0.5, lr_grid=())
     data = _data()
-    a = train_private("ssgd+noise", data, 1.2, cfg)
-    b = train_private("opacus", data, 1.2, cfg)
-    assert a["sample_rate"] == b["sample_rate"] == 0.25 and a["steps"] == b["steps"] == 8
+    a, b = (fit_private(BENCHMARK_METHOD[m], data, cfg.run_config(), lr=cfg.lr, epochs=cfg.epochs, sigma=1.2,
+                        seed=cfg.seed) for m in ("ssgd+noise", "opacus"))
+    assert [r["steps"] for r in a] == [r["steps"] for r in b] == [4, 8]  # q = 50/200 = 1/4: 4 steps an epoch
     ref = compute_epsilon(1.2, 0.25, 8, cfg.delta)
     # ours (ssgd.privacy.PrivacyAccountant) and Opacus's PrivacyEngine, for the same mechanism
-    assert a["epsilon"] == pytest.approx(ref) and b["epsilon_opacus"] == pytest.approx(ref)
-    assert [h["epsilon"] for h in a["history"]] == pytest.approx([h["epsilon"] for h in b["history"]])
-    for r in (a, b):  # both learn (chance is 0.25): a broken update, sampler or noise scale fails this
+    assert a[-1]["epsilon"] == pytest.approx(ref) and b[-1]["epsilon_opacus"] == pytest.approx(ref)
+    assert a[-1]["epsilon_opacus"] == pytest.approx(ref)
+    assert [h["epsilon"] for h in a] == pytest.approx([h["epsilon"] for h in b])
+    for r in (a[-1], b[-1]):  # both learn (chance is 0.25): a broken update, sampler or noise scale fails this
         assert r["test_acc"] >= 0.6, r
 
 

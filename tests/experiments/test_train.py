@@ -47,6 +47,24 @@ def test_resume_refuses_a_different_config(tmp_path, digits):
         train(TrainConfig(**{**cfg.to_dict(), "lr": 0.5}), tmp_path, data=digits, progress=False, resume=True)
 
 
+@pytest.mark.parametrize("opt, extra, used", [
+    ("sgdm", {}, {"lr": 0.01, "momentum": 0.9, "schedule": "constant"}),  # every default resolved
+    ("nsgd", {"lr": 0.2}, {"lr": 0.2, "momentum": 0.0, "schedule": "cosine"}),
+    ("adam", {"momentum": None}, {"lr": 1e-3, "momentum": None, "schedule": "constant"}),  # adam has no momentum
+])
+def test_config_json_records_the_values_actually_used(tmp_path, digits, opt, extra, used):
+    import json
+
+    cfg = TrainConfig(dataset="digits", model="mlp", optimizer=opt, batch_size=100, epochs=1, **extra)
+    res = train(cfg, tmp_path, data=digits, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert {k: saved[k] for k in used} == used
+    if used["schedule"] == "constant":  # the lr the optimizer really stepped with
+        assert res.history[0]["lr"] == used["lr"]
+    # the config itself still says "default" (None): a resume with the same options matches the checkpoint
+    train(cfg, tmp_path, data=digits, progress=False, resume=True)
+
+
 def test_training_learns_and_records_val(digits):
     cfg = TrainConfig(dataset="digits", model="mlp", optimizer="adam", lr=3e-3, batch_size=32, epochs=4,
                       val_fraction=0.25)

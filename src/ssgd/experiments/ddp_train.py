@@ -47,11 +47,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageDataset
 from ..distributed.ddp import register
+from ..loop import backward
 from ..report.io import atomic_write_text
 from ..shards import split_shards
 from .train import CHECKPOINT, TrainConfig, TrainEngine, TrainResult, fit, load_train_checkpoint
@@ -167,9 +167,7 @@ class DDPEngine(TrainEngine):
         return idx[split_shards(idx.numel(), self.nodes)[self.rank]]
 
     def step(self, net, xb, yb, cfg):
-        loss = F.cross_entropy(net(xb), yb)
-        loss.backward()
-        return loss.detach()
+        return backward(net, xb, yb)  # the SSGD hook (if registered) all-reduces the unit vectors
 
     def after_step(self):
         if self.dp is not None:

@@ -35,27 +35,29 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..data import ImageDataset, load_dataset, subsample, train_val_split
-from ..models import build_model, build_scheduler, evaluate
-from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed, private_unit_grad_
+from ..loop import EpochStats, train_loop
+from ..models import build_model, build_optimizer, build_scheduler, evaluate
+from ..privacy import DEFAULT_GAMMA, DPConfig, DPTraining, compute_epsilon, derive_seed
 from ..privacy import solve_noise_multiplier
 from ..privacy.accountant import check_accountant, check_delta, check_target_epsilon
-from ..report.checkpoint import load_checkpoint, save_checkpoint
+from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import (ConfigMismatchError, atomic_write_text, check_saved_config, new_figure, save_figure,
                          write_csv, write_json)
 from ..transform import check_gamma
 from .contract import ExperimentResult
-from .opacus_baseline import make_private, train_epoch
 
 __all__ = ["ANCHORS", "ANCHOR", "BENCHMARK_METHODS", "FEATURES", "NORMALISATIONS", "DPBenchmarkConfig",
-           "fit_private", "run_dp_benchmark", "widen", "summarise"]
+           "fit_private", "make_private", "opacus_grad", "run_dp_benchmark", "widen", "summarise"]
 
 BENCHMARK_METHODS = ("ssgd", "opacus")
 # SSGD normalisations: name -> (scope, uses gamma); "gamma" is the default of --dp example
@@ -188,6 +190,40 @@ def _mask_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, "dp-benchmark-poisson"))
 
 
+# ---------------------------------------------------------------------------------------------- the Opacus method
+# The DP-SGD baseline: Opacus's own PrivacyEngine (per-sample clipping, Poisson sampling), never a re-implementation.
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                 batch_size: int, noise_multiplier: float, max_grad_norm: float, accountant: str,
+                 loader_generator: torch.Generator, noise_generator: torch.Generator) -> tuple[Any, ...]:
+    """``(engine, private_model, private_optimizer, poisson_loader)`` from Opacus's ``PrivacyEngine``."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=loader_generator)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        engine = PrivacyEngine(accountant=accountant)
+        pmodel, popt, ploader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_generator)
+    return engine, pmodel, popt, ploader
+
+
+def opacus_grad(pmodel: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor | None:
+    """The Opacus gradient path of :func:`ssgd.loop.train_loop`: backward through the wrapped model
+    (its hooks keep per-sample gradients; the private optimizer clips and noises them at its step).
+    An empty Poisson batch computes nothing: the step that follows is pure noise, as DP-SGD requires."""
+    if xb.shape[0] == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss = F.cross_entropy(pmodel(xb), yb)
+        loss.backward()
+    return loss.detach()
+
+
 def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: float, epochs: int, sigma: float,
                 seed: int = 0, normalisation: str = "gamma", checkpoint: Path | None = None, resume: bool = False,
                 progress: bool = False, desc: str = "", log: Callable[[str], None] | None = None,
@@ -202,8 +238,9 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     (bit-identical to an uninterrupted run on CPU). ``stop_after`` ends this call after that many
     epochs (an interruption, for tests); ``on_epoch(row)`` runs after every epoch.
 
-    The one private-training loop of the project's experiments: the benchmark and ``ssgd reproduce
-    privacy`` (:func:`ssgd.experiments.privacy.train_private`) both train through it."""
+    The one private-training experiment: the benchmark and ``ssgd reproduce privacy`` (with
+    :meth:`ssgd.experiments.privacy.PrivacyReproConfig.run_config`) both call it; it trains through the
+    project's one loop (:func:`ssgd.loop.train_loop`) with this method's batch source and gradient path."""
     from tqdm.auto import tqdm
 
     if method not in BENCHMARK_METHODS:
@@ -214,29 +251,25 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
     q = 1.0 / steps_per_epoch
     model = build_model(cfg.model, data.shape, data.num_classes, seed=seed, **cfg.model_kwargs).to(device)
     masks = _mask_generator(seed)
-    seen = [0]
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum)
+    opt = build_optimizer("sgd", model.parameters(), lr=lr, momentum=cfg.momentum)  # plain SGD (+ momentum)
     sched = build_scheduler(opt, cfg.schedule, max(1, steps_per_epoch * epochs))
     xtr, ytr = data.x_train.to(device), data.y_train.to(device)
-    if method == "ssgd":
+    if method == "ssgd":  # per-example unit vectors + noise (ssgd.privacy.DPTraining), on the paired masks
         scope, gamma = _gamma_scope(cfg, normalisation)
         dp = DPTraining(DPConfig(level="example", noise_multiplier=sigma, delta=cfg.delta, accountant=cfg.accountant),
-                        model, n, cfg.batch_size, epochs, scope=scope, seed=seed)
+                        model, n, cfg.batch_size, epochs, scope=scope, seed=seed, gamma=gamma)
+        net, net_opt = model, opt
 
-        def one_epoch(bar) -> None:
+        def batches(epoch: int):
             # Opacus's loader: its iterator draws a base seed, then the sampler one mask per step; the same
             # draws here give the same masks as the Opacus run of this seed
             torch.empty((), dtype=torch.int64).random_(generator=masks)
             for _ in range(steps_per_epoch):
                 idx = torch.nonzero(torch.rand(n, generator=masks) < q).flatten().to(device)
-                seen[0] += int(idx.numel())
-                opt.zero_grad(set_to_none=True)
-                private_unit_grad_(model, F.cross_entropy, xtr[idx], ytr[idx], dp.noise,
-                                   expected_batch_size=dp.expected_batch_size, scope=scope, gamma=gamma)
-                dp.accountant.step()
-                opt.step()
-                sched.step()
-                bar.update(1)
+                yield xtr[idx], ytr[idx]
+
+        def grad(m, x, y):
+            return dp.backward(m, x, y, None)
 
         def state() -> dict[str, Any]:
             return {"dp": dp.state_dict(), "masks": masks.get_state()}
@@ -247,23 +280,16 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
 
         def engine_eps() -> float:
             return dp.accountant.epsilon()
-    else:
-        loader_gen = masks
+    else:  # Opacus's PrivacyEngine: its Poisson loader, per-sample clipping and noise
         noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "opacus-noise"))
-        engine, pmodel, popt, ploader = make_private(
+        engine, net, net_opt, ploader = make_private(
             model, opt, xtr, ytr, batch_size=cfg.batch_size, noise_multiplier=sigma, max_grad_norm=cfg.clip,
-            accountant=cfg.accountant, loader_generator=loader_gen, noise_generator=noise_gen)
-        sampler_gen = ploader.batch_sampler.generator or loader_gen
+            accountant=cfg.accountant, loader_generator=masks, noise_generator=noise_gen)
+        sampler_gen = ploader.batch_sampler.generator or masks
+        grad = opacus_grad
 
-        def one_epoch(bar) -> None:
-            def count(xb, yb) -> None:
-                seen[0] += int(xb.shape[0])
-
-            def after() -> None:
-                sched.step()
-                bar.update(1)
-
-            train_epoch(pmodel, popt, ploader, after_step=after, before_step=count)
+        def batches(epoch: int):
+            return ploader
 
         def state() -> dict[str, Any]:
             return {"opacus_accountant": engine.accountant.state_dict(), "sampler_gen": sampler_gen.get_state(),
@@ -278,7 +304,7 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             return math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
 
     history: list[dict[str, Any]] = []
-    start, elapsed, train_s = 1, 0.0, 0.0
+    start, elapsed = 1, 0.0
     want = {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma, "normalisation": normalisation,
             "seed": seed}
     if resume and checkpoint is not None and checkpoint.is_file():
@@ -287,51 +313,76 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         if ck["run"] != want:
             raise ConfigMismatchError(f"checkpoint {checkpoint} belongs to the run {ck['run']}, not {want}; "
                                       "resume with the same settings or use a new run folder")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        load(ck["state"])
-        history, start, elapsed = list(ck["history"]), int(ck["epoch"]) + 1, float(ck["seconds"])
-        if history:
-            seen[0], train_s = int(history[-1]["examples"]), float(history[-1]["train_seconds"])
-        torch.set_rng_state(ck["torch_rng"])
+        try:  # hostile input: every state must fit, every history row be one this run writes
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            load(ck["state"])
+            torch.set_rng_state(ck["torch_rng"])
+            history, start, elapsed = _check_rows(ck["history"], ck["epoch"], epochs), ck["epoch"] + 1, ck["seconds"]
+            if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < math.inf:
+                raise ValueError(f"seconds={elapsed!r}")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(f"refusing checkpoint {checkpoint}: its state does not fit this run "
+                                  f"({type(e).__name__}: {first}); move it away to start afresh") from None
         if log is not None and start <= epochs:
             log(f"resume: {desc or method} from epoch {start}")
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=steps_per_epoch * max(0, epochs - start + 1), desc=desc or method, disable=not progress,
                leave=False)
-    for epoch in range(start, epochs + 1):
-        if stop_after is not None and epoch - start >= stop_after:
-            break
-        model.train()
-        t_ep = time.perf_counter()
-        one_epoch(bar)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s += time.perf_counter() - t_ep
+
+    def end_epoch(epoch: int, stats: EpochStats) -> dict[str, Any]:
+        before = history[-1] if history else {"examples": 0, "train_seconds": 0.0}
         acc, loss = evaluate(model, data.x_test, data.y_test, device=device)
         steps = steps_per_epoch * epoch
-        row = {"epoch": epoch, "test_acc": acc, "test_loss": loss,
-               "epsilon": compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf,
-               "epsilon_opacus": engine_eps(), "steps": steps, "examples": seen[0], "train_seconds": train_s,
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        bar.set_postfix(acc=f"{acc:.4f}", eps=f"{row['epsilon']:.3g}")
+        return {"epoch": epoch, "test_acc": acc, "test_loss": loss,
+                "epsilon": compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf,
+                "epsilon_opacus": engine_eps(), "steps": steps, "examples": int(before["examples"]) + stats.examples,
+                "train_seconds": float(before["train_seconds"]) + stats.seconds, "seconds": time.perf_counter() - t0}
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        bar.set_postfix(acc=f"{row['test_acc']:.4f}", eps=f"{row['epsilon']:.3g}")
         if on_epoch is not None:
             on_epoch(row)
         if log is not None:
-            log(f"{desc or method} epoch {epoch}/{epochs}: acc {acc:.4f} eps {row['epsilon']:.4g} "
-                f"({row['seconds']:.0f} s)")
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "history": history, "seconds": row["seconds"], "state": state(),
-                                         "torch_rng": torch.get_rng_state(),
-                                         "run": want},
-                            format=CHECKPOINT_FORMAT)
+            log(f"{desc or method} epoch {row['epoch']}/{epochs}: acc {row['test_acc']:.4f} eps "
+                f"{row['epsilon']:.4g} ({row['seconds']:.0f} s)")
+
+    def save(epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "history": history,
+                                     "seconds": history[-1]["seconds"], "state": state(),
+                                     "torch_rng": torch.get_rng_state(), "run": want},
+                        format=CHECKPOINT_FORMAT)
+
+    train_loop(net, net_opt, batches, epochs=epochs, grad=grad, scheduler=sched, start_epoch=start, history=history,
+               stop_after=stop_after, after_step=lambda: bar.update(1), end_epoch=end_epoch, on_epoch=epoch_done,
+               checkpoint=save if checkpoint is not None else None)
     bar.close()
     return history
 
 
+
+
+_ROW = ("epoch", "test_acc", "test_loss", "epsilon", "epsilon_opacus", "steps", "examples", "train_seconds", "seconds")
+
+
+def _check_rows(rows: Any, epoch: Any, epochs: int) -> list[dict[str, Any]]:
+    """A saved history of :func:`fit_private`: epochs 1..``epoch`` in order, each row of exactly this run's fields,
+    numbers only (finite, but ε may be +inf: σ = 0); anything else is a ValueError naming what is wrong."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        raise ValueError(f"epoch {epoch!r} does not fit a {epochs}-epoch run")
+    if not isinstance(rows, list) or [r.get("epoch") if isinstance(r, dict) else None for r in rows] \
+            != list(range(1, epoch + 1)):
+        raise ValueError(f"its history does not hold epochs 1..{epoch} in order")
+    for r in rows:
+        bad = [k for k in _ROW if k not in r or isinstance(r[k], bool) or not isinstance(r[k], (int, float))
+               or math.isnan(r[k]) or (math.isinf(r[k]) and k not in ("epsilon", "epsilon_opacus"))]
+        if bad or len(r) != len(_ROW):
+            what = (bad or [k for k in r if k not in _ROW])[0]
+            raise ValueError(f"history row {r['epoch']} has a bad or unknown field {str(what)[:40]!r}")
+    return [dict(r) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------- the protocol

@@ -51,8 +51,9 @@ from ..attacks import INITS, AttackMeta, get_attack
 from ..attacks.base import Attack
 from ..data import ImageDataset, load_dataset
 from ..defenses import Defense, get_defense
+from ..loop import train_loop
 from ..metrics import PSNR_MAX, label_accuracy, match, mse_per_image, psnr_per_image, ssim_per_image
-from ..models import build_model, evaluate
+from ..models import build_model, build_optimizer, evaluate
 from ..report.io import atomic_write_text, check_saved_config, new_figure, save_figure, write_csv, write_json
 from ..report.validate import bounded_text, md_text
 from ..specs import format_spec, parse_spec
@@ -394,20 +395,23 @@ def train_with_defense(defense: str, data: ImageDataset, *, model: str = "convne
     lr = {"ssgd-global": 0.5, "ssgd-layer": 0.5, "ssgd-noise": 0.5, "sign": 1e-3}.get(d.name, 0.1)
     if d.name == "ssgd-shards":
         lr = 0.5 / d.m
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    opt = build_optimizer("sgd", net.parameters(), lr=lr, momentum=0.0)
     n = sub.x_train.shape[0]
     bar = tqdm(total=epochs * -(-n // batch_size), desc=f"train {d.spec}", disable=not progress, leave=False)
-    for _ in range(epochs):
+
+    def batches(epoch: int):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             bar.update(1)
-            if not shards_fit(d, idx.numel()):
-                continue
-            shared = d.shared_update(net, sub.x_train[idx], sub.y_train[idx], generator=noise_gen)
-            for p, g in zip(net.parameters(), shared):
-                p.grad = g
-            opt.step()
+            if shards_fit(d, idx.numel()):
+                yield sub.x_train[idx], sub.y_train[idx]
+
+    def grad(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:  # the step is the shared update
+        for p, g in zip(model.parameters(), d.shared_update(model, x, y, generator=noise_gen)):
+            p.grad = g
+
+    train_loop(net, opt, batches, epochs=epochs, grad=grad)
     bar.close()
     acc, _ = evaluate(net, data.x_test[:2000], data.y_test[:2000])
     return acc

@@ -3,7 +3,9 @@
 Accuracy part. For every dataset and every target ε (at δ), one noise multiplier σ is
 solved with Opacus's accountant for the run's sampling rate ``q = 1/ceil(N/B)`` and
 step count, then two private trainings run with the *same* σ, q, steps, model,
-initialisation, optimizer and learning rate:
+initialisation, optimizer and learning rate -- each one run of the DP benchmark's experiment
+(:func:`ssgd.experiments.dp_benchmark.fit_private` on :meth:`PrivacyReproConfig.run_config`,
+paired Poisson masks):
 
 * ``ssgd+noise`` -- :class:`ssgd.privacy.DPTraining` at example level (what ``ssgd train
   --dp example`` runs): Poisson-sampled batches, every example's gradient normalised
@@ -24,7 +26,6 @@ reconstructions, with the SSGD-aware attacks.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,11 +39,14 @@ from ..models import build_model
 from ..privacy import compute_epsilon, derive_seed, solve_noise_multiplier
 from ..report.io import atomic_write_text, check_saved_config, new_figure, read_csv, save_figure, write_csv, write_json
 from .contract import ExperimentResult
+from .dp_benchmark import DPBenchmarkConfig, fit_private
 
-__all__ = ["PrivacyReproConfig", "METHODS", "train_private", "run_accuracy_grid", "run_attack_grid",
-           "run_privacy_repro", "format_eps"]
+__all__ = ["PrivacyReproConfig", "METHODS", "run_accuracy_grid", "run_attack_grid", "run_privacy_repro",
+           "format_eps"]
 
+# this reproduction's method names -> the DP benchmark's (the same private-training experiment, fit_private)
 METHODS = ("ssgd+noise", "opacus")
+BENCHMARK_METHOD = {"ssgd+noise": "ssgd", "opacus": "opacus"}
 
 
 @dataclass
@@ -98,6 +102,13 @@ class PrivacyReproConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def run_config(self) -> DPBenchmarkConfig:
+        """The settings of one private run: this grid's model, batch, optimizer, schedule, clip and accountant
+        as the DP benchmark's config -- both experiments train through :func:`fit_private`."""
+        return DPBenchmarkConfig(model=self.model, model_kwargs=dict(self.model_kwargs), batch_size=self.batch_size,
+                                 momentum=0.9 if self.optimizer == "sgdm" else 0.0, schedule=self.schedule,
+                                 clip=self.clip, delta=self.delta, accountant=self.accountant)
+
     def run(self, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
             log: Callable[[str], None] = print) -> ExperimentResult:
         """The :mod:`ssgd.experiments.contract` entry point (see :func:`run_privacy_repro`)."""
@@ -119,27 +130,6 @@ def format_eps(e: float) -> str:
 
 def _load(name: str, cfg: PrivacyReproConfig) -> ImageDataset:
     return subsample(load_dataset(name), cfg.n_train, cfg.n_test, seed=cfg.seed)
-
-
-def train_private(method: str, data: ImageDataset, sigma: float, cfg: PrivacyReproConfig, *,
-                  progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """One private training run through the benchmark's loop (:func:`ssgd.experiments.dp_benchmark.fit_private`,
-    the one private-training loop); returns final accuracy, per-epoch rows and both ε (ours / Opacus's engine)."""
-    from .dp_benchmark import DPBenchmarkConfig, fit_private
-
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}")
-    run = DPBenchmarkConfig(model=cfg.model, model_kwargs=dict(cfg.model_kwargs), batch_size=cfg.batch_size,
-                            momentum=0.9 if cfg.optimizer == "sgdm" else 0.0, schedule=cfg.schedule, clip=cfg.clip,
-                            delta=cfg.delta, accountant=cfg.accountant)
-    hist = fit_private("ssgd" if method == "ssgd+noise" else "opacus", data, run, lr=cfg.lr, epochs=cfg.epochs,
-                       sigma=sigma, seed=cfg.seed, progress=progress, desc=f"{method} sigma={sigma:.3g}",
-                       on_epoch=on_epoch)
-    last = hist[-1]
-    q = 1.0 / math.ceil(data.x_train.shape[0] / cfg.batch_size)
-    return {"method": method, "sigma": sigma, "sample_rate": q, "steps": last["steps"], "test_acc": last["test_acc"],
-            "epsilon": last["epsilon"], "epsilon_opacus": last["epsilon_opacus"], "seconds": last["seconds"],
-            "history": [{k: r[k] for k in ("epoch", "test_acc", "epsilon", "steps", "seconds")} for r in hist]}
 
 
 def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
@@ -168,10 +158,11 @@ def tune_lr(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool = True,
     rows, best = [], {}
     for method in cfg.methods:
         for lr in cfg.lr_grid:
-            res = train_private(method, tune_data, sigma, dataclasses.replace(cfg, lr=lr), progress=progress)
-            rows.append({"method": method, "lr": lr, "val_acc": res["test_acc"], "sigma": sigma,
-                         "epsilon": res["epsilon"]})
-            log(f"tune {method:>10} lr={lr:g}: val acc {res['test_acc']:.4f} (eps {format_eps(cfg.tune_epsilon)})")
+            last = fit_private(BENCHMARK_METHOD[method], tune_data, cfg.run_config(), lr=lr, epochs=cfg.epochs,
+                               sigma=sigma, seed=cfg.seed, progress=progress, desc=f"{method} sigma={sigma:.3g}")[-1]
+            rows.append({"method": method, "lr": lr, "val_acc": last["test_acc"], "sigma": sigma,
+                         "epsilon": last["epsilon"]})
+            log(f"tune {method:>10} lr={lr:g}: val acc {last['test_acc']:.4f} (eps {format_eps(cfg.tune_epsilon)})")
         best[method] = max((r for r in rows if r["method"] == method), key=lambda r: r["val_acc"])["lr"]
     write_csv(run_dir / "lr_tuning.csv", rows)
     return best, rows
@@ -195,15 +186,19 @@ def run_accuracy_grid(run_dir: Path, cfg: PrivacyReproConfig, *, progress: bool 
                     log(f"resume: {ds} eps={format_eps(eps)} {method} already in accuracy.csv")
                     continue
                 lr = (lrs or {}).get(method, cfg.lr)
-                res = train_private(method, data, sigma, dataclasses.replace(cfg, lr=lr), progress=progress)
-                row = {"dataset": ds, "target_epsilon": eps, **{k: v for k, v in res.items() if k != "history"},
+                hist = fit_private(BENCHMARK_METHOD[method], data, cfg.run_config(), lr=lr, epochs=cfg.epochs,
+                                   sigma=sigma, seed=cfg.seed, progress=progress, desc=f"{method} sigma={sigma:.3g}")
+                last = hist[-1]
+                row = {"dataset": ds, "target_epsilon": eps, "method": method, "sigma": sigma, "sample_rate": q,
+                       **{k: last[k] for k in ("steps", "test_acc", "epsilon", "epsilon_opacus", "seconds")},
                        "lr": lr, "n_train": n}
                 rows.append(row)
-                write_csv(run_dir / "accuracy" / f"{ds}-{method}-eps{format_eps(eps)}.csv", res["history"])
+                write_csv(run_dir / "accuracy" / f"{ds}-{method}-eps{format_eps(eps)}.csv",
+                          [{k: r[k] for k in ("epoch", "test_acc", "epsilon", "steps", "seconds")} for r in hist])
                 write_csv(run_dir / "accuracy.csv", rows)  # after every run: partial results survive
                 log(f"{ds:>13} eps={format_eps(eps):>4} sigma={sigma:7.4f} {method:>10}: "
-                    f"acc={res['test_acc']:.4f} eps(ours)={res['epsilon']:.4g} "
-                    f"eps(opacus)={res['epsilon_opacus']:.4g} ({res['seconds']:.0f} s)")
+                    f"acc={row['test_acc']:.4f} eps(ours)={row['epsilon']:.4g} "
+                    f"eps(opacus)={row['epsilon_opacus']:.4g} ({row['seconds']:.0f} s)")
     return rows
 
 

@@ -13,13 +13,15 @@ run (bit-identical on CPU). A checkpoint is hostile input: it is loaded as plain
 (``weights_only``) and refused in one line (:class:`ssgd.report.CheckpointError`) when it
 is corrupt, foreign, or from another configuration or number of nodes.
 
-One loop, :func:`fit`, serves every engine; what differs is a :class:`TrainEngine`:
-:class:`LocalEngine` (one process: plain backward, SSGD(m)'s shard unit vectors, or the
-DP glue of :mod:`ssgd.privacy.training`) and ``ssgd.experiments.ddp_train.DDPEngine``
-(one rank of ``ssgd train --nodes N``). The per-batch gradient computation of the local
-engine is one swappable function, ``grad_fn(model, xb, yb, cfg) -> loss`` that fills
-``.grad`` (default :func:`compute_grads`), so other gradient rules plug in without
-touching the loop.
+:func:`fit` runs the project's one training loop (:func:`ssgd.loop.train_loop`) for every
+engine; what differs is a :class:`TrainEngine`: :class:`LocalEngine` (one process: plain
+backward, SSGD(m)'s shard unit vectors, or :class:`ssgd.privacy.DPTraining`'s noisy unit
+vectors) and ``ssgd.experiments.ddp_train.DDPEngine`` (one rank of a multi-node run). ``fit``
+turns the engine into the loop's hooks: the batch source (a seeded permutation, of which the
+engine picks this process's part), the gradient path (``engine.step``), evaluation (the
+public row, shared by the engine) and the checkpoint. The local engine's gradient is one
+swappable function, ``grad_fn(model, xb, yb, cfg) -> loss`` that fills ``.grad`` (default
+:func:`compute_grads`), so other gradient rules plug in without touching the loop.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
 from ..report.validate import check_finite_state, check_number
+from ..loop import EpochStats, backward, train_loop
 from ..shards import shard_unit_grad_
 from ..transform import check_scope
 from ..models.optimizers import (DEFAULT_LR, OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler,
@@ -166,9 +169,7 @@ def compute_grads(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, cfg: Tra
         shard_unit_grad_(model, F.cross_entropy, xb, yb, cfg.shards, scope=cfg.scope)
         with torch.no_grad():
             return F.cross_entropy(model(xb), yb)
-    loss = F.cross_entropy(model(xb), yb)
-    loss.backward()
-    return loss.detach()
+    return backward(model, xb, yb)
 
 
 def prepare_data(cfg: TrainConfig, data: ImageDataset | None = None) -> tuple[ImageDataset, ImageDataset | None]:
@@ -334,7 +335,6 @@ class LocalEngine(TrainEngine):
                 raise ValueError("cfg.dp and a custom grad_fn are exclusive: DP computes the gradient itself")
             self.dp = DPTraining(cfg.dp_config(), model, n_train, cfg.batch_size, cfg.epochs, num_nodes=cfg.shards,
                                  scope=cfg.scope, seed=cfg.seed)
-            self.grad_fn = self.dp.grad_fn
         return model, cfg.shards
 
     def batch(self, idx):
@@ -342,20 +342,24 @@ class LocalEngine(TrainEngine):
             idx = self.dp.batch_indices(idx)  # example level: a Poisson-sampled batch
         if self.sharded and idx.numel() < self.shards:
             return None  # a tail smaller than m cannot be split into m shards
+        self.idx = idx
         return idx
 
     def step(self, net, xb, yb, cfg):
+        if self.dp is not None:  # node level needs the indices: which node owns which example
+            return self.dp.backward(net, xb, yb, self.idx)
         return self.grad_fn(net, xb, yb, cfg)
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 
 
 def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEngine | None = None,
         data: ImageDataset | None = None, val: ImageDataset | None = None, progress: bool = True,
         on_epoch: Callable[[dict[str, float]], None] | None = None, resume: bool = False, checkpoint: bool = True,
         stop_after: int | None = None) -> TrainResult:
-    """The one training loop (see :func:`train` for the arguments); ``engine`` defaults to :class:`LocalEngine`."""
+    """Train through the one loop (:func:`ssgd.loop.train_loop`) with ``engine``'s hooks (see :func:`train` for the
+    arguments); ``engine`` defaults to :class:`LocalEngine`."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -383,8 +387,10 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
     if ck is not None:
         history, start_epoch, elapsed = _restore(ck_path, ck, model, opt, sched, gen, dp)
     writes = run_dir is not None and engine.writes
-    if writes:
-        write_json(run_dir / "config.json", {**cfg.to_dict(), **engine.config_extra()})
+    if writes:  # the values actually used: the optimizer's lr and momentum (defaults resolved), the schedule
+        group = opt.param_groups[0]
+        used = {"lr": group["initial_lr"], "momentum": group.get("momentum"), "schedule": cfg.resolved_schedule}
+        write_json(run_dir / "config.json", {**cfg.to_dict(), **used, **engine.config_extra()})
 
     def public_row(epoch: int) -> dict[str, Any]:
         """What is evaluated on the test set / validation split: public values, no training data."""
@@ -409,44 +415,42 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
     remaining = max(0, cfg.epochs - start_epoch + 1)
     tag = f"train {cfg.optimizer}" + (f" x{engine.nodes}" if engine.nodes > 1 else "")
     bar = tqdm(total=steps_per_epoch * remaining, desc=tag, disable=not progress or not engine.writes, leave=False)
-    done_here = 0
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if stop_after is not None and done_here >= stop_after:
-            break
-        net.train()
+
+    def batches(epoch: int):  # a seeded permutation in batches; the engine picks this process's part
         perm = torch.randperm(n, generator=gen).to(device)
-        engine.start_epoch(epoch)
-        tot_loss, seen = 0.0, 0
         for i in range(0, n, cfg.batch_size):
             idx = engine.batch(perm[i:i + cfg.batch_size])
-            if idx is None:
-                continue
-            xb, yb = xtr[idx], ytr[idx]
-            opt.zero_grad(set_to_none=True)
-            loss = engine.step(net, xb, yb, cfg)
-            opt.step()
-            sched.step()
-            engine.after_step()
-            tot_loss += float(loss) * idx.numel()
-            seen += idx.numel()
-            bar.update(1)
+            if idx is not None:
+                yield xtr[idx], ytr[idx]
+
+    def after_step() -> None:
+        engine.after_step()
+        bar.update(1)
+
+    def end_epoch(epoch: int, stats: EpochStats) -> dict[str, Any]:
         check_finite = getattr(opt, "check_finite", None)
         if check_finite is not None:  # a GPU step raises a NaN's error later: surface the last steps' errors now
             check_finite()
-        row = full_row(public_row(epoch), tot_loss / max(seen, 1))
-        history.append(row)
-        done_here += 1
+        return full_row(public_row(epoch), stats.train_loss)
+
+    def epoch_done(row: dict[str, Any]) -> None:
         bar.set_postfix(acc=f"{row['test_acc']:.4f}")
         if on_epoch is not None:
             on_epoch(row)
-        if writes and checkpoint:
-            save_checkpoint(ck_path, {"config": cfg.to_dict(), "nodes": engine.nodes, "epoch": epoch,
-                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                                      "torch_rng": torch.get_rng_state(), "history": history,
-                                      "seconds": row["seconds"], "dp": dp.state_dict() if dp is not None else None},
-                            format=CHECKPOINT_FORMAT)
-            write_csv(run_dir / "metrics.csv", history)
+
+    def save(epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(ck_path, {"config": cfg.to_dict(), "nodes": engine.nodes, "epoch": epoch,
+                                  "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                                  "torch_rng": torch.get_rng_state(), "history": history,
+                                  "seconds": history[-1]["seconds"], "dp": dp.state_dict() if dp is not None else None},
+                        format=CHECKPOINT_FORMAT)
+        write_csv(run_dir / "metrics.csv", history)
+
+    train_loop(net, opt, batches, epochs=cfg.epochs, grad=lambda m, x, y: engine.step(m, x, y, cfg),
+               scheduler=sched, start_epoch=start_epoch, history=history, stop_after=stop_after,
+               before_epoch=engine.start_epoch, after_step=after_step, end_epoch=end_epoch, on_epoch=epoch_done,
+               checkpoint=save if writes and checkpoint else None)
     bar.close()
     if not history:
         history.append(full_row(public_row(0), float("nan")))

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ..transform import check_scope
 from .accountant import check_noise_multiplier
 
 __all__ = ["LEVELS", "GaussianNoise", "sensitivity", "derive_seed"]
@@ -55,8 +56,7 @@ def sensitivity(level: str = "example", scope: str = "global",
     layer-scope unit vector is taken over). Global scope ignores it (Δ = 1, or 2 for node-local)."""
     if level not in LEVELS:
         raise ValueError(f"Invalid privacy level {level!r}; expected one of {LEVELS}")
-    if scope not in ("global", "layer"):
-        raise ValueError(f"Invalid scope={scope!r}; expected 'global' or 'layer'")
+    check_scope(scope)
     if isinstance(n_tensors, torch.nn.Module):
         n_tensors = sum(1 for p in n_tensors.parameters() if p.requires_grad)
     elif not isinstance(n_tensors, (int, float)):

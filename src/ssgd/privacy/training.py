@@ -1,15 +1,15 @@
-"""DP settings and the per-step glue that single-process training (``ssgd train --dp``) uses.
+"""DP settings and the per-step glue of single-process private training.
 
 :class:`DPConfig` holds what the user chooses (level, σ or target ε, δ, accountant);
 :class:`DPTraining` turns it into the sampler, the noise and the accountant for one
-training run and exposes three calls for the training loop: :meth:`DPTraining.batch_indices`
+training run and exposes three calls for the one training loop (:mod:`ssgd.loop`): :meth:`DPTraining.batch_indices`
 (Poisson sampling at example level), :meth:`DPTraining.backward` (writes the noisy
 sum of unit vectors into ``.grad`` and counts the step) and :meth:`DPTraining.end_epoch`
 (ε so far).
 
 Levels: ``"example"`` (per-example unit vectors + noise on the sum, Poisson-sampled
 batches: DP-SGD with normalisation in place of clipping), ``"node"`` (``m`` simulated
-nodes -- ``--shards m`` -- each owning the examples ``i`` with ``i % m == j``; noise
+nodes (``num_nodes``), node ``j`` owning the examples ``i`` with ``i % m == j``; noise
 once on the sum, the secure-aggregation threat model) and ``"node-local"`` (each
 node noises its own unit vector; untrusted aggregator).
 """
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..transform import check_gamma
 from .accountant import (
     PrivacyAccountant,
     check_accountant,
@@ -32,7 +33,7 @@ from .accountant import (
     check_target_epsilon,
     solve_noise_multiplier,
 )
-from .example import PoissonSampler, check_per_example_model, private_unit_grad_
+from .example import DEFAULT_GAMMA, PoissonSampler, check_per_example_model, private_unit_grad_
 from .node import NodeNoise, NodePrivacy, node_unit_sum_
 from .noise import GaussianNoise, derive_seed, sensitivity
 
@@ -116,14 +117,15 @@ class DPTraining:
         batch_size: expected batch size (example level: sampling rate ``q = 1/ceil(n/B)``,
             Opacus's convention for a loader of ``ceil(n/B)`` batches).
         epochs: planned epochs (to solve σ for a target ε).
-        num_nodes: simulated nodes for node level (``--shards``).
+        num_nodes: simulated nodes for node level.
         scope: SSGD scope of the unit vectors.
+        gamma: example level: each gradient is scaled by ``1/(||g|| + gamma)`` (0: the pure unit vector).
         seed: seeds the sampler and the noise (separate streams, model RNG untouched).
     """
 
     def __init__(self, config: DPConfig, model: nn.Module, n_train: int, batch_size: int, epochs: int, *,
                  num_nodes: int = 1, scope: str = "global", seed: int | None = 0,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, gamma: float = DEFAULT_GAMMA):
         self.config = config.validate()
         if not config.enabled:
             raise ValueError("DPTraining needs a privacy level other than 'off'")
@@ -131,14 +133,15 @@ class DPTraining:
             raise ValueError(f"Invalid batch_size={batch_size} / n_train={n_train}; both must be >= 1")
         self.level = config.level
         self.scope = scope
+        self.gamma = check_gamma(gamma)
         self.loss_fn = loss_fn
         self.steps_per_epoch = max(1, math.ceil(n_train / batch_size))
         self.planned_steps = self.steps_per_epoch * max(0, epochs)
         n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
         if self.level == "example":
             if num_nodes != 1:
-                raise ValueError(f"shards={num_nodes} does not apply to dp='example' (every example is its own "
-                                 "unit vector); leave shards at 1, or use dp='node' to simulate nodes")
+                raise ValueError(f"num_nodes={num_nodes} does not apply to dp='example' (every example is its own "
+                                 "unit vector); use num_nodes=1, or dp='node' to simulate nodes")
             check_per_example_model(model)
             self.sample_rate = 1.0 / self.steps_per_epoch
             self.sampler = PoissonSampler(n_train, self.sample_rate, seed=derive_seed(seed, "dp-sampler"))
@@ -170,25 +173,19 @@ class DPTraining:
                                             level="example" if self.level == "example" else "node")
 
     def batch_indices(self, default: Tensor) -> Tensor:
-        """The indices of the next batch: a Poisson sample (example level) or ``default``.
+        """The indices of the next batch: a Poisson sample (example level) or ``default``; hand them to
+        :meth:`backward` (node level: which node owns which example)."""
+        return self.sampler.sample().to(default.device) if self.sampler is not None else default
 
-        Remembered for :meth:`grad_fn` (node level: which node owns which example)."""
-        idx = self.sampler.sample().to(default.device) if self.sampler is not None else default
-        self._last_indices = idx
-        return idx
+    def backward(self, model: nn.Module, inputs: Tensor, targets: Tensor, indices: Tensor | None) -> Tensor:
+        """Write the noisy gradient into ``.grad``, count one release; return the mean loss (detached).
 
-    def grad_fn(self, model: nn.Module, inputs: Tensor, targets: Tensor, cfg: Any = None) -> Tensor:
-        """``ssgd.experiments.train``'s ``grad_fn`` signature; uses the indices of the last :meth:`batch_indices`."""
-        idx = getattr(self, "_last_indices", None)
-        if idx is None or idx.shape[0] != inputs.shape[0]:
-            raise RuntimeError("DPTraining.grad_fn needs the batch's indices: call batch_indices(idx) first")
-        return self.backward(model, inputs, targets, idx)
-
-    def backward(self, model: nn.Module, inputs: Tensor, targets: Tensor, indices: Tensor) -> Tensor:
-        """Write the noisy gradient into ``.grad``, count one release; return the mean loss (detached)."""
+        The gradient path of the one training loop (:func:`ssgd.loop.train_loop`); ``indices`` (the
+        batch's example indices) are needed at node level only."""
         if self.level == "example":
             losses, _ = private_unit_grad_(model, self.loss_fn, inputs, targets, self.noise,
-                                           expected_batch_size=self.expected_batch_size, scope=self.scope)
+                                           expected_batch_size=self.expected_batch_size, scope=self.scope,
+                                           gamma=self.gamma)
             loss = losses.mean() if losses.numel() else torch.zeros(())
         else:
             owners = (indices % self.num_nodes).to(inputs.device)

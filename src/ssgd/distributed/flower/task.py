@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ...data import ImageDataset, load_dataset, partition, subsample
-from ...models import build_model, evaluate
+from ...loop import train_loop
+from ...models import build_model, build_optimizer, evaluate
 from ...report.io import atomic_write_bytes
 from .config import FlowerRunConfig
 
@@ -141,29 +141,24 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: st
 
     ``fedsgd``: the gradient of one random batch; ``delta``: the weights after ``local_steps``
     SGD steps (the SSGD mod turns either into a unit vector before it leaves the node)."""
-    model.train()
     n = x.shape[0]
     if n == 0:
         raise ValueError("this node holds no training examples; use fewer nodes or a larger alpha")
-    if mode == "fedsgd":
-        idx = torch.randperm(n, generator=generator)[:batch_size]
-        model.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        grads = OrderedDict((name, (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy().copy())
-                            for name, p in model.named_parameters())
-        return grads, float(loss.detach()), int(idx.numel())
-    opt = torch.optim.SGD(model.parameters(), lr=client_lr)
-    total, seen = 0.0, 0
-    for _ in range(local_steps):
-        idx = torch.randperm(n, generator=generator)[:batch_size]
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * idx.numel()
-        seen += idx.numel()
-    return param_arrays(model), total / max(seen, 1), seen
+    fedsgd = mode == "fedsgd"
+
+    def batches(epoch: int):  # the node's random batches, from its own generator
+        for _ in range(1 if fedsgd else local_steps):
+            idx = torch.randperm(n, generator=generator)[:batch_size]
+            yield x[idx], y[idx]
+
+    opt = None if fedsgd else build_optimizer("sgd", model.parameters(), lr=client_lr, momentum=0.0)
+    stats = train_loop(model, opt, batches)[-1]  # fedsgd: no step, the gradient is the update
+    if fedsgd:
+        arrays = OrderedDict((name, (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy().copy())
+                             for name, p in model.named_parameters())
+    else:
+        arrays = param_arrays(model)
+    return arrays, stats["train_loss"], stats["examples"]
 
 
 @torch.no_grad()

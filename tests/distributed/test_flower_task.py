@@ -1,0 +1,67 @@
+"""The Flower node's local update (``task.local_update``, on the one training loop) against a hand-written step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ssgd.distributed.flower.task import local_update, param_arrays
+from ssgd.models import build_model
+
+
+def _data(n=40):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _model():
+    return build_model("mlp", (1, 8, 8), 3, seed=0, hidden=8)
+
+
+def test_fedsgd_sends_the_gradient_of_one_random_batch_and_leaves_the_weights():
+    x, y = _data()
+    model, ref = _model(), _model()
+    before = param_arrays(model)
+    grads, loss, used = local_update(model, x, y, mode="fedsgd", batch_size=16, local_steps=5, client_lr=0.1,
+                                     generator=torch.Generator().manual_seed(3))
+    idx = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16]
+    want = F.cross_entropy(ref(x[idx]), y[idx])
+    want.backward()
+    assert used == 16 and loss == pytest.approx(float(want), rel=1e-6)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-6, atol=1e-7)
+    for name, a in param_arrays(model).items():  # one gradient, no step
+        np.testing.assert_array_equal(a, before[name])
+
+
+@pytest.mark.parametrize("batch_size, used", [(16, 48), (64, 120)])  # a batch larger than the share takes it all
+def test_delta_takes_local_steps_of_sgd_on_fresh_random_batches(batch_size, used):
+    x, y = _data()
+    model, ref = _model(), _model()
+    gen = torch.Generator().manual_seed(5)
+    arrays, loss, n_used = local_update(model, x, y, mode="delta", batch_size=batch_size, local_steps=3,
+                                        client_lr=0.2, generator=gen)
+    g2 = torch.Generator().manual_seed(5)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.2)
+    losses = []
+    for _ in range(3):
+        idx = torch.randperm(40, generator=g2)[:batch_size]
+        opt.zero_grad()
+        out = F.cross_entropy(ref(x[idx]), y[idx])
+        out.backward()
+        opt.step()
+        losses.append(float(out))
+    assert n_used == used and loss == pytest.approx(sum(losses) / 3, rel=1e-6)
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(arrays[name], p.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(gen.get_state(), g2.get_state())  # the node's generator moved by exactly its draws
+    fresh = param_arrays(_model())
+    assert any(not np.array_equal(arrays[k], fresh[k]) for k in fresh)  # the steps moved the weights
+
+
+def test_a_node_without_examples_is_refused():
+    with pytest.raises(ValueError, match="holds no training examples"):
+        local_update(_model(), torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), mode="delta",
+                     batch_size=4, local_steps=1, client_lr=0.1, generator=torch.Generator())
