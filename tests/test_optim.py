@@ -276,16 +276,18 @@ def test_lazy_raise_waits_for_the_event_and_loses_no_step():
     opt = ssgd.SSGD(ps, lr=0.1)
     spans = [(0, 0, 3, "global", ps)]
     late, ok = _Event(), _Event()
-    opt._flags["pending"] = [(torch.tensor([1.0, float("nan"), 1.0]), late, spans),
-                             (torch.tensor([1.0, 1.0, 1.0]), ok, spans)]
+    # two earlier steps as a GPU leaves them: the flag copied to host memory, the norms on the device
+    opt._flags["pending"] = [(torch.ones(1), late, torch.tensor([1.0, float("nan"), 1.0]), spans),
+                             (torch.zeros(1), ok, torch.tensor([1.0, 1.0, 1.0]), spans)]
     _set_grads(ps, 1)
     opt.step()  # the failing step's event has not completed: no wait, no raise, nothing dropped
-    assert len(opt._flags["pending"]) == 3  # this step's own flag queues behind them
+    assert len(opt._flags["pending"]) == 2
     late.done = True
     with pytest.raises(ssgd.NonFiniteGradientError, match=r"param_groups\[0\]\['params'\]\[1\]"):
         opt.step()  # read at the next step once it is known
+    assert len(opt._flags["pending"]) == 1
     opt.check_finite()  # waits for the rest: all finite
-    assert opt._flags["pending"] == []
+    assert opt._flags["pending"] == [] and len(opt._flags["pool"]) == 2  # the flag slots are reused
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

@@ -88,7 +88,7 @@ def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfi
 def _nonfinite(x: Tensor) -> Tensor:
     """1.0 where ``x`` is NaN or +-inf, else 0.0, in float32 (``x * 0`` is 0 exactly when ``x`` is
     finite): the ``found_inf`` of torch's fused optimizer kernels."""
-    return x.float().mul(0).ne_(0)
+    return (x if x.dtype == torch.float32 else x.float()).mul(0).ne_(0)
 
 
 def _fused_sgd_(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], **kw: Any) -> None:
@@ -206,15 +206,17 @@ class SSGD(Optimizer):
         self._raise_pending(wait=True)
 
     def _raise_pending(self, wait: bool) -> None:
-        queue = self._flags.get("pending") or []
-        while queue:  # eager steps, oldest first: host memory once its event has completed
-            norms, event, spans = queue[0]
+        queue = self._flags.get("pending")
+        while queue:  # eager GPU steps, oldest first: each flag is read from host memory once its event has completed
+            host, event, norms, spans = queue[0]
             if event is not None and not event.query():
                 if not wait:
                     return  # not known yet: a later step() reads it
                 event.synchronize()
             queue.pop(0)
-            self._check(norms.numpy().tolist(), spans)
+            self._flags.setdefault("pool", []).append((host, event))
+            if host.numpy()[0]:  # that step was skipped: its norms (one read, only then) name the parameter
+                self._check(norms.tolist(), spans)
         kept = self._flags.get("kept")
         if wait and kept is not None:  # compiled or captured steps: the first failing one, on the device
             vals = kept.cpu().numpy().tolist()
@@ -224,7 +226,7 @@ class SSGD(Optimizer):
     def _check(self, vals: list[float], spans: list) -> None:
         """Raise for the first non-finite norm of a ``nonfinite="raise"`` group, naming its parameter."""
         if math.isfinite(sum(vals)) and max(vals, default=0.0) * math.sqrt(len(vals)) <= _F32_MAX:
-            return  # the usual case: every norm finite, no joint norm can overflow
+            return  # every norm finite, no joint norm can overflow
         joint = [v for gi, off, n, scope, _ in spans if scope == "global" for v in vals[off:off + n]]
         for gi, off, n, scope, params in spans:
             if self.param_groups[gi]["nonfinite"] != "raise":
@@ -237,7 +239,7 @@ class SSGD(Optimizer):
                 raise NonFiniteGradientError(off + bad[0], self._name(gi, pi), tuple(params[bad[0]].shape))
 
     def _remember(self, norms: Tensor, found: Tensor, spans: list, traced: bool) -> None:
-        """Keep this step's norms for the lazy raise, without reading them."""
+        """Keep this step's flag for the raise, without waiting for the device."""
         if traced:  # compiled or captured: keep the first failing step's norms on the device
             kept = self._flags.get("kept")
             if kept is None or kept.shape != norms.shape or kept.dtype != norms.dtype:
@@ -246,18 +248,35 @@ class SSGD(Optimizer):
             kept.copy_(torch.where(first, norms, kept))
             self._flags["kept_spans"] = spans
             return
-        event = None
-        if norms.is_cuda:  # read later from pinned memory, once the event has completed
-            host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
-            host.copy_(norms, non_blocking=True)
-            event = torch.cuda.Event()
+        if found.device.type == "cpu":  # host memory already: read at once
+            if found.numpy():
+                self._check(norms.numpy().tolist(), spans)
+            return
+        pool = self._flags.get("pool")
+        if pool:  # a flag slot whose earlier step has been read
+            host, event = pool.pop()
+        else:
+            cuda = found.is_cuda
+            host, event = torch.empty(1, pin_memory=cuda), (torch.cuda.Event() if cuda else None)
+        host.copy_(found.reshape(1), non_blocking=event is not None)  # without an event (other devices): waits
+        if event is not None:
             event.record()
-            norms = host
-        self._flags.setdefault("pending", []).append((norms, event, spans))
+        self._flags.setdefault("pending", []).append((host, event, norms, spans))
+        if event is None:
+            self._raise_pending(wait=False)
 
     def _name(self, gi: int, pi: int) -> str:
         names = self.param_groups[gi].get("param_names")
         return names[pi] if names else f"param_groups[{gi}]['params'][{pi}]"
+
+    def _refuse_sparse(self, work: list) -> None:
+        for gi, group, ps, gs, _ in work:
+            for p, g in zip(ps, gs):
+                if g.layout != torch.strided:
+                    pi = next(j for j, q in enumerate(group["params"]) if q is p)
+                    raise RuntimeError(f"SSGD does not support sparse gradients ({g.layout}) in parameter "
+                                       f"{self._name(gi, pi)!r}; use a dense embedding (nn.Embedding(..., "
+                                       "sparse=False)) for SSGD-trained parameters")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -266,107 +285,135 @@ class SSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
-        spans: list[tuple[int, int, int, str, list[Tensor]]] = []  # (group index, offset, count, scope, params)
+        work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], int]] = []  # (index, group, params, grads, offset)
         grads: list[Tensor] = []
         for gi, group in enumerate(self.param_groups):
-            ps = [p for p in group["params"] if p.grad is not None]
-            if not ps:
-                continue
+            ps = group["params"]
             gs = [p.grad for p in ps]
-            for p, g in zip(ps, gs):
-                if g.layout != torch.strided:
-                    pi = next(j for j, q in enumerate(group["params"]) if q is p)
-                    raise RuntimeError(f"SSGD does not support sparse gradients ({g.layout}) in parameter "
-                                       f"{self._name(gi, pi)!r}; use a dense embedding (nn.Embedding(..., "
-                                       "sparse=False)) for SSGD-trained parameters")
-            spans.append((gi, len(grads), len(gs), group["scope"], ps))
-            work.append((group, ps, gs))
-            grads.extend(gs)
+            if any(g is None for g in gs):
+                ps = [p for p, g in zip(ps, gs) if g is not None]
+                gs = [g for g in gs if g is not None]
+            if gs:
+                work.append((gi, group, ps, gs, len(grads)))
+                grads += gs
         if not grads:
             return loss
-        traced = torch.compiler.is_compiling() or (grads[0].is_cuda and torch.cuda.is_current_stream_capturing())
-        if not traced:
+        traced = torch.compiler.is_compiling()
+        if traced:
+            self._refuse_sparse(work)  # free while tracing; an eager step finds out from the norm below
+        elif grads[0].is_cuda and torch.cuda.is_current_stream_capturing():
+            traced = True
+        elif self._flags.get("pending"):
             self._raise_pending(wait=False)
 
-        groups = group_by_device_and_dtype(grads)
-        norms = grad_norms(grads, groups)  # (K,) on grads[0]'s device: the one extra read of the gradients
-        glob = [(off, n) for _, off, n, scope, _ in spans if scope == "global"]
-        joint = None
-        if glob:
-            gn = norms if len(glob) == len(spans) else torch.cat([norms[o:o + n] for o, n in glob])
-            joint = unit_denominator(gn, "global", self.defaults["eps"]).float()
-        # 1.0 if a norm is non-finite (the joint norm is, if any of its parts is): this step moves nothing
-        if len(glob) == len(spans):
-            found = _nonfinite(joint)
-        else:
-            total = norms.sum(dtype=torch.float32)
-            found = _nonfinite(total if joint is None else total + joint)
-        for (group, ps, gs), (_, off, n, scope, _) in zip(work, spans):
-            if scope == "global":
+        buckets = group_by_device_and_dtype(grads)
+        try:
+            norms = grad_norms(grads, buckets)  # (K,) on grads[0]'s device: the one extra read of the gradients
+        except (RuntimeError, NotImplementedError):
+            self._refuse_sparse(work)
+            raise
+        scopes = {group["scope"] for _, group, *_ in work}
+        joint = found = None
+        if "global" in scopes:  # one norm over every global-scope group: non-finite if a gradient is, or if it overflows
+            gn = norms if len(scopes) == 1 else torch.cat([norms[o:o + len(gs)] for _, group, _, gs, o in work
+                                                           if group["scope"] == "global"])
+            joint = found = unit_denominator(gn, "global", self.defaults["eps"]).float()  # the kernel's dtype
+        if "layer" in scopes:
+            worst = norms.amax()
+            found = worst if found is None else found + worst
+        found = _nonfinite(found)  # torch's found_inf: this step moves nothing
+        one = len(buckets) == 1
+        for gi, group, ps, gs, off in work:
+            if group["scope"] == "global":
                 den = joint
             else:  # a non-finite norm divides by 1: that gradient is left as it is
-                den = norms[off:off + n].clamp_min(group["eps"]).nan_to_num_(1.0, 1.0, 1.0).unbind(0)
-            mine = groups if len(spans) == 1 else {k: [i - off for i in idx if off <= i < off + n]
-                                                   for k, idx in groups.items()}
-            for (dev, dtype), idx in mine.items():
-                if not idx:
-                    continue
-                if len(idx) == len(ps):  # one device and dtype: the lists as they are
-                    p_, g_ = ps, gs
-                else:
-                    p_, g_ = [ps[i] for i in idx], [gs[i] for i in idx]
-                f = found.to(dev)
-                if scope == "global":
-                    self._update(group, p_, g_, den.to(dev), f)
-                elif dtype in (torch.float32, torch.float64):  # .grad becomes the unit vector (no allocation)
-                    torch._foreach_div_(g_, [den[i].to(dev, dtype) for i in idx])
-                    self._update(group, p_, g_, None, f)
-                else:  # half precision: the kernel divides in float32, one tensor at a time
-                    for i, p, g in zip(idx, p_, g_):
-                        self._update(group, [p], [g], den[i].to(dev, torch.float32), f)
+                den = unit_denominator(norms[off:off + len(gs)], "layer", group["eps"]).nan_to_num_(1.0, 1.0, 1.0)
+            if one:  # one device and dtype: the lists as they are
+                ((dev, dtype),) = buckets
+                self._apply(gi, group, ps, gs, dtype, den, found, range(len(gs)))
+                continue
+            for (dev, dtype), idx in buckets.items():
+                mine = [i - off for i in idx if off <= i < off + len(gs)]
+                if mine:
+                    self._apply(gi, group, [ps[i] for i in mine], [gs[i] for i in mine], dtype,
+                                den.to(dev), found.to(dev), mine)
 
-        if any(self.param_groups[gi]["nonfinite"] == "skip" for gi, *_ in spans):
+        policies = {group["nonfinite"] for _, group, *_ in work}
+        if "skip" in policies:
             count = self._flags.get("skipped")
             if count is None:
                 self._flags["skipped"] = found.double()
             else:  # in place: a captured CUDA graph keeps counting on replay
                 count.add_(found.to(count.device))
-        if any(self.param_groups[gi]["nonfinite"] == "raise" for gi, *_ in spans):
-            self._remember(norms, found, spans, traced)
-            if not traced:
-                self._raise_pending(wait=False)
+        if "raise" in policies:
+            self._remember(norms, found, [(gi, off, len(gs), group["scope"], ps) for gi, group, ps, gs, off in work],
+                           traced)
         return loss
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], denom: Tensor | None,
-                found: Tensor) -> None:
+    def _apply(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], dtype: torch.dtype,
+               den: Tensor, found: Tensor, idx) -> None:
+        """One device and dtype of a group: divide by ``den`` (0-dim, or one per tensor of the group, of which
+        ``idx`` are these) and step."""
+        if den.ndim == 0:
+            self._update(gi, group, params, grads, den, found)
+        elif dtype in (torch.float32, torch.float64):  # .grad becomes the unit vector (no allocation)
+            per = den.unbind(0)
+            torch._foreach_div_(grads, [per[i] for i in idx] if den.dtype == dtype else
+                                [per[i].to(dtype) for i in idx])
+            self._update(gi, group, params, grads, None, found)
+        else:  # half precision: the kernel divides in float32, one tensor at a time
+            per = den.unbind(0)
+            for i, p, g in zip(idx, params, grads):
+                self._update(gi, group, [p], [g], per[i], found)
+
+    def _lr_over(self, gi: int, lr: float | Tensor, den: Tensor) -> Tensor:
+        """``lr / den`` in float32 (the kernel's tensor learning rate); a float ``lr`` lives on the device
+        once, refilled only when it changes."""
+        if isinstance(lr, Tensor):
+            return torch.div(lr.to(den.device), den).float()
+        cache = self._flags.setdefault("lr", {})
+        held = cache.get((gi, den.device))
+        if held is None:
+            held = cache[(gi, den.device)] = [lr, torch.full((), lr, dtype=torch.float32, device=den.device)]
+        elif held[0] != lr:
+            held[0] = lr
+            held[1].fill_(lr)
+        return torch.div(held[1], den).float()
+
+    def _update(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                denom: Tensor | None, found: Tensor) -> None:
         """torch's fused SGD step of ``params`` along ``grads / denom`` (``denom`` None: already divided);
         nothing moves where ``found`` is 1."""
         if torch.compiler.is_compiling():
             self._traced_update(group, params, grads, denom, found)
             return
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        if wd != 0 and group["decoupled_weight_decay"]:
+        if wd != 0 and group["decoupled_weight_decay"] and momentum != 0:
             torch._foreach_mul_(params, found.mul(lr * wd).add_(1.0 - lr * wd))  # 1 on a skipped step
             wd = 0.0
+        # (without momentum, decoupled decay is the kernel's coupled one: θ - lr(u + λθ) = (1 - lr·λ)θ - lr·u)
         kw = dict(weight_decay=wd, momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"],
                   maximize=group["maximize"], found_inf=found)
         if momentum == 0 and wd == 0 and denom is not None:  # plain SSGD: fold 1/denom into the learning rate
-            _fused_sgd_(params, grads, [], lr=(lr / denom).float(), is_first_step=False, **kw)
+            _fused_sgd_(params, grads, [], lr=self._lr_over(gi, lr, denom), is_first_step=False, **kw)
             return
         kw.update(lr=lr, grad_scale=denom)
         if momentum == 0:
             _fused_sgd_(params, grads, [], is_first_step=False, **kw)
             return
-        bufs = [self.state[p].get("momentum_buffer") for p in params]
-        new = [i for i, b in enumerate(bufs) if b is None]
-        for i in new:  # zeros, not torch's empty_like: a skipped first step must leave a defined buffer
-            bufs[i] = self.state[params[i]]["momentum_buffer"] = torch.zeros_like(grads[i])
-        old = [i for i in range(len(params)) if i not in new] if new else list(range(len(params)))
-        for idx, first in ((new, True), (old, False)):
-            if idx:
-                _fused_sgd_([params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
-                            is_first_step=first, **kw)
+        state = self.state
+        bufs = [state[p].get("momentum_buffer") for p in params]
+        if any(b is None for b in bufs):
+            new = [i for i, b in enumerate(bufs) if b is None]
+            for i in new:  # zeros, not torch's empty_like: a skipped first step must leave a defined buffer
+                bufs[i] = state[params[i]]["momentum_buffer"] = torch.zeros_like(grads[i])
+            old = [i for i, b in enumerate(bufs) if i not in set(new)]
+            for ix, first in ((new, True), (old, False)):
+                if ix:
+                    _fused_sgd_([params[i] for i in ix], [grads[i] for i in ix], [bufs[i] for i in ix],
+                                is_first_step=first, **kw)
+            return
+        _fused_sgd_(params, grads, bufs, is_first_step=False, **kw)
 
     def _traced_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                        denom: Tensor | None, found: Tensor) -> None:
