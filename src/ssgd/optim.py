@@ -62,6 +62,7 @@ from .transform import (DEFAULT_EPS, NonFiniteGradientError, check_eps, check_no
 __all__ = ["SSGD"]
 
 _F32_MAX = torch.finfo(torch.float32).max
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfinite) -> None:
@@ -91,12 +92,9 @@ def _nonfinite(x: Tensor) -> Tensor:
     return (x if x.dtype == torch.float32 else x.float()).mul(0).ne_(0)
 
 
-def _fused_sgd_(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], **kw: Any) -> None:
-    """``torch._fused_sgd_``. Its CPU kernel updates only the last few entries of float16/bfloat16
-    tensors (torch 2.11 to 2.13): there it runs on float32 copies, rounded back once."""
-    if params[0].device.type != "cpu" or params[0].dtype not in (torch.float16, torch.bfloat16):
-        torch._fused_sgd_(params, grads, bufs, **kw)
-        return
+def _fused_sgd_wide_(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], **kw: Any) -> None:
+    """``torch._fused_sgd_`` for float16/bfloat16 on the CPU, whose kernel updates only the last few entries of
+    such tensors (torch 2.11 to 2.13): it runs on float32 copies, rounded back once."""
     wide = [[t.float() for t in ts] for ts in (params, grads, bufs)]
     torch._fused_sgd_(*wide, **kw)
     for ts, ws in zip((params, grads, bufs), wide):
@@ -160,7 +158,7 @@ class SSGD(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
         # device-side bookkeeping, mutated as a dict (never by setattr: torch.compile traces step())
-        self._flags: dict[str, Any] = {"base": 0}
+        self._flags: dict[str, Any] = {"base": 0, "lr": {}}
         attach_skip_counter(self, self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -176,12 +174,12 @@ class SSGD(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_flags"] = {"base": self.skipped_steps}  # pending flags (CUDA events) stay with the original
+        state["_flags"] = {"base": self.skipped_steps, "lr": {}}  # pending flags (CUDA events) stay with the original
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_flags", {"base": 0})
+        self.__dict__.setdefault("_flags", {"base": 0, "lr": {}})
         if not self._optimizer_load_state_dict_post_hooks:  # unpickled: hooks are not pickled
             attach_skip_counter(self, self)
 
@@ -329,14 +327,14 @@ class SSGD(Optimizer):
             else:  # a non-finite norm divides by 1: that gradient is left as it is
                 den = unit_denominator(norms[off:off + len(gs)], "layer", group["eps"]).nan_to_num_(1.0, 1.0, 1.0)
             if one:  # one device and dtype: the lists as they are
-                ((dev, dtype),) = buckets
-                self._apply(gi, group, ps, gs, dtype, den, found, range(len(gs)))
+                (key,) = buckets
+                self._apply(gi, group, ps, gs, key, den, found, range(len(gs)), traced)
                 continue
-            for (dev, dtype), idx in buckets.items():
+            for key, idx in buckets.items():
                 mine = [i - off for i in idx if off <= i < off + len(gs)]
                 if mine:
-                    self._apply(gi, group, [ps[i] for i in mine], [gs[i] for i in mine], dtype,
-                                den.to(dev), found.to(dev), mine)
+                    self._apply(gi, group, [ps[i] for i in mine], [gs[i] for i in mine], key,
+                                den.to(key[0]), found.to(key[0]), mine, traced)
 
         policies = {group["nonfinite"] for _, group, *_ in work}
         if "skip" in policies:
@@ -350,70 +348,75 @@ class SSGD(Optimizer):
                            traced)
         return loss
 
-    def _apply(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], dtype: torch.dtype,
-               den: Tensor, found: Tensor, idx) -> None:
-        """One device and dtype of a group: divide by ``den`` (0-dim, or one per tensor of the group, of which
-        ``idx`` are these) and step."""
+    def _apply(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+               key: tuple[torch.device, torch.dtype], den: Tensor, found: Tensor, idx, traced: bool) -> None:
+        """One device and dtype (``key``) of a group: divide by ``den`` (0-dim, or one per tensor of the group,
+        of which ``idx`` are these) and step."""
+        dev, dtype = key
+        kernel = _fused_sgd_wide_ if dev.type == "cpu" and dtype in _HALF else torch._fused_sgd_
         if den.ndim == 0:
-            self._update(gi, group, params, grads, den, found)
-        elif dtype in (torch.float32, torch.float64):  # .grad becomes the unit vector (no allocation)
+            self._update(gi, group, params, grads, den, found, kernel, key, traced)
+        elif dtype not in _HALF:  # .grad becomes the unit vector (no allocation)
             per = den.unbind(0)
             torch._foreach_div_(grads, [per[i] for i in idx] if den.dtype == dtype else
                                 [per[i].to(dtype) for i in idx])
-            self._update(gi, group, params, grads, None, found)
+            self._update(gi, group, params, grads, None, found, kernel, key, traced)
         else:  # half precision: the kernel divides in float32, one tensor at a time
             per = den.unbind(0)
             for i, p, g in zip(idx, params, grads):
-                self._update(gi, group, [p], [g], per[i], found)
+                self._update(gi, group, [p], [g], per[i], found, kernel, key, traced)
 
-    def _lr_over(self, gi: int, lr: float | Tensor, den: Tensor) -> Tensor:
-        """``lr / den`` in float32 (the kernel's tensor learning rate); a float ``lr`` lives on the device
-        once, refilled only when it changes."""
+    def _lr_over(self, gi: int, lr: float | Tensor, den: Tensor, key: tuple[torch.device, torch.dtype]) -> Tensor:
+        """``lr / den`` in float32 (the kernel's tensor learning rate); a float ``lr`` is put on the device
+        once per group and device, and refilled only when it changes."""
         if isinstance(lr, Tensor):
             return torch.div(lr.to(den.device), den).float()
-        cache = self._flags.setdefault("lr", {})
-        held = cache.get((gi, den.device))
+        cache = self._flags["lr"]
+        held = cache.get((gi, key))
         if held is None:
-            held = cache[(gi, den.device)] = [lr, torch.full((), lr, dtype=torch.float32, device=den.device)]
+            held = cache[(gi, key)] = [lr, torch.full((), lr, dtype=torch.float32, device=den.device)]
         elif held[0] != lr:
             held[0] = lr
             held[1].fill_(lr)
         return torch.div(held[1], den).float()
 
     def _update(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                denom: Tensor | None, found: Tensor) -> None:
-        """torch's fused SGD step of ``params`` along ``grads / denom`` (``denom`` None: already divided);
-        nothing moves where ``found`` is 1."""
-        if torch.compiler.is_compiling():
+                denom: Tensor | None, found: Tensor, kernel: Callable[..., None],
+                key: tuple[torch.device, torch.dtype], traced: bool) -> None:
+        """torch's fused SGD step (``kernel``) of ``params`` along ``grads / denom`` (``denom`` None: already
+        divided); nothing moves where ``found`` is 1."""
+        if traced and torch.compiler.is_compiling():
             self._traced_update(group, params, grads, denom, found)
             return
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        if wd != 0 and group["decoupled_weight_decay"] and momentum != 0:
+        if momentum != 0 and wd != 0 and group["decoupled_weight_decay"]:
             torch._foreach_mul_(params, found.mul(lr * wd).add_(1.0 - lr * wd))  # 1 on a skipped step
             wd = 0.0
         # (without momentum, decoupled decay is the kernel's coupled one: θ - lr(u + λθ) = (1 - lr·λ)θ - lr·u)
-        kw = dict(weight_decay=wd, momentum=momentum, dampening=group["dampening"], nesterov=group["nesterov"],
-                  maximize=group["maximize"], found_inf=found)
-        if momentum == 0 and wd == 0 and denom is not None:  # plain SSGD: fold 1/denom into the learning rate
-            _fused_sgd_(params, grads, [], lr=self._lr_over(gi, lr, denom), is_first_step=False, **kw)
-            return
-        kw.update(lr=lr, grad_scale=denom)
         if momentum == 0:
-            _fused_sgd_(params, grads, [], is_first_step=False, **kw)
+            if wd == 0 and denom is not None:  # plain SSGD: fold 1/denom into the learning rate
+                kernel(params, grads, [], lr=self._lr_over(gi, lr, denom, key), weight_decay=0.0, momentum=0.0,
+                       dampening=0.0, nesterov=False, maximize=group["maximize"], is_first_step=False,
+                       found_inf=found)
+            else:
+                kernel(params, grads, [], lr=lr, weight_decay=wd, momentum=0.0, dampening=0.0, nesterov=False,
+                       maximize=group["maximize"], is_first_step=False, grad_scale=denom, found_inf=found)
             return
+        kw = dict(lr=lr, weight_decay=wd, momentum=momentum, dampening=group["dampening"],
+                  nesterov=group["nesterov"], maximize=group["maximize"], grad_scale=denom, found_inf=found)
         state = self.state
         bufs = [state[p].get("momentum_buffer") for p in params]
         if any(b is None for b in bufs):
             new = [i for i, b in enumerate(bufs) if b is None]
             for i in new:  # zeros, not torch's empty_like: a skipped first step must leave a defined buffer
                 bufs[i] = state[params[i]]["momentum_buffer"] = torch.zeros_like(grads[i])
-            old = [i for i, b in enumerate(bufs) if i not in set(new)]
-            for ix, first in ((new, True), (old, False)):
+            fresh = set(new)
+            for ix, first in ((new, True), ([i for i in range(len(bufs)) if i not in fresh], False)):
                 if ix:
-                    _fused_sgd_([params[i] for i in ix], [grads[i] for i in ix], [bufs[i] for i in ix],
-                                is_first_step=first, **kw)
+                    kernel([params[i] for i in ix], [grads[i] for i in ix], [bufs[i] for i in ix],
+                           is_first_step=first, **kw)
             return
-        _fused_sgd_(params, grads, bufs, is_first_step=False, **kw)
+        kernel(params, grads, bufs, is_first_step=False, **kw)
 
     def _traced_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                        denom: Tensor | None, found: Tensor) -> None:
