@@ -86,10 +86,11 @@ def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfi
     check_nonfinite(nonfinite)
 
 
-def _nonfinite(x: Tensor) -> Tensor:
-    """1.0 where ``x`` is NaN or +-inf, else 0.0, in float32 (``x * 0`` is 0 exactly when ``x`` is
-    finite): the ``found_inf`` of torch's fused optimizer kernels."""
-    return (x if x.dtype == torch.float32 else x.float()).mul(0).ne_(0)
+def _found_inf(times_zero: Tensor) -> Tensor:
+    """The ``found_inf`` of torch's fused optimizer kernels (float32 1.0: this step moves nothing) from a value
+    ``x * 0``, which is 0 exactly when ``x`` is finite."""
+    found = times_zero.ne_(0)
+    return found if found.dtype == torch.float32 else found.float()
 
 
 def _fused_sgd_wide_(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], **kw: Any) -> None:
@@ -311,15 +312,16 @@ class SSGD(Optimizer):
             self._refuse_sparse(work)
             raise
         scopes = {group["scope"] for _, group, *_ in work}
-        joint = found = None
+        joint = bad = None
         if "global" in scopes:  # one norm over every global-scope group: non-finite if a gradient is, or if it overflows
             gn = norms if len(scopes) == 1 else torch.cat([norms[o:o + len(gs)] for _, group, _, gs, o in work
                                                            if group["scope"] == "global"])
-            joint = found = unit_denominator(gn, "global", self.defaults["eps"]).float()  # the kernel's dtype
-        if "layer" in scopes:
-            worst = norms.amax()
-            found = worst if found is None else found + worst
-        found = _nonfinite(found)  # torch's found_inf: this step moves nothing
+            joint = unit_denominator(gn, "global", self.defaults["eps"]).float()  # the kernel's dtype
+            bad = joint.mul(0)
+        if "layer" in scopes:  # norms · 0, in one reduction: NaN if a norm is
+            dot = torch.dot(norms, self._zeros(norms, traced))
+            bad = dot if bad is None else bad.add_(dot)
+        found = _found_inf(bad)
         one = len(buckets) == 1
         for gi, group, ps, gs, off in work:
             if group["scope"] == "global":
@@ -347,6 +349,16 @@ class SSGD(Optimizer):
             self._remember(norms, found, [(gi, off, len(gs), group["scope"], ps) for gi, group, ps, gs, off in work],
                            traced)
         return loss
+
+    def _zeros(self, like: Tensor, traced: bool) -> Tensor:
+        """Zeros shaped like ``like``, made once per shape, device and dtype."""
+        if traced:
+            return torch.zeros_like(like)
+        key = (like.shape, like.device, like.dtype)
+        zeros = self._flags.get("zeros")
+        if zeros is None or zeros[0] != key:
+            zeros = self._flags["zeros"] = (key, torch.zeros_like(like))
+        return zeros[1]
 
     def _apply(self, gi: int, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                key: tuple[torch.device, torch.dtype], den: Tensor, found: Tensor, idx, traced: bool) -> None:
