@@ -238,7 +238,7 @@ def summary(bench: Path | None, checks: Path | None) -> str:
         for name, t in WHOLE_TARGETS.items():
             r = whole.get(name)
             if r:
-                mine, sgd = r.get("ssgd_syncs") or {}, r.get("sgd_syncs") or {}
+                mine = r.get("ssgd_syncs") or {}
                 in_step = mine.get("step", r["ssgd_step_syncs"])
                 ok = r["ssgd_ratio"] <= t and not in_step and not r["ssgd_step_syncs"]
                 lines.append(f"| {name} | {r['batch']} | {r['sgd_ms']:.2f} | {r['ssgd_ms']:.2f} | "

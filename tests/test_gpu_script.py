@@ -52,7 +52,8 @@ elif args[:1] == ["benchmarks/gpu_checks.py"]:
         res["whole-step"] = {m: dict(batch=b, sgd_ms=10.0, ssgd_ms=10.05, ssgd_ratio=1.005, ssgd_step_syncs=0)
                              for m, b in (("resnet18", 256), ("mlp", 1024))}
         res["whole-step"]["resnet18"].update(  # a sync in the model's backward: SGD's too, not the optimizer's
-            ssgd_step_syncs=1, sgd_step_syncs=1, ssgd_syncs=dict(forward_backward=1, step=0, sites=["forward_backward: x.py:7"]))
+            ssgd_step_syncs=1, sgd_step_syncs=1,
+            ssgd_syncs=dict(forward_backward=1, step=0, sites=["forward_backward: x.py:7"]))
     else:
         res["ddp"] = {"nccl": {"ok": True, "fastest_step_ms": 2.0, "replicas_identical": True}}
     json.dump(res, open(path, "w"))

@@ -284,7 +284,8 @@ class SSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], int]] = []  # (index, group, params, grads, offset)
+        # (group index, group, params with a gradient, their gradients, offset in ``grads``)
+        work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], int]] = []
         grads: list[Tensor] = []
         for gi, group in enumerate(self.param_groups):
             ps = group["params"]
@@ -313,7 +314,7 @@ class SSGD(Optimizer):
             raise
         scopes = {group["scope"] for _, group, *_ in work}
         joint = bad = None
-        if "global" in scopes:  # one norm over every global-scope group: non-finite if a gradient is, or if it overflows
+        if "global" in scopes:  # one norm over all global-scope groups: non-finite if a gradient is, or if it overflows
             gn = norms if len(scopes) == 1 else torch.cat([norms[o:o + len(gs)] for _, group, _, gs, o in work
                                                            if group["scope"] == "global"])
             joint = unit_denominator(gn, "global", self.defaults["eps"]).float()  # the kernel's dtype

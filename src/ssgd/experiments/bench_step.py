@@ -340,7 +340,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['size']} | {r['n_params'] / 1e6:.1f}M | {r['n_tensors']} | {r['device']} | "
                      f"{r['threads']} | {r['momentum']:g} | {r['scope']} | {r['sgd_ms']:.2f} | {r['ssgd_ms']:.2f} | "
                      f"{r['ratio']:.2f}x | {r['paired_ratio']:.2f}x | {r['fastest_ratio']:.2f}x | "
-                     f"{r['syncs']}, {r['sgd_syncs']} | {r['ops']}, {r['sgd_ops']} | {r['launches']}, {r['sgd_launches']} |")
+                     f"{r['syncs']}, {r['sgd_syncs']} | {r['ops']}, {r['sgd_ops']} | "
+                     f"{r['launches']}, {r['sgd_launches']} |")
     return "\n".join(lines)
 
 
