@@ -204,6 +204,21 @@ def test_nonfinite_skip_counts_and_leaves_params_bit_identical(scope):
     assert opt2.skipped_steps == 2
 
 
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("cfg", [dict(), dict(weight_decay=0.1, decoupled_weight_decay=True), dict(maximize=True),
+                                 dict(momentum=0.9, weight_decay=0.1, decoupled_weight_decay=True)])
+def test_a_skipped_step_moves_nothing_whatever_the_options(scope, cfg):
+    ps = _params()
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, nonfinite="skip", **cfg)
+    _set_grads(ps, 1)
+    opt.step()
+    _set_grads(ps, 2)
+    ps[2].grad[0, 1, 0] = float("inf")
+    before = [_bits(p) for p in ps]
+    opt.step()
+    assert opt.skipped_steps == 1 and all(torch.equal(_bits(p), b) for p, b in zip(ps, before))
+
+
 def test_nonfinite_mixed_group_policies():
     a, b = _params()[:2]
     opt = ssgd.SSGD([{"params": [a], "nonfinite": "skip"}, {"params": [b]}], lr=0.1)  # default raise
@@ -431,11 +446,13 @@ def test_equals_torch_sgd_on_hand_normalised_gradient(dtype, scope, cfg):
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
-def test_decoupled_weight_decay(scope):
+@pytest.mark.parametrize("momentum, maximize", [(0.9, False), (0.0, False), (0.0, True)])
+def test_decoupled_weight_decay(scope, momentum, maximize):
     ps = _params()
     ref = [p.detach().clone().requires_grad_() for p in ps]
-    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=0.9, weight_decay=0.3, decoupled_weight_decay=True)
-    sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.9)
+    opt = ssgd.SSGD(ps, lr=0.1, scope=scope, momentum=momentum, weight_decay=0.3, decoupled_weight_decay=True,
+                    maximize=maximize)
+    sgd = torch.optim.SGD(ref, lr=0.1, momentum=momentum, maximize=maximize)
     for step in range(3):
         _set_grads(ps, 30 + step)
         for r, u in zip(ref, _unit_by_hand([p.grad for p in ps], scope)):

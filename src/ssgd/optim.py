@@ -27,11 +27,19 @@ the update is torch's own fused SGD kernel (``torch._fused_sgd_``, what
   gradients under AMP;
 * layer scope divides each gradient by its own norm first, in place (``torch._foreach_div_``;
   ``.grad`` holds the unit vector, also on a skipped step, except for the non-finite tensors,
-  which are left as they are), then steps.
+  which are left as they are), then steps. With a list of one 0-dim norm per tensor that
+  division is off torch's CUDA foreach fast path: on a GPU it is one small kernel per tensor
+  (torch has no foreach kernel with per-tensor device scalars); ``torch.compile`` of the step
+  hands the division to Inductor instead.
 
 Weight decay is *coupled* by default (added to the unit vector, like ``torch.optim.SGD`` adds
 it to the gradient: the decay is then relative to a step of length 1); pass
-``decoupled_weight_decay=True`` for AdamW-style decay ``θ ← (1 - lr·λ) θ``.
+``decoupled_weight_decay=True`` for AdamW-style decay ``θ ← (1 - lr·λ) θ`` (without momentum
+the two are the same update, and the kernel's own decay does it).
+
+A step dispatches the same number of ops whatever the number of tensors: 7 to 9 with the
+kernel (the norms, the joint norm and its floor, ``found_inf``, ``lr / denominator``, the
+skip counter), about a kernel launch each on a GPU.
 
 The step never reads a tensor value on the host, on every device: it compiles to one graph
 and can be captured in a CUDA graph. A non-finite gradient (NaN/inf, or a norm that
@@ -39,9 +47,10 @@ overflows its float32 accumulation) is the kernel's ``found_inf``: that step mov
 parameter and no momentum buffer, on every policy. ``nonfinite="skip"`` counts it in
 :attr:`SSGD.skipped_steps`; ``nonfinite="raise"`` raises :class:`~ssgd.NonFiniteGradientError`,
 naming the parameter, as soon as the flag can be read without waiting for the device: at the
-end of that step on the CPU, at the start of a later ``step()`` on a GPU (the flag is copied to
-pinned memory and read once its event has completed), or at once by :meth:`SSGD.check_finite`
-(which waits; what a compiled training loop calls, e.g. once per epoch).
+end of that step on the CPU, at the start of a later ``step()`` on a GPU (the one-float flag is
+copied to pinned memory and read once its event has completed; only a failed step's norms are
+then read back, to name the parameter), or at once by :meth:`SSGD.check_finite` (which waits;
+what a compiled training loop calls, e.g. once per epoch).
 """
 
 from __future__ import annotations
