@@ -97,7 +97,7 @@ def _validate(lr, momentum, dampening, nesterov, weight_decay, eps, scope, nonfi
 
 def _found_inf(times_zero: Tensor) -> Tensor:
     """The ``found_inf`` of torch's fused optimizer kernels (float32 1.0: this step moves nothing) from a value
-    ``x * 0``, which is 0 exactly when ``x`` is finite."""
+    like ``x - x`` or ``x * 0``, which is 0 exactly when ``x`` is finite."""
     found = times_zero.ne_(0)
     return found if found.dtype == torch.float32 else found.float()
 
@@ -110,6 +110,11 @@ def _fused_sgd_wide_(params: list[Tensor], grads: list[Tensor], bufs: list[Tenso
     for ts, ws in zip((params, grads, bufs), wide):
         if ts:
             torch._foreach_copy_(ts, ws)
+
+
+def _spans(work: list) -> list[tuple[int, int, int, str, list[Tensor]]]:
+    """(group index, offset, count, scope, params) of each group in a step: what names a failing tensor."""
+    return [(gi, off, len(gs), group["scope"], ps) for gi, group, ps, gs, off in work]
 
 
 class SSGD(Optimizer):
@@ -246,8 +251,13 @@ class SSGD(Optimizer):
                 pi = next(j for j, q in enumerate(self.param_groups[gi]["params"]) if q is params[bad[0]])
                 raise NonFiniteGradientError(off + bad[0], self._name(gi, pi), tuple(params[bad[0]].shape))
 
-    def _remember(self, norms: Tensor, found: Tensor, spans: list, traced: bool) -> None:
+    def _remember(self, norms: Tensor, found: Tensor, work: list, traced: bool) -> None:
         """Keep this step's flag for the raise, without waiting for the device."""
+        if found.device.type == "cpu" and not traced:  # host memory already: read at once
+            if found.numpy():
+                self._check(norms.numpy().tolist(), _spans(work))
+            return
+        spans = _spans(work)
         if traced:  # compiled or captured: keep the first failing step's norms on the device
             kept = self._flags.get("kept")
             if kept is None or kept.shape != norms.shape or kept.dtype != norms.dtype:
@@ -255,10 +265,6 @@ class SSGD(Optimizer):
             first = found.bool() & (kept == 0).all()
             kept.copy_(torch.where(first, norms, kept))
             self._flags["kept_spans"] = spans
-            return
-        if found.device.type == "cpu":  # host memory already: read at once
-            if found.numpy():
-                self._check(norms.numpy().tolist(), spans)
             return
         pool = self._flags.get("pool")
         if pool:  # a flag slot whose earlier step has been read
@@ -286,13 +292,21 @@ class SSGD(Optimizer):
                                        f"{self._name(gi, pi)!r}; use a dense embedding (nn.Embedding(..., "
                                        "sparse=False)) for SSGD-trained parameters")
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
         """Perform one optimisation step. Returns the closure's loss, if any."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        prev = torch.is_grad_enabled()  # torch.no_grad() as a decorator costs more per step
+        torch.set_grad_enabled(False)
+        try:
+            self._step()
+        finally:
+            torch.set_grad_enabled(prev)
+        return loss
+
+    def _step(self) -> None:
         # (group index, group, params with a gradient, their gradients, offset in ``grads``)
         work: list[tuple[int, dict[str, Any], list[Tensor], list[Tensor], int]] = []
         grads: list[Tensor] = []
@@ -306,7 +320,7 @@ class SSGD(Optimizer):
                 work.append((gi, group, ps, gs, len(grads)))
                 grads += gs
         if not grads:
-            return loss
+            return
         traced = torch.compiler.is_compiling()
         if traced:
             self._refuse_sparse(work)  # free while tracing; an eager step finds out from the norm below
@@ -321,14 +335,14 @@ class SSGD(Optimizer):
         except (RuntimeError, NotImplementedError):
             self._refuse_sparse(work)
             raise
-        scopes = {group["scope"] for _, group, *_ in work}
+        scopes = {group["scope"] for _, group, *_ in work}  # a few groups at most
         joint = bad = None
         if "global" in scopes:  # one norm over all global-scope groups: non-finite if a gradient is, or if it overflows
             gn = norms if len(scopes) == 1 else torch.cat([norms[o:o + len(gs)] for _, group, _, gs, o in work
                                                            if group["scope"] == "global"])
             joint = unit_denominator(gn, "global", self.defaults["eps"]).float()  # the kernel's dtype
-            bad = joint.mul(0)
-        if "layer" in scopes:  # norms · 0, in one reduction: NaN if a norm is
+            bad = joint - joint
+        if "layer" in scopes:  # norms · 0 in one reduction: NaN if a norm is non-finite
             dot = torch.dot(norms, self._zeros(norms, traced))
             bad = dot if bad is None else bad.add_(dot)
         found = _found_inf(bad)
@@ -356,9 +370,7 @@ class SSGD(Optimizer):
             else:  # in place: a captured CUDA graph keeps counting on replay
                 count.add_(found.to(count.device))
         if "raise" in policies:
-            self._remember(norms, found, [(gi, off, len(gs), group["scope"], ps) for gi, group, ps, gs, off in work],
-                           traced)
-        return loss
+            self._remember(norms, found, work, traced)
 
     def _zeros(self, like: Tensor, traced: bool) -> Tensor:
         """Zeros shaped like ``like``, made once per shape, device and dtype."""

@@ -162,7 +162,8 @@ def grad_norms(tensors: Sequence[Tensor],
     buckets = group_by_device_and_dtype(ts) if groups is None else groups
     if len(buckets) == 1:  # the usual case: one device and dtype, the list as it is
         ((_, dtype),) = buckets
-        return torch.stack(torch._foreach_norm(ts, 2, dtype=None if dtype in _WIDE else torch.float32))
+        return torch.stack(torch._foreach_norm(ts) if dtype in _WIDE else
+                           torch._foreach_norm(ts, 2, dtype=torch.float32))
     dev = ts[0].device
     out = torch.float64 if any(dtype == torch.float64 for _, dtype in buckets) else torch.float32
     norms: list[Tensor] = [ts[0]] * len(ts)
