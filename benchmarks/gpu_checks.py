@@ -5,7 +5,10 @@
   many samples; plus the host synchronisations of three whole training steps of each,
   counted with ``torch.cuda.set_sync_debug_mode("warn")``, split into zero_grad + forward +
   backward and ``opt.step()``, with the source lines that made them (a sync in the model's
-  forward or backward is SGD's too, and not the optimizer's);
+  forward or backward is SGD's too, and not the optimizer's); and the kernels an SSGD step
+  is made of (``_foreach_norm``, the joint norm, torch's fused SGD kernel in its three forms,
+  the per-tensor division of layer scope) timed alone next to SGD(foreach)'s at 11.7M, 124M
+  and 1B parameters: the floor under each isolated-step ratio;
 * ``ddp``: the SSGD DDP communication hook over NCCL with two processes on GPU 0 (NCCL
   usually refuses two ranks on one device: then the reason is recorded, and the check is
   repeated over gloo with CUDA tensors where gloo allows it);
@@ -97,6 +100,43 @@ def _step_syncs(model, opt, x, y, dev: torch.device, steps: int = 3) -> dict | N
             counts[phase].append(n)
             sites.update(f"{phase}: {w}" for w in where)
     return {**{k: max(v) for k, v in counts.items()}, "sites": sorted(sites)[:8]}
+
+
+def _kernel_fns(size: str, dev: torch.device) -> dict:
+    """The kernels of one step at ``size``, on random tensors, each a function."""
+    from ssgd.experiments.bench_step import param_shapes
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    ps = [torch.randn(s, device=dev, generator=g) for s in param_shapes(size)]
+    gs = [torch.randn(s, device=dev, generator=g) for s in param_shapes(size)]
+    bufs = [torch.zeros_like(p) for p in ps]
+    lr, one, zero = (torch.tensor(v, device=dev) for v in (1e-3, 1.0, 0.0))
+    kw = dict(weight_decay=0.0, dampening=0.0, nesterov=False, maximize=False, found_inf=zero)
+    norms = torch._foreach_norm(gs)
+    return {
+        "sgd_foreach_add": lambda: torch._foreach_add_(ps, gs, alpha=-1e-3),
+        "foreach_norm": lambda: torch._foreach_norm(gs),
+        "stack_joint_norm": lambda: torch.linalg.vector_norm(torch.stack(norms)),
+        "fused_tensor_lr": lambda: torch._fused_sgd_(ps, gs, [], momentum=0.0, lr=lr, is_first_step=False, **kw),
+        "fused_grad_scale": lambda: torch._fused_sgd_(ps, gs, [], momentum=0.0, lr=1e-3, is_first_step=False,
+                                                      grad_scale=one, **kw),
+        "fused_momentum": lambda: torch._fused_sgd_(ps, gs, bufs, momentum=0.9, lr=1e-3, is_first_step=False,
+                                                    grad_scale=one, **kw),
+        "foreach_div_0dim_list": lambda: torch._foreach_div_(gs, [one] * len(gs)),
+    }
+
+
+def kernels(samples: int, dev: torch.device, small: bool = False) -> dict:
+    """Fastest time (ms) of each kernel an SSGD step is made of, and of SGD(foreach)'s, at each size: where
+    the isolated step's excess over SGD goes (bandwidth of a kernel, or launches and Python around them)."""
+    from ssgd.experiments.bench_step import param_shapes
+
+    out = {}
+    for size in ("tiny",) if small else ("11.7M", "124M", "1B"):
+        out[size] = {"tensors": len(param_shapes(size)), **_fastest(_kernel_fns(size, dev), samples, dev)}
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def whole_step(samples: int, dev: torch.device, small: bool = False) -> dict:
@@ -246,6 +286,14 @@ def summary(bench: Path | None, checks: Path | None) -> str:
                              f"{r.get('sgd_step_syncs')} | {'; '.join(mine.get('sites', [])) or '-'} |")
     else:
         lines.append("\nwhole step: no result (see run.log)")
+    kern = whole.get("kernels", {})
+    if kern:
+        names = [k for k in next(iter(kern.values())) if k != "tensors"]
+        lines += ["", "kernel floor (fastest ms; an SSGD step is foreach_norm + stack_joint_norm + a fused kernel, "
+                      "plus a few 1-element ops; layer scope adds foreach_div_0dim_list)", "",
+                  "| size | tensors | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+        for size, r in kern.items():
+            lines.append(f"| {size} | {r['tensors']} | " + " | ".join(f"{r[k]:.3f}" for k in names) + " |")
     ddp = res.get("ddp", {})
     for backend, r in ddp.items() if isinstance(ddp, dict) else []:
         if isinstance(r, dict):
@@ -277,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     else:
         dev = torch.device("cuda")
-    fn = {"whole-step": lambda: whole_step(args.samples, dev, args.cpu_smoke),
+    fn = {"whole-step": lambda: {**whole_step(args.samples, dev, args.cpu_smoke),
+                                 "kernels": kernels(args.samples, dev, args.cpu_smoke)},
           "ddp": lambda: ddp(args.samples)}[args.check]
     res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
            **fn()}

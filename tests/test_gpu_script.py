@@ -188,6 +188,9 @@ def test_gpu_checks_code_path_runs_on_cpu(tmp_path):
     res = json.loads(out.read_text())["whole-step"]
     assert res["resnet18"]["ssgd_ratio"] > 0 and res["mlp"]["batch"] == 8
     assert res["mlp"]["ssgd_step_syncs"] is None  # counted on CUDA only
+    kern = res["kernels"]["tiny"]  # the kernels a step is made of, timed alone
+    assert kern["tensors"] == 4 and all(kern[k] > 0 for k in ("sgd_foreach_add", "foreach_norm", "fused_tensor_lr"))
     s = subprocess.run([sys.executable, str(CHECKS), "summary", "--json", str(out)], capture_output=True, text=True,
                        timeout=120, env=env, cwd=REPO)
     assert s.returncode == 0 and "| mlp | 8 |" in s.stdout and "no bench_step.json" in s.stdout
+    assert "| tiny | 4 | " in s.stdout and "foreach_div_0dim_list" in s.stdout
