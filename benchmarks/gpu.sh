@@ -38,7 +38,7 @@ DATA_DIR="${SSGD_FMNIST_DIR:-}"
 WHEELS_DIR="${WHEELS_DIR:-$REPO/.wheels}"
 
 usage() {
-  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
   --dry-run               print the plan and exit (no GPU needed)
