@@ -13,7 +13,8 @@
 #   1. tests  the CUDA-parametrised tests (pytest -k cuda over the test files that have a cuda case)
 #   2. bench  isolated step at 11.7M, 124M and 1B parameters, SGD(foreach) vs SSGD global/layer, momentum 0 and
 #             0.9, with host syncs and ops per step (ssgd bench step --device cuda); extra flags: $BENCH_STEP_ARGS
-#   3. whole  forward + backward + step, SGD vs SSGD: ResNet-18 at batch 256, the Table 2 MLP at batch 1024
+#   3. whole  forward + backward + step, SGD vs SSGD: ResNet-18 at batch 256, the Table 2 MLP at batch 1024, with
+#             the syncs of each (forward/backward and opt.step apart); the kernels of a step timed alone
 #   4. ddp    the SSGD DDP hook over NCCL with two processes on one GPU (gloo with CUDA tensors if NCCL refuses)
 #   5. dp     ssgd reproduce privacy --benchmark --device cuda (its own limit, --dp-budget; $DP_ARGS appended)
 #   6. table2 (only with --table2) the batch >= 1024 cells of Table 2 in the time --table2-budget gives
@@ -37,7 +38,7 @@ DATA_DIR="${SSGD_FMNIST_DIR:-}"
 WHEELS_DIR="${WHEELS_DIR:-$REPO/.wheels}"
 
 usage() {
-  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
   --dry-run               print the plan and exit (no GPU needed)
@@ -91,7 +92,7 @@ plan() {
   if [ -d "$WHEELS_DIR" ]; then echo "  0. wheels  pip install --no-deps --no-index $WHEELS_DIR/*.whl (into a temporary folder)"; fi
   echo "  1. tests   (${T_TESTS}s)  pytest -k cuda on the test files with a cuda case"
   echo "  2. bench   (${T_BENCH}s)  ssgd bench step --device cuda --sizes $SIZES --models none ${BENCH_STEP_ARGS:-}"
-  echo "  3. whole   (${T_WHOLE}s)  benchmarks/gpu_checks.py whole-step (ResNet-18 b256, MLP b1024: forward+backward+step)"
+  echo "  3. whole   (${T_WHOLE}s)  benchmarks/gpu_checks.py whole-step (ResNet-18 b256, MLP b1024: forward+backward+step; kernel floor)"
   echo "  4. ddp     (${T_DDP}s)  benchmarks/gpu_checks.py ddp (SSGD hook, NCCL, 2 processes on GPU 0)"
   if [ -n "$DATA_DIR" ]; then
     echo "  5. dp      (${DP_BUDGET}s)  ssgd reproduce privacy --benchmark --device cuda --data-dir $DATA_DIR --no-progress --workers ${DP_WORKERS:-8} ${DP_ARGS:-}"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import ssgd
 from ssgd.cli import app
 from ssgd.experiments.bench_step import (StepBenchConfig, TrainBenchConfig, count_host_reads, count_ops,
-                                         param_shapes, run_step_bench, run_train_bench)
+                                         gpu_launches, param_shapes, run_step_bench, run_train_bench)
 
 runner = CliRunner()
 
@@ -38,12 +38,25 @@ def test_count_host_reads_and_ops():
     assert counter.ops == ["aten._foreach_add_.List"]
 
 
+def test_gpu_launches_follow_the_foreach_fast_path_rule():
+    a, b = [torch.ones(3, 2), torch.ones(5)], [torch.ones(3, 2), torch.ones(5)]
+    add = torch.ops.aten._foreach_add_.List
+    assert gpu_launches(add, (a, b)) == 1  # same sizes, dtype, device: one multi-tensor kernel
+    assert gpu_launches(torch.ops.aten._foreach_div_.List, (a, [torch.tensor(2.0)] * 2)) == 2  # 0-dim scales
+    assert gpu_launches(add, (a, [torch.ones(3, 2), torch.ones(5, dtype=torch.float64)])) == 2  # mixed dtypes
+    assert gpu_launches(add, (a, [torch.ones(2, 3).t(), torch.ones(5)])) == 2  # other strides
+    assert gpu_launches(torch.ops.aten._foreach_norm.Scalar, (a,)) == 1
+    assert gpu_launches(torch.ops.aten.mul.Tensor, (a[0], a[0])) == 1
+
+
 def test_step_bench_rows_with_syncs_and_ops():
     rows = run_step_bench(StepBenchConfig(sizes=("tiny",), momenta=(0.9,), repeats=2, warmup=1), progress=False)
     assert [r["scope"] for r in rows] == ["global", "layer"]
     for r in rows:
         assert r["syncs"] == 0 and r["sgd_syncs"] == 0
-        assert 0 < r["ops"] <= r["sgd_ops"] + 8
+        assert 0 < r["ops"] <= r["sgd_ops"] + 8 and r["sgd_launches"] == r["sgd_ops"]
+        # layer scope divides by a list of 0-dim norms: off the CUDA foreach fast path, a kernel per tensor
+        assert r["launches"] == r["ops"] + (0 if r["scope"] == "global" else r["n_tensors"] - 1)
         assert r["fastest_ratio"] == pytest.approx(r["ssgd_fastest_ms"] / r["sgd_fastest_ms"])
 
 

@@ -36,7 +36,7 @@ if args[:1] == ["-c"]:
 if args[:2] == ["-m", "ssgd"] and args[2:4] == ["bench", "step"]:
     os.makedirs(out("--out"), exist_ok=True)
     row = dict(size="11.7M", n_params=11.7e6, n_tensors=62, momentum=0.0, scope="global", sgd_ms=0.15, ssgd_ms=0.2,
-               ratio=1.33, fastest_ratio=1.3, syncs=0, ops=9, sgd_ops=1)
+               ratio=1.33, fastest_ratio=1.3, syncs=0, ops=9, sgd_ops=1, launches=9, sgd_launches=1)
     json.dump({"rows": [row], "train_rows": []}, open(os.path.join(out("--out"), "results.json"), "w"))
 elif args[:2] == ["-m", "ssgd"] and args[2:4] == ["reproduce", "privacy"]:
     os.makedirs(out("--out"), exist_ok=True)
@@ -51,6 +51,9 @@ elif args[:1] == ["benchmarks/gpu_checks.py"]:
     if args[1] == "whole-step":
         res["whole-step"] = {m: dict(batch=b, sgd_ms=10.0, ssgd_ms=10.05, ssgd_ratio=1.005, ssgd_step_syncs=0)
                              for m, b in (("resnet18", 256), ("mlp", 1024))}
+        res["whole-step"]["resnet18"].update(  # a sync in the model's backward: SGD's too, not the optimizer's
+            ssgd_step_syncs=1, sgd_step_syncs=1,
+            ssgd_syncs=dict(forward_backward=1, step=0, sites=["forward_backward: x.py:7"]))
     else:
         res["ddp"] = {"nccl": {"ok": True, "fastest_step_ms": 2.0, "replicas_identical": True}}
     json.dump(res, open(path, "w"))
@@ -117,6 +120,10 @@ def test_full_run_with_a_stand_in_gpu(tmp_path):
         assert f"| {step} | ok |" in summary
     assert "Stand-in GPU" in summary and "| 11.7M (11.7M) | 62 |" in summary and "| resnet18 | 256 |" in summary
     assert "DDP hook over nccl: ok" in summary
+    assert "| 1.33x | 1.30x | <= 1.5 | yes | 0 | 9, 1 | 9, 1 |" in summary
+    # the whole step's syncs, SSGD's and SGD's, and those in opt.step(): the row is not met while any is left
+    assert "| 1.005x | <= 1.01 | **no** | 1 (0) | 1 | forward_backward: x.py:7 |" in summary
+    assert "| mlp | 1024 | 10.00 | 10.05 | 1.005x | <= 1.1 | yes | 0 (0) | None | - |" in summary
 
 
 def test_a_failing_or_slow_step_is_recorded_and_the_run_goes_on(tmp_path):
@@ -181,6 +188,9 @@ def test_gpu_checks_code_path_runs_on_cpu(tmp_path):
     res = json.loads(out.read_text())["whole-step"]
     assert res["resnet18"]["ssgd_ratio"] > 0 and res["mlp"]["batch"] == 8
     assert res["mlp"]["ssgd_step_syncs"] is None  # counted on CUDA only
+    kern = res["kernels"]["tiny"]  # the kernels a step is made of, timed alone
+    assert kern["tensors"] == 4 and all(kern[k] > 0 for k in ("sgd_foreach_add", "foreach_norm", "fused_tensor_lr"))
     s = subprocess.run([sys.executable, str(CHECKS), "summary", "--json", str(out)], capture_output=True, text=True,
                        timeout=120, env=env, cwd=REPO)
     assert s.returncode == 0 and "| mlp | 8 |" in s.stdout and "no bench_step.json" in s.stdout
+    assert "| tiny | 4 | " in s.stdout and "foreach_div_0dim_list" in s.stdout

@@ -134,6 +134,9 @@ def _as_list(tensors: Tensor | Iterable[Tensor]) -> list[Tensor]:
     return out
 
 
+_WIDE = (torch.float32, torch.float64)  # accumulated in their own dtype; the rest in float32
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of a norm: float64 for float64, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -153,18 +156,19 @@ def grad_norms(tensors: Sequence[Tensor],
     float32 (float64 if a tensor is float64); one ``torch._foreach_norm`` per device and
     dtype (``groups``: :func:`group_by_device_and_dtype` of ``tensors``, if the caller has it).
     A tensor holding NaN/inf, or whose norm overflows, gets a non-finite norm."""
-    ts = list(tensors)
+    ts = tensors if isinstance(tensors, list) else list(tensors)
     if not ts:
         return torch.zeros(0)
-    dev = ts[0].device
     buckets = group_by_device_and_dtype(ts) if groups is None else groups
+    if len(buckets) == 1:  # the usual case: one device and dtype, the list as it is
+        ((_, dtype),) = buckets
+        return torch.stack(torch._foreach_norm(ts) if dtype in _WIDE else
+                           torch._foreach_norm(ts, 2, dtype=torch.float32))
+    dev = ts[0].device
     out = torch.float64 if any(dtype == torch.float64 for _, dtype in buckets) else torch.float32
     norms: list[Tensor] = [ts[0]] * len(ts)
-    for (d, dtype), idx in buckets.items():
-        part = torch._foreach_norm([ts[i] for i in idx], 2, dtype=None if dtype in (torch.float32, torch.float64)
-                                   else torch.float32)
-        if len(buckets) == 1 and dtype == out:
-            return torch.stack(part)
+    for (_, dtype), idx in buckets.items():
+        part = torch._foreach_norm([ts[i] for i in idx], 2, dtype=None if dtype in _WIDE else torch.float32)
         for i, n in zip(idx, torch.stack(part).to(dev, out).unbind(0)):
             norms[i] = n
     return torch.stack(norms)

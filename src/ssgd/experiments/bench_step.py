@@ -47,7 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..optim import SSGD
 
 __all__ = ["SIZES", "TRAIN_MODELS", "StepBenchConfig", "TrainBenchConfig", "config_dict", "count_host_reads",
-           "count_ops", "format_table", "format_train_table", "param_shapes", "run_step_bench", "run_train_bench"]
+           "count_ops", "format_table", "format_train_table", "gpu_launches", "param_shapes", "run_step_bench",
+           "run_train_bench"]
 
 
 def _resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
@@ -82,7 +83,24 @@ SIZES = {
 SIZES["11.7M"], SIZES["124M"], SIZES["1B"] = SIZES["resnet18"], SIZES["gpt2"], SIZES["gpt1b"]
 
 
-_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+# aten ops whose result depends on tensor values on the host (each a synchronisation on a GPU); item(), bool(),
+# float() reach aten._local_scalar_dense through the methods above and are counted there
+_DATA_DEPENDENT = ("aten.nonzero.", "aten.masked_select.", "aten.unique", "aten._unique", "aten.equal.",
+                   "aten.repeat_interleave.Tensor", "aten.bincount.", "aten.histc.", "aten.allclose.")
+
+
+class _DataDependentOps(TorchDispatchMode):
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name.startswith(_DATA_DEPENDENT) and not (name.startswith("aten.repeat_interleave")
+                                                      and (kwargs or {}).get("output_size") is not None):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -90,8 +108,10 @@ def count_host_reads(device: torch.device):
     """Count the host synchronisations inside the block; yields a list that gets one entry per sync.
 
     CUDA: the synchronising operations reported by ``torch.cuda.set_sync_debug_mode("warn")``.
-    CPU: the calls of ``Tensor.item/tolist/__bool__/__float__/__int__`` (a host read of a tensor
-    value; on a GPU each would be a synchronisation)."""
+    CPU: what would be one on a GPU: the calls of ``Tensor.item/tolist/__bool__/__float__/__int__/__index__``
+    (a host read of a tensor value) and the aten ops whose output depends on the values (``nonzero``,
+    ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``, ...). Reading host memory
+    through ``.numpy()`` is not counted: that is how a pinned copy is read once its CUDA event has completed."""
     calls: list[str] = []
     if device.type == "cuda":
         old = torch.cuda.get_sync_debug_mode()
@@ -102,7 +122,7 @@ def count_host_reads(device: torch.device):
                 yield calls
             finally:
                 torch.cuda.set_sync_debug_mode(old)
-        calls.extend(str(w.message) for w in caught if "synchroniz" in str(w.message))
+        calls.extend(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
         return
     orig = {n: getattr(torch.Tensor, n) for n in _READS}
 
@@ -115,25 +135,53 @@ def count_host_reads(device: torch.device):
     try:
         for n, fn in orig.items():
             setattr(torch.Tensor, n, wrap(n, fn))
-        yield calls
+        with _DataDependentOps(calls):
+            yield calls
     finally:
         for n, fn in orig.items():
             setattr(torch.Tensor, n, fn)
 
 
+def gpu_launches(func, args) -> int:
+    """Kernels an aten op launches on a GPU, as far as the op and its arguments tell: 1, except a foreach op
+    that torch's CUDA fast path refuses, which runs one kernel per tensor. The rule is ATen's
+    ``check_fast_path_restrictions`` (``ATen/native/ForeachUtils.h``): every tensor on one device, strided and
+    dense, one dtype; corresponding tensors of the lists of the same sizes and strides (a list of 0-dim
+    scale tensors next to the gradients fails it)."""
+    if not str(func).startswith("aten._foreach_"):
+        return 1
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    if not lists:
+        return 1
+    first = lists[0]
+    dev, dtype = first[0].device, first[0].dtype
+    for ts in lists:
+        for t in ts:
+            if t.device != dev or t.dtype != dtype or t.layout != torch.strided or not t.is_contiguous():
+                return len(first)
+    for ts in lists[1:]:
+        for a, b in zip(first, ts):
+            if a.shape != b.shape or any(n != 1 and s != r for n, s, r in zip(a.shape, a.stride(), b.stride())):
+                return len(first)
+    return 1
+
+
 class count_ops(TorchDispatchMode):
     """Context manager: the aten ops dispatched inside it that compute (``.ops``); views,
-    allocations and profiler markers launch no kernel and are not counted."""
+    allocations and profiler markers launch no kernel and are not counted. ``.launches``: the kernels
+    they would launch on a GPU (:func:`gpu_launches`; a foreach op off torch's fast path is one per tensor)."""
 
     FREE = ("aten.detach.", "aten.slice.", "aten.unbind.", "aten.view.", "aten.alias.", "aten.empty.", "profiler.")
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[str] = []
+        self.launches = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not str(func).startswith(self.FREE):
             self.ops.append(str(func))
+            self.launches += gpu_launches(func, args)
         return func(*args, **(kwargs or {}))
 
 
@@ -202,11 +250,11 @@ def _count_step_syncs(opt: torch.optim.Optimizer, device: torch.device) -> int:
     return len(reads)
 
 
-def _count_step_ops(opt: torch.optim.Optimizer) -> int:
-    """Ops of one ``opt.step()`` (gradients already in place)."""
+def _count_step_ops(opt: torch.optim.Optimizer) -> tuple[int, int]:
+    """Ops of one ``opt.step()`` (gradients already in place), and the kernels they would launch on a GPU."""
     with count_ops() as counter:
         opt.step()
-    return len(counter.ops)
+    return len(counter.ops), counter.launches
 
 
 def _alternate(fns: dict[str, Callable[[], None]], rounds: int, warmup: int, device: torch.device, bar,
@@ -257,11 +305,11 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
                                                                               foreach=True)}
             for scope in cfg.scopes:
                 opts[scope] = SSGD(params, lr=cfg.lr, momentum=mom, scope=scope)
-            syncs, ops = {}, {}
+            syncs, ops, launches = {}, {}, {}
             for k, opt in opts.items():
                 opt.step()  # the first step creates the momentum buffers: count a steady one
                 syncs[k] = _count_step_syncs(opt, device)
-                ops[k] = _count_step_ops(opt)
+                ops[k], launches[k] = _count_step_ops(opt)
             times = _alternate({k: o.step for k, o in opts.items()}, cfg.repeats, cfg.warmup, device, bar)
             base = statistics.median(times["sgd"])
             fast_base = min(times["sgd"])
@@ -274,6 +322,7 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
                                  sgd_fastest_ms=1e3 * fast_base, ssgd_fastest_ms=1e3 * min(times[scope]),
                                  fastest_ratio=min(times[scope]) / fast_base if fast_base > 0 else math.nan,
                                  syncs=syncs[scope], sgd_syncs=syncs["sgd"], ops=ops[scope], sgd_ops=ops["sgd"],
+                                 launches=launches[scope], sgd_launches=launches["sgd"],
                                  repeats=cfg.repeats, threads=torch.get_num_threads()))
             del opts
         del params
@@ -284,14 +333,15 @@ def run_step_bench(cfg: StepBenchConfig, *, progress: bool = True) -> list[dict[
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the rows."""
     head = ("| size | params | tensors | device | threads | momentum | scope | SGD ms | SSGD ms | SSGD/SGD "
-            "| paired | fastest | syncs/step (SSGD, SGD) | ops/step (SSGD, SGD) |\n"
-            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|")
+            "| paired | fastest | syncs/step (SSGD, SGD) | ops/step (SSGD, SGD) | GPU launches/step (SSGD, SGD) |\n"
+            "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['size']} | {r['n_params'] / 1e6:.1f}M | {r['n_tensors']} | {r['device']} | "
                      f"{r['threads']} | {r['momentum']:g} | {r['scope']} | {r['sgd_ms']:.2f} | {r['ssgd_ms']:.2f} | "
                      f"{r['ratio']:.2f}x | {r['paired_ratio']:.2f}x | {r['fastest_ratio']:.2f}x | "
-                     f"{r['syncs']}, {r['sgd_syncs']} | {r['ops']}, {r['sgd_ops']} |")
+                     f"{r['syncs']}, {r['sgd_syncs']} | {r['ops']}, {r['sgd_ops']} | "
+                     f"{r['launches']}, {r['sgd_launches']} |")
     return "\n".join(lines)
 
 
