@@ -52,7 +52,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import ImageDataset
 from ..distributed.ddp import register
 from ..loop import backward
-from ..report.io import atomic_write_text
 from ..shards import split_shards
 from .train import CHECKPOINT, TrainConfig, TrainEngine, TrainResult, fit, load_train_checkpoint
 
@@ -204,23 +203,6 @@ class DDPEngine(TrainEngine):
         dist.all_reduce(same, op=dist.ReduceOp.MIN, group=self.group)
         self.identical = bool(same.item() == 1.0)
         return {"nodes": self.nodes, "backend": self.backend, "replicas_identical": self.identical}
-
-    def report(self, run_dir, cfg, res, extra):
-        world = self.nodes
-        hook = f"SSGD hook (scope={cfg.scope}, reduce=sum)" if cfg.optimizer == "ssgd" else "DDP default all-reduce"
-        lines = [
-            f"# ssgd train --nodes {world}", "",
-            f"{world} processes ({self.backend}), {hook}; optimizer `{cfg.optimizer}`, model `{cfg.model}`, "
-            f"dataset `{cfg.dataset}`, global batch {cfg.batch_size} ({cfg.batch_size // world}+ per node), "
-            f"{cfg.epochs} epochs, seed {cfg.seed}.", "",
-            f"- final test accuracy: **{res.test_acc:.4f}**",
-            f"- wall time: {res.seconds:.1f} s",
-            f"- replicas bit-identical at the end: {extra['replicas_identical']}",
-            "- `train_loss` is the loss on rank 0's own shards (no rank sends its loss).", "",
-            "Files: [config.json](config.json), [metrics.json](metrics.json), [metrics.csv](metrics.csv), "
-            f"[{CHECKPOINT}]({CHECKPOINT}).", "",
-        ]
-        atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
 
 def train_ddp(cfg: TrainConfig, run_dir: str | Path | None = None, *, data: ImageDataset | None = None,
