@@ -297,7 +297,7 @@ def test_checkpoint_on_rank0_and_resume_reach_the_same_weights(ddp_results):
     assert ck["epoch"] == 2 and ck["nodes"] == W.WORLD
     for k, v in ck["model"].items():
         assert torch.equal(v, res[0]["train"]["resumed"][k])
-    assert {"config.json", "metrics.json", "metrics.csv", "report.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.json", "metrics.csv", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
