@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -111,12 +112,17 @@ def check_nonfinite(nonfinite: str) -> str:
     return nonfinite
 
 
+def check_nonnegative(name: str, value: Any, hint: str = "") -> float:
+    """Return ``value`` as a float if it is a finite number >= 0 (not a bool), else a ValueError naming
+    ``name`` and the fix (``hint``). The one rule for gamma, noise multipliers and other such scalars."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+        raise ValueError(f"Invalid {name}={value!r}; must be a finite number >= 0" + (f" ({hint})" if hint else ""))
+    return float(value)
+
+
 def check_gamma(gamma: float) -> float:
     """Return ``gamma`` as a float if it is a finite number >= 0, else a ValueError naming it and the fix."""
-    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0.0 <= gamma < math.inf):
-        raise ValueError(f"Invalid gamma={gamma!r}; must be a finite number >= 0 "
-                         "(0: unit vectors; > 0: automatic clipping g / (||g|| + gamma), e.g. 0.01)")
-    return float(gamma)
+    return check_nonnegative("gamma", gamma, "0: unit vectors; > 0: automatic clipping g / (||g|| + gamma), e.g. 0.01")
 
 
 

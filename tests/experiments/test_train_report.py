@@ -53,7 +53,7 @@ def test_foreign_text_in_config_is_escaped(tmp_path):
     _folder(tmp_path, config={"model": "<img src=x onerror=alert(1)>](http://evil)"})
     report = write_train_report(tmp_path).read_text()
     assert "<img" not in report and "&lt;img" in report
-    assert "\\](http://evil)" in report  # the link bracket is escaped: no link, no image
+    assert "\\](http\\://evil)" in report  # the link bracket and the autolink are escaped: no link, no image
 
 
 @pytest.mark.parametrize("history", [

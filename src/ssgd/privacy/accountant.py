@@ -24,6 +24,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..transform import check_nonnegative
+
 __all__ = [
     "ACCOUNTANTS",
     "PrivacyBudgetError",
@@ -45,11 +47,8 @@ class PrivacyBudgetError(ValueError):
 
 
 def check_noise_multiplier(noise_multiplier: float) -> float:
-    if noise_multiplier is None or not isinstance(noise_multiplier, (int, float)) or math.isnan(noise_multiplier) \
-            or noise_multiplier < 0 or math.isinf(noise_multiplier):
-        raise ValueError(f"Invalid noise_multiplier={noise_multiplier!r}; must be a finite number >= 0 "
-                         "(the noise standard deviation in units of the sensitivity; 0 = no noise, no privacy)")
-    return float(noise_multiplier)
+    return check_nonnegative("noise_multiplier", noise_multiplier,
+                             "the noise standard deviation in units of the sensitivity; 0 = no noise, no privacy")
 
 
 def check_delta(delta: float) -> float:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, ReleaseBudget
-from ...transform import DEFAULT_EPS, check_eps, check_scope
+from ...transform import DEFAULT_EPS, check_eps, check_nonnegative, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
@@ -232,11 +232,9 @@ class NodePolicy:
             raise PolicyError(f"no noise multiplier: the request has no {keys.DP_NOISE_MULTIPLIER!r} and "
                               "LocalNoiseMod(noise_multiplier=...) was not set; not sent")
         try:
-            s = _number(keys.DP_NOISE_MULTIPLIER, sigma)
-        except ValueError:
-            raise PolicyError(f"Invalid {keys.DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0") from None
-        if s < 0:
-            raise PolicyError(f"Invalid {keys.DP_NOISE_MULTIPLIER}={sigma!r}; must be a finite number >= 0")
+            s = check_nonnegative(keys.DP_NOISE_MULTIPLIER, sigma)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
         if s < self.min_noise_multiplier:
             raise PolicyError(f"the server asks {keys.DP_NOISE_MULTIPLIER}={s:g}, below this node's minimum "
                               f"{self.min_noise_multiplier:g} (node config {MIN_NOISE_MULTIPLIER}); not sent")
