@@ -1,0 +1,88 @@
+"""Red team of 2026-12-04, second pass (outside the code): routes the principle forbids that are still open.
+
+RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes the product and keeps the test.
+
+1. **A delta-mode node's norm, through float32 rounding of w' (server-chosen ``client-lr`` and model).**
+   The node sends (w' - w)/|w' - w| and never w', so that the modulus stays hidden. But w' = fl32(w - lr*g)
+   is rounded, and the server chooses both w and ``client-lr`` (any float > 0). With one weight set to
+   exactly 1.0, that coordinate of the unit vector is exactly 0 iff lr*|g_i| is below half an ulp of 1:
+   a threshold test on |g_i|. Bisecting lr over rounds (same batch: the server's seed and round) gives
+   |g_i|; u_i is in any reply; |g| = |g_i|/|u_i|. Measured through the packaged ClientApp (default node,
+   ``ssgd-mode=delta``, local-steps 1): relative error 8e-7 at batch 32 and 4e-8 at batch 1 (where norm and
+   unit vector are the raw gradient), 43 replies, no error reply and no metric
+   (probes/p5_delta_client_lr_norm.py).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flower_helpers import identity  # noqa: E402
+
+RUN = {"num-rounds": 1, "mode": "delta", "model": "mlp", "seed": 0}
+
+
+def _context(node_config):
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=1001, node_config={"partition-id": 0, "num-partitions": 3, **node_config},
+                   state=RecordDict(), run_config=dict(RUN))
+
+
+def _ask(ctx, arrays, config, i):
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    from ssgd.distributed.flower.client_app import app
+    from ssgd.distributed.flower.local import with_message_id
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    identity()
+    msg = with_message_id(Message(RecordDict({"arrays": record_from_arrays(arrays), "config": ConfigRecord(config)}),
+                                  dst_node_id=1001, message_type=MessageType.TRAIN), f"m-{i}")
+    return app(msg, ctx)
+
+
+def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime():
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.task import load_arrays, local_update, make_model, node_share, param_arrays
+
+    cfg = FlowerRunConfig.from_mapping(RUN)
+    w = param_arrays(make_model(cfg))
+    name, i = "net.5.bias", 3
+    w[name][i] = np.float32(1.0)  # the probe coordinate: one ulp of 1 is 2**-23 above, 2**-24 below
+    ctx = _context({"ssgd-mode": "delta"})  # a default node that computes deltas
+    calls = iter(range(10**6))
+
+    def coordinate(lr):
+        r = _ask(ctx, w, {"ssgd-mode": "delta", "batch-size": 1, "local-steps": 1, "client-lr": float(lr), "seed": 0,
+                          "server-round": 1}, next(calls))
+        if r.has_error():
+            return None
+        return float(np.asarray(r.content["arrays"][name].numpy())[i])
+
+    ui = coordinate(1.0)
+    assert ui is not None and ui != 0.0  # precondition: an ordinary reply
+    half_ulp = 2.0 ** -25 if ui < 0 else 2.0 ** -24  # delta_i = -lr*g_i: g_i > 0 rounds 1 - x to 1 below 2**-25
+    lo, hi = -40.0, 10.0  # log2(lr)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        c = coordinate(2.0 ** mid)
+        if c == 0.0:
+            lo = mid
+        else:
+            hi = mid
+    estimate = half_ulp / 2.0 ** hi / abs(ui)
+
+    # what the node computed: the gradient of the same batch at the same model
+    import torch
+
+    x, y = node_share(cfg, 0, 3)
+    g, _, _ = local_update(load_arrays(make_model(cfg), w), x, y, mode="fedsgd", batch_size=1, local_steps=1,
+                           client_lr=1.0, generator=torch.Generator().manual_seed(1 * 1_009))
+    true = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
+    # the norm is the one number SSGD hides: the server must not get it back, not even to 1%
+    assert abs(estimate - true) / true > 1e-2, f"|g| recovered: {estimate:.6g} vs {true:.6g}"
