@@ -11,6 +11,13 @@ RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes th
    ``ssgd-mode=delta``, local-steps 1): relative error 8e-7 at batch 32 and 4e-8 at batch 1 (where norm and
    unit vector are the raw gradient), 43 replies, no error reply and no metric
    (probes/p5_delta_client_lr_norm.py).
+2. **A default fedsgd node's norm, through float32 underflow of the softmax (server-chosen model).**
+   For a class k other than the example's label, the gradient of the last-layer bias b_k is p_k/B, and
+   log p_k = b_k + c with c a function of the node's example (lse does not move while p_k is tiny). The
+   server lowers b_k until u_k is exactly 0: float32 exp underflows at a fixed log-value T that the server
+   calibrates offline with the same torch, so the threshold b* gives c = T - b*; at b_k = -50, u_k =
+   exp(-50 + c)/B/|g| gives |g|. Default node (fedsgd, min-batch-size 1): relative error 3.7e-6, 44 replies
+   (probes/p6_fedsgd_underflow_norm.py). At batch 1 the norm and the unit vector are the raw gradient.
 """
 from __future__ import annotations
 
@@ -85,4 +92,55 @@ def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime()
                            client_lr=1.0, generator=torch.Generator().manual_seed(1 * 1_009))
     true = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
     # the norm is the one number SSGD hides: the server must not get it back, not even to 1%
+    assert abs(estimate - true) / true > 1e-2, f"|g| recovered: {estimate:.6g} vs {true:.6g}"
+
+
+def test_a_default_fedsgd_node_does_not_reveal_its_norm_through_softmax_underflow():
+    import torch
+    import torch.nn.functional as F
+
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.task import load_arrays, local_update, make_model, node_share, param_arrays
+
+    run = {**RUN, "mode": "fedsgd"}
+    cfg = FlowerRunConfig.from_mapping(run)
+    w = param_arrays(make_model(cfg))
+    ctx = _context({})  # a default node
+    ctx.run_config.update(run)
+    calls = iter(range(10**6))
+
+    def bias(k=None, bk=None):
+        ww = {n: a.copy() for n, a in w.items()}
+        if k is not None:
+            ww["net.5.bias"][k] = np.float32(bk)
+        r = _ask(ctx, ww, {"batch-size": 1, "seed": 0, "server-round": 1}, next(calls))
+        assert not r.has_error()
+        return np.asarray(r.content["arrays"]["net.5.bias"].numpy())
+
+    # the server, offline: the log-probability below which a logit's cross-entropy gradient is exactly 0
+    lo, hi = -200.0, -50.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        z = torch.zeros(1, 10)
+        z[0, 1] = mid
+        z.requires_grad_(True)
+        F.cross_entropy(z, torch.tensor([0])).backward()
+        lo, hi = (mid, hi) if z.grad[0, 1] == 0 else (lo, mid)
+    z = torch.zeros(1, 10)
+    z[0, 1] = hi
+    T = float(torch.log_softmax(z, 1)[0, 1])
+
+    k = (int(np.argmin(bias())) + 1) % 10  # a class other than the example's label (the bias's negative entry)
+    lo, hi = -300.0, -50.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bias(k, mid)[k] == 0 else (lo, mid)
+    estimate = math.exp(-50.0 + T - hi) / float(bias(k, -50.0)[k])
+
+    ww = {n: a.copy() for n, a in w.items()}
+    ww["net.5.bias"][k] = np.float32(-50.0)
+    x, y = node_share(cfg, 0, 3)
+    g, _, _ = local_update(load_arrays(make_model(cfg), ww), x, y, mode="fedsgd", batch_size=1, local_steps=1,
+                           client_lr=1.0, generator=torch.Generator().manual_seed(1 * 1_009))
+    true = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
     assert abs(estimate - true) / true > 1e-2, f"|g| recovered: {estimate:.6g} vs {true:.6g}"
