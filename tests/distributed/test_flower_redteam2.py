@@ -18,6 +18,13 @@ RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes th
    calibrates offline with the same torch, so the threshold b* gives c = T - b*; at b_k = -50, u_k =
    exp(-50 + c)/B/|g| gives |g|. Default node (fedsgd, min-batch-size 1): relative error 3.7e-6, 44 replies
    (probes/p6_fedsgd_underflow_norm.py). At batch 1 the norm and the unit vector are the raw gradient.
+3. **The node's exact share size without ``num-examples`` (documented as "that the share is small").**
+   ``num-examples`` is opt-in because it reveals the node's share size; but the ClientApp refuses a batch
+   larger than its share, so a server that bisects ``batch-size`` (above the node's minimum) reads the exact
+   size from answer / no answer: 1334 of 1334 in 20 requests (IID); with a run-config Dirichlet partition of
+   tiny alpha the share is a set of whole classes chosen by the server's seed, so the size is a sum of the
+   node's per-class counts (probes/p1b_share_size_no_dp.py). Held under node-local DP (the refusal becomes
+   a noisy zero-vector release).
 """
 from __future__ import annotations
 
@@ -144,3 +151,23 @@ def test_a_default_fedsgd_node_does_not_reveal_its_norm_through_softmax_underflo
                            client_lr=1.0, generator=torch.Generator().manual_seed(1 * 1_009))
     true = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
     assert abs(estimate - true) / true > 1e-2, f"|g| recovered: {estimate:.6g} vs {true:.6g}"
+
+
+def test_whether_a_default_node_answers_does_not_depend_on_its_share_size():
+    """Two default nodes whose shares differ in size (num-partitions 3 and 4), the same request with a batch
+    size between the two: answer / no answer must not tell the server which share is the smaller one."""
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.task import make_model, node_share, param_arrays
+
+    run = {**RUN, "mode": "fedsgd"}
+    cfg = FlowerRunConfig.from_mapping(run)
+    w = param_arrays(make_model(cfg))
+    small, large = len(node_share(cfg, 0, 4)[1]), len(node_share(cfg, 0, 3)[1])
+    assert small < large  # precondition
+    outcomes = []
+    for num in (3, 4):
+        ctx = _context({"num-partitions": num})
+        ctx.run_config.update(run)
+        r = _ask(ctx, w, {"batch-size": (small + large) // 2, "seed": 0, "server-round": 1}, num)
+        outcomes.append(r.has_error())
+    assert outcomes[0] == outcomes[1], f"answered {outcomes}: the share size leaves the node"
