@@ -25,6 +25,10 @@ RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes th
    tiny alpha the share is a set of whole classes chosen by the server's seed, so the size is a sum of the
    node's per-class counts (probes/p1b_share_size_no_dp.py). Held under node-local DP (the refusal becomes
    a noisy zero-vector release).
+4. **A privacy-ledger named through a symlink forks.** The ledger is rewritten with an atomic rename, which
+   replaces a symlink by a regular file, and its lock is ``<path as named>.lock``. A node owner whose ledger
+   is a link to the real file (a shared location), used by one app through the link and by another directly,
+   gets two ledgers: 6 releases where the budget allows 3 (probes/p7_budget_routes.py (d)).
 """
 from __future__ import annotations
 
@@ -171,3 +175,39 @@ def test_whether_a_default_node_answers_does_not_depend_on_its_share_size():
         r = _ask(ctx, w, {"batch-size": (small + large) // 2, "seed": 0, "server-round": 1}, num)
         outcomes.append(r.has_error())
     assert outcomes[0] == outcomes[1], f"answered {outcomes}: the share size leaves the node"
+
+
+def test_a_ledger_named_through_a_symlink_is_the_same_ledger(tmp_path):
+    import json
+    import os
+
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import FaultMod, FlowerRunConfig, LocalNoiseMod, ssgd_mod
+    from ssgd.distributed.flower.client_app import train
+    from ssgd.distributed.flower.local import with_message_id
+    from ssgd.distributed.flower.task import make_model, param_arrays
+    from ssgd.distributed.flower.validation import record_from_arrays
+    from ssgd.privacy import compute_epsilon
+
+    run = {**RUN, "mode": "fedsgd"}
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=0.5), ssgd_mod])
+    app.train()(train)
+    w = param_arrays(make_model(FlowerRunConfig.from_mapping(run)))
+    real = tmp_path / "ledger.json"
+    real.write_text(json.dumps({"format": "ssgd-release-ledger", "sigmas": [], "counts": []}))
+    os.symlink(real, tmp_path / "link.json")
+    k = 0
+    while compute_epsilon(1.0, 1.0, k + 1, 1e-5) <= 10:
+        k += 1
+    released = 0
+    for i in range(2 * k):
+        ctx = _context({"privacy-ledger": str(real if i % 2 else tmp_path / "link.json")})
+        ctx.run_config.update(run)
+        identity()
+        msg = with_message_id(Message(RecordDict({"arrays": record_from_arrays(w), "config": ConfigRecord(
+            {"batch-size": 32, "seed": 0, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0})}),
+            dst_node_id=1001, message_type=MessageType.TRAIN), f"l-{i}")
+        released += not app(msg, ctx).has_error()
+    assert released <= k, f"{released} releases, the node's budget allows {k}"
