@@ -29,6 +29,10 @@ RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes th
    replaces a symlink by a regular file, and its lock is ``<path as named>.lock``. A node owner whose ledger
    is a link to the real file (a shared location), used by one app through the link and by another directly,
    gets two ledgers: 6 releases where the budget allows 3 (probes/p7_budget_routes.py (d)).
+5. **A crafted Flower checkpoint's counts and norms are not range-checked** (low: the run's own report).
+   ``accepted``/``rejected``/``failed`` may be negative, a node id negative, an accepted norm 1e300 or
+   negative: resumed, they reach ``report.md``'s table and ``result.json``'s ``rejected_updates`` and
+   ``max_norm_deviation`` (probes/p11_flower_ckpt_counts.py).
 """
 from __future__ import annotations
 
@@ -211,3 +215,21 @@ def test_a_ledger_named_through_a_symlink_is_the_same_ledger(tmp_path):
             dst_node_id=1001, message_type=MessageType.TRAIN), f"l-{i}")
         released += not app(msg, ctx).has_error()
     assert released <= k, f"{released} releases, the node's budget allows {k}"
+
+
+@pytest.mark.parametrize("row", [{"accepted": -7}, {"rejected": -1}, {"failed": -3}, {"norms": [[2, 1e300]]},
+                                 {"norms": [[2, -5.0]]}, {"norms": [[-1, 1.0]]}])
+def test_a_crafted_flower_checkpoint_count_or_norm_out_of_range_is_refused(tmp_path, row):
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.checkpoint import load_checkpoint, save_checkpoint
+    from ssgd.distributed.flower.task import make_model, param_arrays
+    from ssgd.report import ResultFileError
+
+    cfg = FlowerRunConfig.from_mapping({"num-rounds": 3, "model": "mlp"})
+    w = param_arrays(make_model(cfg))
+    base = {"round": 1, "test_acc": 0.9, "test_loss": 0.3, "accepted": 1, "rejected": 0, "failed": 0,
+            "norms": [[2, 1.0]], "rejections": [], "failures": [], "seconds": 1.0}
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, 1, w, [{**base, **row}], cfg.to_dict())
+    with pytest.raises(ResultFileError):
+        load_checkpoint(path, cfg.to_dict(), reference=w)
