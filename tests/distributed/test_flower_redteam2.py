@@ -33,6 +33,12 @@ RED TEAM: every test here FAILS on the code of commit 3fe6d59; the lead fixes th
    ``accepted``/``rejected``/``failed`` may be negative, a node id negative, an accepted norm 1e300 or
    negative: resumed, they reach ``report.md``'s table and ``result.json``'s ``rejected_updates`` and
    ``max_norm_deviation`` (probes/p11_flower_ckpt_counts.py).
+6. **Seeded node-local noise repeats across runs.** ``LocalNoiseMod(seed=...)`` derives its noise from (seed,
+   node id, round) and refuses a repeated round -- recorded in ``Context.state``, which a new run (series) does
+   not share. Run A, round 1, a model with one NaN weight: the step fails, the release is the noise N alone.
+   Run B (fresh Context), round 1, the real model: u + N. The difference is the node's unit vector, noise-free
+   (cos 1.000000 at sigma 1; a privacy-ledger does not help: it counts, it does not record rounds)
+   (probes/p12_seeded_noise_new_run.py). The threat model's "round number" row says this is prevented.
 """
 from __future__ import annotations
 
@@ -233,3 +239,40 @@ def test_a_crafted_flower_checkpoint_count_or_norm_out_of_range_is_refused(tmp_p
     save_checkpoint(path, 1, w, [{**base, **row}], cfg.to_dict())
     with pytest.raises(ResultFileError):
         load_checkpoint(path, cfg.to_dict(), reference=w)
+
+
+def test_seeded_node_noise_does_not_repeat_in_a_new_run():
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from ssgd.distributed.flower import FaultMod, FlowerRunConfig, LocalNoiseMod, ssgd_mod
+    from ssgd.distributed.flower.client_app import train
+    from ssgd.distributed.flower.local import with_message_id
+    from ssgd.distributed.flower.task import make_model, param_arrays
+    from ssgd.distributed.flower.validation import record_from_arrays
+
+    run = {**RUN, "mode": "fedsgd"}
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=1234), ssgd_mod])
+    app.train()(train)
+    w = param_arrays(make_model(FlowerRunConfig.from_mapping(run)))
+    nan = {n: a.copy() for n, a in w.items()}
+    nan["net.1.weight"][0, 0] = np.nan  # the step fails: the release is noise on a zero vector
+
+    def release(arrays, i):
+        ctx = _context({})  # a new run: a fresh Context.state
+        ctx.run_config.update(run)
+        identity()
+        msg = with_message_id(Message(RecordDict({"arrays": record_from_arrays(arrays), "config": ConfigRecord(
+            {"batch-size": 1, "seed": 7, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0})}),
+            dst_node_id=1001, message_type=MessageType.TRAIN), f"s-{i}")
+        r = app(msg, ctx)
+        if r.has_error():
+            return None
+        return np.concatenate([np.asarray(a.numpy(), np.float64).ravel() for a in r.content["arrays"].values()])
+
+    noise, noisy = release(nan, 0), release(w, 1)
+    if noise is None or noisy is None:
+        return  # a repeated round refused: fine
+    diff = noisy - noise
+    # noise of std 2 per entry on ~270k entries: an honest pair of releases differs by ~2*sqrt(2*d), not by ~1
+    assert np.linalg.norm(diff) > 10.0, f"the difference of two releases is noise-free (norm {np.linalg.norm(diff):.6f})"
