@@ -53,3 +53,24 @@ def test_a_rewound_accountant_in_the_checkpoint_never_lowers_the_published_epsil
         return
     published = json.loads((run / "privacy.json").read_text())["epsilon"]
     assert published >= honest * (1 - 1e-9), (published, honest)
+
+
+def _plain_cfg():
+    return TrainConfig(dataset="digits", model="mlp", optimizer="sgd", batch_size=128, epochs=2, seed=1)
+
+
+@pytest.mark.parametrize("row", [{"test_acc": 7.5}, {"test_acc": -1.0}, {"val_acc": 3.0}, {"test_loss": -2.0},
+                                 {"train_loss": -1.0}, {"seconds": -4.0}, {"lr": -0.1}])
+def test_a_history_value_out_of_range_in_the_checkpoint_is_refused(tmp_path, digits, row):
+    """The Flower checkpoint's history is range-checked (accuracy in [0, 1], losses and seconds >= 0); the train
+    checkpoint's is only type-checked: a resumed run publishes 'best test accuracy 7.5000' in report.md."""
+    from ssgd.report import CheckpointError, save_checkpoint
+
+    run = tmp_path / "run"
+    train(_plain_cfg(), run, data=digits, progress=False, stop_after=1)
+    path = run / CHECKPOINT
+    ck = torch.load(path, weights_only=True)
+    ck["history"][0].update(row)
+    save_checkpoint(path, ck, format=ck["format"])
+    with pytest.raises(CheckpointError):
+        train(_plain_cfg(), run, data=digits, progress=False, resume=True)
