@@ -45,3 +45,23 @@ def test_the_budget_itself_is_checked():
     with pytest.raises(ValueError, match="delta"):
         ReleaseBudget(10, delta=0)
     assert ReleaseBudget().epsilon() == 0.0
+
+
+def test_a_huge_stored_count_is_refused_in_one_line_and_a_charge_is_o1_in_past_releases():
+    """Probe p2: a ledger whose count is absurd is refused (not replayed step by step under the lock), and a
+    legitimate long history costs one accountant entry per distinct sigma, not one per release."""
+    with pytest.raises(ValueError, match="release count"):
+        ReleaseBudget.from_dict({"sigmas": [1.0], "counts": [10**15]})
+    with pytest.raises(ValueError, match="more than"):
+        ReleaseBudget.from_dict({"sigmas": [1.0, 2.0], "counts": [ReleaseBudget.MAX_RELEASES, 1]})
+    # alternating sigmas collapse to one group per sigma (releases compose commutatively)
+    b = ReleaseBudget(1e9, 1e-5, releases=[(1.0, 3), (2.0, 1), (1.0, 2), (2.0, 4)])
+    assert b.releases == [(1.0, 5), (2.0, 5)] and b.count == 10
+    ref = ReleaseBudget(1e9, 1e-5, releases=[(1.0, 3), (2.0, 1), (1.0, 2), (2.0, 4)][:0])
+    for s, n in [(1.0, 5), (2.0, 5)]:
+        for _ in range(n):
+            ref.charge(s)
+    assert math.isclose(b.epsilon(), ref.epsilon(), rel_tol=1e-9)
+    # a history of 10^8 releases (allowed by an enormous budget) is charged at once, not replayed
+    big = ReleaseBudget(1e12, 1e-5, releases=[(1e4, 10**8)])
+    assert big.charge(1e4) > 0 and big.count == 10**8 + 1

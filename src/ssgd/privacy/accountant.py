@@ -194,8 +194,10 @@ class PrivacyAccountant:
         """Record ``n`` releases (defaults: the accountant's σ and q)."""
         sigma = self.noise_multiplier if noise_multiplier is None else check_noise_multiplier(noise_multiplier)
         q = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
-        for _ in range(_check_steps(n)):
+        if _check_steps(n):  # one Opacus step, then its (sigma, q, steps) entry grows by the rest: O(1) in n
             self._acc.step(noise_multiplier=sigma, sample_rate=q)
+            s, r, k = self._acc.history[-1]
+            self._acc.history[-1] = (s, r, k + n - 1)
         self._steps += n
 
     def epsilon(self, delta: float | None = None) -> float:

@@ -258,8 +258,10 @@ class ReleaseBudget:
     :class:`BudgetSpentError` otherwise (the history is left as it was). A charge depends on
     the history and σ only, never on the data.
 
-    The history is a list of ``(σ, count)`` pairs (:meth:`to_dict` / :meth:`from_dict`, checked
-    field by field: it is read back from the node's state or ledger file).
+    The history is a list of ``(σ, count)`` groups, one per distinct σ (releases compose
+    commutatively), so that a charge costs O(distinct σ) accountant steps, never O(releases)
+    (:meth:`to_dict` / :meth:`from_dict`, checked field by field: it is read back from the node's
+    state or ledger file; a count above :attr:`MAX_RELEASES` is refused).
     """
 
     def __init__(self, max_epsilon: float = DEFAULT_MAX_EPSILON, delta: float = DEFAULT_BUDGET_DELTA, *,
@@ -277,15 +279,29 @@ class ReleaseBudget:
         for sigma, n in releases:
             self._add(sigma, n)
 
+    #: most releases a history may hold (far beyond any budget: at sigma = 100, epsilon 10 allows ~10^5): a
+    #: stored count above it is refused in one line instead of being replayed
+    MAX_RELEASES = 10**9
+    #: most distinct noise multipliers a history may hold (releases at one sigma are one group)
+    MAX_GROUPS = 10_000
+
     def _add(self, sigma: Any, n: Any) -> None:
         from .accountant import check_noise_multiplier
 
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Invalid release count {n!r}; must be an integer >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.MAX_RELEASES:
+            raise ValueError(f"Invalid release count {n!r}; must be an integer in [1, {self.MAX_RELEASES}]")
         sigma = check_noise_multiplier(sigma)
-        if self.releases and self.releases[-1][0] == sigma:
-            self.releases[-1] = (sigma, self.releases[-1][1] + n)
+        if self.count + n > self.MAX_RELEASES:
+            raise ValueError(f"a release history of more than {self.MAX_RELEASES} releases; not a history this node "
+                             "wrote")
+        # releases compose commutatively: one group per sigma keeps a charge O(distinct sigmas), not O(releases)
+        for i, (s, m) in enumerate(self.releases):
+            if s == sigma:
+                self.releases[i] = (s, m + n)
+                break
         else:
+            if len(self.releases) >= self.MAX_GROUPS:
+                raise ValueError(f"a release history of more than {self.MAX_GROUPS} distinct noise multipliers")
             self.releases.append((sigma, n))
 
     @property
@@ -330,7 +346,7 @@ class ReleaseBudget:
             sigmas, counts = list(data["sigmas"]), list(data["counts"])
         except (TypeError, KeyError):
             raise ValueError("a release history must hold the lists 'sigmas' and 'counts'") from None
-        if len(sigmas) != len(counts) or len(sigmas) > 100_000:
+        if len(sigmas) != len(counts) or len(sigmas) > cls.MAX_GROUPS:
             raise ValueError(f"a release history's 'sigmas' and 'counts' differ in length ({len(sigmas)}, "
                              f"{len(counts)}) or are too long")
         return cls(max_epsilon, delta, releases=zip(sigmas, counts), **kw)

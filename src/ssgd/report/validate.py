@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = ["ResultFileError", "TEXT_LIMIT", "LIST_LIMIT", "bounded_text", "md_text", "check_count", "check_number",
-           "check_history", "check_arrays", "check_finite_state", "HISTORY_KINDS"]
+           "check_history", "check_arrays", "check_finite_state", "HISTORY_KINDS", "NORM_LIMIT"]
 
 #: default bound of one foreign text (an error reason, a name) written to a result file or report
 TEXT_LIMIT = 200
@@ -113,10 +113,16 @@ def check_count(value: Any, *, what: str, source: Any, low: int = 0, high: int |
     return int(value)
 
 
-#: the field kinds :func:`check_history` knows: ``fraction`` is a number in [0, 1] (an accuracy), ``nonneg`` one
-#: >= 0 (a loss, seconds); ``node-*`` lists hold at most :data:`LIST_LIMIT` ``[node id, value]`` pairs
-HISTORY_KINDS = ("int", "int?", "number", "number?", "fraction", "fraction?", "nonneg", "nonneg?", "text",
-                 "node-numbers", "node-texts")
+#: the largest update norm a result file may record (an accepted unit vector has norm 1; a noisy one under
+#: node-local DP about sigma*2*sqrt(d)): a norm above it was not written by a run of this code
+NORM_LIMIT = 1e12
+
+#: the field kinds :func:`check_history` knows: ``count`` is an integer >= 0, ``fraction`` a number in [0, 1]
+#: (an accuracy), ``nonneg`` one >= 0 (a loss, seconds); ``node-*`` lists hold at most :data:`LIST_LIMIT`
+#: ``[node id, value]`` pairs, node ids integers >= 0 (Flower's are unsigned) or None, ``node-norms`` values in
+#: [0, :data:`NORM_LIMIT`]
+HISTORY_KINDS = ("int", "int?", "count", "count?", "number", "number?", "fraction", "fraction?", "nonneg", "nonneg?",
+                 "text", "node-numbers", "node-norms", "node-texts")
 
 
 def _check_value(kind: str, v: Any, text_limit: int) -> Any:
@@ -125,9 +131,9 @@ def _check_value(kind: str, v: Any, text_limit: int) -> Any:
         if v is None:
             return None
         kind = kind[:-1]
-    if kind == "int":
-        if not _is_int(v):
-            raise ValueError("not an integer")
+    if kind in ("int", "count"):
+        if not _is_int(v) or (kind == "count" and v < 0):
+            raise ValueError("not an integer" if kind == "int" else "not an integer >= 0")
         return int(v)
     if kind == "number":
         if not _is_number(v):
@@ -141,17 +147,21 @@ def _check_value(kind: str, v: Any, text_limit: int) -> Any:
         if not isinstance(v, str):
             raise ValueError("not a string")
         return bounded_text(v, text_limit)
-    if kind in ("node-numbers", "node-texts"):
+    if kind in ("node-numbers", "node-norms", "node-texts"):
         if not isinstance(v, (list, tuple)):
             raise ValueError("not a list")
         if len(v) > LIST_LIMIT:
             raise ValueError(f"a list of {len(v)} entries, more than {LIST_LIMIT}")
         out = []
         for item in v:
-            if not isinstance(item, (list, tuple)) or len(item) != 2 or not (item[0] is None or _is_int(item[0])):
-                raise ValueError("not a list of [node id, value] pairs")
-            out.append([None if item[0] is None else int(item[0]),
-                        _check_value("number" if kind == "node-numbers" else "text", item[1], text_limit)])
+            if (not isinstance(item, (list, tuple)) or len(item) != 2
+                    or not (item[0] is None or (_is_int(item[0]) and item[0] >= 0))):
+                raise ValueError("not a list of [node id >= 0, value] pairs")
+            value = _check_value({"node-numbers": "number", "node-norms": "nonneg"}.get(kind, "text"), item[1],
+                                 text_limit)
+            if kind == "node-norms" and value > NORM_LIMIT:
+                raise ValueError(f"a norm above {NORM_LIMIT:g}")
+            out.append([None if item[0] is None else int(item[0]), value])
         return out
     raise ValueError(f"unknown field kind {kind!r}; known: {HISTORY_KINDS}")
 

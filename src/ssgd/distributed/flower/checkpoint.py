@@ -10,7 +10,7 @@ run config that produced it. :func:`load_checkpoint` reads it with ``torch.load(
 * ``round`` an integer in ``[1, num-rounds]`` of this run;
 * ``arrays`` exactly the model's names, in order, with its shapes and dtypes, every entry finite;
 * ``history`` rows of known fields and types (finite numbers, an accuracy in [0, 1], losses and seconds
-  >= 0, at most :data:`~ssgd.report.LIST_LIMIT` per-node entries, bounded texts), rounds increasing
+  >= 0, counts integers >= 0, node ids >= 0, norms in [0, :data:`~ssgd.report.validate.NORM_LIMIT`], at most :data:`~ssgd.report.LIST_LIMIT` per-node entries, bounded texts), rounds increasing
   and ending at ``round``.
 
 Anything else is a one-line :class:`~ssgd.report.validate.ResultFileError`, never a traceback.
@@ -40,7 +40,7 @@ IDENTITY_KEYS = ("model", "dataset", "mode", "scope", "partition", "seed")
 
 #: the fields of one history row (the ServerApp writes these; a checkpoint may hold nothing else)
 HISTORY_FIELDS = {"round": "int", "test_acc": "fraction?", "test_loss": "nonneg?", "train_loss": "nonneg?",
-                  "accepted": "int", "rejected": "int", "failed": "int", "norms": "node-numbers",
+                  "accepted": "count", "rejected": "count", "failed": "count", "norms": "node-norms",
                   "rejections": "node-texts", "failures": "node-texts", "seconds": "nonneg?"}
 
 

@@ -78,6 +78,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from typing import Any, Iterable
 
 import numpy as np
@@ -309,7 +310,9 @@ def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) ->
     import json
     from pathlib import Path
 
-    file = Path(path)
+    # the real file: a ledger named through a symlink (or ``..``) is the same ledger as its target -- one lock,
+    # and the atomic rename replaces the target, never the link (which would fork the count)
+    file = Path(os.path.realpath(path))
     lock = file.with_name(file.name + ".lock")
     with open(lock, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
