@@ -73,7 +73,7 @@ def _local_dp_app():
     from ssgd.distributed.flower import FaultMod, LocalNoiseMod, ssgd_mod
     from ssgd.distributed.flower.client_app import train
 
-    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0), ssgd_mod])
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0), ssgd_mod])
     app.train()(train)
     return app
 

@@ -144,7 +144,7 @@ def test_under_node_local_dp_a_non_finite_step_releases_noise_not_an_error(caplo
     from ssgd.distributed.flower import FaultMod, LocalNoiseMod, ssgd_mod
     from ssgd.distributed.flower.client_app import train
 
-    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0), ssgd_mod])
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0), ssgd_mod])
     app.train()(train)
     arrays = _setup(RUN)
     request = {"batch-size": 32, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0}
@@ -175,7 +175,7 @@ def test_the_strategy_counts_the_release_of_a_non_finite_step():
     from ssgd.distributed.flower.client_app import train
     from flwr.clientapp import ClientApp
 
-    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0), ssgd_mod])
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=1.0), ssgd_mod])
     app.train()(train)
     arrays = _setup(RUN)
     strategy = PrivateSSGDStrategy(privacy=NodePrivacy(1.0, mode="local", seed=0), mode="fedsgd")
@@ -194,9 +194,11 @@ def test_the_strategy_counts_the_release_of_a_non_finite_step():
     assert strategy.releases == {1001: 1} and strategy.privacy.accountant.steps == 1
 
 
-def test_seeded_node_noise_is_not_repeated_for_a_replayed_round():
-    """Another route: seeded noise is a function of (seed, node, round). A server asking for round 1
-    twice, at two models, got the same noise twice: the difference of the replies is noise-free."""
+def test_seeded_node_noise_is_not_repeated_for_a_replayed_round(tmp_path):
+    """Another route: seeded noise was a function of (seed, node, round). A server asking for round 1
+    twice, at two models, got the same noise twice: the difference of the replies is noise-free. Now the
+    stream is keyed by the release's number in the node's ledger (never repeated); without a ledger a
+    seeded mod refuses."""
     from flwr.clientapp import ClientApp
 
     from ssgd.distributed.flower import FaultMod, InProcessGrid, LocalNoiseMod, ssgd_mod
@@ -206,14 +208,18 @@ def test_seeded_node_noise_is_not_repeated_for_a_replayed_round():
     app.train()(train)
     arrays = _setup(RUN)
     other = {k: v * 0.5 for k, v in arrays.items()}
+    request = {"batch-size": 32, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0}
     grid = InProcessGrid(app, 1, RUN)
     assert grid.get_node_ids() == [1001]  # the node _message addresses
-    request = {"batch-size": 32, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0}
+    _refused(list(grid.send_and_receive([_message(arrays, request)]))[0])  # seeded without a ledger: refused
+    grid = InProcessGrid(app, 1, RUN, node_configs=[{"privacy-ledger": str(tmp_path / "ledger.json")}])
 
     def ask(model, config):
-        return list(grid.send_and_receive([_message(model, config)]))[0]
+        r = list(grid.send_and_receive([_message(model, config)]))[0]
+        assert not r.has_error()
+        return np.concatenate([np.asarray(a.numpy(), np.float64).ravel() for a in r.content["arrays"].values()])
 
-    assert not ask(arrays, request).has_error()
-    _refused(ask(other, request))                                        # the same round again: refused
-    assert not ask(other, {**request, "server-round": 2}).has_error()    # the next round: served
-    _refused(ask(arrays, {k: v for k, v in request.items() if k != "server-round"}))  # no round: refused
+    a, b = ask(arrays, request), ask(other, request)  # the same round again, another model: fresh noise
+    d = a.size
+    # two independent N(0, 2^2) draws differ by ~2*sqrt(2d); the unit vectors by at most 2
+    assert np.linalg.norm(a - b) == pytest.approx(2.0 * np.sqrt(2 * d), rel=0.05)

@@ -127,13 +127,13 @@ def _fixed_unit_app(mods, g):
     return app
 
 
-def _train_once(app, arrays, config, nodes=1, rnd=1):
+def _train_once(app, arrays, config, nodes=1, rnd=1, node_configs=None):
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
     from ssgd.distributed.flower import InProcessGrid
     from ssgd.distributed.flower.validation import arrays_from_record, record_from_arrays
 
-    grid = InProcessGrid(app, nodes, {})
+    grid = InProcessGrid(app, nodes, {}, node_configs=node_configs)
     msgs = [Message(RecordDict({"arrays": record_from_arrays(arrays),
                                 "config": ConfigRecord({"server-round": rnd, **config})}),
                     dst_node_id=n, message_type=MessageType.TRAIN) for n in sorted(grid.get_node_ids())]
@@ -149,25 +149,35 @@ def _unit(g):
     return {k: v.astype(np.float64) / n for k, v in g.items()}
 
 
-def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded():
+def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded(tmp_path):
     from ssgd.distributed.flower import SSGDMod
     from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
     sigma = 0.7
     u = _unit(G)
-    [out] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+
+    def seeded(ledger, **kw):  # a seeded node needs a ledger: its noise is keyed by the ledger's release number
+        app = _fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3, max_epsilon=50.0), SSGDMod()], G)
+        nodes = kw.pop("nodes", 1)
+        return _train_once(app, G, {DP_NOISE_MULTIPLIER: sigma}, nodes=nodes, **kw,
+                           node_configs=[{"privacy-ledger": str(tmp_path / f"{ledger}-{i}.json")} for i in range(nodes)])
+
+    [out] = seeded("a")
     noise = np.concatenate([(out[k].astype(np.float64) - u[k]).ravel() for k in G])
     # node-local sensitivity 2: std = 2 sigma; 40k draws: the std is within ~1% (5 standard errors: 1.8%)
     assert noise.std() == pytest.approx(2 * sigma, rel=0.02)
     assert abs(noise.mean()) < 5 * 2 * sigma / np.sqrt(noise.size)
-    # seeded: the same (seed, node, round) reproduces; another round or node draws fresh noise
-    [again] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
+    # seeded: a fresh ledger reproduces; the next release of the same ledger (any round) or another node is fresh
+    [again] = seeded("b")
     assert all(np.array_equal(out[k], again[k]) for k in G)
-    [r2] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma}, rnd=2)
-    assert not np.array_equal(out["a"], r2["a"])
-    n1, n2 = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma},
-                         nodes=2)
+    [same_round] = seeded("a")  # ledger "a" continues: release 2
+    assert not np.array_equal(out["a"], same_round["a"])
+    n1, n2 = seeded("c", nodes=2)
     assert not np.array_equal(n1["a"], n2["a"])
+    # without a ledger a seeded node refuses (its count would restart in a new run: the noise would repeat)
+    [refused] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G,
+                            {DP_NOISE_MULTIPLIER: sigma})
+    assert not isinstance(refused, dict)
     # unseeded: OS entropy, fresh on every call
     mod = LocalNoiseMod(min_noise_multiplier=0.5)
     [e1] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
@@ -202,7 +212,7 @@ def test_local_noise_mod_inside_ssgd_mod_releases_noise_on_a_zero_vector(caplog)
     from ssgd.distributed.flower import SSGDMod
     from ssgd.distributed.flower import DP_NOISE_MULTIPLIER, LocalNoiseMod
 
-    [out] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod(min_noise_multiplier=1.0, seed=0)], G), G,
+    [out] = _train_once(_fixed_unit_app([SSGDMod(), LocalNoiseMod(min_noise_multiplier=1.0)], G), G,
                         {DP_NOISE_MULTIPLIER: 1.0})
     assert isinstance(out, dict) and "list LocalNoiseMod before SSGDMod" in caplog.text
     # SSGDMod then normalises the noise: a unit vector uncorrelated with G (|cos| ~ 1/sqrt(d))
@@ -237,7 +247,7 @@ def test_local_private_strategy_accepts_noisy_rejects_boosted_and_reports_epsilo
 
     sigma, delta, rounds = 0.5, 1e-5, 2
     # sigma=0.5 spends epsilon 10.7 per release: above the default node budget (10), so this node sets a larger one
-    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=0.5, seed=0, max_epsilon=50.0), ssgd_mod])
+    app = ClientApp(mods=[FaultMod(), LocalNoiseMod(min_noise_multiplier=0.5, max_epsilon=50.0), ssgd_mod])
     app.train()(train)
     cfg = FlowerRunConfig.from_mapping(CFG)
     w0 = param_arrays(make_model(cfg))

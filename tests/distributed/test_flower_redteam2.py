@@ -260,7 +260,10 @@ def test_a_crafted_flower_checkpoint_count_or_norm_out_of_range_is_refused(tmp_p
         load_checkpoint(path, cfg.to_dict(), reference=w)
 
 
-def test_seeded_node_noise_does_not_repeat_in_a_new_run():
+@pytest.mark.parametrize("ledger", [False, True])
+def test_seeded_node_noise_does_not_repeat_in_a_new_run(tmp_path, ledger):
+    """(fix: a seeded node's stream is keyed by its ledger's release number; without a ledger it refuses. With
+    a ledger both runs are answered, so the attack runs to the end.)"""
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -278,8 +281,8 @@ def test_seeded_node_noise_does_not_repeat_in_a_new_run():
     nan["net.1.weight"][0, 0] = np.nan  # the step fails: the release is noise on a zero vector
 
     def release(arrays, i):
-        ctx = _context({})  # a new run: a fresh Context.state
-        ctx.run_config.update(run)
+        ctx = _context({"privacy-ledger": str(tmp_path / "ledger.json")} if ledger else {})  # a new run: a fresh
+        ctx.run_config.update(run)                                                            # Context.state
         identity()
         msg = with_message_id(Message(RecordDict({"arrays": record_from_arrays(arrays), "config": ConfigRecord(
             {"batch-size": 1, "seed": 7, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0})}),
@@ -291,6 +294,7 @@ def test_seeded_node_noise_does_not_repeat_in_a_new_run():
 
     noise, noisy = release(nan, 0), release(w, 1)
     if noise is None or noisy is None:
+        assert not ledger  # a node with a ledger answers both runs
         return  # a repeated round refused: fine
     diff = noisy - noise
     # noise of std 2 per entry on ~270k entries: an honest pair of releases differs by ~2*sqrt(2*d), not by ~1

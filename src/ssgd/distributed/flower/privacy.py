@@ -50,9 +50,12 @@ runs and SuperNode restarts (without it: the node's ``Context.state``, one run o
 SuperNode; docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
-noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from
-(seed, node id, round). A seed known to the server would let it subtract the noise, so the
-server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
+noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, node id,
+the release's number in the node's ``privacy-ledger``) and is refused without a ledger: a
+release number counted in the ledger never repeats, across runs and restarts, whereas a round
+number (the server's) or a count in ``Context.state`` (reset by a new run) would -- and the same
+noise twice cancels in the difference of two releases. A seed known to the server would let it
+subtract the noise, so the server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
 required (a smaller σ gets an error reply, not an update). Under DP the reply carries the
 noisy vector only: ``LocalNoiseMod`` drops every metric (a loss or a count would be released
 outside the accountant).
@@ -134,10 +137,12 @@ class LocalNoiseMod:
         noise_multiplier: default σ when the message sets none (``None``: the message must set it).
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
-        seed: ``None`` draws each call's noise from OS entropy; an int derives it from
-            (seed, node id, round) -- reproducible, fresh every round, different on every node. A
-            seeded mod noises each round once per node (recorded in the node's ``Context.state``)
-            and refuses a repeated round: the same noise twice would cancel in the difference.
+        seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, node
+            id, the release's number in the node's ``privacy-ledger``) -- reproducible from a fresh
+            ledger, never the same twice while the ledger is kept (a new run or a SuperNode restart
+            continues its count). A seeded mod without a ledger refuses every request: a count in
+            ``Context.state`` restarts in a new run, and the same noise twice would cancel in the
+            difference of two releases (the node owner who deletes the ledger resets the budget too).
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
         max_epsilon, delta: this node's own release budget (node config ``max-epsilon``,
             ``dp-delta`` take precedence; default (10, 1e-5)). The node counts every release it
@@ -188,10 +193,10 @@ class LocalNoiseMod:
     #: where the node's release history lives without a ledger file (its own Context.state)
     BUDGET_KEY = "ssgd-release-budget"
 
-    def charge(self, ctxt, sigma: float) -> float:
+    def charge(self, ctxt, sigma: float) -> tuple[float, int]:
         """Count one release at σ in this node's own budget (:class:`~ssgd.privacy.ReleaseBudget`) and return
-        the ε spent after it; :class:`~ssgd.privacy.BudgetSpentError` (nothing counted) past the budget.
-        The count lives in the node config's ``privacy-ledger`` file, else in ``ctxt.state``."""
+        ``(ε spent after it, its release number)``; :class:`~ssgd.privacy.BudgetSpentError` (nothing counted)
+        past the budget. The count lives in the node config's ``privacy-ledger`` file, else in ``ctxt.state``."""
         policy = self.node_policy(ctxt)
         if policy.privacy_ledger:
             return _charge_ledger(policy.privacy_ledger, sigma, policy.max_epsilon, policy.dp_delta)
@@ -204,36 +209,22 @@ class LocalNoiseMod:
         budget = ReleaseBudget.from_dict(stored, policy.max_epsilon, policy.dp_delta)
         eps = budget.charge(sigma)
         state[self.BUDGET_KEY] = ConfigRecord(budget.to_dict())
-        return eps
+        return eps, budget.count
 
-    #: where a seeded mod records the rounds it has noised (the node's own Context.state, kept across messages)
-    ROUNDS_KEY = "ssgd-noised-rounds"
+    def _check_seeded(self, ctxt) -> None:
+        """Seeded noise is a function of (seed, node, release number): the number must never repeat, so it
+        comes from the node's ledger, which every run and restart continues; without one: refused."""
+        if self.seed is not None and not self.node_policy(ctxt).privacy_ledger:
+            raise _NoiseModError("a seeded LocalNoiseMod needs node config privacy-ledger (its release count "
+                                 "never repeats; Context.state restarts in a new run, and the same noise twice "
+                                 "cancels in the difference of two releases)")
 
-    def _claim_round(self, ctxt, rnd: int | None) -> None:
-        """Seeded noise is a function of (seed, node, round): a server that asks for the same round twice
-        (at another model) would get the same noise twice and cancel it in the difference. A seeded mod
-        therefore noises each round once per node and refuses a repeat (and a request without a round)."""
-        if self.seed is None:
-            return
-        if rnd is None:
-            raise _NoiseModError("a seeded LocalNoiseMod needs the request's server-round")
-        state = getattr(ctxt, "state", None)
-        if state is None:
-            return
-        from flwr.app import ConfigRecord
-
-        used = list(state.config_records[self.ROUNDS_KEY]["rounds"]) if self.ROUNDS_KEY in state.config_records else []
-        if int(rnd) in used:
-            raise _NoiseModError(f"round {rnd} was already noised by this node: seeded noise would repeat")
-        state[self.ROUNDS_KEY] = ConfigRecord({"rounds": used + [int(rnd)]})
-
-    def _generator(self, ctxt, rnd: int | None) -> torch.Generator:
+    def _generator(self, ctxt, release: int) -> torch.Generator:
         self.calls += 1
         if self.seed is None:
             s = derive_seed(None)
         else:
-            s = derive_seed(self.seed, "local-noise", int(getattr(ctxt, "node_id", 0)),
-                            rnd if rnd is not None else f"call-{self.calls}")
+            s = derive_seed(self.seed, "local-noise", int(getattr(ctxt, "node_id", 0)), int(release))
         return torch.Generator().manual_seed(s)
 
     def __call__(self, msg, ctxt, call_next):
@@ -247,11 +238,10 @@ class LocalNoiseMod:
             if not model or any(a.dtype != np.float32 for a in model.values()):
                 # decided from the request alone: a reply's dtype must never depend on whether the step failed
                 raise _NoiseModError("the request's model is empty or not float32")
-            rnd = read_fields(msg).get(keys.ROUND)
-            self._claim_round(ctxt, rnd)
+            self._check_seeded(ctxt)
             # counted before anything touches the data: every path below releases at most once (an inner refusal
             # decided from the request alone releases nothing and is counted all the same: never fewer than released)
-            eps = self.charge(ctxt, sigma)
+            eps, release = self.charge(ctxt, sigma)
         except BudgetSpentError as e:  # a function of the node's release history and sigma only
             return error_reply(msg, BUDGET_SPENT, f"LocalNoiseMod: {e}")
         except (_NoiseModError, ValueError, TypeError, KeyError, OSError) as e:  # decided from the request alone
@@ -293,7 +283,7 @@ class LocalNoiseMod:
             log.error("LocalNoiseMod: %s; releasing noise on a zero vector instead", failure)
             arrays = {k: np.zeros(a.shape, dtype=np.float32) for k, a in model.items()}
         std = sigma * sensitivity("node-local", scope, len(arrays))
-        gen = self._generator(ctxt, None if rnd is None else int(rnd))
+        gen = self._generator(ctxt, release)
         noisy = {}
         for k, a in arrays.items():
             z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
@@ -303,9 +293,10 @@ class LocalNoiseMod:
         return Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
 
 
-def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) -> float:
+def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) -> tuple[float, int]:
     """:meth:`ReleaseBudget.charge` on the history in the ledger file ``path`` (created when missing), under an
-    exclusive lock so that concurrent ClientApp processes count one by one; a damaged ledger refuses (ValueError)."""
+    exclusive lock so that concurrent ClientApp processes count one by one; a damaged ledger refuses (ValueError).
+    Returns ``(ε after the release, its number in the ledger)``."""
     import fcntl
     import json
     from pathlib import Path
@@ -330,7 +321,7 @@ def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) ->
                 budget = ReleaseBudget(max_epsilon, delta)
             eps = budget.charge(sigma)
             atomic_write_text(file, json.dumps({"format": "ssgd-release-ledger", **budget.to_dict()}))
-            return eps
+            return eps, budget.count
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
