@@ -36,10 +36,11 @@ def test_fedsgd_sends_the_gradient_of_one_random_batch_and_leaves_the_weights():
         np.testing.assert_array_equal(a, before[name])
 
 
-@pytest.mark.parametrize("batch_size, used", [(16, 48), (64, 120)])  # a batch larger than the share takes it all
+@pytest.mark.parametrize("batch_size, used", [(16, 48), (64, 192)])  # a batch larger than the share cycles on
 def test_delta_takes_local_steps_of_sgd_on_fresh_random_batches(batch_size, used):
     x, y = _data()
     model, ref = _model(), _model()
+    w0 = param_arrays(ref)
     gen = torch.Generator().manual_seed(5)
     arrays, loss, n_used = local_update(model, x, y, mode="delta", batch_size=batch_size, local_steps=3,
                                         client_lr=0.2, generator=gen)
@@ -48,17 +49,38 @@ def test_delta_takes_local_steps_of_sgd_on_fresh_random_batches(batch_size, used
     losses = []
     for _ in range(3):
         idx = torch.randperm(40, generator=g2)[:batch_size]
+        while idx.numel() < batch_size:  # the next permutation continues a batch larger than the share
+            idx = torch.cat([idx, torch.randperm(40, generator=g2)[:batch_size - idx.numel()]])
         opt.zero_grad()
         out = F.cross_entropy(ref(x[idx]), y[idx])
         out.backward()
         opt.step()
         losses.append(float(out))
     assert n_used == used and loss == pytest.approx(sum(losses) / 3, rel=1e-6)
+    # the update is the steps' direction, -sum of the gradients = (w_T - w_0) / lr, never w_T itself
     for name, p in ref.named_parameters():
-        np.testing.assert_allclose(arrays[name], p.detach().numpy(), rtol=1e-6, atol=1e-7)
+        want = (p.detach().numpy().astype(np.float64) - w0[name]) / 0.2
+        np.testing.assert_allclose(arrays[name], want, rtol=1e-4, atol=1e-5)
     assert torch.equal(gen.get_state(), g2.get_state())  # the node's generator moved by exactly its draws
-    fresh = param_arrays(_model())
-    assert any(not np.array_equal(arrays[k], fresh[k]) for k in fresh)  # the steps moved the weights
+    assert any(np.abs(a).max() > 0 for a in arrays.values())  # the steps moved the weights
+
+
+def test_the_delta_direction_does_not_round_against_the_server_weights():
+    """Red team 2 finding 1: w' = fl32(w - lr g) rounded against a server-chosen w = 1 zeroes a coordinate
+    whenever lr |g_i| < ulp(1)/2. The node's update is the sum of its gradients, whatever w and lr."""
+    x, y = _data()
+    outs = []
+    for lr in (1.0, 2.0 ** -30):
+        model = _model()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 1:
+                    p.fill_(1.0)  # biases at 1: one ulp of 1 is 2**-23
+        arrays, _, _ = local_update(model, x, y, mode="delta", batch_size=8, local_steps=1, client_lr=lr,
+                                    generator=torch.Generator().manual_seed(1))
+        outs.append(arrays)
+    for k in outs[0]:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k])  # one step: the direction is -g, lr-free
 
 
 def test_a_node_without_examples_is_refused():

@@ -53,16 +53,21 @@ def train(msg: Message, context) -> Message:
     model = make_model(cfg)
     load_arrays(model, arrays_from_record(msg.content[node_request.ARRAYS]))
     x, y = node_share(cfg, pid, num)
-    if len(y) < req.batch_size:
+    if len(y) < req.min_batch_size:
         # the run config chooses the partition, so it could leave this node fewer examples than its own
-        # min-batch-size allows (one example's gradient gives its label away): refuse, never compute on fewer
-        log.warning("train request refused: this node's share (%d examples) is below the batch size %d",
-                    len(y), req.batch_size)
-        return error_reply(msg, REFUSED, "this node holds fewer examples than the batch it computes on")
+        # min-batch-size allows (one example's gradient gives its label away): refuse, never compute on fewer.
+        # A fixed bit of the node's own share and setting, the same for every request: whether a node answers
+        # never depends on a server-chosen threshold (a batch larger than the share cycles through it instead)
+        log.warning("train request refused: this node's share (%d examples) is below its min-batch-size %d",
+                    len(y), req.min_batch_size)
+        return error_reply(msg, REFUSED, "this node holds fewer examples than its min-batch-size")
     gen = torch.Generator().manual_seed(req.seed * 1_000_003 + req.round * 1_009 + pid)
     arrays, loss, used = local_update(model, x, y, mode=req.mode, batch_size=req.batch_size,
                                       local_steps=req.local_steps, client_lr=req.client_lr, generator=gen)
-    content = RecordDict({"arrays": record_from_arrays(arrays),
+    # delta mode: the update itself (never w', which SSGDMod would have to subtract from the server's w, rounding
+    # against it), under the record name SSGDMod takes as an update
+    record = node_request.DELTA if req.mode == "delta" else node_request.ARRAYS
+    content = RecordDict({record: record_from_arrays(arrays),
                           "metrics": MetricRecord({"num-examples": used, "train-loss": loss})})
     return Message(content=content, reply_to=msg)
 

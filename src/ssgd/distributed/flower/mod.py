@@ -144,6 +144,10 @@ class SSGDMod:
         try:
             key = self._single_record_key(out, "reply")
             reply = out.content.array_records[key]
+            # the packaged ClientApp replies with its update itself (record DELTA): normalised as it is; another
+            # (FedAvg-style) app replies with w', and the difference w' - w rounds against the server's w
+            subtract = req.mode == "delta" and key != node_request.DELTA
+            key = node_request.ARRAYS if key == node_request.DELTA else key
             names = list(reply.keys())
             tensors = []
             for name in names:
@@ -155,7 +159,7 @@ class SSGDMod:
                 if not np.issubdtype(a.dtype, np.floating):
                     raise _ModError(f"the reply's {name!r} has dtype {a.dtype}; SSGD updates must be floating point")
                 t = torch.from_numpy(np.array(a, copy=True))
-                if req.mode == "delta":
+                if subtract:
                     t = t - torch.from_numpy(np.asarray(sent_arrays[name], dtype=a.dtype))
                 tensors.append(t)
             if not tensors:

@@ -20,6 +20,8 @@ node config key            default                  what it controls
 ``ssgd-mode``              ``"fedsgd"``             what the node computes: one batch's gradient
                                                     (``fedsgd``) or the delta of local steps
 ``max-local-steps``        ``100``                  most local SGD steps a request may ask for
+``min-client-lr``          ``1e-4``                 the range of the local learning rate a
+``max-client-lr``          ``10``                   request may ask for (delta mode; outside: refused)
 ``max-epsilon``            ``10``                   node-local DP: the most ε this node spends over
                                                     all its releases, counted by the node itself
                                                     (:class:`~ssgd.privacy.ReleaseBudget`); once the
@@ -59,7 +61,7 @@ from ...transform import DEFAULT_EPS, check_eps, check_nonnegative, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
-           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "DATASET", "DATA_DIR",
+           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "DATASET", "DATA_DIR",
            "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
@@ -68,6 +70,8 @@ MIN_BATCH_SIZE = "min-batch-size"
 MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
 ALLOW_EVALUATE = "allow-evaluate"
 MAX_LOCAL_STEPS = "max-local-steps"
+MIN_CLIENT_LR = "min-client-lr"
+MAX_CLIENT_LR = "max-client-lr"
 MAX_EPSILON = "max-epsilon"
 DP_DELTA = "dp-delta"
 PRIVACY_LEDGER = "privacy-ledger"
@@ -125,6 +129,8 @@ class NodePolicy:
     unit_tol: float = 1e-3
     mode: str = "fedsgd"
     max_local_steps: int = 100
+    min_client_lr: float = 1e-4
+    max_client_lr: float = 10.0
     max_epsilon: float = DEFAULT_MAX_EPSILON
     dp_delta: float = DEFAULT_BUDGET_DELTA
     privacy_ledger: str = ""
@@ -161,6 +167,11 @@ class NodePolicy:
         if (isinstance(self.max_local_steps, bool) or not isinstance(self.max_local_steps, int)
                 or self.max_local_steps < 1):
             raise ValueError(f"Invalid {MAX_LOCAL_STEPS}={self.max_local_steps!r}; must be an integer >= 1")
+        for key, field in ((MIN_CLIENT_LR, "min_client_lr"), (MAX_CLIENT_LR, "max_client_lr")):
+            object.__setattr__(self, field, _number(key, getattr(self, field)))
+        if not 0 < self.min_client_lr <= self.max_client_lr:
+            raise ValueError(f"Invalid node config {MIN_CLIENT_LR}={self.min_client_lr!r} / {MAX_CLIENT_LR}="
+                             f"{self.max_client_lr!r}; need 0 < {MIN_CLIENT_LR} <= {MAX_CLIENT_LR}")
         for key, field in ((MAX_EPSILON, "max_epsilon"), (DP_DELTA, "dp_delta")):
             object.__setattr__(self, field, _number(key, getattr(self, field)))
         try:
@@ -184,7 +195,8 @@ class NodePolicy:
         for key, field in ((keys.SCOPE, "scope"), (keys.EPS, "eps"), (ALLOWED_METRICS, "allowed_metrics"),
                            (MIN_BATCH_SIZE, "min_batch_size"), (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
                            (ALLOW_EVALUATE, "allow_evaluate"), (keys.MODE, "mode"),
-                           (MAX_LOCAL_STEPS, "max_local_steps"), (MAX_EPSILON, "max_epsilon"),
+                           (MAX_LOCAL_STEPS, "max_local_steps"), (MIN_CLIENT_LR, "min_client_lr"),
+                           (MAX_CLIENT_LR, "max_client_lr"), (MAX_EPSILON, "max_epsilon"),
                            (DP_DELTA, "dp_delta"), (PRIVACY_LEDGER, "privacy_ledger"), (DATASET, "dataset"),
                            (DATA_DIR, "data_dir")):
             if key in nc:
@@ -222,6 +234,16 @@ class NodePolicy:
             if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= self.max_local_steps:
                 raise PolicyError(f"the server asks {keys.LOCAL_STEPS}={s!r}, outside this node's [1, "
                                   f"{self.max_local_steps}] (node config {MAX_LOCAL_STEPS}); not sent")
+
+    def check_client_lr(self, lr: Any) -> float:
+        """The local learning rate a request asks for, if it is within this node's range (a tiny one would
+        hold the local steps' weights at the server's w through rounding, a huge one overflow them)."""
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            raise PolicyError(f"request field {keys.CLIENT_LR!r}={lr!r} is not a finite number")
+        if not self.min_client_lr <= lr <= self.max_client_lr:
+            raise PolicyError(f"the server asks {keys.CLIENT_LR}={lr:g}, outside this node's [{self.min_client_lr:g}, "
+                              f"{self.max_client_lr:g}] (node config {MIN_CLIENT_LR}, {MAX_CLIENT_LR}); not sent")
+        return float(lr)
 
     def check_noise_multiplier(self, sigma: Any) -> float:
         """The σ a request asks for, if this node accepts it (its minimum must be set and met)."""

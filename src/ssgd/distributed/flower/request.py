@@ -34,16 +34,20 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import keys
-from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_EPSILON, MAX_LOCAL_STEPS, MIN_BATCH_SIZE,
-                     MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
+from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_CLIENT_LR, MAX_EPSILON, MAX_LOCAL_STEPS,
+                     MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "SERVER_ONLY_KEYS", "parse_request",
            "put", "get",
-           "STATE_KEY", "ARRAYS", "CONFIG", "read_fields", "check_run_config",
+           "STATE_KEY", "ARRAYS", "CONFIG", "DELTA", "read_fields", "check_run_config",
            "current_request"]
 
 #: the record names of a train request (the strategy's ``arrayrecord_key`` / ``configrecord_key``)
 ARRAYS, CONFIG = "arrays", "config"
+#: the record name under which a delta-mode ClientApp replies with its update itself (the packaged one: the
+#: direction of its local steps) instead of its new weights w': SSGDMod then normalises it as it is, without
+#: subtracting the server's w (a difference rounded against a server-chosen w reveals |g_i|)
+DELTA = "delta"
 
 #: every field a request may carry, with its type
 REQUEST_FIELDS: dict[str, type] = {
@@ -56,7 +60,8 @@ REQUEST_FIELDS: dict[str, type] = {
 
 #: node-config keys and request-only keys: a run config holding one of them is refused
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
-                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MAX_EPSILON, DP_DELTA, PRIVACY_LEDGER)
+                     MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MIN_CLIENT_LR, MAX_CLIENT_LR, MAX_EPSILON,
+                     DP_DELTA, PRIVACY_LEDGER)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
 #: (``dataset``: the server builds its model for it; the node computes on its own node config's ``dataset``)
@@ -87,6 +92,8 @@ class NodeRequest:
     #: the node's own data (node config ``dataset`` / ``data-dir``), never the run config's
     dataset: str = "mnist"
     data_dir: str = ""
+    #: the node's own smallest batch (node config ``min-batch-size``): a share below it refuses every request
+    min_batch_size: int = 1
 
     def to_record(self):
         from flwr.app import ConfigRecord
@@ -149,16 +156,15 @@ def parse_request(msg, policy: NodePolicy, run_config: Mapping[str, Any] | None 
                           f"(node config {keys.MODE}); not sent")
     policy.check_request(cfg)  # scope, eps, batch size, local steps
     sigma = cfg.get(keys.DP_NOISE_MULTIPLIER)
-    client_lr = cfg.get(keys.CLIENT_LR, 0.05)
-    if not client_lr > 0:
-        raise PolicyError(f"request field {keys.CLIENT_LR!r}={client_lr!r} must be > 0")
+    client_lr = policy.check_client_lr(cfg.get(keys.CLIENT_LR, 0.05))
     rnd = cfg.get(keys.ROUND, 0)
     if rnd < 0:
         raise PolicyError(f"request field {keys.ROUND!r}={rnd!r} must be >= 0")
     req = NodeRequest(mode=mode, scope=policy.scope, eps=policy.eps,
                       batch_size=cfg.get(keys.BATCH_SIZE, policy.min_batch_size),
                       local_steps=cfg.get(keys.LOCAL_STEPS, 1), client_lr=client_lr, seed=cfg.get(keys.SEED, 0),
-                      round=rnd, noise_multiplier=sigma, dataset=policy.dataset, data_dir=policy.data_dir)
+                      round=rnd, noise_multiplier=sigma, dataset=policy.dataset, data_dir=policy.data_dir,
+                      min_batch_size=policy.min_batch_size)
     check_run_config(run_config or {}, req)
     return req
 

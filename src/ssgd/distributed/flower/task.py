@@ -19,7 +19,7 @@ from torch import nn
 
 from ...data import ImageDataset, load_dataset, partition, subsample
 from ...loop import train_loop
-from ...models import build_model, build_optimizer, evaluate
+from ...models import build_model, evaluate
 from ...report.io import atomic_write_bytes
 from .config import FlowerRunConfig
 
@@ -139,25 +139,52 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: st
                  ) -> tuple["OrderedDict[str, np.ndarray]", float, int]:
     """One node's raw update: ``(arrays, train loss, examples used)``.
 
-    ``fedsgd``: the gradient of one random batch; ``delta``: the weights after ``local_steps``
-    SGD steps (the SSGD mod turns either into a unit vector before it leaves the node)."""
+    ``fedsgd``: the gradient of one random batch; ``delta``: the direction of ``local_steps`` SGD
+    steps, :math:`-\\sum_t g_t` (the delta :math:`w_T - w_0 = -\\eta\\sum_t g_t` divided by
+    ``client_lr``). The sum is kept in its own buffer and the weights are stepped as
+    :math:`w_t = w_0 - \\eta\\sum_{s<t} g_s`, so the update never passes through the rounding of
+    :math:`w_T` against the server-chosen :math:`w_0` (whose ulp would reveal :math:`|g_i|`, hence the
+    norm; red team 2 finding 1). The SSGD mod turns either into a unit vector before it leaves the node.
+
+    Batches are drawn without replacement from the node's share; a batch larger than the share
+    continues with a fresh permutation (every example at least once, seed-dependent repeats), so a
+    request is never refused for the share's size (red team 2 finding 3)."""
     n = x.shape[0]
     if n == 0:
         raise ValueError("this node holds no training examples; use fewer nodes or a larger alpha")
     fedsgd = mode == "fedsgd"
 
+    def draw() -> torch.Tensor:
+        idx = torch.randperm(n, generator=generator)[:batch_size]
+        while idx.numel() < batch_size:  # a batch larger than the share: the next permutation continues it
+            idx = torch.cat([idx, torch.randperm(n, generator=generator)[:batch_size - idx.numel()]])
+        return idx
+
     def batches(epoch: int):  # the node's random batches, from its own generator
         for _ in range(1 if fedsgd else local_steps):
-            idx = torch.randperm(n, generator=generator)[:batch_size]
+            idx = draw()
             yield x[idx], y[idx]
 
-    opt = None if fedsgd else build_optimizer("sgd", model.parameters(), lr=client_lr, momentum=0.0)
-    stats = train_loop(model, opt, batches)[-1]  # fedsgd: no step, the gradient is the update
     if fedsgd:
+        stats = train_loop(model, None, batches)[-1]  # no step: the gradient is the update
         arrays = OrderedDict((name, (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy().copy())
                              for name, p in model.named_parameters())
-    else:
-        arrays = param_arrays(model)
+        return arrays, stats["train_loss"], stats["examples"]
+
+    names = [name for name, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    with torch.no_grad():
+        w0 = [p.detach().clone() for p in params]
+        total = [torch.zeros_like(p) for p in params]  # sum of the steps' gradients, never rounded against w
+
+    @torch.no_grad()
+    def step() -> None:  # plain SGD, tracked exactly: w_t = w0 - lr * sum_s g_s
+        torch._foreach_add_(total, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+        for p, w in zip(params, torch._foreach_add(w0, total, alpha=-client_lr)):
+            p.copy_(w)
+
+    stats = train_loop(model, None, batches, after_step=step)[-1]
+    arrays = OrderedDict((name, torch.neg(t).numpy().copy()) for name, t in zip(names, total))
     return arrays, stats["train_loss"], stats["examples"]
 
 
