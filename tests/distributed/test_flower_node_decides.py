@@ -223,3 +223,33 @@ def test_seeded_node_noise_is_not_repeated_for_a_replayed_round(tmp_path):
     d = a.size
     # two independent N(0, 2^2) draws differ by ~2*sqrt(2d); the unit vectors by at most 2
     assert np.linalg.norm(a - b) == pytest.approx(2.0 * np.sqrt(2 * d), rel=0.05)
+
+
+@pytest.mark.parametrize("node_config, request_, served", [
+    ({"ssgd-mode": "delta"}, {"client-lr": 1e-6}, False),  # below the node's min-client-lr (default 1e-4)
+    ({"ssgd-mode": "delta"}, {"client-lr": 1e3}, False),  # above its max-client-lr (default 10)
+    ({"ssgd-mode": "delta", "min-client-lr": 1e-8}, {"client-lr": 1e-6}, True),  # the node's own range
+    ({}, {"batch-size": 10_000}, False),  # above the node's max-batch-size (default 8192: its memory)
+    ({"max-batch-size": 20_000}, {"batch-size": 10_000}, True),
+])
+def test_client_lr_and_batch_size_stay_in_the_nodes_own_range(node_config, request_, served):
+    from ssgd.distributed.flower.client_app import app
+
+    run = {**RUN, "mode": node_config.get("ssgd-mode", "fedsgd")}
+    run.pop("batch-size")
+    arrays = _setup(run)
+    reply = app(_message(arrays, {"server-round": 1, "local-steps": 1, "batch-size": 8, **request_}),
+                _context(run, node_config))
+    if served:
+        assert not reply.has_error()
+    else:
+        _refused(reply)
+
+
+def test_an_inverted_client_lr_or_batch_range_is_a_bad_node_config():
+    from ssgd.distributed.flower.policy import NodePolicy
+
+    with pytest.raises(ValueError, match="min-client-lr"):
+        NodePolicy.from_node_config({"min-client-lr": 1.0, "max-client-lr": 0.1})
+    with pytest.raises(ValueError, match="max-batch-size"):
+        NodePolicy.from_node_config({"min-batch-size": 64, "max-batch-size": 32})

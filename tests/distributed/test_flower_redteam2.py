@@ -325,3 +325,22 @@ def test_seeded_node_noise_does_not_repeat_in_a_new_run(tmp_path, ledger):
     diff = noisy - noise
     # noise of std 2 per entry on ~270k entries: an honest pair of releases differs by ~2*sqrt(2*d), not by ~1
     assert np.linalg.norm(diff) > 10.0, f"the difference of two releases is noise-free (norm {np.linalg.norm(diff):.6f})"
+
+
+def test_a_share_below_the_nodes_own_min_batch_size_refuses_every_request_alike():
+    """The fix of finding 3 keeps the guard it replaced: a node whose share is below its own min-batch-size never
+    computes (one example's gradient gives its label away) -- and refuses every batch size alike (a fixed bit of
+    its own setting), while a node above it answers any batch size, also one larger than its share."""
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.task import make_model, node_share, param_arrays
+
+    run = {**RUN, "mode": "fedsgd"}
+    cfg = FlowerRunConfig.from_mapping(run)
+    w = param_arrays(make_model(cfg))
+    share = len(node_share(cfg, 0, 3)[1])
+    for min_batch, answers in ((share + 1, False), (share, True)):
+        ctx = _context({"min-batch-size": min_batch, "max-batch-size": 3 * share})
+        ctx.run_config.update(run)
+        for b in (min_batch, share + 7, 3 * share):
+            r = _ask(ctx, w, {"batch-size": b, "seed": 0, "server-round": 1}, b)
+            assert r.has_error() != answers, (min_batch, b)

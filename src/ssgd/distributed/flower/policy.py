@@ -13,6 +13,9 @@ node config key            default                  what it controls
 ``allowed-metrics``        ``""`` (none)            comma-separated metrics that may leave the
                                                     node (``num-examples``, ``train-loss``)
 ``min-batch-size``         ``1``                    smallest batch the node computes a gradient on
+                                                    (a share below it refuses every request)
+``max-batch-size``         ``8192``                 largest batch a request may ask for (its memory;
+                                                    a batch larger than the share cycles through it)
 ``min-noise-multiplier``   none (required by        the smallest σ the node adds with
                            ``LocalNoiseMod``)       :class:`~ssgd.distributed.flower.LocalNoiseMod`
 ``allow-evaluate``         ``false``                whether the packaged ClientApp answers
@@ -60,13 +63,14 @@ from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, ReleaseBu
 from ...transform import DEFAULT_EPS, check_eps, check_nonnegative, check_scope
 from . import keys
 
-__all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
+__all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MAX_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
            "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "DATASET", "DATA_DIR",
            "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
 ALLOWED_METRICS = "allowed-metrics"
 MIN_BATCH_SIZE = "min-batch-size"
+MAX_BATCH_SIZE = "max-batch-size"
 MIN_NOISE_MULTIPLIER = "min-noise-multiplier"
 ALLOW_EVALUATE = "allow-evaluate"
 MAX_LOCAL_STEPS = "max-local-steps"
@@ -123,6 +127,7 @@ class NodePolicy:
     eps: float = DEFAULT_EPS
     allowed_metrics: frozenset = frozenset()
     min_batch_size: int = 1
+    max_batch_size: int = 8192
     min_noise_multiplier: float | None = None
     allow_evaluate: bool = False
     #: the outgoing vector must have norm 1 +- unit_tol (per tensor for scope="layer"), or be exactly 0
@@ -153,6 +158,10 @@ class NodePolicy:
         object.__setattr__(self, "allowed_metrics", _metrics(self.allowed_metrics))
         if isinstance(self.min_batch_size, bool) or not isinstance(self.min_batch_size, int) or self.min_batch_size < 1:
             raise ValueError(f"Invalid {MIN_BATCH_SIZE}={self.min_batch_size!r}; must be an integer >= 1")
+        if (isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int)
+                or self.max_batch_size < self.min_batch_size):
+            raise ValueError(f"Invalid {MAX_BATCH_SIZE}={self.max_batch_size!r}; must be an integer >= "
+                             f"{MIN_BATCH_SIZE} ({self.min_batch_size})")
         if self.min_noise_multiplier is not None:
             sigma = _number(MIN_NOISE_MULTIPLIER, self.min_noise_multiplier)
             if sigma <= 0:
@@ -193,7 +202,8 @@ class NodePolicy:
         nc = dict(node_config or {})
         kw: dict[str, Any] = {}
         for key, field in ((keys.SCOPE, "scope"), (keys.EPS, "eps"), (ALLOWED_METRICS, "allowed_metrics"),
-                           (MIN_BATCH_SIZE, "min_batch_size"), (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
+                           (MIN_BATCH_SIZE, "min_batch_size"), (MAX_BATCH_SIZE, "max_batch_size"),
+                           (MIN_NOISE_MULTIPLIER, "min_noise_multiplier"),
                            (ALLOW_EVALUATE, "allow_evaluate"), (keys.MODE, "mode"),
                            (MAX_LOCAL_STEPS, "max_local_steps"), (MIN_CLIENT_LR, "min_client_lr"),
                            (MAX_CLIENT_LR, "max_client_lr"), (MAX_EPSILON, "max_epsilon"),
@@ -226,9 +236,10 @@ class NodePolicy:
                                   f"{keys.EPS}): a larger eps sends a scaled raw gradient; not sent")
         if keys.BATCH_SIZE in cfg:
             b = cfg[keys.BATCH_SIZE]
-            if isinstance(b, bool) or not isinstance(b, int) or b < self.min_batch_size:
-                raise PolicyError(f"the server asks {keys.BATCH_SIZE}={b!r}, below this node's minimum "
-                                  f"{self.min_batch_size} (node config {MIN_BATCH_SIZE}); not sent")
+            if isinstance(b, bool) or not isinstance(b, int) or not self.min_batch_size <= b <= self.max_batch_size:
+                raise PolicyError(f"the server asks {keys.BATCH_SIZE}={b!r}, outside this node's "
+                                  f"[{self.min_batch_size}, {self.max_batch_size}] (node config {MIN_BATCH_SIZE}, "
+                                  f"{MAX_BATCH_SIZE}); not sent")
         if keys.LOCAL_STEPS in cfg:
             s = cfg[keys.LOCAL_STEPS]
             if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= self.max_local_steps:

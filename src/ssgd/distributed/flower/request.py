@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import keys
-from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_CLIENT_LR, MAX_EPSILON, MAX_LOCAL_STEPS,
+from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_BATCH_SIZE, MAX_CLIENT_LR, MAX_EPSILON, MAX_LOCAL_STEPS,
                      MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "SERVER_ONLY_KEYS", "parse_request",
@@ -60,6 +60,7 @@ REQUEST_FIELDS: dict[str, type] = {
 
 #: node-config keys and request-only keys: a run config holding one of them is refused
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
+                     MAX_BATCH_SIZE,
                      MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MIN_CLIENT_LR, MAX_CLIENT_LR, MAX_EPSILON,
                      DP_DELTA, PRIVACY_LEDGER)
 
