@@ -11,10 +11,13 @@ policy: the constructor's ``mode``, node config ``ssgd-mode``; a request for ano
 ``"fedsgd"``
     the ``ClientApp`` replies with a gradient :math:`g`; the node sends :math:`g/\lVert g\rVert`.
 ``"delta"``
-    the ``ClientApp`` replies with its locally trained weights :math:`w'` (an unchanged
-    FedAvg-style ``ClientApp`` works); the node sends :math:`(w'-w)/\lVert w'-w\rVert`,
-    where :math:`w` is the global model it received -- never :math:`w'` itself, which
-    would reveal the modulus.
+    the packaged ``ClientApp`` replies with its update itself (the direction of its local
+    steps, under the record :data:`~.request.DELTA`), which the node normalises as it is.
+    An unchanged FedAvg-style ``ClientApp`` that replies with its trained weights :math:`w'`
+    works too: the node then sends :math:`(w'-w)/\lVert w'-w\rVert`, where :math:`w` is the
+    global model it received -- but :math:`w'` is rounded against the server's :math:`w`,
+    and a crafted :math:`w` and ``client-lr`` turn that rounding into the norm
+    (docs/threat-model.md). Never :math:`w'` itself, which would reveal the modulus.
 
 The normalisation is :func:`ssgd.unit_` (float32 norms, zero stays zero, NaN refused).
 
