@@ -212,7 +212,7 @@ def test_every_node_setting_the_threat_model_documents_is_one_the_node_honours()
     table = text.split("## The node's own settings (Flower)")[1].split("\n## ")[0]
     documented = set(re.findall(r"^\| `([a-z-]+)` \|", table, flags=re.M))
     probe = {"ssgd-scope": "layer", "ssgd-eps": 1e-6, "allowed-metrics": "train-loss", "min-batch-size": 7,
-             "min-noise-multiplier": 2.5, "allow-evaluate": True, "ssgd-mode": "delta", "max-local-steps": 3,
+             "max-batch-size": 100, "min-client-lr": 1e-3, "max-client-lr": 1.0, "min-noise-multiplier": 2.5, "allow-evaluate": True, "ssgd-mode": "delta", "max-local-steps": 3,
              "max-epsilon": 4.0, "dp-delta": 1e-6, "privacy-ledger": "/tmp/ledger.json", "dataset": "digits",
              "data-dir": "/data"}
     assert documented == set(probe), documented ^ set(probe)

@@ -105,7 +105,10 @@ def _raw_norm(ctx, arrays, config, subtract=None):
     return math.sqrt(sum(float((v ** 2).sum()) for v in vals.values()))
 
 
-def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime():
+@pytest.mark.parametrize("lr_range", [{}, {"min-client-lr": 1e-30, "max-client-lr": 4096.0}])
+def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime(lr_range):
+    """(fix: the node sends the direction of its local steps from its own buffer, never w' - w. The second case is
+    a node whose own client-lr range admits every lr the bisection asks for: the fix does not rest on refusals.)"""
     from ssgd.distributed.flower import FlowerRunConfig
     from ssgd.distributed.flower.task import make_model, param_arrays
 
@@ -113,13 +116,16 @@ def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime()
     w = param_arrays(make_model(cfg))
     name, i = "net.5.bias", 3
     w[name][i] = np.float32(1.0)  # the probe coordinate: one ulp of 1 is 2**-23 above, 2**-24 below
-    ctx = _context({"ssgd-mode": "delta"})  # a default node that computes deltas
+    ctx = _context({"ssgd-mode": "delta", **lr_range})  # a default node that computes deltas
     calls = iter(range(10**6))
+    refused = 0
 
     def coordinate(lr):
         r = _ask(ctx, w, {"ssgd-mode": "delta", "batch-size": 1, "local-steps": 1, "client-lr": float(lr), "seed": 0,
                           "server-round": 1}, next(calls))
         if r.has_error():
+            nonlocal refused
+            refused += 1
             return None
         return float(np.asarray(r.content["arrays"][name].numpy())[i])
 
@@ -135,6 +141,8 @@ def test_a_delta_node_does_not_reveal_its_norm_through_the_rounding_of_w_prime()
         else:
             hi = mid
     estimate = half_ulp / 2.0 ** hi / abs(ui)
+    if lr_range:
+        assert refused == 0  # every request of the bisection was answered
 
     # what the node computed, at client-lr 1 (one step: |w' - w| = |g|; the rounding of w' is negligible there)
     true = _raw_norm(ctx, w, {"ssgd-mode": "delta", "batch-size": 1, "local-steps": 1, "client-lr": 1.0, "seed": 0,
