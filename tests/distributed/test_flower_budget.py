@@ -149,6 +149,91 @@ def test_a_ledger_file_keeps_the_count_across_runs_and_restarts(tmp_path):
     assert reply.has_error() and reply.error.reason == REFUSED
 
 
+def _run_context(node_config, run_id, node_id, run_config=RUN):
+    """The Context a SuperNode builds for a run: the SuperLink (the server) chose ``run_id`` and ``node_id``; the
+    state is fresh (flwr 1.42 keeps Context.state per run); the node config is the node owner's."""
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=run_id, node_id=node_id, node_config={"num-partitions": 3, **node_config},
+                   state=RecordDict(), run_config=dict(run_config))
+
+
+def test_a_server_starting_new_runs_does_not_reset_the_default_budget(_private_flwr_home):
+    """Red team (2026-12-04): without a ledger the count lived in Context.state, and in flwr 1.42 the SuperLink
+    (the adversary) chooses the run ids: five runs of 3 requests each got 15 releases where the budget allows 3.
+    Now the node counts in its default ledger, keyed by its own partition-id, never by the run or node id."""
+    k = _budget_releases(SIGMA, MAX_EPS, DELTA)
+    assert k == 3  # the red team's numbers: 5 runs x 3 requests, 3 allowed
+    app, arrays = _app(), _model()
+    node = {"partition-id": 0, "max-epsilon": MAX_EPS, "dp-delta": DELTA}
+    replies = []
+    for run in range(5):  # every run: a new run id, a new server-assigned node id, a fresh Context.state
+        ctx = _run_context(node, run_id=7000 + run, node_id=1001 + 17 * run)
+        replies += [_ask(app, ctx, arrays, 10 * run + i) for i in range(3)]
+    assert _outcomes(replies) == ["released"] * k + ["refused"] * (15 - k)
+    from ssgd.distributed.flower.privacy import default_ledger_path
+
+    ledger = _private_flwr_home / "ssgd" / "privacy-ledger-0.json"
+    assert default_ledger_path({"partition-id": 0}) == ledger
+    assert sum(json.loads(ledger.read_text())["counts"]) == k
+    # a SuperNode restart (a new process, a new mod object) continues the same count
+    assert _outcomes([_ask(_app(), _run_context(node, 9999, 1), arrays, 99)]) == ["refused"]
+
+
+def test_the_default_ledger_is_keyed_by_the_nodes_partition_id_and_resolved_at_every_release(_private_flwr_home,
+                                                                                             tmp_path, monkeypatch):
+    """Nodes sharing one Flower home: each partition-id its own budget; no partition-id: one shared budget
+    (conservative). The path follows FLWR_HOME at the time of the release (a new home is a new node owner's)."""
+    k = _budget_releases(SIGMA, MAX_EPS, DELTA)
+    app, arrays = _app(), _model()
+    budget = {"max-epsilon": MAX_EPS, "dp-delta": DELTA}
+
+    def ask_n(node_config, n, tag):
+        return _outcomes([_ask(app, _run_context({**budget, **node_config}, run_id=i + 1, node_id=5), arrays,
+                                f"{tag}-{i}") for i in range(n)])
+
+    assert ask_n({"partition-id": 1}, k + 1, "p1") == ["released"] * k + ["refused"]
+    assert ask_n({"partition-id": "node-b"}, k, "pb") == ["released"] * k  # another node of the same home
+    assert ask_n({}, k - 1, "n1") == ["released"] * (k - 1)  # no partition-id: one shared file ...
+    assert ask_n({}, 2, "n2") == ["released", "refused"]  # ... whatever run or node id the server uses
+    assert sorted(p.name for p in (_private_flwr_home / "ssgd").glob("*.json")) == [
+        "privacy-ledger-1.json", "privacy-ledger-node-b.json", "privacy-ledger.json"]
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "other-home"))  # resolved now, not at import
+    assert ask_n({"partition-id": 1}, 1, "h2") == ["released"]
+    assert (tmp_path / "other-home" / "ssgd" / "privacy-ledger-1.json").is_file()
+
+
+@pytest.mark.parametrize("pid", ["../evil", "", ".hidden", -1, True, 1.5, "a" * 65])
+def test_a_partition_id_that_cannot_name_the_default_ledger_is_refused(_private_flwr_home, pid):
+    from ssgd.distributed.flower.mod import REFUSED
+
+    app, arrays = _app(), _model()
+    reply = _ask(app, _run_context({"partition-id": pid}, 1, 1), arrays, 0)
+    assert reply.has_error() and reply.error.reason == REFUSED
+    assert not list(_private_flwr_home.rglob("*.json")) and not (_private_flwr_home.parent / "evil.json").exists()
+
+
+def test_privacy_ledger_memory_is_the_node_owners_opt_out_and_the_run_config_cannot_choose_it(_private_flwr_home):
+    """``privacy-ledger=memory`` (node config only): the count lives in Context.state and resets on every run the
+    server starts -- as documented. The server cannot select it: a run config naming privacy-ledger is refused,
+    and the request is still counted in the node's default ledger."""
+    from ssgd.distributed.flower.mod import REFUSED
+
+    k = _budget_releases(SIGMA, MAX_EPS, DELTA)
+    app, arrays = _app(), _model()
+    node = {"partition-id": 0, "max-epsilon": MAX_EPS, "privacy-ledger": "memory"}
+    out = [_outcomes([_ask(app, _run_context(node, run, 1), arrays, f"{run}-{i}") for i in range(k)])
+           for run in (1, 2)]
+    assert out == [["released"] * k] * 2  # the documented weakness of the opt-out
+    assert not (_private_flwr_home / "ssgd").exists()
+    for value in ("memory", "/tmp/elsewhere.json"):
+        reply = _ask(app, _run_context({"partition-id": 0, "max-epsilon": MAX_EPS}, 3, 1,
+                                       {**RUN, "privacy-ledger": value}), arrays, "rc")
+        assert reply.has_error() and reply.error.reason == REFUSED
+    ledger = json.loads((_private_flwr_home / "ssgd" / "privacy-ledger-0.json").read_text())
+    assert sum(ledger["counts"]) == 2  # counted before SSGDMod refused the run config: never fewer than released
+
+
 def test_node_config_budget_keys_are_validated():
     from ssgd.distributed.flower import NodePolicy
 

@@ -197,8 +197,8 @@ def test_the_strategy_counts_the_release_of_a_non_finite_step():
 def test_seeded_node_noise_is_not_repeated_for_a_replayed_round(tmp_path):
     """Another route: seeded noise was a function of (seed, node, round). A server asking for round 1
     twice, at two models, got the same noise twice: the difference of the replies is noise-free. Now the
-    stream is keyed by the release's number in the node's ledger (never repeated); without a ledger a
-    seeded mod refuses."""
+    stream is keyed by the release's number in the node's ledger (never repeated; by default the node's own
+    ledger file under its Flower home); under the opt-out privacy-ledger=memory a seeded mod refuses."""
     from flwr.clientapp import ClientApp
 
     from ssgd.distributed.flower import FaultMod, InProcessGrid, LocalNoiseMod, ssgd_mod
@@ -209,10 +209,10 @@ def test_seeded_node_noise_is_not_repeated_for_a_replayed_round(tmp_path):
     arrays = _setup(RUN)
     other = {k: v * 0.5 for k, v in arrays.items()}
     request = {"batch-size": 32, "server-round": 1, "ssgd-dp-noise-multiplier": 1.0}
-    grid = InProcessGrid(app, 1, RUN)
+    grid = InProcessGrid(app, 1, RUN, node_configs=[{"privacy-ledger": "memory"}])
     assert grid.get_node_ids() == [1001]  # the node _message addresses
-    _refused(list(grid.send_and_receive([_message(arrays, request)]))[0])  # seeded without a ledger: refused
-    grid = InProcessGrid(app, 1, RUN, node_configs=[{"privacy-ledger": str(tmp_path / "ledger.json")}])
+    _refused(list(grid.send_and_receive([_message(arrays, request)]))[0])  # seeded, count in Context.state: refused
+    grid = InProcessGrid(app, 1, RUN)  # the node's default ledger
 
     def ask(model, config):
         r = list(grid.send_and_receive([_message(model, config)]))[0]

@@ -174,12 +174,15 @@ def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded(tmp_path):
     assert not np.array_equal(out["a"], same_round["a"])
     n1, n2 = seeded("c", nodes=2)
     assert not np.array_equal(n1["a"], n2["a"])
-    # without a ledger a seeded node refuses (its count would restart in a new run: the noise would repeat)
-    [refused] = _train_once(_fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G), G,
-                            {DP_NOISE_MULTIPLIER: sigma})
+    # under the opt-out privacy-ledger=memory a seeded node refuses (its count would restart in a new run: the noise
+    # would repeat); by default it counts in its own ledger file under its Flower home and answers
+    seeded_app = _fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G)
+    [refused] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma}, node_configs=[{"privacy-ledger": "memory"}])
     assert not isinstance(refused, dict)
+    [default] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma})
+    assert all(np.array_equal(out[k], default[k]) for k in G)  # release 1 of a fresh (default) ledger
     # unseeded: OS entropy, fresh on every call
-    mod = LocalNoiseMod(min_noise_multiplier=0.5)
+    mod = LocalNoiseMod(min_noise_multiplier=0.5, max_epsilon=50.0)  # the default ledger's releases 2 and 3
     [e1] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     [e2] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})
     assert not np.array_equal(e1["a"], e2["a"])

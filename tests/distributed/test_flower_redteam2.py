@@ -296,8 +296,9 @@ def test_a_crafted_flower_checkpoint_count_or_norm_out_of_range_is_refused(tmp_p
 
 @pytest.mark.parametrize("ledger", [False, True])
 def test_seeded_node_noise_does_not_repeat_in_a_new_run(tmp_path, ledger):
-    """(fix: a seeded node's stream is keyed by its ledger's release number; without a ledger it refuses. With
-    a ledger both runs are answered, so the attack runs to the end.)"""
+    """(fix: a seeded node's stream is keyed by its ledger's release number -- ``ledger=False``: the node's default
+    ledger under its Flower home, ``True``: node config privacy-ledger; under privacy-ledger=memory it refuses.
+    Both runs are answered, so the attack runs to the end.)"""
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -328,8 +329,7 @@ def test_seeded_node_noise_does_not_repeat_in_a_new_run(tmp_path, ledger):
 
     noise, noisy = release(nan, 0), release(w, 1)
     if noise is None or noisy is None:
-        assert not ledger  # a node with a ledger answers both runs
-        return  # a repeated round refused: fine
+        raise AssertionError("a node with a ledger (its default one included) answers both runs")
     diff = noisy - noise
     # noise of std 2 per entry on ~270k entries: an honest pair of releases differs by ~2*sqrt(2*d), not by ~1
     assert np.linalg.norm(diff) > 10.0, f"the difference of two releases is noise-free (norm {np.linalg.norm(diff):.6f})"

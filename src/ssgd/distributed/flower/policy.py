@@ -30,14 +30,25 @@ node config key            default                  what it controls
                                                     (:class:`~ssgd.privacy.ReleaseBudget`); once the
                                                     next release would exceed it, it refuses
 ``dp-delta``               ``1e-5``                 the δ at which ``max-epsilon`` is counted
-``privacy-ledger``         ``""``                   a file where the node records its releases
-                                                    (all runs, restarts included); ``""``: the
-                                                    node's per-run state only (docs/threat-model.md)
+``privacy-ledger``         ``""`` (the node's       the locked file where the node counts its
+                           default ledger file,     releases, across all runs and restarts.
+                           below)                   ``memory``: the node owner's opt-out, the
+                                                    node's Context.state, which **resets on every
+                                                    run the server starts** (docs/threat-model.md)
 ``dataset``                ``"mnist"``              the data the packaged ClientApp computes on
                                                     (a run config naming another is refused)
 ``data-dir``               ``""``                   where the node reads that data (``""``: the
                                                     dataset's default location); never the run config's
 =========================  =======================  ==============================================
+
+The node's **default ledger** (``privacy-ledger`` unset or ``""``) is
+``<flwr home>/ssgd/privacy-ledger-<partition-id>.json``: Flower's home of the process that runs the
+ClientApp (``$FLWR_HOME``, else ``~/.flwr``), resolved at every release, keyed by the node config's
+``partition-id`` -- the node owner's index, which tells apart the nodes that share one home -- and
+never by ``Context.node_id`` or ``run_id``, which the SuperLink assigns (a server that starts a new
+run must not get a new budget). Without ``partition-id``: ``privacy-ledger.json``, one budget for
+every such node of that home. The run config cannot set ``privacy-ledger`` (refused, like every
+node setting), and no request field names it.
 
 The server still *sends* its view (``ssgd-scope``, ``ssgd-eps``, ``batch-size``,
 ``ssgd-dp-noise-multiplier``) so that a mismatch is caught: a request asking for less
@@ -64,7 +75,8 @@ from ...transform import DEFAULT_EPS, check_eps, check_nonnegative, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MAX_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
-           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "DATASET", "DATA_DIR",
+           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "PRIVACY_LEDGER_MEMORY",
+           "PARTITION_ID", "DATASET", "DATA_DIR",
            "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
@@ -79,6 +91,12 @@ MAX_CLIENT_LR = "max-client-lr"
 MAX_EPSILON = "max-epsilon"
 DP_DELTA = "dp-delta"
 PRIVACY_LEDGER = "privacy-ledger"
+#: ``privacy-ledger`` value of a node owner who opts out of the ledger file: the count lives in the node's
+#: Context.state, which **resets on every run the server starts** (and on a SuperNode restart)
+PRIVACY_LEDGER_MEMORY = "memory"
+#: the node owner's index of this node (``ssgd flower up/local`` set it): which data share the packaged ClientApp
+#: reads, and the name of the node's default ledger file (never Context.node_id: the SuperLink assigns that)
+PARTITION_ID = "partition-id"
 DATASET = "dataset"
 DATA_DIR = "data-dir"
 

@@ -45,13 +45,15 @@ it makes (a zero-vector release after a failure too) with Opacus's accountant
 ``max-epsilon`` (default 10) at ``dp-delta`` (default 1e-5), and once the next release would
 exceed it answers with the fixed text :data:`~.mod.BUDGET_SPENT`. A request refused after the
 count (by ``SSGDMod``, from the request alone) still counts: the node counts what it committed
-to, never less than it released. ``privacy-ledger`` keeps the count in a locked file across
-runs and SuperNode restarts (without it: the node's ``Context.state``, one run on one running
-SuperNode; docs/threat-model.md).
+to, never less than it released. The count lives in a locked ledger file the node owns, which every run
+and SuperNode restart continues: node config ``privacy-ledger=PATH``, by default
+``<flwr home>/ssgd/privacy-ledger-<partition-id>.json`` (:func:`default_ledger_path`); the node owner's
+opt-out ``privacy-ledger=memory`` keeps it in the node's ``Context.state``, which resets on every run the
+server starts (docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
 noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, node id,
-the release's number in the node's ``privacy-ledger``) and is refused without a ledger: a
+the release's number in the node's ledger) and is refused under ``privacy-ledger=memory``: a
 release number counted in the ledger never repeats, across runs and restarts, whereas a round
 number (the server's) or a count in ``Context.state`` (reset by a new run) would -- and the same
 noise twice cancels in the difference of two releases. A seed known to the server would let it
@@ -82,7 +84,9 @@ import dataclasses
 import logging
 import math
 import os
-from typing import Any, Iterable
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -93,11 +97,12 @@ from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, BudgetSpe
 from ...report.io import atomic_write_text
 from . import keys
 from .mod import BUDGET_SPENT, REFUSED, SSGDMod, error_reply
-from .policy import NodePolicy, check_outgoing
+from .policy import PARTITION_ID, PRIVACY_LEDGER, PRIVACY_LEDGER_MEMORY as LEDGER_MEMORY, NodePolicy, check_outgoing
 from .request import ARRAYS, read_fields
 from .strategy import SSGDStrategy
 
-__all__ = ["DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound"]
+__all__ = ["DP_NOISE_MULTIPLIER", "LocalNoiseMod", "PrivateSSGDStrategy", "noisy_norm_bound", "default_ledger_path",
+           "flwr_home"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,45 @@ def noisy_norm_bound(std: float, dim: int, false_reject: float = 1e-9) -> float:
     return 1.0 + std * math.sqrt(dim + 2.0 * math.sqrt(dim * x) + 2.0 * x)
 
 
+def flwr_home() -> Path:
+    """The node's Flower home, as Flower resolves it (``flwr.supercore.utils.get_flwr_home``): ``$FLWR_HOME``,
+    else ``~/.flwr``. Read on every call (the environment of the process that runs the ClientApp)."""
+    try:
+        from flwr.supercore.utils import get_flwr_home
+    except ImportError:  # Flower moved its helper: the same rule
+        env = os.environ.get("FLWR_HOME")
+        return Path(env) if env else Path.home() / ".flwr"
+    return Path(get_flwr_home())
+
+
+#: a node-config ``partition-id`` that may name a ledger file: an integer >= 0, or a short plain name
+_LEDGER_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def default_ledger_path(node_config: Mapping[str, Any] | None) -> Path:
+    """The ledger a node uses when its node config sets no ``privacy-ledger``:
+    ``<flwr home>/ssgd/privacy-ledger-<partition-id>.json`` (:func:`flwr_home`, resolved now).
+
+    Keyed by node config ``partition-id`` -- the node owner's setting (``ssgd flower up``/``local`` set it per
+    node), which tells apart the nodes that share one Flower home -- never by ``Context.node_id`` or
+    ``run_id``, which the SuperLink (the adversary) assigns: a new run id would be a new, empty ledger. A node
+    config without ``partition-id`` uses ``<flwr home>/ssgd/privacy-ledger.json``, one count for every such
+    node of that home (conservative: nodes sharing it share one budget). A ``partition-id`` that is neither an
+    integer >= 0 nor a plain name (``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 64) is refused (ValueError): it names
+    a file."""
+    pid = dict(node_config or {}).get(PARTITION_ID)
+    if pid is None:
+        name = "privacy-ledger.json"
+    elif isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+        name = f"privacy-ledger-{pid}.json"
+    elif isinstance(pid, str) and _LEDGER_KEY.fullmatch(pid):
+        name = f"privacy-ledger-{pid}.json"
+    else:
+        raise ValueError(f"Invalid node config {PARTITION_ID}={pid!r} for the node's default {PRIVACY_LEDGER}: "
+                         "use an integer >= 0 or a plain name, or set node config privacy-ledger=PATH")
+    return flwr_home() / "ssgd" / name
+
+
 class _NoiseModError(Exception):
     pass
 
@@ -138,9 +182,9 @@ class LocalNoiseMod:
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
         seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, node
-            id, the release's number in the node's ``privacy-ledger``) -- reproducible from a fresh
+            id, the release's number in the node's ledger) -- reproducible from a fresh
             ledger, never the same twice while the ledger is kept (a new run or a SuperNode restart
-            continues its count). A seeded mod without a ledger refuses every request: a count in
+            continues its count). A seeded mod under ``privacy-ledger=memory`` refuses every request: a count in
             ``Context.state`` restarts in a new run, and the same noise twice would cancel in the
             difference of two releases (the node owner who deletes the ledger resets the budget too).
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
@@ -150,11 +194,14 @@ class LocalNoiseMod:
             accountant (:class:`~ssgd.privacy.ReleaseBudget`), *before* it computes; once the
             next release would take it past ``max_epsilon`` it answers with the fixed text
             :data:`~.mod.BUDGET_SPENT` and computes nothing. The server cannot raise the budget.
-        ledger: a file where the count is kept (node config ``privacy-ledger``): it covers every
-            run and survives a SuperNode restart; locked, so concurrent messages are counted
-            one by one. ``None``/``""``: the count lives in the node's ``Context.state``, which
-            Flower keeps across the rounds of one run (series) on a running SuperNode only --
-            a new run or a restarted SuperNode starts from zero (docs/threat-model.md).
+        ledger: the file where the count is kept (node config ``privacy-ledger`` takes precedence): it covers
+            every run and survives a SuperNode restart; locked, so concurrent messages are counted one by
+            one. ``None``/``""`` (the default): the node's default ledger,
+            ``<flwr home>/ssgd/privacy-ledger-<partition-id>.json`` (:func:`default_ledger_path`: ``$FLWR_HOME``
+            else ``~/.flwr`` of the process that runs the ClientApp, keyed by node config ``partition-id``,
+            resolved at every release). ``"memory"``: the node owner opts out of the file; the count lives in
+            the node's ``Context.state``, which **resets on every run the server starts** (and on a SuperNode
+            restart) -- in flwr 1.42 the SuperLink, the adversary, chooses the run ids (docs/threat-model.md).
 
     The reply that leaves the node holds the noisy vector and nothing else (no metric: a
     loss or a count would be released outside the accountant). A request refused from its
@@ -190,21 +237,36 @@ class LocalNoiseMod:
         policy.check_request({k: v for k, v in cfg.items() if k == keys.SCOPE})
         return sigma, policy.scope
 
-    #: where the node's release history lives without a ledger file (its own Context.state)
+    #: where the node's release history lives under ``privacy-ledger=memory`` (its own Context.state)
     BUDGET_KEY = "ssgd-release-budget"
+
+    def ledger_path(self, ctxt) -> str | None:
+        """The file this node counts its releases in, resolved now (not at import: ``FLWR_HOME`` is read per
+        call): node config ``privacy-ledger`` (else the constructor's ``ledger``), else the node's default
+        ledger :func:`default_ledger_path`; ``None`` for ``privacy-ledger=memory`` (the node's Context.state)."""
+        node_config = getattr(ctxt, "node_config", None)
+        ledger = self.node_policy(ctxt).privacy_ledger
+        if ledger == LEDGER_MEMORY:
+            return None
+        return ledger or str(default_ledger_path(node_config))
 
     def charge(self, ctxt, sigma: float) -> tuple[float, int]:
         """Count one release at σ in this node's own budget (:class:`~ssgd.privacy.ReleaseBudget`) and return
         ``(ε spent after it, its release number)``; :class:`~ssgd.privacy.BudgetSpentError` (nothing counted)
-        past the budget. The count lives in the node config's ``privacy-ledger`` file, else in ``ctxt.state``."""
+        past the budget. The count lives in the node's ledger file (:meth:`ledger_path`: node config
+        ``privacy-ledger``, by default one under the node's Flower home), or with ``privacy-ledger=memory`` in
+        ``ctxt.state``."""
         policy = self.node_policy(ctxt)
-        if policy.privacy_ledger:
-            return _charge_ledger(policy.privacy_ledger, sigma, policy.max_epsilon, policy.dp_delta)
+        ledger = self.ledger_path(ctxt)
+        if ledger is not None:
+            if not policy.privacy_ledger:  # the node's default ledger: its folder is made here, private
+                os.makedirs(os.path.dirname(ledger), mode=0o700, exist_ok=True)
+            return _charge_ledger(ledger, sigma, policy.max_epsilon, policy.dp_delta)
         from flwr.app import ConfigRecord
 
         state = getattr(ctxt, "state", None)
         if state is None:
-            raise _NoiseModError("no node state to keep the release budget in (and no privacy-ledger)")
+            raise _NoiseModError("no node state to keep the release budget in (privacy-ledger=memory)")
         stored = dict(state.config_records[self.BUDGET_KEY]) if self.BUDGET_KEY in state.config_records else None
         budget = ReleaseBudget.from_dict(stored, policy.max_epsilon, policy.dp_delta)
         eps = budget.charge(sigma)
@@ -213,11 +275,12 @@ class LocalNoiseMod:
 
     def _check_seeded(self, ctxt) -> None:
         """Seeded noise is a function of (seed, node, release number): the number must never repeat, so it
-        comes from the node's ledger, which every run and restart continues; without one: refused."""
-        if self.seed is not None and not self.node_policy(ctxt).privacy_ledger:
-            raise _NoiseModError("a seeded LocalNoiseMod needs node config privacy-ledger (its release count "
-                                 "never repeats; Context.state restarts in a new run, and the same noise twice "
-                                 "cancels in the difference of two releases)")
+        comes from the node's ledger file, which every run and restart continues; with ``privacy-ledger=memory``
+        (a count that restarts in every new run): refused."""
+        if self.seed is not None and self.ledger_path(ctxt) is None:
+            raise _NoiseModError(f"a seeded LocalNoiseMod needs a ledger file, not {PRIVACY_LEDGER}={LEDGER_MEMORY} "
+                                 "(its release count never repeats; Context.state restarts in a new run, and the same "
+                                 "noise twice cancels in the difference of two releases)")
 
     def _generator(self, ctxt, release: int) -> torch.Generator:
         self.calls += 1
