@@ -167,11 +167,15 @@ def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded(tmp_path):
     # node-local sensitivity 2: std = 2 sigma; 40k draws: the std is within ~1% (5 standard errors: 1.8%)
     assert noise.std() == pytest.approx(2 * sigma, rel=0.02)
     assert abs(noise.mean()) < 5 * 2 * sigma / np.sqrt(noise.size)
-    # seeded: a fresh ledger reproduces; the next release of the same ledger (any round) or another node is fresh
-    [again] = seeded("b")
+    # seeded: a fresh ledger (at the same place) reproduces; the next release of the same ledger (any round),
+    # another ledger or another node is fresh
+    (tmp_path / "a-0.json").unlink()
+    [again] = seeded("a")
     assert all(np.array_equal(out[k], again[k]) for k in G)
     [same_round] = seeded("a")  # ledger "a" continues: release 2
     assert not np.array_equal(out["a"], same_round["a"])
+    [other_ledger] = seeded("b")  # release 1 of another ledger
+    assert not np.array_equal(out["a"], other_ledger["a"])
     n1, n2 = seeded("c", nodes=2)
     assert not np.array_equal(n1["a"], n2["a"])
     # under the opt-out privacy-ledger=memory a seeded node refuses (its count would restart in a new run: the noise
@@ -179,8 +183,11 @@ def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded(tmp_path):
     seeded_app = _fixed_unit_app([LocalNoiseMod(min_noise_multiplier=0.5, seed=3), SSGDMod()], G)
     [refused] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma}, node_configs=[{"privacy-ledger": "memory"}])
     assert not isinstance(refused, dict)
-    [default] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma})
-    assert all(np.array_equal(out[k], default[k]) for k in G)  # release 1 of a fresh (default) ledger
+    # two nodes of one seed (default ledgers: their partition-ids) to which the server gives the same node id
+    # (each grid's only node is 1001): their noise is keyed by their own ledgers, not by the server's id
+    [p0] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma}, node_configs=[{"partition-id": 0}])
+    [p1] = _train_once(seeded_app, G, {DP_NOISE_MULTIPLIER: sigma}, node_configs=[{"partition-id": 1}])
+    assert isinstance(p0, dict) and isinstance(p1, dict) and not np.array_equal(p0["a"], p1["a"])
     # unseeded: OS entropy, fresh on every call
     mod = LocalNoiseMod(min_noise_multiplier=0.5, max_epsilon=50.0)  # the default ledger's releases 2 and 3
     [e1] = _train_once(_fixed_unit_app([mod, SSGDMod()], G), G, {DP_NOISE_MULTIPLIER: sigma})

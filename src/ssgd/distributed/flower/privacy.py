@@ -52,10 +52,10 @@ opt-out ``privacy-ledger=memory`` keeps it in the node's ``Context.state``, whic
 server starts (docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
-noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, node id,
-the release's number in the node's ledger) and is refused under ``privacy-ledger=memory``: a
-release number counted in the ledger never repeats, across runs and restarts, whereas a round
-number (the server's) or a count in ``Context.state`` (reset by a new run) would -- and the same
+noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, the node's
+ledger file, the release's number in it) and is refused under ``privacy-ledger=memory``: a
+release number counted in a ledger never repeats, across runs and restarts, whereas a round
+number (the server's), a node id (the SuperLink's) or a count in ``Context.state`` (reset by a new run) would -- and the same
 noise twice cancels in the difference of two releases. A seed known to the server would let it
 subtract the noise, so the server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
 required (a smaller σ gets an error reply, not an update). Under DP the reply carries the
@@ -181,9 +181,10 @@ class LocalNoiseMod:
         noise_multiplier: default σ when the message sets none (``None``: the message must set it).
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
-        seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, node
-            id, the release's number in the node's ledger) -- reproducible from a fresh
-            ledger, never the same twice while the ledger is kept (a new run or a SuperNode restart
+        seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, the node's
+            ledger file, the release's number in it) -- reproducible from a fresh ledger at the same
+            place, never the same twice while the ledger is kept (nor for two nodes with two ledgers, whatever
+            node ids the SuperLink assigns) (a new run or a SuperNode restart
             continues its count). A seeded mod under ``privacy-ledger=memory`` refuses every request: a count in
             ``Context.state`` restarts in a new run, and the same noise twice would cancel in the
             difference of two releases (the node owner who deletes the ledger resets the budget too).
@@ -287,7 +288,9 @@ class LocalNoiseMod:
         if self.seed is None:
             s = derive_seed(None)
         else:
-            s = derive_seed(self.seed, "local-noise", int(getattr(ctxt, "node_id", 0)), int(release))
+            # keyed by the node's own ledger (the file, as charge() resolved it), never by Context.node_id: the
+            # SuperLink assigns that, and could give two nodes of one seed the same id -- the same noise twice
+            s = derive_seed(self.seed, "local-noise", os.path.realpath(self.ledger_path(ctxt)), int(release))
         return torch.Generator().manual_seed(s)
 
     def __call__(self, msg, ctxt, call_next):
