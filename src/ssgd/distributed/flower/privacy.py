@@ -55,8 +55,8 @@ The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draw
 noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, the node's
 ledger file, the release's number in it) and is refused under ``privacy-ledger=memory``: a
 release number counted in a ledger never repeats, across runs and restarts, whereas a round
-number (the server's), a node id (the SuperLink's) or a count in ``Context.state`` (reset by a new run) would -- and the same
-noise twice cancels in the difference of two releases. A seed known to the server would let it
+number (the server's), a node id (the SuperLink's) or a count in ``Context.state`` (reset by a new
+run) would -- and the same noise twice cancels in the difference of two releases. A seed known to the server would let it
 subtract the noise, so the server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
 required (a smaller σ gets an error reply, not an update). Under DP the reply carries the
 noisy vector only: ``LocalNoiseMod`` drops every metric (a loss or a count would be released
@@ -97,7 +97,7 @@ from ...privacy.node import DEFAULT_BUDGET_DELTA, DEFAULT_MAX_EPSILON, BudgetSpe
 from ...report.io import atomic_write_text
 from . import keys
 from .mod import BUDGET_SPENT, REFUSED, SSGDMod, error_reply
-from .policy import PARTITION_ID, PRIVACY_LEDGER, PRIVACY_LEDGER_MEMORY as LEDGER_MEMORY, NodePolicy, check_outgoing
+from .policy import PARTITION_ID, PRIVACY_LEDGER, PRIVACY_LEDGER_MEMORY, NodePolicy, check_outgoing
 from .request import ARRAYS, read_fields
 from .strategy import SSGDStrategy
 
@@ -183,11 +183,11 @@ class LocalNoiseMod:
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
         seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, the node's
             ledger file, the release's number in it) -- reproducible from a fresh ledger at the same
-            place, never the same twice while the ledger is kept (nor for two nodes with two ledgers, whatever
-            node ids the SuperLink assigns) (a new run or a SuperNode restart
-            continues its count). A seeded mod under ``privacy-ledger=memory`` refuses every request: a count in
-            ``Context.state`` restarts in a new run, and the same noise twice would cancel in the
-            difference of two releases (the node owner who deletes the ledger resets the budget too).
+            place, never the same twice while the ledger is kept (a new run or a SuperNode restart continues
+            its count), nor for two nodes with two ledgers, whatever node ids the SuperLink assigns. A
+            seeded mod under ``privacy-ledger=memory`` refuses every request: a count in ``Context.state``
+            restarts in a new run, and the same noise twice would cancel in the difference of two releases
+            (the node owner who deletes the ledger resets the budget too).
         unit_tol: how far from 1 the incoming norm may be (it must be a unit vector, or 0).
         max_epsilon, delta: this node's own release budget (node config ``max-epsilon``,
             ``dp-delta`` take precedence; default (10, 1e-5)). The node counts every release it
@@ -247,7 +247,7 @@ class LocalNoiseMod:
         ledger :func:`default_ledger_path`; ``None`` for ``privacy-ledger=memory`` (the node's Context.state)."""
         node_config = getattr(ctxt, "node_config", None)
         ledger = self.node_policy(ctxt).privacy_ledger
-        if ledger == LEDGER_MEMORY:
+        if ledger == PRIVACY_LEDGER_MEMORY:
             return None
         return ledger or str(default_ledger_path(node_config))
 
@@ -279,9 +279,9 @@ class LocalNoiseMod:
         comes from the node's ledger file, which every run and restart continues; with ``privacy-ledger=memory``
         (a count that restarts in every new run): refused."""
         if self.seed is not None and self.ledger_path(ctxt) is None:
-            raise _NoiseModError(f"a seeded LocalNoiseMod needs a ledger file, not {PRIVACY_LEDGER}={LEDGER_MEMORY} "
-                                 "(its release count never repeats; Context.state restarts in a new run, and the same "
-                                 "noise twice cancels in the difference of two releases)")
+            raise _NoiseModError(f"a seeded LocalNoiseMod needs a ledger file, not {PRIVACY_LEDGER}="
+                                 f"{PRIVACY_LEDGER_MEMORY} (its release count never repeats; Context.state restarts "
+                                 "in a new run, and the same noise twice cancels in the difference of two releases)")
 
     def _generator(self, ctxt, release: int) -> torch.Generator:
         self.calls += 1
