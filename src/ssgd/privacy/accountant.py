@@ -222,6 +222,21 @@ class PrivacyAccountant:
         return (f"(epsilon={eps:.3g}, delta={self.delta:g})-DP per {self.level} after {self._steps} steps "
                 f"[sigma={self.noise_multiplier:.4g}, q={self.sample_rate:.4g}, {self.accountant.upper()} accountant]")
 
+    def replay(self, releases_per_epoch: int, epochs: int) -> list[dict[str, float]]:
+        """Forget everything recorded and account ``epochs`` epochs of ``releases_per_epoch`` releases each at
+        this accountant's σ and q (per-epoch rows included); returns the rows.
+
+        How a resumed run restores its accountant: from its own settings and the number of epochs it completed,
+        never from a file (a rewound or edited accountant in a checkpoint would publish a smaller ε)."""
+        self._acc = _opacus_accountant(self.accountant)
+        self._steps = 0
+        self.epochs = []
+        k = _check_steps(releases_per_epoch)
+        for epoch in range(1, _check_steps(epochs) + 1):
+            self.step(k)
+            self.end_epoch(epoch)
+        return list(self.epochs)
+
     def state_dict(self) -> dict[str, Any]:
         return {"accountant": self._acc.state_dict(), "steps": self._steps, "epochs": list(self.epochs)}
 
