@@ -162,3 +162,15 @@ def test_gpu_summary_rows_are_rebuilt_from_checked_cells(tmp_path):
         target.write_text(summary.replace("| 1M | **no** |", f"| 1M | {cell} |"))
         with pytest.raises(ValueError):
             render_section(sec, tmp_path)
+
+
+def test_a_sections_loader_itself_refuses_markdown(tmp_path):
+    """Not only render_section: whoever calls a section's ``load`` (a script, a probe) gets checked data."""
+    from ssgd.experiments.readme import Section
+    from ssgd.report import ResultFileError
+
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"cells": [{"method": "[l](http://e.x)"}]}))
+    for sec in (SECTIONS["table2"], Section("t", "x.json", str)):
+        with pytest.raises(ResultFileError, match="cells\\[0\\].method"):
+            sec.load(bad)

@@ -31,12 +31,31 @@ __all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "PLAIN_LIMIT", "SECTIONS", "Se
 
 @dataclass(frozen=True)
 class Section:
-    """One generated README section: its name, the JSON (relative to the repository root), the renderer."""
+    """One generated README section: its name, the JSON (relative to the repository root), the renderer and
+    the loader. ``load`` is wrapped here so that every string of what it returns has passed
+    :func:`check_plain`: whoever reads a section's file (:func:`render_section` or any other caller) gets
+    data, never Markdown."""
 
     name: str
     source: str
     render: Callable[[dict[str, Any]], str]
     load: Callable[[Path], dict[str, Any]] = load_results
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.load, _PlainLoader):
+            object.__setattr__(self, "load", _PlainLoader(self.load))
+
+
+class _PlainLoader:
+    """A section's loader whose result is checked by :func:`check_plain` (the one gate of every section)."""
+
+    def __init__(self, load: Callable[[Path], dict[str, Any]]):
+        self.raw = load
+
+    def __call__(self, path: Path) -> dict[str, Any]:
+        doc = self.raw(path)
+        check_plain(doc, path)
+        return doc
 
 
 # the README's per-attack leakage table: the paper's setting (MNIST, untrained LeNet, one image per update)
@@ -231,13 +250,12 @@ def check_plain(doc: Any, source: Any, *, limit: int = PLAIN_LIMIT) -> None:
 
 def render_section(section: Section, root: Path) -> str | None:
     """The section's Markdown from its JSON under ``root``, or None when the JSON does not exist yet. Every
-    string the loaded file holds must be plain text (:func:`check_plain`): a result file is data, never Markdown."""
+    string the loaded file holds must be plain text (:func:`check_plain`, in :attr:`Section.load`): a result
+    file is data, never Markdown."""
     path = root / section.source
     if not path.exists():
         return None
-    doc = section.load(path)
-    check_plain(doc, path)
-    return section.render(doc).rstrip("\n") + "\n"
+    return section.render(section.load(path)).rstrip("\n") + "\n"  # load: checked by check_plain
 
 
 def update_generated(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:
