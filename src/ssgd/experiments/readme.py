@@ -103,9 +103,9 @@ def _gpu_markdown(doc: dict[str, Any]) -> str:
 
 
 _THREAD_CONDITIONS = ("idle", "busy neighbour")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_TORCH_VERSION = re.compile(r"\d{1,3}\.\d{1,3}(\.\d{1,3})?([.+a-z0-9]{0,30})", re.ASCII)
 _THREAD_MODES = ("default", "all cores")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # benchmarks/threads.py's date (UTC day)
+_TORCH_VERSION = re.compile(r"\d{1,3}\.\d{1,3}(\.\d{1,3})?([.+a-z0-9]{0,30})", re.ASCII)  # torch.__version__
 
 
 def _load_threads(path: Path) -> dict[str, Any]:
