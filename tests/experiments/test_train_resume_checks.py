@@ -100,3 +100,25 @@ def test_a_dp_checkpoint_never_sets_the_accountant(tmp_path, damage):
     with pytest.raises(CheckpointError) as ei:
         train(_dp_cfg(), run, data=data, progress=False, resume=True)
     assert "\n" not in str(ei.value) and str(path) in str(ei.value)
+
+
+@pytest.mark.parametrize("level, field, value", [
+    ("node", "noise_multiplier", 0.0), ("node-local", "noise_multiplier", 1e-9), ("example", "noise_multiplier", 0.0),
+    ("node", "sensitivity", 1e-9), ("example", "sensitivity", 1e-12), ("node-local", "seed", 12345)])
+def test_a_checkpoint_never_sets_the_noise_a_resumed_run_adds(tmp_path, level, field, value):
+    """The noise streams' state in checkpoint.pt carried σ and Δ: a checkpoint with σ = 0 made the resumed run
+    release noise-free vectors while it published the ε of σ = 1. Only the run's own settings set the noise."""
+    from ssgd.report import CheckpointError, save_checkpoint
+
+    data = subsample(load_dataset("digits"), 200, 100, seed=0)
+    cfg = _dp_cfg(dp=level, **({"shards": 1, "batch_size": 64} if level == "example" else {}))
+    run = tmp_path / "run"
+    train(cfg, run, data=data, progress=False, stop_after=1)
+    path = run / CHECKPOINT
+    ck = torch.load(path, weights_only=True)
+    for st in ([ck["dp"]["noise"]] if level == "example" else ck["dp"]["node_noises"]):
+        st[field] = value
+    save_checkpoint(path, ck, format=ck["format"])
+    with pytest.raises(CheckpointError) as ei:
+        train(cfg, run, data=data, progress=False, resume=True)
+    assert "\n" not in str(ei.value) and str(path) in str(ei.value)
