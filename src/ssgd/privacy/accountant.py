@@ -248,7 +248,9 @@ class PrivacyAccountant:
         """A saved state, checked as hostile input (ValueError, one line): every recorded release at this
         accountant's own σ and q (a file never changes what a release costs), the step count their sum, the
         per-epoch rows in order with this δ. How *many* releases there were, only the caller can know: a resumed
-        run re-derives it from its settings and completed epochs (:meth:`replay`) rather than trusting it."""
+        run re-derives it from its settings and completed epochs (:meth:`replay`) rather than trusting it.
+        (So the state of an accountant that recorded releases at another σ through ``step(noise_multiplier=...)``
+        does not load: such a history is accounted afresh from its own record, as :class:`ReleaseBudget` does.)"""
         def bad(what: str) -> ValueError:
             return ValueError(f"the saved accountant state {what}; it was not written by this run")
 
