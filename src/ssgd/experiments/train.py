@@ -269,7 +269,7 @@ def _replay_privacy(path: Path, dp, epoch: int, releases: int, history: list[dic
 
 
 def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: torch.Generator, dp,
-             releases: int = 0) -> tuple:
+             releases: int) -> tuple:
     """Load every state of ``ck``; any shape or type that does not fit is a one-line CheckpointError. The DP
     accountant is re-derived (``releases`` per completed epoch, :func:`_replay_privacy`), not loaded."""
     try:
