@@ -51,7 +51,12 @@ def main() -> int:
         print(f"docs/results/leakage.json: {res['cells_done']} of {res['cells_total']} cells from {args.leakage_run}")
     stale = []
     for rel in GENERATED_FILES:
-        for name, state in update_generated(ROOT / rel, ROOT, check=args.check).items():
+        try:
+            status = update_generated(ROOT / rel, ROOT, check=args.check)
+        except ValueError as e:  # a result file that is not what its command writes (ssgd.experiments.readme)
+            print(f"error: {rel}: {e}", file=sys.stderr)
+            return 2
+        for name, state in status.items():
             print(f"{rel}: {name}: {state}")
             if state == "updated":
                 stale.append(f"{rel}:{name}")

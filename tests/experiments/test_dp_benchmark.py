@@ -56,6 +56,46 @@ def test_resume_continues_bit_identically(method, tmp_path):
         fit_private(method, data, cfg, lr=lr * 2, epochs=3, sigma=0.8, checkpoint=tmp_path / "b.ckpt", resume=True)
 
 
+def _rewind_ssgd(ck):  # the DP accountant of SSGD + noise forgets the epoch it spent
+    ck["state"]["dp"]["accountant"] = {"accountant": {"history": []}, "steps": 0, "epochs": []}
+
+
+def _rewind_opacus(ck):  # Opacus's accountant: one step instead of an epoch's four
+    ck["state"]["opacus_accountant"]["history"] = [(0.8, 0.25, 1)]
+
+
+@pytest.mark.parametrize("method, rewind", [("ssgd", _rewind_ssgd), ("opacus", _rewind_opacus)])
+def test_a_rewound_accountant_in_the_checkpoint_changes_no_published_epsilon(method, rewind, tmp_path):
+    """Red team (2026-12-04): a resume took the accountants from the file, so a rewound one published a smaller
+    epsilon_opacus. Now they are rebuilt from the run's settings and its epochs: the resumed rows equal an
+    uninterrupted run's; a saved row claiming other steps or epsilon is refused."""
+    from ssgd.report import CheckpointError
+
+    cfg, data = _cfg(), _data()
+    lr = 0.4 if method == "ssgd" else 4.0
+    full = fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8)
+    ck = tmp_path / "r.ckpt"
+    fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8, checkpoint=ck, stop_after=1)
+    state = torch.load(ck, weights_only=True)
+    try:
+        rewind(state)
+    except (KeyError, TypeError):
+        pass  # a state of another layout: the replay below must still hold
+    torch.save(state, ck)
+    try:
+        rest = fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8, checkpoint=ck, resume=True)
+    except CheckpointError:
+        rest = None  # refusing the forged accountant is also sound
+    if rest is not None:
+        assert [r["epsilon_opacus"] for r in rest] == [r["epsilon_opacus"] for r in full]
+        assert [r["epsilon"] for r in rest] == [r["epsilon"] for r in full]
+    state = torch.load(ck, weights_only=True)
+    state["history"][0]["epsilon"] = state["history"][0]["epsilon"] / 2
+    torch.save(state, ck)
+    with pytest.raises(CheckpointError, match="did not spend"):
+        fit_private(method, data, cfg, lr=lr, epochs=3, sigma=0.8, checkpoint=ck, resume=True)
+
+
 @pytest.mark.parametrize("damage, needle", [
     (lambda ck: ck["history"][0].update(test_acc=float("nan")), "bad or unknown field 'test_acc'"),
     (lambda ck: ck["history"][0].update(note="x"), "unknown field 'note'"),

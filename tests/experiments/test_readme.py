@@ -84,3 +84,93 @@ def test_every_section_renders_from_a_minimal_json(tmp_path):
     summary = render_section(SECTIONS["table2-summary"], tmp_path)
     assert "beat at batch 1024; trailed at batch 8192" in summary
     assert "batch 8192 got 140 steps against 1060 at batch 1024" in summary
+
+
+_PAYLOADS = ("[l](http://e.x)<b>x", "![i](http://e.x/p.png)", "a@b.co x`y|z", "_www.e.x &#64;x")
+
+
+def _string_paths(doc, path=()):
+    """Every (path, value) of a string leaf of a JSON document."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _string_paths(v, path + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _string_paths(v, path + (i,))
+    elif isinstance(doc, str):
+        yield path, doc
+
+
+@pytest.mark.parametrize("source", sorted({s.source for s in SECTIONS.values() if s.source.endswith(".json")}))
+def test_no_string_a_section_prints_from_its_json_reaches_the_readme_unchecked(tmp_path, source):
+    """Every distinct string of the committed JSON that one of its sections prints, replaced by Markdown, HTML or
+    an autolink: each section is refused in one line, or the payload is not in its Markdown (every section)."""
+    import copy
+
+    sections = [s for s in SECTIONS.values() if s.source == source]
+    src = ROOT / source
+    if not src.exists():
+        pytest.skip(f"{source} not committed")
+    original = json.loads(src.read_text())
+    md = "".join(render_section(s, ROOT) for s in sections)
+    seen: set = set()
+    printed = [p for p, v in _string_paths(original) if len(v) > 1 and v in md and not (v in seen or seen.add(v))]
+    target = tmp_path / source
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in printed[:8]:  # (a few s for the 500 kB leakage.json)
+        for payload in _PAYLOADS:
+            doc = copy.deepcopy(original)
+            o = doc
+            for p in path[:-1]:
+                o = o[p]
+            o[path[-1]] = payload
+            target.write_text(json.dumps(doc))
+            for sec in sections:
+                try:
+                    out = render_section(sec, tmp_path)
+                except ValueError as e:  # refused (the plain-text gate or the section's own loader): one line
+                    assert "\n" not in str(e)
+                    continue
+                assert payload not in out, (sec.name, path, payload)
+
+
+def test_check_plain_refuses_markdown_html_autolinks_and_entities_anywhere_and_keeps_plain_text():
+    from ssgd.experiments.readme import check_plain
+    from ssgd.report import ResultFileError
+
+    ok = {"a_b": ["Tramèr & Boneh, ICLR 2021 (DP-SGD)", "rel_tol=1e-06,dup_tol=0.001", "≤ 1.5", "2.13.0+cpu"]}
+    check_plain(ok, "f.json")
+    for bad in ("[x](y)", "<i>", "a@b.co", "www.x.y", "WWW.x.y", "_www.x.y", "http://x", "HTTPS://x", "&#64;",
+                "&commat;", "_x_", "a__", "`x`", "a|b", "*x*", "\\x", "!x", "# x", "x\ny", "x\u202ey", "~x~",
+                "x" * 401):
+        for doc in ({"k": bad}, {bad: 1}, [[bad]]):
+            with pytest.raises(ResultFileError) as e:
+                check_plain(doc, "f.json")
+            assert "\n" not in str(e.value) and "f.json" in str(e.value), bad
+
+
+def test_gpu_summary_rows_are_rebuilt_from_checked_cells(tmp_path):
+    sec = next(s for s in SECTIONS.values() if s.source.endswith(".md"))
+    summary = ("torch 2.0 | GPU X\n\n| step | status |\n|---|---|\n| tests | <b>failed</b> |\n\n"
+               "| isolated step | met |\n|---|---|\n| 1M | **no** |\n\n| whole step | met |\n|---:|---|\n| mlp | yes |\n")
+    target = tmp_path / sec.source
+    target.parent.mkdir(parents=True)
+    target.write_text(summary)  # the status table (left out of the README) may hold anything
+    assert render_section(sec, tmp_path) == ("`torch 2.0 on GPU X`\n\n| isolated step | met |\n|---|---|\n"
+                                             "| 1M | **no** |\n\n| whole step | met |\n|---:|---|\n| mlp | yes |\n")
+    for cell in ("**[x](http://e.x)**", "<img src=x>", "a@b.co", "`x`"):
+        target.write_text(summary.replace("| 1M | **no** |", f"| 1M | {cell} |"))
+        with pytest.raises(ValueError):
+            render_section(sec, tmp_path)
+
+
+def test_a_sections_loader_itself_refuses_markdown(tmp_path):
+    """Not only render_section: whoever calls a section's ``load`` (a script, a probe) gets checked data."""
+    from ssgd.experiments.readme import Section
+    from ssgd.report import ResultFileError
+
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"cells": [{"method": "[l](http://e.x)"}]}))
+    for sec in (SECTIONS["table2"], Section("t", "x.json", str)):
+        with pytest.raises(ResultFileError, match="cells\\[0\\].method"):
+            sec.load(bad)

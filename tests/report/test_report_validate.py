@@ -35,9 +35,58 @@ def test_md_text_leaves_no_autolink():
     assert not _GFM_AUTOLINK.search(out), out
     html = MarkdownIt("commonmark").render(out)
     assert "<a " not in html and "&lt;https://auto.link&gt;" in html
-    # the escapes render as the literal text: a reader sees the original characters, unlinked
-    assert "http://evil.example/x" in html and "www.evil.example" in html and "bob@evil.example" in html
+    # the escapes render as the literal text: a reader sees the original characters, unlinked (the zero-width
+    # space md_text puts before an @ is invisible)
+    seen = html.replace("\u200b", "")
+    assert "http://evil.example/x" in seen and "www.evil.example" in seen and "bob@evil.example" in seen
     assert md_text("error: no update, ratio 1.5") == "error: no update, ratio 1.5"  # ordinary text is untouched
+
+
+# what cmark-gfm's e-mail autolink pass sees: the text after backslash escapes and entities are resolved
+_EMAIL = __import__("re").compile(r"[A-Za-z0-9._+\-]+@[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)+")
+
+
+def _text_node(markdown: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown))
+
+
+@pytest.mark.parametrize("text", [
+    "a@b.co", "a@@b.co", "x&#64;y.co", "x&commat;y.co", "(a@b.co)", "*a@b.co*", "_a@b.co", "mailto:a@b.co",
+    "MAILTO:A@B.CO", "xmpp:a@b.co/r", "a_b@c.de", "_www.e.x", "*www.e.x*", "~www.e.x", "(www.e.x)", "a_WWW.e.x",
+    "http://e.x", "hTTpS://e.x", "ftp://e.x", "<http://e.x>", "x www.e.x y@z.co http://e.x"])
+def test_md_text_leaves_no_gfm_autolink_after_any_delimiter(text):
+    out = md_text(text)
+    node = _text_node(out)
+    assert not _EMAIL.search(node), out  # an address needs a name character right before its @
+    assert "www." not in out.lower() and not __import__("re").search(r"[^\\]://", out), out  # escaped in the source
+    assert node.replace("\u200b", "") == __import__("html").unescape(text) or "&" in text, node  # reads the same
+
+
+@pytest.mark.parametrize("text", ["1. item", "1) item", "- item", "---", "==="])
+def test_md_text_cannot_start_a_list_a_rule_or_a_heading_at_the_start_of_a_line(text):
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").render("para\n" + md_text(text))
+    assert html.startswith("<p>") and html.count("<") == 2, html
+
+
+def test_md_text_under_githubs_own_renderer_links_nothing():
+    """Optional: with GitHub's renderer (the cmarkgfm package) installed, nothing md_text writes renders as a
+    link, an image, HTML, a heading, a list or a table."""
+    cmarkgfm = pytest.importorskip("cmarkgfm")
+    from cmarkgfm.cmark import Options
+
+    cases = ["a@b.co", "mailto:a@b.co", "xmpp:a@b.co/r", "_www.evil.x", "*www.evil.x", "x _www.evil.x",
+             "a.b@c.de", "user+tag@evil.io", "foo@bar.baz.", "see http://evil.x now", "HTTP://EVIL.X", "www.evil.x",
+             "[x](http://e.x)", "<http://e.x>", "<a href=x>y</a>", "&#60;b&#62;", "![i](http://e.x/p.png)",
+             "x&#64;y.co", "1. item", "- item", "# head", "| a | b |", "a_b@c.de", "(www.e.x)"]
+    for text in cases:
+        html = cmarkgfm.github_flavored_markdown_to_html("para\n\n" + md_text(text),
+                                                         options=Options.CMARK_OPT_UNSAFE)
+        assert not any(t in html for t in ("<a ", "<img", "<b>", "<h1", "<ol", "<ul", "<table")), (text, html)
 
 
 def test_check_history_keeps_good_rows_and_refuses_anything_else_in_one_line():

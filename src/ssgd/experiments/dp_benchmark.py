@@ -280,6 +280,9 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
 
         def engine_eps() -> float:
             return dp.accountant.epsilon()
+
+        def account(epoch: int) -> None:  # a resume: the releases of `epoch` epochs, from the settings alone
+            dp.accountant.replay(steps_per_epoch, epoch)
     else:  # Opacus's PrivacyEngine: its Poisson loader, per-sample clipping and noise
         noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "opacus-noise"))
         engine, net, net_opt, ploader = make_private(
@@ -303,6 +306,9 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
         def engine_eps() -> float:
             return math.inf if sigma == 0 else float(engine.get_epsilon(cfg.delta))
 
+        def account(epoch: int) -> None:  # what Opacus's optimizer hook records: (sigma, 1/len(loader), steps)
+            engine.accountant.history = [(sigma, q, steps_per_epoch * epoch)]
+
     history: list[dict[str, Any]] = []
     start, elapsed = 1, 0.0
     want = {"method": method, "lr": lr, "epochs": epochs, "sigma": sigma, "normalisation": normalisation,
@@ -320,6 +326,14 @@ def fit_private(method: str, data: ImageDataset, cfg: DPBenchmarkConfig, *, lr: 
             load(ck["state"])
             torch.set_rng_state(ck["torch_rng"])
             history, start, elapsed = _check_rows(ck["history"], ck["epoch"], epochs), ck["epoch"] + 1, ck["seconds"]
+            # a file never sets what was spent: the accountants are rebuilt from this run's settings and the
+            # epochs done, and the saved rows must show exactly those releases
+            account(ck["epoch"])
+            for r in history:
+                steps = steps_per_epoch * r["epoch"]
+                eps = compute_epsilon(sigma, q, steps, cfg.delta, cfg.accountant) if sigma > 0 else math.inf
+                if r["steps"] != steps or r["epsilon"] != eps:
+                    raise ValueError(f"history row {r['epoch']} records steps/epsilon this run did not spend")
             if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < math.inf:
                 raise ValueError(f"seconds={elapsed!r}")
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:

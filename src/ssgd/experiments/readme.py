@@ -25,54 +25,87 @@ from ..report.io import atomic_write_text
 from . import demo, dp_benchmark, leakage, table2, table6
 from .sweep import load_results
 
-__all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "SECTIONS", "Section", "render_section", "update_generated"]
+__all__ = ["GENERATED_FILES", "HEADLINE_LEAKAGE", "PLAIN_LIMIT", "SECTIONS", "Section", "check_plain", "render_section",
+           "update_generated"]
 
 
 @dataclass(frozen=True)
 class Section:
-    """One generated README section: its name, the JSON (relative to the repository root), the renderer."""
+    """One generated README section: its name, the JSON (relative to the repository root), the renderer and
+    the loader. ``load`` is wrapped here so that every string of what it returns has passed
+    :func:`check_plain`: whoever reads a section's file (:func:`render_section` or any other caller) gets
+    data, never Markdown."""
 
     name: str
     source: str
     render: Callable[[dict[str, Any]], str]
     load: Callable[[Path], dict[str, Any]] = load_results
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.load, _PlainLoader):
+            object.__setattr__(self, "load", _PlainLoader(self.load))
+
+
+class _PlainLoader:
+    """A section's loader whose result is checked by :func:`check_plain` (the one gate of every section)."""
+
+    def __init__(self, load: Callable[[Path], dict[str, Any]]):
+        self.raw = load
+
+    def __call__(self, path: Path) -> dict[str, Any]:
+        doc = self.raw(path)
+        check_plain(doc, path)
+        return doc
+
 
 # the README's per-attack leakage table: the paper's setting (MNIST, untrained LeNet, one image per update)
 HEADLINE_LEAKAGE = ("mnist", "untrained", 1)
 
+_TABLE_RULE = re.compile(r":?-{3,}:?")
+
+
 def _load_gpu_summary(path: Path) -> dict[str, Any]:
-    """``benchmarks/gpu.sh``'s summary.md, read as hostile text: only its Markdown table rows are kept, each
-    bounded and free of HTML."""
-    rows, head = [], ""
+    """``benchmarks/gpu.sh``'s summary.md, read as hostile text: only its Markdown tables are kept, as cells
+    (a row's ``|``-separated texts; a cell ``**x**`` as ``x`` marked bold); each cell is then checked as plain
+    text like every string of a result file (:func:`check_plain`), so no row can carry a link, an image or HTML."""
+    tables: list[list[list[Any]]] = []
+    head, cur = "", None
     for line in path.read_text(errors="replace").replace("<=", "≤").splitlines()[:400]:
-        if line.startswith("torch ") and "|" in line:
-            head = line[:120]
-        if line.startswith("|") and len(line) < 400 and "<" not in line and ">" not in line:
-            rows.append(line)
-        elif rows and rows[-1] != "":
-            rows.append("")
-    if not head or not rows:
-        raise ValueError(f"{path}: not a benchmarks/gpu.sh summary (no 'torch ... | GPU' line or no tables)")
-    return {"head": head, "rows": rows}
+        if line.startswith("torch ") and "|" in line and not head:
+            head = [part.strip() for part in line[:120].split("|")]
+        if line.startswith("|") and line.rstrip().endswith("|") and len(line) < 400:
+            if cur is None:
+                cur = []
+                tables.append(cur)
+            cells = []
+            for cell in line.rstrip()[1:-1].split("|"):
+                cell = cell.strip()
+                bold = len(cell) > 4 and cell.startswith("**") and cell.endswith("**")
+                cells.append([cell[2:-2] if bold else cell, bold])
+            cur.append(cells)
+        else:
+            cur = None
+    tables = [t for t in tables if t[0] and t[0][0][0] in ("isolated step", "whole step")]  # the step timings
+    if not head or not tables:
+        raise ValueError(f"{path}: not a benchmarks/gpu.sh summary (no 'torch ... | GPU' line or no step tables)")
+    return {"head": head, "tables": tables}
 
 
 def _gpu_markdown(doc: dict[str, Any]) -> str:
-    """The isolated-step and whole-step tables of a GPU summary (the step-status table is left out)."""
-    blocks, cur = [], []
-    for line in doc["rows"] + [""]:
-        if line:
-            cur.append(line)
-        elif cur:
-            blocks.append(cur)
-            cur = []
-    keep = [b for b in blocks if b[0].startswith(("| isolated step", "| whole step"))]
-    head = doc["head"].replace("|", "on")
-    return f"`{head}`\n\n" + "\n\n".join("\n".join(b) for b in keep) + "\n"
+    """The isolated-step and whole-step tables of a GPU summary (its other tables are not loaded)."""
+    def row(cells: list[list[Any]]) -> str:
+        if all(_TABLE_RULE.fullmatch(text) and not bold for text, bold in cells):
+            return "|" + "|".join(text for text, _ in cells) + "|"
+        return "| " + " | ".join(f"**{text}**" if bold else text for text, bold in cells) + " |"
+
+    head = " on ".join(doc["head"])
+    return f"`{head}`\n\n" + "\n\n".join("\n".join(row(r) for r in t) for t in doc["tables"]) + "\n"
 
 
 _THREAD_CONDITIONS = ("idle", "busy neighbour")
 _THREAD_MODES = ("default", "all cores")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # benchmarks/threads.py's date (UTC day)
+_TORCH_VERSION = re.compile(r"\d{1,3}\.\d{1,3}(\.\d{1,3})?([.+a-z0-9]{0,30})", re.ASCII)  # torch.__version__
 
 
 def _load_threads(path: Path) -> dict[str, Any]:
@@ -110,8 +143,12 @@ def _load_threads(path: Path) -> dict[str, Any]:
                 clean.append({"seconds": float(vals[0]), "threads": int(vals[1]), "load_before": float(vals[2])})
             runs.setdefault(cond, {})[mode] = clean
     command = bounded_text(doc.get("command", "?"), 120).replace("`", "'").replace("|", "/")  # inside a code span
-    return {"command": command, "cores": cores, "runs": runs,
-            "date": bounded_text(doc.get("date", "?"), 20), "torch": bounded_text(doc.get("torch", "?"), 30)}
+    date, torch = doc.get("date"), doc.get("torch")
+    if not isinstance(date, str) or not _DATE.fullmatch(date):
+        raise bad(f"'date' is {bounded_text(repr(date), 40)}, not a date YYYY-MM-DD")
+    if not isinstance(torch, str) or not _TORCH_VERSION.fullmatch(torch):
+        raise bad(f"'torch' is {bounded_text(repr(torch), 40)}, not a torch version like 2.13.0+cpu")
+    return {"command": command, "cores": cores, "runs": runs, "date": date, "torch": torch}
 
 
 def _threads_markdown(doc: dict[str, Any]) -> str:
@@ -174,12 +211,51 @@ _BLOCK = re.compile(r"(<!-- ssgd:generated (?P<name>[\w-]+) (?P<src>\S+) -->\n)(
                     re.S)
 
 
+#: what a string of a result file may hold to be printed into a generated section: word characters (letters, digits,
+#: ``_``), spaces and this punctuation -- nothing a Markdown or HTML construct needs (no ``[ ] < > ` * | \\ ! @ #``)
+_PLAIN = re.compile(r"[\w .,:;=+\-/()%'&?≤≥±×·]*")
+#: ... and none of: an autolink (``scheme://``, ``www.``), a character reference (``&#64;``, ``&commat;``: it would
+#: turn into an ``@`` or a ``<`` of the text), an ``_`` that is not inside a word (emphasis)
+_LIVE = re.compile(r"(?i)://|www\.|&(?:#|[a-z0-9]+;)|(?:^|[^a-z0-9])_|_(?:$|[^a-z0-9])")
+#: longest string of a result file that a section prints (the longest committed one, an attack spec, has ~230)
+PLAIN_LIMIT = 400
+
+
+def check_plain(doc: Any, source: Any, *, limit: int = PLAIN_LIMIT) -> None:
+    """Every string of ``doc`` (a loaded result file: its values and its keys, at any depth) is plain text: at
+    most ``limit`` characters of :data:`_PLAIN` and nothing of :data:`_LIVE`, so that it cannot be a link, an
+    image, HTML, an autolink or a table break wherever a renderer prints it (in a table cell, in a sentence or
+    in a code span). Anything else is a one-line :class:`~ssgd.report.ResultFileError` naming the field: the one
+    gate every generated section's data passes (:func:`render_section`), whatever its renderer does."""
+    from ..report.validate import ResultFileError, bounded_text
+
+    good: set[str] = set()
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
+    while stack:
+        obj, path = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend((k, path + ("key",)) for k in obj)
+            stack.extend((v, path + (k,)) for k, v in obj.items())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, path + (i,)) for i, v in enumerate(obj))
+        elif isinstance(obj, str) and obj not in good:
+            if len(obj) > limit or not _PLAIN.fullmatch(obj) or _LIVE.search(obj):
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{bounded_text(p, 40)}" for p in path)
+                raise ResultFileError(
+                    f"refusing {source}: {where.lstrip('.') or 'a string'} is {bounded_text(repr(obj), 60)}, not "
+                    f"plain text (at most {limit} letters, digits, spaces and .,:;=+-/()%'&; no link, HTML or "
+                    "Markdown); regenerate the file with the command that writes it")
+            good.add(obj)
+
+
 def render_section(section: Section, root: Path) -> str | None:
-    """The section's Markdown from its JSON under ``root``, or None when the JSON does not exist yet."""
+    """The section's Markdown from its JSON under ``root``, or None when the JSON does not exist yet. Every
+    string the loaded file holds must be plain text (:func:`check_plain`, in :attr:`Section.load`): a result
+    file is data, never Markdown."""
     path = root / section.source
     if not path.exists():
         return None
-    return section.render(section.load(path)).rstrip("\n") + "\n"
+    return section.render(section.load(path)).rstrip("\n") + "\n"  # load: checked by check_plain
 
 
 def update_generated(readme: str | Path, root: str | Path | None = None, *, check: bool = False) -> dict[str, str]:

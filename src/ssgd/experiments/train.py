@@ -41,7 +41,7 @@ from ..data import ImageDataset, load_dataset
 from ..models import MODELS, build_model, evaluate
 from ..report.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..report.io import check_same_config, write_csv, write_json
-from ..report.validate import check_finite_state, check_number
+from ..report.validate import bounded_text, check_finite_state, check_number
 from ..loop import EpochStats, backward, train_loop
 from ..shards import shard_unit_grad_
 from ..transform import check_scope
@@ -215,10 +215,11 @@ def load_train_checkpoint(path: str | Path, cfg: TrainConfig, nodes: int = 1) ->
     return ck
 
 
-# a training history row: what fit() writes (epsilon may be +inf: dp with sigma 0)
-_HISTORY_FIELDS = {"epoch": "int", "lr": "number", "train_loss": "number", "test_loss": "number", "test_acc": "number",
-                   "val_acc": "number", "val_loss": "number", "epsilon": "number?", "delta": "number",
-                   "seconds": "number"}
+# a training history row: what fit() writes (epsilon may be +inf: dp with sigma 0); accuracies in [0, 1], losses,
+# lr, epsilon and seconds >= 0, delta in (0, 1) (re-derived on a DP resume: _replay_privacy)
+_HISTORY_FIELDS = {"epoch": "int", "lr": "nonneg", "train_loss": "nonneg", "test_loss": "nonneg",
+                   "test_acc": "fraction", "val_acc": "fraction", "val_loss": "nonneg", "epsilon": "nonneg?",
+                   "delta": "fraction", "seconds": "nonneg"}
 
 
 def _check_history(path: Path, rows: Any, epoch: int) -> list[dict[str, Any]]:
@@ -247,17 +248,40 @@ def _check_history(path: Path, rows: Any, epoch: int) -> list[dict[str, Any]]:
     return out
 
 
-def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: torch.Generator, dp) -> tuple:
-    """Load every state of ``ck``; any shape or type that does not fit is a one-line CheckpointError."""
+def releases_per_epoch(n_train: int, batch_size: int, min_batch: int = 1) -> int:
+    """The noisy releases (optimizer steps) of one epoch: one per batch of the epoch's permutation, except a
+    tail smaller than ``min_batch`` (the shards ``m`` or the DDP nodes: it cannot give each one an example),
+    which the engines skip."""
+    return n_train // batch_size + (1 if n_train % batch_size >= max(1, min_batch) else 0)
+
+
+def _replay_privacy(path: Path, dp, epoch: int, releases: int, history: list[dict[str, Any]]) -> None:
+    """The DP accountant of a resumed run, re-derived from this run's settings and the ``epoch`` epochs it
+    completed (``releases`` per epoch) -- never taken from the checkpoint, whose accountant may be rewound
+    (a smaller published ε). The checkpoint's per-epoch ε/δ in the history must be exactly those."""
+    rows = dp.accountant.replay(releases, epoch)
+    for got, want in zip(history, rows):
+        for k in ("epsilon", "delta"):
+            if k not in got or not (got[k] == want[k] or math.isclose(got[k], want[k], rel_tol=1e-9)):
+                raise CheckpointError(f"refusing checkpoint {path}: its epoch {got['epoch']} {k} "
+                                      f"{bounded_text(repr(got.get(k)), 40)} is not the {want[k]:.6g} that "
+                                      f"{got['epoch']} epoch(s) of this run spend; move it away to start afresh")
+
+
+def _restore(path: Path, ck: dict[str, Any], model: nn.Module, opt, sched, gen: torch.Generator, dp,
+             releases: int) -> tuple:
+    """Load every state of ``ck``; any shape or type that does not fit is a one-line CheckpointError. The DP
+    accountant is re-derived (``releases`` per completed epoch, :func:`_replay_privacy`), not loaded."""
     try:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
-        if dp is not None:
-            dp.load_state_dict(ck["dp"])
         history = _check_history(path, ck["history"], ck["epoch"])
+        if dp is not None:
+            dp.load_state_dict(ck["dp"])  # its random streams (sampler, noise)
+            _replay_privacy(path, dp, ck["epoch"], releases, history)
         seconds = float(ck["seconds"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         first = (str(e).strip().splitlines() or [""])[0][:160]
@@ -385,7 +409,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path | None = None, *, engine: TrainEng
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 1, 0.0
     if ck is not None:
-        history, start_epoch, elapsed = _restore(ck_path, ck, model, opt, sched, gen, dp)
+        history, start_epoch, elapsed = _restore(ck_path, ck, model, opt, sched, gen, dp,
+                                                 releases_per_epoch(n, cfg.batch_size, max(cfg.shards, engine.nodes)))
     writes = run_dir is not None and engine.writes
     if writes:  # the values actually used: the optimizer's lr and momentum (defaults resolved), the schedule
         group = opt.param_groups[0]

@@ -85,6 +85,10 @@ def _check_steps(steps: int) -> int:
     return steps
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _opacus_accountant(name: str):
     try:
         from opacus.accountants import create_accountant
@@ -224,10 +228,60 @@ class PrivacyAccountant:
         return (f"(epsilon={eps:.3g}, delta={self.delta:g})-DP per {self.level} after {self._steps} steps "
                 f"[sigma={self.noise_multiplier:.4g}, q={self.sample_rate:.4g}, {self.accountant.upper()} accountant]")
 
+    def replay(self, releases_per_epoch: int, epochs: int) -> list[dict[str, float]]:
+        """Forget everything recorded and account ``epochs`` epochs of ``releases_per_epoch`` releases each at
+        this accountant's σ and q (per-epoch rows included); returns the rows.
+
+        How a resumed run restores its accountant: from its own settings and the number of epochs it completed,
+        never from a file (a rewound or edited accountant in a checkpoint would publish a smaller ε)."""
+        self._acc = _opacus_accountant(self.accountant)
+        self._steps = 0
+        self.epochs = []
+        k = _check_steps(releases_per_epoch)
+        for epoch in range(1, _check_steps(epochs) + 1):
+            self.step(k)
+            self.end_epoch(epoch)
+        return list(self.epochs)
+
     def state_dict(self) -> dict[str, Any]:
         return {"accountant": self._acc.state_dict(), "steps": self._steps, "epochs": list(self.epochs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._acc.load_state_dict(state["accountant"])
-        self._steps = int(state["steps"])
-        self.epochs = list(state.get("epochs", []))
+        """A saved state, checked as hostile input (ValueError, one line): every recorded release at this
+        accountant's own σ and q (a file never changes what a release costs), the step count their sum, the
+        per-epoch rows in order with this δ. How *many* releases there were, only the caller can know: a resumed
+        run re-derives it from its settings and completed epochs (:meth:`replay`) rather than trusting it.
+        (So the state of an accountant that recorded releases at another σ through ``step(noise_multiplier=...)``
+        does not load: such a history is accounted afresh from its own record, as :class:`ReleaseBudget` does.)"""
+        def bad(what: str) -> ValueError:
+            return ValueError(f"the saved accountant state {what}; it was not written by this run")
+
+        try:
+            hist, steps, rows = state["accountant"]["history"], state["steps"], state.get("epochs", [])
+        except (KeyError, TypeError, AttributeError):
+            raise bad("is not {accountant: {history}, steps, epochs}") from None
+        if not isinstance(hist, (list, tuple)) or len(hist) > 1_000_000 or not isinstance(rows, (list, tuple)):
+            raise bad("has no list of releases or of epochs")
+        total = 0
+        for h in hist:
+            if not (isinstance(h, (list, tuple)) and len(h) == 3 and _is_count(h[2]) and h[2] >= 1):
+                raise bad("holds a release entry that is not (sigma, q, count)")
+            if h[0] != self.noise_multiplier or h[1] != self.sample_rate:
+                raise bad(f"records releases at sigma/q other than this run's {self.noise_multiplier:g}/"
+                          f"{self.sample_rate:g}")
+            total += int(h[2])
+        if not _is_count(steps) or steps != total:
+            raise bad(f"counts {str(steps)[:20]} steps, its releases {total}")
+        last = 0
+        for r in rows:
+            ok = (isinstance(r, dict) and set(r) == {"epoch", "steps", "epsilon", "delta"} and _is_count(r["epoch"])
+                  and r["epoch"] == last + 1 and _is_count(r["steps"]) and r["steps"] <= total
+                  and isinstance(r["epsilon"], (int, float)) and not isinstance(r["epsilon"], bool)
+                  and r["epsilon"] >= 0 and r["delta"] == self.delta)
+            if not ok:
+                raise bad(f"holds a per-epoch row after epoch {last} that this accountant does not write")
+            last = r["epoch"]
+        self._acc = _opacus_accountant(self.accountant)
+        self._acc.history = [(float(h[0]), float(h[1]), int(h[2])) for h in hist]
+        self._steps = total
+        self.epochs = [dict(r) for r in rows]

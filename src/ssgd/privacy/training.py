@@ -217,12 +217,29 @@ class DPTraining:
                 "node_noises": [nn_.state_dict() for nn_ in self.node_noises]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.accountant.load_state_dict(state["accountant"])
+        """Restore a :meth:`state_dict`, checked as hostile input (ValueError, one line): the random streams'
+        positions are taken from it, but never what the noise is -- each stream's σ, sensitivity and seed must
+        be this run's own (a saved σ of 0 would make a resumed run release noise-free vectors), and the
+        accountant must record releases at this run's σ and q (:meth:`PrivacyAccountant.load_state_dict`)."""
+        if not isinstance(state, dict):
+            raise ValueError("the saved DP state is not a mapping; it was not written by this run")
+        own = [self.noise.state_dict()] if self.noise is not None else [n.state_dict() for n in self.node_noises]
+        saved = [state.get("noise")] if self.noise is not None else state.get("node_noises")
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(own):
+            raise ValueError(f"the saved DP state holds no noise stream per node ({len(own)}); it was not written by "
+                             "this run")
+        for j, (mine, st) in enumerate(zip(own, saved)):
+            for k in ("noise_multiplier", "sensitivity", "seed"):
+                if not isinstance(st, dict) or type(st.get(k)) is not type(mine[k]) or st.get(k) != mine[k]:
+                    got = repr(st.get(k))[:40] if isinstance(st, dict) else type(st).__name__
+                    raise ValueError(f"the saved DP noise stream {j} has {k} {got}, this run's is {mine[k]!r}; "
+                                     "it was not written by this run")
+        self.accountant.load_state_dict(state.get("accountant"))
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])
-        for nn_, st in zip(self.node_noises, state.get("node_noises", [])):
+        for nn_, st in zip(self.node_noises, saved if self.noise is None else []):
             nn_.load_state_dict(st)
 
 

@@ -193,10 +193,17 @@ def check_same_config(saved: Mapping[str, Any], now: Mapping[str, Any], *, sourc
         raise ConfigMismatchError(f"{source} holds no config object; use a new run folder")
     diff = config_diff(saved, now, ignore=ignore)
     if diff:
-        shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:6])
+        from .validate import bounded_text  # the saved file is hostile: each key and value bounded, 6 at most
+
+        def show(v: Any) -> str:
+            return bounded_text(repr(v), 40)
+
+        keys = "[" + ", ".join(show(k) for k in diff[:6]) + "]"
+        shown = ", ".join(f"{bounded_text(k, 40)}: saved {show(saved.get(k))}, "
+                          f"now {show(now.get(k))}" for k in diff[:6])
         more = f" and {len(diff) - 6} more" if len(diff) > 6 else ""
-        raise ConfigMismatchError(f"cannot resume from {source}: its config differs in {diff} ({shown}{more}); "
-                                  "resume with the same settings or use a new run folder")
+        raise ConfigMismatchError(f"cannot resume from {bounded_text(source, 200)}: its config differs in {keys} "
+                                  f"({shown}{more}); resume with the same settings or use a new run folder")
 
 
 def check_saved_config(run_dir: str | os.PathLike, config: Mapping[str, Any], *, name: str = "config.json",

@@ -39,7 +39,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~])")
 _SCHEME = re.compile(r"(?i)([a-z][a-z0-9+.\-]*):(?=/|(?<=mailto:)|(?<=xmpp:))")
-_WWW = re.compile(r"(?i)(\bwww)\.")
+_BLOCK_START = re.compile(r"^(\d{1,9}|)([.)](?<=\d[.)])|[=\-])(?=[\s=\-]|$)")
+_WWW = re.compile(r"(?i)(www)\.")  # anywhere: GFM starts a www autolink after a space or one of * _ ~ (
 
 
 def bounded_text(value: Any, limit: int = TEXT_LIMIT) -> str:
@@ -57,16 +58,22 @@ def md_text(value: Any, limit: int = TEXT_LIMIT) -> str:
     """:func:`bounded_text`, then escaped for Markdown and HTML: ``<``, ``>``, ``&`` become entities
     and every Markdown punctuation character (links, emphasis, tables, headings) is backslash-escaped,
     so foreign text renders as the literal text it is. Autolinks are neutralised too: ``<...>`` by the
-    entities, and GFM's bare ``scheme://``, ``www.`` and e-mail autolinks by escaping their ``:``, ``.``
-    or ``@`` (``http\\://``: rendered as ``http://``, but not a link)."""
+    entities, GFM's bare ``scheme://`` and ``www.`` ones by escaping their ``:`` or ``.`` (``http\\://``:
+    rendered as ``http://``, but not a link), and e-mail ones (``a@b.co``, ``mailto:``, ``xmpp:``) by a
+    zero-width space before every ``@``: cmark-gfm finds those in the text *after* escapes and entities are
+    resolved, so no escape of ``@`` breaks them, but an address needs a name character right before ``@``."""
     text = bounded_text(value, limit)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MD_SPECIAL.sub(r"\\\1", text)
-    # autolinks: CommonMark's <...> are gone with < and >; GFM's extended ones (a scheme://, www., an e-mail
-    # address, mailto:/xmpp:) are broken by escaping the character they hinge on (renders the same, links nothing)
+    # a block marker where the text may start a line: an ordered list (1. or 1)), a bullet, a thematic break or a
+    # setext underline (- or =); # + > are escaped already
+    text = _BLOCK_START.sub(r"\1\\\2", text, count=1)
+    # autolinks: CommonMark's <...> are gone with < and >; GFM's extended ones (a scheme://, www.) are broken by
+    # escaping the character they hinge on, an e-mail address (also mailto:/xmpp:) by U+200B before its @ (renders
+    # the same, links nothing)
     text = _SCHEME.sub(r"\1\\:", text)
     text = _WWW.sub(lambda m: m.group(1) + "\\.", text)
-    return text.replace("@", "\\@")
+    return text.replace("@", "&#8203;@")
 
 
 def _is_int(v: Any) -> bool:
