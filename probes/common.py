@@ -4,6 +4,11 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import tempfile
+
+# a private Flower home: LocalNoiseMod's default privacy ledger lives there, and a probe must not spend the
+# budget of the user's own ~/.flwr
+os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="ssgd-probe-flwr-"))
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "distributed"))
 from flower_helpers import identity  # noqa: E402
