@@ -21,6 +21,9 @@ RED TEAM: every test here FAILS on the code of commit d231785; the lead fixes th
    catch; a delta node sent an Array with empty bytes raises EOFError in ``SSGDMod`` before its guarded section.
    Both escape the ClientApp, so Flower's SuperNode replies with ``<class 'OverflowError'>:<'...'>``
    (probes/q4_escaping_exceptions.py).
+4. **A ledger reached through a hard link forks** (low: the node owner's two names for one file). The symlink fix
+   (realpath) does not cover it: two lock files, and the atomic rename splits the names (5 releases where the
+   budget allows 3; probes/q6_ledger_hardlink.py).
 """
 from __future__ import annotations
 
@@ -97,7 +100,7 @@ def test_the_reply_at_a_batch_of_the_whole_share_still_depends_on_the_seed():
     reads the share size off the batch size where they agree."""
     from ssgd.distributed.flower.client_app import app
 
-    nc = {"num-partitions": 200, "partition-id": 3}  # IID: 300 examples, so the test knows n
+    nc = {"num-partitions": 200, "partition-id": 3}  # IID: a small share, whose size the test reads
     from ssgd.distributed.flower import FlowerRunConfig
     from ssgd.distributed.flower.task import node_share
 
@@ -148,3 +151,24 @@ def test_a_delta_request_with_an_undecodable_array_gets_a_fixed_text():
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"{type(e).__name__} escapes SSGDMod ({e}); Flower replies with that text")
     assert r.has_error() and r.error.reason in PUBLIC_REASONS
+
+
+def test_a_ledger_reached_through_a_hard_link_is_the_same_ledger(tmp_path):
+    """(red team 2 finding 4 covered symlinks with realpath; a hard link has its own real path: two lock files,
+    and the atomic rename forks the two names into two ledgers. Low: two names are the node owner's config.)"""
+    import os
+
+    from ssgd.privacy import BudgetSpentError
+    from ssgd.distributed.flower.privacy import _charge_ledger
+
+    a, b = tmp_path / "ledger.json", tmp_path / "alias.json"
+    _charge_ledger(str(a), 1.0, 10.0, 1e-5)
+    os.link(a, b)
+    made = 1
+    for path in [a, b] * 4:
+        try:
+            _charge_ledger(str(path), 1.0, 10.0, 1e-5)
+            made += 1
+        except (BudgetSpentError, ValueError, OSError):
+            pass
+    assert made <= 3, f"{made} releases at sigma 1 where max-epsilon 10 allows 3: the hard link forked the ledger"
