@@ -21,6 +21,13 @@ RED TEAM: every test here FAILS on the code of commit d231785; the lead fixes th
    catch; a delta node sent an Array with empty bytes raises EOFError in ``SSGDMod`` before its guarded section.
    Both escape the ClientApp, so Flower's SuperNode replies with ``<class 'OverflowError'>:<'...'>``
    (probes/q4_escaping_exceptions.py).
+5. **The server picks which examples are in a node's batch, so min-batch-size does not stop it isolating one
+   example.** The batch generator is seeded by ``seed*1_000_003 + round*1_009 + pid`` (the server's seed and
+   round; pid a small range), so the server replays every draw offline. At batch-size n+1 (n from finding 2;
+   >= min-batch-size) the batch is the whole share plus one duplicate chosen by the seed; two seeds with
+   duplicates i and j give replies whose difference, orthogonal to their mean, is (g_i - g_j)/N: its last-layer
+   bias names both labels. 18/18 pairs at min-batch-size 32, 2 replies each (probes/q9_batch_composition_differencing.py).
+   Batch-size n-1 (leave one out) does the same without cycling.
 4. **A ledger reached through a hard link forks** (low: the node owner's two names for one file). The symlink fix
    (realpath) does not cover it: two lock files, and the atomic rename splits the names (5 releases where the
    budget allows 3; probes/q6_ledger_hardlink.py).
@@ -172,3 +179,46 @@ def test_a_ledger_reached_through_a_hard_link_is_the_same_ledger(tmp_path):
         except (BudgetSpentError, ValueError, OSError):
             pass
     assert made <= 3, f"{made} releases at sigma 1 where max-epsilon 10 allows 3: the hard link forked the ledger"
+
+
+def test_the_server_cannot_choose_the_one_example_that_differs_between_two_batches():
+    """(finding 5) A node with min-batch-size 8: the server, knowing the share size n (finding 2) and the
+    batch-seed formula, asks batch-size n+1 under two seeds whose duplicated example it computed offline, and
+    reads both examples' labels off the difference of the two replies."""
+    import torch
+
+    from ssgd.distributed.flower import FlowerRunConfig
+    from ssgd.distributed.flower.client_app import app
+    from ssgd.distributed.flower.task import node_share
+
+    pid, num = 3, 200
+    _, y = node_share(FlowerRunConfig.from_mapping(RUN), pid, num)  # ground truth (the server knows only n)
+    n = len(y)
+    w, ctx = _model(), _context({"num-partitions": num, "partition-id": pid, "min-batch-size": 8})
+
+    def duplicate(seed):  # the server's offline replay of the node's draw
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 1 * 1_009 + pid)
+        torch.randperm(n, generator=gen)
+        return int(torch.randperm(n, generator=gen)[0])
+
+    def unit(seed, i):
+        r = app(_message(w, {"batch-size": n + 1, "seed": seed, "server-round": 1}, 100 + i), ctx)
+        assert not r.has_error()
+        return {k: np.asarray(a.numpy(), np.float64) for k, a in r.content["arrays"].items()}
+
+    hits = pairs = 0
+    for s1 in range(0, 24, 2):
+        s2 = s1 + 1
+        i, j = duplicate(s1), duplicate(s2)
+        if int(y[i]) == int(y[j]):
+            continue
+        u1, u2 = unit(s1, s1), unit(s2, s2)
+        m = np.concatenate([(u1[k] + u2[k]).ravel() for k in u1])
+        d = np.concatenate([(u1[k] - u2[k]).ravel() for k in u1])
+        coef = float(d @ m / (m @ m))
+        dbias = u1["net.5.bias"] - u2["net.5.bias"] - coef * (u1["net.5.bias"] + u2["net.5.bias"])
+        pairs += 1
+        hits += (int(np.argmin(dbias)), int(np.argmax(dbias))) == (int(y[i]), int(y[j]))
+    assert pairs >= 3
+    assert hits <= pairs // 2, (f"the labels of two single examples the server chose were read off 2 replies in "
+                                f"{hits}/{pairs} pairs at batch-size {n + 1} >= min-batch-size 8")
