@@ -21,6 +21,9 @@ RED TEAM: every test here FAILS on the code of commit d231785; the lead fixes th
    catch; a delta node sent an Array with empty bytes raises EOFError in ``SSGDMod`` before its guarded section.
    Both escape the ClientApp, so Flower's SuperNode replies with ``<class 'OverflowError'>:<'...'>``
    (probes/q4_escaping_exceptions.py).
+4. **A ledger reached through a hard link forks** (low: the node owner's two names for one file). The symlink fix
+   (realpath) does not cover it: two lock files, and the atomic rename splits the names (5 releases where the
+   budget allows 3; probes/q6_ledger_hardlink.py).
 5. **The server picks which examples are in a node's batch, so min-batch-size does not stop it isolating one
    example.** The batch generator is seeded by ``seed*1_000_003 + round*1_009 + pid`` (the server's seed and
    round; pid a small range), so the server replays every draw offline. At batch-size n+1 (n from finding 2;
@@ -28,9 +31,6 @@ RED TEAM: every test here FAILS on the code of commit d231785; the lead fixes th
    duplicates i and j give replies whose difference, orthogonal to their mean, is (g_i - g_j)/N: its last-layer
    bias names both labels. 18/18 pairs at min-batch-size 32, 2 replies each (probes/q9_batch_composition_differencing.py).
    Batch-size n-1 (leave one out) does the same without cycling.
-4. **A ledger reached through a hard link forks** (low: the node owner's two names for one file). The symlink fix
-   (realpath) does not cover it: two lock files, and the atomic rename splits the names (5 releases where the
-   budget allows 3; probes/q6_ledger_hardlink.py).
 """
 from __future__ import annotations
 
