@@ -284,13 +284,25 @@ class ReleaseBudget:
     MAX_RELEASES = 10**9
     #: most distinct noise multipliers a history may hold (releases at one sigma are one group)
     MAX_GROUPS = 10_000
+    #: largest noise multiplier a history may hold or a charge may ask (far beyond any useful sigma; above it the
+    #: accountant's sigma**2 overflows near 1e154): refused in one line, never an OverflowError
+    MAX_NOISE_MULTIPLIER = 1e6
 
-    def _add(self, sigma: Any, n: Any) -> None:
+    @classmethod
+    def check_sigma(cls, sigma: Any) -> float:
+        """σ checked as a release's noise multiplier: finite, >= 0 and at most :attr:`MAX_NOISE_MULTIPLIER`."""
         from .accountant import check_noise_multiplier
 
+        sigma = check_noise_multiplier(sigma)
+        if not sigma <= cls.MAX_NOISE_MULTIPLIER:
+            raise ValueError(f"Invalid noise multiplier {sigma!r}; must be at most {cls.MAX_NOISE_MULTIPLIER:g} "
+                             "(beyond it the vector is pure noise, and the accountant overflows)")
+        return sigma
+
+    def _add(self, sigma: Any, n: Any) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.MAX_RELEASES:
             raise ValueError(f"Invalid release count {n!r}; must be an integer in [1, {self.MAX_RELEASES}]")
-        sigma = check_noise_multiplier(sigma)
+        sigma = self.check_sigma(sigma)
         if self.count + n > self.MAX_RELEASES:
             raise ValueError(f"a release history of more than {self.MAX_RELEASES} releases; not a history this node "
                              "wrote")
@@ -311,9 +323,9 @@ class ReleaseBudget:
 
     def epsilon(self, extra: float | None = None) -> float:
         """ε of the releases so far (plus one more at σ = ``extra``) at this budget's δ."""
-        from .accountant import PrivacyAccountant, check_noise_multiplier
+        from .accountant import PrivacyAccountant
 
-        history = list(self.releases) + ([(check_noise_multiplier(extra), 1)] if extra is not None else [])
+        history = list(self.releases) + ([(self.check_sigma(extra), 1)] if extra is not None else [])
         if not history:
             return 0.0
         acc = PrivacyAccountant(history[0][0], 1.0, self.delta, self.accountant, level="node")

@@ -289,6 +289,9 @@ class NodePolicy:
         if s < self.min_noise_multiplier:
             raise PolicyError(f"the server asks {keys.DP_NOISE_MULTIPLIER}={s:g}, below this node's minimum "
                               f"{self.min_noise_multiplier:g} (node config {MIN_NOISE_MULTIPLIER}); not sent")
+        if s > ReleaseBudget.MAX_NOISE_MULTIPLIER:
+            raise PolicyError(f"the server asks {keys.DP_NOISE_MULTIPLIER}={s:g}, above the largest a node accepts "
+                              f"({ReleaseBudget.MAX_NOISE_MULTIPLIER:g}); not sent")
         return s
 
     def allowed(self, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -310,8 +310,8 @@ class LocalNoiseMod:
             eps, release = self.charge(ctxt, sigma)
         except BudgetSpentError as e:  # a function of the node's release history and sigma only
             return error_reply(msg, BUDGET_SPENT, f"LocalNoiseMod: {e}")
-        except (_NoiseModError, ValueError, TypeError, KeyError, OSError) as e:  # decided from the request alone
-            return error_reply(msg, REFUSED, f"LocalNoiseMod: {e}")
+        except Exception as e:  # noqa: BLE001 - decided from the request alone; any failure gets the fixed text
+            return error_reply(msg, REFUSED, f"LocalNoiseMod: {type(e).__name__}: {e}")
         log.info("LocalNoiseMod: release at sigma=%g; this node has spent epsilon=%.4g", sigma, eps)
         try:
             out = call_next(msg, ctxt)
@@ -375,6 +375,12 @@ def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) ->
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             if file.exists():
+                if os.stat(file).st_nlink > 1:
+                    # a second name (hard link) would have its own lock file, and the atomic rename would split
+                    # the two names into two ledgers: refused until the node owner removes the other name
+                    raise ValueError(f"privacy-ledger {path}: the file has {os.stat(file).st_nlink} hard links; a "
+                                     "ledger must have exactly one name (remove the other links; every release is "
+                                     "refused until then)")
                 try:
                     data = json.loads(file.read_text(encoding="utf-8"))
                     if not isinstance(data, dict) or data.get("format") != "ssgd-release-ledger":
