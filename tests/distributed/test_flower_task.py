@@ -26,7 +26,7 @@ def test_fedsgd_sends_the_gradient_of_one_random_batch_and_leaves_the_weights():
     before = param_arrays(model)
     grads, loss, used = local_update(model, x, y, mode="fedsgd", batch_size=16, local_steps=5, client_lr=0.1,
                                      generator=torch.Generator().manual_seed(3))
-    idx = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:16]
+    idx = torch.randint(40, (16,), generator=torch.Generator().manual_seed(3))  # with replacement
     want = F.cross_entropy(ref(x[idx]), y[idx])
     want.backward()
     assert used == 16 and loss == pytest.approx(float(want), rel=1e-6)
@@ -36,7 +36,7 @@ def test_fedsgd_sends_the_gradient_of_one_random_batch_and_leaves_the_weights():
         np.testing.assert_array_equal(a, before[name])
 
 
-@pytest.mark.parametrize("batch_size, used", [(16, 48), (64, 192)])  # a batch larger than the share cycles on
+@pytest.mark.parametrize("batch_size, used", [(16, 48), (64, 192)])  # drawn with replacement, of any size
 def test_delta_takes_local_steps_of_sgd_on_fresh_random_batches(batch_size, used):
     x, y = _data()
     model, ref = _model(), _model()
@@ -48,9 +48,7 @@ def test_delta_takes_local_steps_of_sgd_on_fresh_random_batches(batch_size, used
     opt = torch.optim.SGD(ref.parameters(), lr=0.2)
     losses = []
     for _ in range(3):
-        idx = torch.randperm(40, generator=g2)[:batch_size]
-        while idx.numel() < batch_size:  # the next permutation continues a batch larger than the share
-            idx = torch.cat([idx, torch.randperm(40, generator=g2)[:batch_size - idx.numel()]])
+        idx = torch.randint(40, (batch_size,), generator=g2)  # with replacement (red team 3 finding 2)
         opt.zero_grad()
         out = F.cross_entropy(ref(x[idx]), y[idx])
         out.backward()

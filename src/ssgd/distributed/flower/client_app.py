@@ -31,6 +31,7 @@ from .config import FlowerRunConfig
 from .faults import FaultMod
 from .mod import NOT_SENT, REFUSED, error_reply, ssgd_mod
 from .policy import NodePolicy
+from .secret import batch_key, batch_seed
 from .task import dataset, evaluate_arrays, local_update, load_arrays, make_model, node_share, partition_of
 from .validation import arrays_from_record, record_from_arrays
 
@@ -57,11 +58,13 @@ def train(msg: Message, context) -> Message:
         # the run config chooses the partition, so it could leave this node fewer examples than its own
         # min-batch-size allows (one example's gradient gives its label away): refuse, never compute on fewer.
         # A fixed bit of the node's own share and setting, the same for every request: whether a node answers
-        # never depends on a server-chosen threshold (a batch larger than the share cycles through it instead)
+        # never depends on a server-chosen threshold (batches are drawn with replacement, of any size)
         log.warning("train request refused: this node's share (%d examples) is below its min-batch-size %d",
                     len(y), req.min_batch_size)
         return error_reply(msg, REFUSED, "this node holds fewer examples than its min-batch-size")
-    gen = torch.Generator().manual_seed(req.seed * 1_000_003 + req.round * 1_009 + pid)
+    # the batch is drawn from the node's secret key mixed with the server's seed and round: the server can
+    # neither replay the draw nor choose which examples a batch holds (red team 3 finding 5)
+    gen = torch.Generator().manual_seed(batch_seed(batch_key(context.node_config), req.seed, req.round))
     arrays, loss, used = local_update(model, x, y, mode=req.mode, batch_size=req.batch_size,
                                       local_steps=req.local_steps, client_lr=req.client_lr, generator=gen)
     # delta mode: the update itself (never w', which SSGDMod would have to subtract from the server's w, rounding

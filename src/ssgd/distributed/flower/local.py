@@ -37,8 +37,10 @@ def with_message_id(msg: Message, message_id: str, *, content: RecordDict | None
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` nodes, each with node config ``{"partition-id": i, "num-partitions": N}``
-    plus ``node_configs[i]`` (e.g. ``{"fault": "nan"}``), all running ``client_app``."""
+    """``num_nodes`` nodes, each with node config ``{"partition-id": i, "num-partitions": N,
+    "batch-key": "in-process-node-<i>"}`` plus ``node_configs[i]`` (e.g. ``{"fault": "nan"}``), all running
+    ``client_app``. The fixed ``batch-key`` (the experimenter owns every node; ``node_configs`` may set another)
+    makes in-process runs (``ssgd flower local``) reproducible; it is no secret from this process's server."""
 
     def __init__(self, client_app, num_nodes: int, run_config: Mapping[str, Any],
                  node_configs: Sequence[Mapping[str, Any]] | None = None, first_node_id: int = 1001) -> None:
@@ -54,7 +56,9 @@ class InProcessGrid(Grid):
         self.contexts: dict[int, Context] = {}
         for i in range(num_nodes):
             node_id = first_node_id + i
-            node_cfg = {"partition-id": i, "num-partitions": num_nodes}
+            # a fixed batch-key per node (the experimenter owns every node here): reproducible runs and resumes; a
+            # SuperNode without one draws its batches from a random key in its Flower home (flower/secret.py)
+            node_cfg = {"partition-id": i, "num-partitions": num_nodes, "batch-key": f"in-process-node-{i}"}
             node_cfg.update(dict(node_configs[i]) if node_configs is not None else {})
             self.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=node_cfg, state=RecordDict(),
                                              run_config=dict(run_config))

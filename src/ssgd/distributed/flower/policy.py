@@ -15,7 +15,7 @@ node config key            default                  what it controls
 ``min-batch-size``         ``1``                    smallest batch the node computes a gradient on
                                                     (a share below it refuses every request)
 ``max-batch-size``         ``8192``                 largest batch a request may ask for (its memory;
-                                                    a batch larger than the share cycles through it)
+                                                    batches are drawn with replacement)
 ``min-noise-multiplier``   none (required by        the smallest σ the node adds with
                            ``LocalNoiseMod``)       :class:`~ssgd.distributed.flower.LocalNoiseMod`
 ``allow-evaluate``         ``false``                whether the packaged ClientApp answers
@@ -35,6 +35,10 @@ node config key            default                  what it controls
                            below)                   ``memory``: the node owner's opt-out, the
                                                     node's Context.state, which **resets on every
                                                     run the server starts** (docs/threat-model.md)
+``batch-key``              ``""`` (a random key    the node's secret that picks its batches (with
+                           in its Flower home)      the server's seed and round): the server can
+                                                    neither replay nor choose which examples a
+                                                    batch holds (:mod:`.secret`)
 ``dataset``                ``"mnist"``              the data the packaged ClientApp computes on
                                                     (a run config naming another is refused)
 ``data-dir``               ``""``                   where the node reads that data (``""``: the
@@ -75,7 +79,7 @@ from ...transform import DEFAULT_EPS, check_eps, check_nonnegative, check_scope
 from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MAX_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
-           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "PRIVACY_LEDGER_MEMORY",
+           "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "PRIVACY_LEDGER_MEMORY", "BATCH_KEY",
            "PARTITION_ID", "DATASET", "DATA_DIR",
            "check_outgoing"]
 
@@ -89,6 +93,8 @@ MAX_LOCAL_STEPS = "max-local-steps"
 MIN_CLIENT_LR = "min-client-lr"
 MAX_CLIENT_LR = "max-client-lr"
 MAX_EPSILON = "max-epsilon"
+#: node config: the node's secret key for drawing its batches (``""``: a random key file under its Flower home)
+BATCH_KEY = "batch-key"
 DP_DELTA = "dp-delta"
 PRIVACY_LEDGER = "privacy-ledger"
 #: ``privacy-ledger`` value of a node owner who opts out of the ledger file: the count lives in the node's
@@ -157,6 +163,8 @@ class NodePolicy:
     max_epsilon: float = DEFAULT_MAX_EPSILON
     dp_delta: float = DEFAULT_BUDGET_DELTA
     privacy_ledger: str = ""
+    #: the node's secret batch key (node config ``batch-key``; ``""``: a random one kept under its Flower home)
+    batch_key: str = ""
     dataset: str = "mnist"
     data_dir: str = ""
 
@@ -205,7 +213,8 @@ class NodePolicy:
             ReleaseBudget(self.max_epsilon, self.dp_delta)
         except ValueError as e:
             raise ValueError(f"Invalid node config {MAX_EPSILON}/{DP_DELTA}: {e}") from None
-        for key, field in ((PRIVACY_LEDGER, "privacy_ledger"), (DATA_DIR, "data_dir"), (DATASET, "dataset")):
+        for key, field in ((PRIVACY_LEDGER, "privacy_ledger"), (DATA_DIR, "data_dir"), (DATASET, "dataset"),
+                           (BATCH_KEY, "batch_key")):
             if not isinstance(getattr(self, field), str):
                 raise ValueError(f"Invalid node config {key}={getattr(self, field)!r}; expected a string")
         from ...data import DATASETS
@@ -226,7 +235,7 @@ class NodePolicy:
                            (MAX_LOCAL_STEPS, "max_local_steps"), (MIN_CLIENT_LR, "min_client_lr"),
                            (MAX_CLIENT_LR, "max_client_lr"), (MAX_EPSILON, "max_epsilon"),
                            (DP_DELTA, "dp_delta"), (PRIVACY_LEDGER, "privacy_ledger"), (DATASET, "dataset"),
-                           (DATA_DIR, "data_dir")):
+                           (DATA_DIR, "data_dir"), (BATCH_KEY, "batch_key")):
             if key in nc:
                 kw[field] = nc[key]
         return dataclasses.replace(base, **kw) if kw else base

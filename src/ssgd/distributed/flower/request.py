@@ -35,7 +35,8 @@ from typing import Any, Mapping
 
 from . import keys
 from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_BATCH_SIZE, MAX_CLIENT_LR, MAX_EPSILON, MAX_LOCAL_STEPS,
-                     MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, NodePolicy, PolicyError)
+                     MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, BATCH_KEY, NodePolicy,
+                     PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "SERVER_ONLY_KEYS", "parse_request",
            "put", "get",
@@ -62,7 +63,7 @@ REQUEST_FIELDS: dict[str, type] = {
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
                      MAX_BATCH_SIZE,
                      MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MIN_CLIENT_LR, MAX_CLIENT_LR, MAX_EPSILON,
-                     DP_DELTA, PRIVACY_LEDGER)
+                     DP_DELTA, PRIVACY_LEDGER, BATCH_KEY)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
 #: (``dataset``: the server builds its model for it; the node computes on its own node config's ``dataset``)

@@ -146,19 +146,18 @@ def local_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: st
     :math:`w_T` against the server-chosen :math:`w_0` (whose ulp would reveal :math:`|g_i|`, hence the
     norm; red team 2 finding 1). The SSGD mod turns either into a unit vector before it leaves the node.
 
-    Batches are drawn without replacement from the node's share; a batch larger than the share
-    continues with a fresh permutation (every example at least once, seed-dependent repeats), so a
-    request is never refused for the share's size (red team 2 finding 3)."""
+    Batches are drawn **with replacement** from the node's share (``generator``: the node's own, keyed by
+    its secret, :mod:`.secret`): no batch size makes the batch the same for every seed (at batch-size = the
+    share size without replacement it would be the whole share, a seed-independent reply that names the
+    share size; red team 3 finding 2), no size is refused for the share's size, and the cost of a draw does
+    not depend on it."""
     n = x.shape[0]
     if n == 0:
         raise ValueError("this node holds no training examples; use fewer nodes or a larger alpha")
     fedsgd = mode == "fedsgd"
 
     def draw() -> torch.Tensor:
-        idx = torch.randperm(n, generator=generator)[:batch_size]
-        while idx.numel() < batch_size:  # a batch larger than the share: the next permutation continues it
-            idx = torch.cat([idx, torch.randperm(n, generator=generator)[:batch_size - idx.numel()]])
-        return idx
+        return torch.randint(n, (batch_size,), generator=generator)
 
     def batches(epoch: int):  # the node's random batches, from its own generator
         for _ in range(1 if fedsgd else local_steps):
