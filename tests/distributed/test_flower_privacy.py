@@ -167,13 +167,19 @@ def test_local_noise_mod_adds_the_claimed_noise_fresh_and_seeded(tmp_path):
     # node-local sensitivity 2: std = 2 sigma; 40k draws: the std is within ~1% (5 standard errors: 1.8%)
     assert noise.std() == pytest.approx(2 * sigma, rel=0.02)
     assert abs(noise.mean()) < 5 * 2 * sigma / np.sqrt(noise.size)
-    # seeded: a fresh ledger (at the same place) reproduces; the next release of the same ledger (any round),
-    # another ledger or another node is fresh
-    (tmp_path / "a-0.json").unlink()
-    [again] = seeded("a")
-    assert all(np.array_equal(out[k], again[k]) for k in G)
+    # seeded: keyed by the random salt in the ledger, so a copied ledger reproduces (the documented weakness:
+    # never copy a ledger); a fresh ledger at the same place (another machine), the next release of the same
+    # ledger (any round), another ledger or another node is fresh
+    import shutil
+
+    shutil.copy(tmp_path / "a-0.json", tmp_path / "copy-0.json")
     [same_round] = seeded("a")  # ledger "a" continues: release 2
     assert not np.array_equal(out["a"], same_round["a"])
+    [copied] = seeded("copy")  # release 2 of the copy: the same salt and number, the same noise
+    assert all(np.array_equal(same_round[k], copied[k]) for k in G)
+    (tmp_path / "a-0.json").unlink()
+    [fresh] = seeded("a")  # release 1 of a new ledger at the same path: a new salt
+    assert not np.array_equal(out["a"], fresh["a"])
     [other_ledger] = seeded("b")  # release 1 of another ledger
     assert not np.array_equal(out["a"], other_ledger["a"])
     n1, n2 = seeded("c", nodes=2)

@@ -52,9 +52,11 @@ opt-out ``privacy-ledger=memory`` keeps it in the node's ``Context.state``, whic
 server starts (docs/threat-model.md).
 
 The node, not the server, owns its randomness: ``LocalNoiseMod(seed=None)`` draws every call's
-noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, the node's
-ledger file, the release's number in it) and is refused under ``privacy-ledger=memory``: a
-release number counted in a ledger never repeats, across runs and restarts, whereas a round
+noise from OS entropy; ``seed=int`` (tests, reproducible runs) derives it from (seed, the random salt
+the node wrote into its ledger when it made it, the release's number in it) and is refused under
+``privacy-ledger=memory``: a release number counted in a ledger does not repeat while the ledger is kept,
+across runs and restarts (a *copied* ledger repeats its salt and numbers, hence its noise: never copy a
+ledger), whereas a round
 number (the server's), a node id (the SuperLink's) or a count in ``Context.state`` (reset by a new
 run) would -- and the same noise twice cancels in the difference of two releases. A seed known to the server would let it
 subtract the noise, so the server never sends one; and an untrusted server could send σ = 0, so the node's minimum σ is
@@ -181,10 +183,11 @@ class LocalNoiseMod:
         noise_multiplier: default σ when the message sets none (``None``: the message must set it).
         min_noise_multiplier: the smallest σ this node accepts (> 0). Required, here or in the node
             config (``min-noise-multiplier``, which takes precedence): without it every request is refused.
-        seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, the node's
-            ledger file, the release's number in it) -- reproducible from a fresh ledger at the same
-            place, never the same twice while the ledger is kept (a new run or a SuperNode restart continues
-            its count), nor for two nodes with two ledgers, whatever node ids the SuperLink assigns. A
+        seed: ``None`` draws each call's noise from OS entropy; an int derives it from (seed, the random
+            salt the node wrote into its ledger when it made it, the release's number in it) -- not the same
+            twice while the ledger is kept (a new run or a SuperNode restart continues its count), nor for two
+            nodes with two ledgers, whatever node ids the SuperLink assigns or paths they use; a *copied*
+            ledger (same salt, same count) repeats it: never copy a ledger. A
             seeded mod under ``privacy-ledger=memory`` refuses every request: a count in ``Context.state``
             restarts in a new run, and the same noise twice would cancel in the difference of two releases
             (the node owner who deletes the ledger resets the budget too).
@@ -257,6 +260,11 @@ class LocalNoiseMod:
         past the budget. The count lives in the node's ledger file (:meth:`ledger_path`: node config
         ``privacy-ledger``, by default one under the node's Flower home), or with ``privacy-ledger=memory`` in
         ``ctxt.state``."""
+        eps, release, _ = self._charge(ctxt, sigma)
+        return eps, release
+
+    def _charge(self, ctxt, sigma: float) -> tuple[float, int, str | None]:
+        """:meth:`charge`, plus the ledger's random salt (``None`` under ``privacy-ledger=memory``)."""
         policy = self.node_policy(ctxt)
         ledger = self.ledger_path(ctxt)
         if ledger is not None:
@@ -272,10 +280,10 @@ class LocalNoiseMod:
         budget = ReleaseBudget.from_dict(stored, policy.max_epsilon, policy.dp_delta)
         eps = budget.charge(sigma)
         state[self.BUDGET_KEY] = ConfigRecord(budget.to_dict())
-        return eps, budget.count
+        return eps, budget.count, None
 
     def _check_seeded(self, ctxt) -> None:
-        """Seeded noise is a function of (seed, node, release number): the number must never repeat, so it
+        """Seeded noise is a function of (seed, ledger salt, release number): the number must never repeat, so it
         comes from the node's ledger file, which every run and restart continues; with ``privacy-ledger=memory``
         (a count that restarts in every new run): refused."""
         if self.seed is not None and self.ledger_path(ctxt) is None:
@@ -283,14 +291,18 @@ class LocalNoiseMod:
                                  f"{PRIVACY_LEDGER_MEMORY} (its release count never repeats; Context.state restarts "
                                  "in a new run, and the same noise twice cancels in the difference of two releases)")
 
-    def _generator(self, ctxt, release: int) -> torch.Generator:
+    def _generator(self, salt: str | None, release: int) -> torch.Generator:
         self.calls += 1
         if self.seed is None:
             s = derive_seed(None)
         else:
-            # keyed by the node's own ledger (the file, as charge() resolved it), never by Context.node_id: the
-            # SuperLink assigns that, and could give two nodes of one seed the same id -- the same noise twice
-            s = derive_seed(self.seed, "local-noise", os.path.realpath(self.ledger_path(ctxt)), int(release))
+            # keyed by the random salt the node wrote into its ledger when it made it -- never by Context.node_id
+            # (the SuperLink assigns it, and could give two nodes of one seed the same id) nor by the ledger's path
+            # (two nodes on two machines may use the same one): the same noise twice cancels in a difference.
+            # A copied ledger carries its salt, and repeats the noise: never copy a ledger (docs/threat-model.md)
+            if not salt:
+                raise _NoiseModError("a seeded LocalNoiseMod needs its ledger's salt")
+            s = derive_seed(self.seed, "local-noise", str(salt), int(release))
         return torch.Generator().manual_seed(s)
 
     def __call__(self, msg, ctxt, call_next):
@@ -307,7 +319,7 @@ class LocalNoiseMod:
             self._check_seeded(ctxt)
             # counted before anything touches the data: every path below releases at most once (an inner refusal
             # decided from the request alone releases nothing and is counted all the same: never fewer than released)
-            eps, release = self.charge(ctxt, sigma)
+            eps, release, salt = self._charge(ctxt, sigma)
         except BudgetSpentError as e:  # a function of the node's release history and sigma only
             return error_reply(msg, BUDGET_SPENT, f"LocalNoiseMod: {e}")
         except Exception as e:  # noqa: BLE001 - decided from the request alone; any failure gets the fixed text
@@ -349,7 +361,7 @@ class LocalNoiseMod:
             log.error("LocalNoiseMod: %s; releasing noise on a zero vector instead", failure)
             arrays = {k: np.zeros(a.shape, dtype=np.float32) for k, a in model.items()}
         std = sigma * sensitivity("node-local", scope, len(arrays))
-        gen = self._generator(ctxt, release)
+        gen = self._generator(salt, release)
         noisy = {}
         for k, a in arrays.items():
             z = torch.randn(a.shape, generator=gen, dtype=torch.float64).numpy()
@@ -359,10 +371,16 @@ class LocalNoiseMod:
         return Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in noisy.items()})}), reply_to=msg)
 
 
-def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) -> tuple[float, int]:
+_SALT = re.compile(r"[0-9a-f]{64}")
+
+
+def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) -> tuple[float, int, str]:
     """:meth:`ReleaseBudget.charge` on the history in the ledger file ``path`` (created when missing), under an
     exclusive lock so that concurrent ClientApp processes count one by one; a damaged ledger refuses (ValueError).
-    Returns ``(ε after the release, its number in the ledger)``."""
+    Returns ``(ε after the release, its number in the ledger, the ledger's salt)``: 32 random bytes (hex) the
+    node writes into the ledger when it makes it (or into an older ledger that has none), which keys seeded
+    noise -- a value of the node's own, unlike the node id (the SuperLink's) or the path (the same on two
+    nodes)."""
     import fcntl
     import json
     from pathlib import Path
@@ -386,14 +404,17 @@ def _charge_ledger(path: str, sigma: float, max_epsilon: float, delta: float) ->
                     if not isinstance(data, dict) or data.get("format") != "ssgd-release-ledger":
                         raise ValueError("not an ssgd release ledger")
                     budget = ReleaseBudget.from_dict(data, max_epsilon, delta)
+                    salt = data.get("salt", os.urandom(32).hex())
+                    if not isinstance(salt, str) or not _SALT.fullmatch(salt):
+                        raise ValueError("its salt is not 64 hex digits")
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"privacy-ledger {path}: {e}; fix or move the file (every release is "
                                      "refused until then)") from None
             else:
-                budget = ReleaseBudget(max_epsilon, delta)
+                budget, salt = ReleaseBudget(max_epsilon, delta), os.urandom(32).hex()
             eps = budget.charge(sigma)
-            atomic_write_text(file, json.dumps({"format": "ssgd-release-ledger", **budget.to_dict()}))
-            return eps, budget.count
+            atomic_write_text(file, json.dumps({"format": "ssgd-release-ledger", "salt": salt, **budget.to_dict()}))
+            return eps, budget.count, salt
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
