@@ -65,3 +65,16 @@ def test_a_huge_stored_count_is_refused_in_one_line_and_a_charge_is_o1_in_past_r
     # a history of 10^8 releases (allowed by an enormous budget) is charged at once, not replayed
     big = ReleaseBudget(1e12, 1e-5, releases=[(1e4, 10**8)])
     assert big.charge(1e4) > 0 and big.count == 10**8 + 1
+
+
+@pytest.mark.parametrize("sigma", [1e6 * (1 + 1e-9), 1e155, 1e300])
+def test_a_sigma_above_the_largest_is_refused_in_one_line_not_an_overflow(sigma):
+    """(red team 3 finding 3) sigma**2 overflows in the accountant near 1e154: refused as a ValueError first, both
+    as a charge and as a stored history."""
+    from ssgd.privacy import ReleaseBudget
+
+    with pytest.raises(ValueError, match="at most"):
+        ReleaseBudget(10.0, 1e-5).charge(sigma)
+    with pytest.raises(ValueError, match="at most"):
+        ReleaseBudget.from_dict({"sigmas": [sigma], "counts": [1]})
+    assert 0 <= ReleaseBudget(10.0, 1e-5).charge(ReleaseBudget.MAX_NOISE_MULTIPLIER) < 1.0  # the bound itself is fine
