@@ -54,7 +54,7 @@ from ...report.validate import bounded_text
 from ...transform import DEFAULT_EPS, NonFiniteGradientError, grad_norms, unit_
 from . import keys
 from . import request as node_request
-from .policy import NodePolicy, PolicyError, check_outgoing
+from .policy import NodePolicy, check_outgoing
 
 __all__ = ["SSGDMod", "ssgd_mod", "error_reply", "REFUSED", "NOT_SENT", "BUDGET_SPENT", "PUBLIC_REASONS"]
 
