@@ -288,7 +288,7 @@ class LocalNoiseMod:
         (a count that restarts in every new run): refused."""
         if self.seed is not None and self.ledger_path(ctxt) is None:
             raise _NoiseModError(f"a seeded LocalNoiseMod needs a ledger file, not {PRIVACY_LEDGER}="
-                                 f"{PRIVACY_LEDGER_MEMORY} (its release count never repeats; Context.state restarts "
+                                 f"{PRIVACY_LEDGER_MEMORY} (a ledger keeps its count across runs; Context.state restarts "
                                  "in a new run, and the same noise twice cancels in the difference of two releases)")
 
     def _generator(self, salt: str | None, release: int) -> torch.Generator:
