@@ -64,3 +64,14 @@ def test_up_round_bar_follows_metrics_json_and_ignores_a_damaged_file(tmp_path, 
     with flower._round_bar(tmp_path, 3, False):  # --no-progress: no bar, no thread
         pass
     assert seen == [2]
+
+
+def test_local_with_a_dirichlet_partition_runs_on_nodes_given_that_partition(capsys, tmp_path):
+    """`--partition`/`--alpha`/`--seed` reach the nodes as node config: they agree with the run config, so every
+    node answers (a node left on its default iid share would refuse the run config's dirichlet)."""
+    import json
+
+    out = tmp_path / "run"
+    _local(capsys, out, 1, "--partition", "dirichlet", "--alpha", "0.3", "--seed", "3")
+    last = json.loads((out / "metrics.json").read_text())["history"][-1]
+    assert (last["round"], last["accepted"], last["rejected"], last["failed"]) == (1, 2, 0, 0)

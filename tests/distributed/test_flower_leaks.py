@@ -214,7 +214,8 @@ def test_every_node_setting_the_threat_model_documents_is_one_the_node_honours()
     probe = {"ssgd-scope": "layer", "ssgd-eps": 1e-6, "allowed-metrics": "train-loss", "min-batch-size": 7,
              "max-batch-size": 100, "min-client-lr": 1e-3, "max-client-lr": 1.0, "min-noise-multiplier": 2.5, "allow-evaluate": True, "ssgd-mode": "delta", "max-local-steps": 3,
              "max-epsilon": 4.0, "dp-delta": 1e-6, "privacy-ledger": "/tmp/ledger.json", "dataset": "digits",
-             "data-dir": "/data", "batch-key": "owner-key"}
+             "data-dir": "/data", "batch-key": "owner-key", "partition": "dirichlet", "alpha": 0.3,
+             "partition-seed": 7}
     assert documented == set(probe), documented ^ set(probe)
     default = NodePolicy()
     for key, value in probe.items():

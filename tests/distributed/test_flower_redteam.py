@@ -97,7 +97,10 @@ def test_a_float64_model_is_refused_and_a_float32_one_is_noised_in_float32():
 # found offline (probes/scan_part2.py): Dirichlet alpha=0.01, seed=17, 3 partitions -> node 2 holds 1 example
 RUN_PART = {"num-rounds": 1, "batch-size": 32, "test-size": 100, "mode": "fedsgd", "model": "mlp",
             "partition": "dirichlet", "alpha": 0.01, "seed": 17}
-NODE = {"partition-id": 2, "num-partitions": 3, "min-batch-size": 32}
+# since the node's share is its own node config's, the node owner chose this split (a run config naming another
+# partition is refused outright): the min-batch-size refusal must still hold for a node's own tiny share
+NODE = {"partition-id": 2, "num-partitions": 3, "min-batch-size": 32, "partition": "dirichlet", "alpha": 0.01,
+        "partition-seed": 17}
 
 
 def _identity_partition():

@@ -71,13 +71,15 @@ def _run_config(run: Options, min_nodes, round_timeout, straggler_timeout, extra
 
 
 def _node_configs(fault_specs: list[str], node_sets: list[str], nodes: int, mode: str, dataset: str = "mnist",
-                  data_dir: str = "") -> list[dict]:
+                  data_dir: str = "", partition: str = "iid", alpha: float = 0.5, seed: int = 0) -> list[dict]:
     """Every node's own config: ``ssgd-mode`` is the run's ``--mode``, ``dataset`` and ``data-dir`` the
-    run's (the nodes started here are yours: what they compute on is decided here, not by the server --
+    run's, ``partition``, ``alpha`` and ``partition-seed`` the run's ``--partition``, ``--alpha`` and
+    ``--seed`` (the nodes started here are yours: what they compute on is decided here, not by the server --
     a node reads none of these from the run config), then ``--node-set`` and ``--fault``."""
     from ..distributed.flower import FAULTS, NodePolicy
 
-    data = {"dataset": dataset, **({"data-dir": data_dir} if data_dir else {})}
+    data = {"dataset": dataset, **({"data-dir": data_dir} if data_dir else {}), "partition": partition,
+            "alpha": float(alpha), "partition-seed": int(seed)}
     out: list[dict] = [{"ssgd-mode": mode, **data} for _ in range(nodes)]
     for spec in fault_specs:
         try:
@@ -202,7 +204,8 @@ def _prepare(nodes: int, noun: str, run: Options, output: Options, prefix: str, 
         raise typer.BadParameter(f"--nodes {nodes}: need at least 1 {noun}")
     cfg = _run_config(run, min_nodes, round_timeout, straggler_timeout, output.set_)
     node_configs = _node_configs(output.fault, output.node_set, nodes, cfg["mode"], str(cfg["dataset"]),
-                                 str(cfg.get("data-dir", "")))
+                                 str(cfg.get("data-dir", "")), str(cfg["partition"]), float(cfg["alpha"]),
+                                 int(cfg["seed"]))
     _check_nodes(cfg, nodes)
     run_dir = _run_dir(output.out, prefix, output.resume, output.overwrite)
     cfg.update({"out-dir": str(run_dir.absolute()), "resume": output.resume, "overwrite": output.overwrite})

@@ -4,7 +4,9 @@ share of the data, and let :class:`SSGDMod` turn it into a unit vector.
 Loaded by a SuperNode as ``ssgd.distributed.flower.client_app:app``. The node's share comes
 from its node config (``partition-id``, ``num-partitions``), and so does its data
 (``dataset``, ``data-dir``: a run config naming another dataset is refused, the run config's
-``data-dir`` is the server's and never read here); the model from the run config
+``data-dir`` is the server's and never read here), and so is its share (``partition``, ``alpha``,
+``partition-seed``: a run config naming another partition or alpha is refused, the run config's
+``seed`` never chooses the share); the model from the run config
 (:class:`~ssgd.distributed.flower.FlowerRunConfig`); every privacy-relevant value
 (mode, batch size, local steps, ...) from the request :class:`SSGDMod` resolved against the
 node's own policy (:mod:`.request`) -- never from the run config. ``fault`` in the node config
@@ -53,10 +55,13 @@ def train(msg: Message, context) -> Message:
     pid, num = partition_of(context.node_config)
     model = make_model(cfg)
     load_arrays(model, arrays_from_record(msg.content[node_request.ARRAYS]))
-    x, y = node_share(cfg, pid, num)
+    # the node's own share: partition, alpha and partition-seed from its node config (the request carries them);
+    # the run config's seed stays the server's (the model's initialisation), never the node's share
+    x, y = node_share(dataclasses.replace(cfg, partition=req.partition, alpha=req.alpha, seed=req.partition_seed),
+                      pid, num)
     if len(y) < req.min_batch_size:
-        # the run config chooses the partition, so it could leave this node fewer examples than its own
-        # min-batch-size allows (one example's gradient gives its label away): refuse, never compute on fewer.
+        # the node's own partition settings could leave it fewer examples than its own min-batch-size allows
+        # (one example's gradient gives its label away): refuse, never compute on fewer.
         # A fixed bit of the node's own share and setting, the same for every request: whether a node answers
         # never depends on a server-chosen threshold (batches are drawn with replacement, of any size)
         log.warning("train request refused: this node's share (%d examples) is below its min-batch-size %d",

@@ -130,8 +130,8 @@ class FlowerRunConfig:
                          "Flower updates carry trainable parameters only)")
         if self.dataset not in DATASETS:
             bad("dataset", f"expected one of {sorted(DATASETS)}")
-        if self.partition not in ("iid", "dirichlet"):
-            bad("partition", "expected 'iid' or 'dirichlet'")
+        if self.partition not in keys.PARTITIONS:
+            bad("partition", f"expected one of {keys.PARTITIONS}")
         if not 0 < self.fraction_train <= 1:
             bad("fraction_train", "must be in (0, 1]")
         if self.min_nodes < 1:

@@ -7,7 +7,7 @@ less protection than that is refused with an error reply naming the key.
 
 from __future__ import annotations
 
-__all__ = ["MODE", "SCOPE", "EPS", "LOCAL_STEPS", "CLIENT_LR", "BATCH_SIZE", "MODES", "ROUND", "SEED",
+__all__ = ["MODE", "SCOPE", "EPS", "LOCAL_STEPS", "CLIENT_LR", "BATCH_SIZE", "MODES", "PARTITIONS", "ROUND", "SEED",
            "DP_NOISE_MULTIPLIER"]
 
 MODE = "ssgd-mode"            # "fedsgd" (the reply is a gradient) | "delta" (the reply is locally trained weights)
@@ -21,3 +21,5 @@ ROUND = "server-round"        # set by the strategy (as Flower's own strategies 
 DP_NOISE_MULTIPLIER = "ssgd-dp-noise-multiplier"  # float, node-local DP: the sigma every node applies
 
 MODES = ("fedsgd", "delta")
+#: how the training split is divided between the nodes (node config ``partition``)
+PARTITIONS = ("iid", "dirichlet")

@@ -43,6 +43,14 @@ node config key            default                  what it controls
                                                     (a run config naming another is refused)
 ``data-dir``               ``""``                   where the node reads that data (``""``: the
                                                     dataset's default location); never the run config's
+``partition``              ``"iid"``                how the training split is divided between the
+                                                    nodes (``iid`` | ``dirichlet``): which examples
+                                                    are this node's share (a run config naming
+                                                    another is refused)
+``alpha``                  ``0.5``                  the Dirichlet concentration of that split
+                                                    (a run config naming another is refused)
+``partition-seed``         ``0``                    the seed of that split; the run config's
+                                                    ``seed`` never chooses the node's share
 =========================  =======================  ==============================================
 
 The node's **default ledger** (``privacy-ledger`` unset or ``""``) is
@@ -80,7 +88,7 @@ from . import keys
 
 __all__ = ["NodePolicy", "PolicyError", "METRICS", "ALLOWED_METRICS", "MIN_BATCH_SIZE", "MAX_BATCH_SIZE", "MIN_NOISE_MULTIPLIER",
            "ALLOW_EVALUATE", "MAX_LOCAL_STEPS", "MIN_CLIENT_LR", "MAX_CLIENT_LR", "MAX_EPSILON", "DP_DELTA", "PRIVACY_LEDGER", "PRIVACY_LEDGER_MEMORY", "BATCH_KEY",
-           "PARTITION_ID", "DATASET", "DATA_DIR",
+           "PARTITION_ID", "DATASET", "DATA_DIR", "PARTITION", "ALPHA", "PARTITION_SEED",
            "check_outgoing"]
 
 #: node-config keys (besides keys.SCOPE and keys.EPS, which the node config may set as well)
@@ -105,6 +113,10 @@ PRIVACY_LEDGER_MEMORY = "memory"
 PARTITION_ID = "partition-id"
 DATASET = "dataset"
 DATA_DIR = "data-dir"
+#: node config: which examples are this node's share (the split of the training data, its Dirichlet alpha and seed)
+PARTITION = "partition"
+ALPHA = "alpha"
+PARTITION_SEED = "partition-seed"
 
 #: the metrics the packaged ClientApp can report (each opt-in, see the module doc)
 METRICS = ("num-examples", "train-loss")
@@ -167,6 +179,10 @@ class NodePolicy:
     batch_key: str = ""
     dataset: str = "mnist"
     data_dir: str = ""
+    #: the node's share of the training data: the split, its Dirichlet alpha and its seed (never the run config's)
+    partition: str = "iid"
+    alpha: float = 0.5
+    partition_seed: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -221,6 +237,15 @@ class NodePolicy:
 
         if self.dataset not in DATASETS:
             raise ValueError(f"Invalid node config {DATASET}={self.dataset!r}; expected one of {sorted(DATASETS)}")
+        if self.partition not in keys.PARTITIONS:
+            raise ValueError(f"Invalid node config {PARTITION}={self.partition!r}; expected one of {keys.PARTITIONS}")
+        alpha = _number(ALPHA, self.alpha)
+        if not alpha > 0:
+            raise ValueError(f"Invalid node config {ALPHA}={self.alpha!r}; must be > 0 (e.g. 0.5)")
+        object.__setattr__(self, "alpha", alpha)
+        if (isinstance(self.partition_seed, bool) or not isinstance(self.partition_seed, int)
+                or self.partition_seed < 0):
+            raise ValueError(f"Invalid node config {PARTITION_SEED}={self.partition_seed!r}; must be an integer >= 0")
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any] | None, base: "NodePolicy | None" = None) -> "NodePolicy":
@@ -235,7 +260,8 @@ class NodePolicy:
                            (MAX_LOCAL_STEPS, "max_local_steps"), (MIN_CLIENT_LR, "min_client_lr"),
                            (MAX_CLIENT_LR, "max_client_lr"), (MAX_EPSILON, "max_epsilon"),
                            (DP_DELTA, "dp_delta"), (PRIVACY_LEDGER, "privacy_ledger"), (DATASET, "dataset"),
-                           (DATA_DIR, "data_dir"), (BATCH_KEY, "batch_key")):
+                           (DATA_DIR, "data_dir"), (BATCH_KEY, "batch_key"), (PARTITION, "partition"),
+                           (ALPHA, "alpha"), (PARTITION_SEED, "partition_seed")):
             if key in nc:
                 kw[field] = nc[key]
         return dataclasses.replace(base, **kw) if kw else base

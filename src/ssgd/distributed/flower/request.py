@@ -13,10 +13,11 @@ place -- the message's ConfigRecord ``"config"`` -- through one named field set
 * the **run config** (``flwr run --run-config``, the app's pyproject -- both server-controlled)
   never sets a node's value. A run-config key that names a node setting
   (:data:`NODE_SETTING_KEYS`) is refused; one of the run keys that mirror a request field
-  (``mode``, ``scope``, ``batch-size``, ``local-steps``, ``client-lr``, ``dataset``) must agree
-  with the resolved request, else the request is refused; ``data-dir`` and ``test-size`` are
-  the server's own (:data:`SERVER_ONLY_KEYS`): the node reads its data from its node config's
-  ``dataset`` and ``data-dir`` only;
+  (``mode``, ``scope``, ``batch-size``, ``local-steps``, ``client-lr``, ``dataset``, ``partition``,
+  ``alpha``) must agree with the resolved request, else the request is refused; ``data-dir`` and
+  ``test-size`` are the server's own (:data:`SERVER_ONLY_KEYS`): the node reads its data from its
+  node config's ``dataset`` and ``data-dir`` only, and its share from its node config's
+  ``partition``, ``alpha`` and ``partition-seed`` (the run config's ``seed`` is the server's);
 * the resolved :class:`NodeRequest` holds every value filled in (a field the server did not
   send takes the node's own value) and is what the ClientApp computes with: the mod hands it
   to the ClientApp through the node's ``Context`` (:func:`put`, :func:`get`), so the two
@@ -35,8 +36,8 @@ from typing import Any, Mapping
 
 from . import keys
 from .policy import (ALLOW_EVALUATE, ALLOWED_METRICS, DP_DELTA, MAX_BATCH_SIZE, MAX_CLIENT_LR, MAX_EPSILON, MAX_LOCAL_STEPS,
-                     MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, BATCH_KEY, NodePolicy,
-                     PolicyError)
+                     MIN_BATCH_SIZE, MIN_CLIENT_LR, MIN_NOISE_MULTIPLIER, PRIVACY_LEDGER, BATCH_KEY, PARTITION_SEED,
+                     NodePolicy, PolicyError)
 
 __all__ = ["NodeRequest", "REQUEST_FIELDS", "NODE_SETTING_KEYS", "RUN_CONFIG_MIRRORS", "SERVER_ONLY_KEYS", "parse_request",
            "put", "get",
@@ -63,12 +64,13 @@ REQUEST_FIELDS: dict[str, type] = {
 NODE_SETTING_KEYS = (keys.MODE, keys.SCOPE, keys.EPS, keys.DP_NOISE_MULTIPLIER, ALLOWED_METRICS, MIN_BATCH_SIZE,
                      MAX_BATCH_SIZE,
                      MIN_NOISE_MULTIPLIER, ALLOW_EVALUATE, MAX_LOCAL_STEPS, MIN_CLIENT_LR, MAX_CLIENT_LR, MAX_EPSILON,
-                     DP_DELTA, PRIVACY_LEDGER, BATCH_KEY)
+                     DP_DELTA, PRIVACY_LEDGER, BATCH_KEY, PARTITION_SEED)
 
 #: run-config keys (read by the server) that mirror a request field: they must agree with the request
-#: (``dataset``: the server builds its model for it; the node computes on its own node config's ``dataset``)
+#: (``dataset``: the server builds its model for it; the node computes on its own node config's ``dataset``;
+#: ``partition``/``alpha``: the server checks the split with them; the node's share is its own node config's)
 RUN_CONFIG_MIRRORS = {"mode": "mode", "scope": "scope", "batch-size": "batch_size", "local-steps": "local_steps",
-                      "client-lr": "client_lr", "dataset": "dataset"}
+                      "client-lr": "client_lr", "dataset": "dataset", "partition": "partition", "alpha": "alpha"}
 
 #: run-config keys a node never reads: ``data-dir`` and ``test-size`` are the server's own (its central
 #: evaluation); the node reads its data from its node config's ``dataset`` / ``data-dir`` only
@@ -94,6 +96,10 @@ class NodeRequest:
     #: the node's own data (node config ``dataset`` / ``data-dir``), never the run config's
     dataset: str = "mnist"
     data_dir: str = ""
+    #: the node's own share (node config ``partition`` / ``alpha`` / ``partition-seed``), never the run config's
+    partition: str = "iid"
+    alpha: float = 0.5
+    partition_seed: int = 0
     #: the node's own smallest batch (node config ``min-batch-size``): a share below it refuses every request
     min_batch_size: int = 1
 
@@ -166,6 +172,7 @@ def parse_request(msg, policy: NodePolicy, run_config: Mapping[str, Any] | None 
                       batch_size=cfg.get(keys.BATCH_SIZE, policy.min_batch_size),
                       local_steps=cfg.get(keys.LOCAL_STEPS, 1), client_lr=client_lr, seed=cfg.get(keys.SEED, 0),
                       round=rnd, noise_multiplier=sigma, dataset=policy.dataset, data_dir=policy.data_dir,
+                      partition=policy.partition, alpha=policy.alpha, partition_seed=policy.partition_seed,
                       min_batch_size=policy.min_batch_size)
     check_run_config(run_config or {}, req)
     return req
