@@ -91,17 +91,31 @@ def _check_common(a) -> None:
         raise ValueError(f"{a.name}: init={a.init!r}; expected one of {', '.join(INITS)}")
 
 
-def _check_shards(a) -> None:
-    try:
-        check_scope(a.scope)
-    except ValueError:
-        raise ValueError(f"{a.name}: scope={a.scope!r}; expected 'global' or 'layer'") from None
-    if a.shards < 1:
-        raise ValueError(f"{a.name}: shards={a.shards} must be >= 1")
-    if a.assign not in ("search", "contiguous"):
-        raise ValueError(f"{a.name}: assign={a.assign!r}; expected 'search' or 'contiguous'")
-    if a.screen < 1 or a.max_candidates < 1:
-        raise ValueError(f"{a.name}: screen={a.screen} and max_candidates={a.max_candidates} must be >= 1")
+@dataclass
+class _ShardAware:
+    """What an SSGD-aware attack knows of the defence: its scope and its m shards, and how the recovered
+    labels are dealt into the shards (``assign``, ``screen``, ``max_candidates``: see :class:`DLGUnit`).
+    Listed first among an attack's bases, so that its fields follow the attack's own."""
+
+    scope: str = "global"
+    shards: int = 1
+    assign: str = "search"
+    screen: int = 50
+    max_candidates: int = 128
+
+    def validate(self):
+        super().validate()
+        try:
+            check_scope(self.scope)
+        except ValueError:
+            raise ValueError(f"{self.name}: scope={self.scope!r}; expected 'global' or 'layer'") from None
+        if self.shards < 1:
+            raise ValueError(f"{self.name}: shards={self.shards} must be >= 1")
+        if self.assign not in ("search", "contiguous"):
+            raise ValueError(f"{self.name}: assign={self.assign!r}; expected 'search' or 'contiguous'")
+        if self.screen < 1 or self.max_candidates < 1:
+            raise ValueError(f"{self.name}: screen={self.screen} and max_candidates={self.max_candidates} "
+                             "must be >= 1")
 
 
 def _shard_units(dummy: list[Tensor], scope: str) -> list[Tensor]:
@@ -238,7 +252,7 @@ class IDLG(DLG):
 
 @register_attack
 @dataclass
-class DLGUnit(DLG):
+class DLGUnit(_ShardAware, DLG):
     """With ``shards=m`` (SSGD(m)) the dummy batch is cut into m contiguous shards like the defence cuts its
     batch, but the attacker does not know which labels went to which shard: ``assign=search`` deals the
     recovered label multiset into the shards in every distinct way (at most ``max_candidates``), fits each
@@ -249,15 +263,6 @@ class DLGUnit(DLG):
     name = "dlg-unit"
     help = "SSGD-aware DLG: the dummy gradient goes through ssgd.unit (scope, shards) before matching"
     labels: str = "recover"
-    scope: str = "global"
-    shards: int = 1
-    assign: str = "search"
-    screen: int = 50
-    max_candidates: int = 128
-
-    def validate(self):
-        super().validate()
-        _check_shards(self)
 
     def _dtype(self, model):
         if self.dtype == "auto" and self.shards > 1:
@@ -404,7 +409,7 @@ class Inverting(Attack):
 
 @register_attack
 @dataclass
-class InvertingLayer(Inverting):
+class InvertingLayer(_ShardAware, Inverting):
     """Per-layer cosine: blind to a per-layer rescaling (SSGD's layer scope). With ``shards=m``
     (SSGD(m)) the dummy batch is cut into m shards whose unit vectors (``scope``) are summed, as the
     defence does; the label-to-shard deal is searched as in ``dlg-unit`` (its float64 L2 screen)."""
@@ -412,15 +417,6 @@ class InvertingLayer(Inverting):
     name = "inverting-layer"
     help = "SSGD-aware Inverting Gradients: per-layer cosine (blind to per-layer rescaling), shard-aware"
     per_layer = True
-    scope: str = "global"
-    shards: int = 1
-    assign: str = "search"
-    screen: int = 50
-    max_candidates: int = 128
-
-    def validate(self):
-        super().validate()
-        _check_shards(self)
 
     def _shards(self):
         return self.shards
